@@ -1,0 +1,166 @@
+//! Application state shared by every task (one `Arc<App>`, no process globals, so a test can
+//! run several proxies in one process) and the startup of listeners.
+
+use crate::auth::scram::{self, Verifier};
+use crate::backend::pools::Pools;
+use crate::config::{Config, ListenAddr, PoolMode};
+use crate::frontend::cancel::Cancels;
+use crate::net::listener::{self, Bound};
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub struct App {
+    pub config: ArcSwap<Config>,
+    pub pools: Pools,
+    pub cancels: Arc<Cancels>,
+    clients: AtomicUsize,
+    conn_ids: AtomicU64,
+    /// SCRAM verifiers derived from plaintext passwords, keyed by (user, password).
+    verifiers: DashMap<(String, String), Verifier>,
+    /// Random per process: seeds decoy SCRAM salts for unknown users.
+    pub instance_secret: [u8; 32],
+    shutdown: watch::Sender<bool>,
+}
+
+impl App {
+    pub fn new(config: Config) -> Arc<App> {
+        Arc::new(App {
+            config: ArcSwap::from_pointee(config),
+            pools: Pools::default(),
+            cancels: Arc::new(Cancels::default()),
+            clients: AtomicUsize::new(0),
+            conn_ids: AtomicU64::new(1),
+            verifiers: DashMap::new(),
+            instance_secret: rand::random(),
+            shutdown: watch::channel(false).0,
+        })
+    }
+
+    /// Counts a new client; false when that goes past max_client_conn (it is still counted,
+    /// and must be refused and released).
+    pub fn admit_client(&self) -> bool {
+        let n = self.clients.fetch_add(1, Ordering::AcqRel) + 1;
+        n <= self.config.load().general.max_client_conn
+    }
+
+    pub fn release_client(&self) {
+        self.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.load(Ordering::Acquire)
+    }
+
+    /// The SCRAM verifier for a plaintext password, derived once off the reactor.
+    pub async fn verifier_for(&self, user: &str, password: &str) -> Verifier {
+        let key = (user.to_owned(), password.to_owned());
+        if let Some(v) = self.verifiers.get(&key) {
+            return v.clone();
+        }
+        let salt: [u8; 16] = rand::random();
+        let pw = password.to_owned();
+        let derive = move || Verifier::from_password(&pw, &salt, scram::DEFAULT_ITERATIONS);
+        let v = match tokio::task::spawn_blocking(derive.clone()).await {
+            Ok(v) => v,
+            Err(_) => derive(),
+        };
+        self.verifiers.entry(key).or_insert(v).clone()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+/// A started proxy: its bound addresses, and the handle that stops it.
+pub struct Running {
+    pub app: Arc<App>,
+    /// (listen address as bound, mode) for each listener; TCP ports resolved when 0 was asked.
+    pub listeners: Vec<(ListenAddr, PoolMode)>,
+}
+
+impl Running {
+    /// The first TCP address bound for `mode`.
+    pub fn addr(&self, mode: PoolMode) -> Option<SocketAddr> {
+        self.listeners.iter().find_map(|(a, m)| match a {
+            ListenAddr::Tcp(sa) if *m == mode => Some(*sa),
+            _ => None,
+        })
+    }
+
+    /// Stops accepting, waits up to shutdown_timeout for clients to leave, closes idle servers.
+    pub async fn shutdown(&self) {
+        self.app.shutdown.send_replace(true);
+        let limit = self.app.config.load().general.shutdown_timeout.duration();
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.app.client_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for pool in self.app.pools.all() {
+            pool.close_idle().await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.app.shutdown.send_replace(true);
+    }
+}
+
+/// Binds every listener (failing before serving anything if one cannot be bound) and
+/// starts accepting.
+pub async fn start(config: Config) -> std::io::Result<Running> {
+    let specs: Vec<_> = config
+        .listeners
+        .iter()
+        .map(|l| l.get_ref().clone())
+        .collect();
+    let app = App::new(config);
+    let mut bound = Vec::new();
+    for spec in &specs {
+        let b = listener::bind(&spec.addr).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", spec.addr))
+        })?;
+        let actual = match (&b, &spec.addr) {
+            (Bound::Tcp(_), _) => ListenAddr::Tcp(b.local_addr().unwrap_or(match spec.addr {
+                ListenAddr::Tcp(a) => a,
+                ListenAddr::Unix(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+            })),
+            (Bound::Unix(..), a) => a.clone(),
+        };
+        tracing::info!(addr = %actual, mode = spec.mode.as_str(), "listening");
+        bound.push((b, actual, spec.mode));
+    }
+    let listeners = bound.iter().map(|(_, a, m)| (a.clone(), *m)).collect();
+    for (b, _, mode) in bound {
+        tokio::spawn(accept_loop(app.clone(), b, mode));
+    }
+    Ok(Running { app, listeners })
+}
+
+async fn accept_loop(app: Arc<App>, bound: Bound, mode: PoolMode) {
+    let mut stop = app.shutdown.subscribe();
+    loop {
+        let keepalive = app.config.load().general.tcp_keepalive;
+        tokio::select! {
+            r = bound.accept(keepalive) => match r {
+                Ok((stream, peer)) => {
+                    let id = app.conn_ids.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(crate::frontend::session::serve(app.clone(), stream, peer, mode, id));
+                }
+                Err(e) => {
+                    // Out of descriptors and similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = async { let _ = stop.wait_for(|s| *s).await.map(|_| ()); } => return,
+        }
+    }
+}

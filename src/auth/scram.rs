@@ -1,0 +1,266 @@
+//! The server side of SCRAM-SHA-256 (RFC 5802/7677, as PostgreSQL runs it: protocol 53.3.1,
+//! src/backend/libpq/auth-scram.c). Primitives come from RustCrypto; this file is the exchange.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+type HmacSha256 = Hmac<Sha256>;
+
+pub const MECHANISM: &str = "SCRAM-SHA-256";
+pub const DEFAULT_ITERATIONS: u32 = 4096;
+
+/// A SCRAM-SHA-256 verifier: what the server needs to check a client, never the password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verifier {
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    pub stored_key: [u8; 32],
+    pub server_key: [u8; 32],
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    // HMAC takes keys of any length, so this cannot fail.
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// SASLprep as PostgreSQL applies it: skipped where the password is not valid UTF-8 or is refused.
+fn prepare(password: &str) -> Vec<u8> {
+    match stringprep::saslprep(password) {
+        Ok(p) => p.into_owned().into_bytes(),
+        Err(_) => password.as_bytes().to_vec(),
+    }
+}
+
+impl Verifier {
+    /// Derives a verifier from a plaintext password. PBKDF2 makes this deliberately slow:
+    /// call it off the reactor (`spawn_blocking`) and cache the result.
+    pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> Verifier {
+        let mut salted = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(&prepare(password), salt, iterations, &mut salted);
+        let client_key = hmac(&salted, b"Client Key");
+        Verifier {
+            iterations,
+            salt: salt.to_vec(),
+            stored_key: sha256(&client_key),
+            server_key: hmac(&salted, b"Server Key"),
+        }
+    }
+
+    /// Parses PostgreSQL's text form `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+    pub fn parse(s: &str) -> Option<Verifier> {
+        let rest = s.strip_prefix("SCRAM-SHA-256$")?;
+        let (iter_salt, keys) = rest.split_once('$')?;
+        let (iterations, salt) = iter_salt.split_once(':')?;
+        let (stored, server) = keys.split_once(':')?;
+        Some(Verifier {
+            iterations: iterations.parse().ok().filter(|&i| i > 0)?,
+            salt: B64.decode(salt).ok()?,
+            stored_key: B64.decode(stored).ok()?.try_into().ok()?,
+            server_key: B64.decode(server).ok()?.try_into().ok()?,
+        })
+    }
+
+    /// A verifier for a user that does not exist: the exchange runs the same steps and
+    /// fails at the proof, so timing and messages do not reveal which users exist.
+    pub fn decoy(user: &str, instance_secret: &[u8; 32]) -> Verifier {
+        let salt = hmac(instance_secret, user.as_bytes());
+        Verifier {
+            iterations: DEFAULT_ITERATIONS,
+            salt: salt[..16].to_vec(),
+            stored_key: hmac(instance_secret, b"decoy stored key"),
+            server_key: hmac(instance_secret, b"decoy server key"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ScramError {
+    #[error("malformed SCRAM message: {0}")]
+    Malformed(&'static str),
+    #[error("channel binding is not supported on this connection")]
+    ChannelBinding,
+    #[error("SCRAM proof does not match")]
+    BadProof,
+}
+
+/// One server-side exchange, advanced message by message.
+pub struct Exchange {
+    verifier: Verifier,
+    nonce: String,
+    gs2_header: String,
+    client_first_bare: String,
+    server_first: String,
+}
+
+impl Exchange {
+    /// Handles the client-first-message; returns the server-first-message to send.
+    /// `server_nonce` is random bytes chosen by the caller (injectable for tests).
+    pub fn start(
+        verifier: Verifier,
+        client_first: &[u8],
+        server_nonce: &[u8],
+    ) -> Result<Exchange, ScramError> {
+        let text =
+            std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let mut parts = text.splitn(3, ',');
+        let cbind = parts
+            .next()
+            .ok_or(ScramError::Malformed("missing gs2 header"))?;
+        let authzid = parts
+            .next()
+            .ok_or(ScramError::Malformed("missing gs2 header"))?;
+        let bare = parts
+            .next()
+            .ok_or(ScramError::Malformed("missing client-first-message-bare"))?;
+        match cbind {
+            "n" | "y" => {}
+            c if c.starts_with("p=") => return Err(ScramError::ChannelBinding),
+            _ => return Err(ScramError::Malformed("bad channel binding flag")),
+        }
+        if !authzid.is_empty() && !authzid.starts_with("a=") {
+            return Err(ScramError::Malformed("bad authzid"));
+        }
+        let mut client_nonce = None;
+        for attr in bare.split(',') {
+            if let Some(r) = attr.strip_prefix("r=") {
+                client_nonce = Some(r);
+            } else if attr.starts_with("m=") {
+                return Err(ScramError::Malformed("mandatory extension not supported"));
+            }
+        }
+        let client_nonce = client_nonce
+            .filter(|r| !r.is_empty() && r.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b','))
+            .ok_or(ScramError::Malformed("missing or invalid client nonce"))?;
+        let nonce = format!("{client_nonce}{}", B64.encode(server_nonce));
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            B64.encode(&verifier.salt),
+            verifier.iterations
+        );
+        Ok(Exchange {
+            verifier,
+            nonce,
+            gs2_header: format!("{cbind},{authzid},"),
+            client_first_bare: bare.to_owned(),
+            server_first,
+        })
+    }
+
+    pub fn server_first(&self) -> &str {
+        &self.server_first
+    }
+
+    /// Checks the client-final-message; returns the server-final-message (`v=...`).
+    pub fn finish(self, client_final: &[u8]) -> Result<String, ScramError> {
+        let text =
+            std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let (without_proof, proof) = text
+            .rsplit_once(",p=")
+            .ok_or(ScramError::Malformed("missing proof"))?;
+        let mut binding = None;
+        let mut nonce = None;
+        for attr in without_proof.split(',') {
+            if let Some(c) = attr.strip_prefix("c=") {
+                binding = Some(c);
+            } else if let Some(r) = attr.strip_prefix("r=") {
+                nonce = Some(r);
+            }
+        }
+        let binding = B64
+            .decode(binding.ok_or(ScramError::Malformed("missing channel binding"))?)
+            .map_err(|_| ScramError::Malformed("bad channel binding encoding"))?;
+        if binding != self.gs2_header.as_bytes() {
+            return Err(ScramError::Malformed("channel binding does not match"));
+        }
+        if nonce != Some(self.nonce.as_str()) {
+            return Err(ScramError::Malformed("nonce does not match"));
+        }
+        let proof: [u8; 32] = B64
+            .decode(proof)
+            .ok()
+            .and_then(|p| p.try_into().ok())
+            .ok_or(ScramError::Malformed("bad proof"))?;
+        let auth_message = format!(
+            "{},{},{}",
+            self.client_first_bare, self.server_first, without_proof
+        );
+        let signature = hmac(&self.verifier.stored_key, auth_message.as_bytes());
+        let mut client_key = [0u8; 32];
+        for i in 0..32 {
+            client_key[i] = proof[i] ^ signature[i];
+        }
+        if !bool::from(sha256(&client_key).ct_eq(&self.verifier.stored_key)) {
+            return Err(ScramError::BadProof);
+        }
+        let server_signature = hmac(&self.verifier.server_key, auth_message.as_bytes());
+        Ok(format!("v={}", B64.encode(server_signature)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+
+    /// Runs postgres-protocol's client against our server side.
+    fn run(verifier: Verifier, client_password: &str) -> Result<(), ScramError> {
+        let mut client =
+            ScramSha256::new(client_password.as_bytes(), ChannelBinding::unsupported());
+        let ex = Exchange::start(verifier, client.message(), b"0123456789abcdef01234567")?;
+        client
+            .update(ex.server_first().as_bytes())
+            .map_err(|_| ScramError::Malformed("client"))?;
+        let server_final = ex.finish(client.message())?;
+        client
+            .finish(server_final.as_bytes())
+            .map_err(|_| ScramError::Malformed("server signature rejected"))
+    }
+
+    #[test]
+    fn accepts_right_password_and_refuses_wrong() {
+        let v = Verifier::from_password("pencil", b"salt-salt-salt-1", 4096);
+        assert_eq!(run(v.clone(), "pencil"), Ok(()));
+        assert_eq!(run(v, "pencils"), Err(ScramError::BadProof));
+    }
+
+    #[test]
+    fn parses_postgres_verifier_text() {
+        let text = postgres_protocol::password::scram_sha_256(b"hunter2");
+        let v = Verifier::parse(&text).unwrap();
+        assert_eq!(v.iterations, 4096);
+        assert_eq!(run(v, "hunter2"), Ok(()));
+        assert!(Verifier::parse("SCRAM-SHA-256$x:abc$def").is_none());
+    }
+
+    #[test]
+    fn decoy_fails_like_a_wrong_password() {
+        let v = Verifier::decoy("nobody", &[7; 32]);
+        assert_eq!(run(v.clone(), "anything"), Err(ScramError::BadProof));
+        assert_eq!(
+            v,
+            Verifier::decoy("nobody", &[7; 32]),
+            "stable salt per user"
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_messages() {
+        let v = Verifier::from_password("x", b"s", 1);
+        assert!(Exchange::start(v.clone(), b"garbage", b"n").is_err());
+        assert_eq!(
+            Exchange::start(v.clone(), b"p=tls-server-end-point,,n=,r=abc", b"n").err(),
+            Some(ScramError::ChannelBinding)
+        );
+        let ex = Exchange::start(v, b"n,,n=,r=abc", b"n").unwrap();
+        assert!(ex.finish(b"c=biws,r=wrong,p=AAAA").is_err());
+    }
+}

@@ -1,0 +1,204 @@
+//! Opening a server connection: TCP (host name, IPv4, IPv6) or unix socket, the StartupMessage,
+//! the login (SCRAM-SHA-256, md5 or cleartext, whichever the server asks), then ParameterStatus
+//! and BackendKeyData until the first ReadyForQuery (protocol 53.2.1).
+
+use super::params::SessionParams;
+use crate::error::ClientError;
+use crate::net::Stream;
+use crate::net::stream::read_message;
+use crate::proto::{emit, views};
+use bytes::BytesMut;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UnixStream};
+
+/// How to reach and log in to one upstream database as one role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// Host name, IP literal, or a unix socket directory (starts with `/`).
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub user: String,
+    pub password: Option<String>,
+}
+
+impl Upstream {
+    pub async fn open_socket(&self) -> io::Result<Stream> {
+        if self.host.starts_with('/') {
+            let path = PathBuf::from(&self.host).join(format!(".s.PGSQL.{}", self.port));
+            return Ok(Stream::Unix(UnixStream::connect(path).await?));
+        }
+        // Strip brackets so `[::1]` works as well as `::1`.
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        let s = TcpStream::connect((host, self.port)).await?;
+        s.set_nodelay(true)?;
+        Ok(Stream::Tcp(s))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot reach server: {0}")]
+    Io(#[from] io::Error),
+    #[error("server connect timed out")]
+    Timeout,
+    #[error("server refused login: {0}")]
+    Refused(ClientError),
+    #[error("server protocol error: {0}")]
+    Protocol(&'static str),
+    #[error("server asks for a password but none is configured")]
+    NoPassword,
+}
+
+impl ConnectError {
+    /// What the client whose request needed this connection is told. Upstream addresses stay
+    /// in the log; an upstream's own refusal keeps its SQLSTATE.
+    pub fn to_client(&self) -> ClientError {
+        match self {
+            ConnectError::Refused(e) => ClientError::upstream(
+                e.severity,
+                &e.code,
+                format!("server login failed: {}", e.message),
+            ),
+            _ => ClientError::server_unavailable(
+                "server unavailable: pgsluice cannot connect to the database server",
+            ),
+        }
+    }
+}
+
+/// What a fresh, logged-in server connection reported.
+pub struct Established {
+    pub stream: Stream,
+    pub pid: i32,
+    pub secret: i32,
+    pub params: SessionParams,
+}
+
+pub async fn establish(up: &Upstream, timeout: Duration) -> Result<Established, ConnectError> {
+    tokio::time::timeout(timeout, establish_inner(up))
+        .await
+        .map_err(|_| ConnectError::Timeout)?
+}
+
+async fn establish_inner(up: &Upstream) -> Result<Established, ConnectError> {
+    let mut stream = up.open_socket().await?;
+    let mut out = BytesMut::with_capacity(128);
+    emit::startup(&mut out, &[("user", &up.user), ("database", &up.dbname)]);
+    stream.write_all(&out).await?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut scram: Option<ScramSha256> = None;
+    let (mut pid, mut secret) = (0, 0);
+    let mut params = SessionParams::default();
+    loop {
+        let (tag, body) = read_message(&mut stream, &mut buf, 1 << 20).await?;
+        out.clear();
+        match tag {
+            b'R' => match views::auth_request(&body)
+                .ok_or(ConnectError::Protocol("bad authentication request"))?
+            {
+                views::AuthRequest::Ok => {}
+                views::AuthRequest::Cleartext => {
+                    emit::password(
+                        &mut out,
+                        up.password.as_deref().ok_or(ConnectError::NoPassword)?,
+                    );
+                }
+                views::AuthRequest::Md5(salt) => {
+                    let pw = up.password.as_deref().ok_or(ConnectError::NoPassword)?;
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        up.user.as_bytes(),
+                        pw.as_bytes(),
+                        salt,
+                    );
+                    emit::password(&mut out, &hash);
+                }
+                views::AuthRequest::Sasl(mechs) => {
+                    if !mechs.contains(&"SCRAM-SHA-256") {
+                        return Err(ConnectError::Protocol(
+                            "server offers no SASL mechanism we support",
+                        ));
+                    }
+                    let pw = up.password.as_deref().ok_or(ConnectError::NoPassword)?;
+                    let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
+                    emit::sasl_initial_response(&mut out, "SCRAM-SHA-256", s.message());
+                    scram = Some(s);
+                }
+                views::AuthRequest::SaslContinue(data) => {
+                    let mut s = scram
+                        .take()
+                        .ok_or(ConnectError::Protocol("unexpected SASL continue"))?;
+                    let data = data.to_vec();
+                    // PBKDF2 runs thousands of HMACs: keep it off the reactor threads.
+                    let s = tokio::task::spawn_blocking(move || s.update(&data).map(|_| s))
+                        .await
+                        .map_err(|_| ConnectError::Protocol("SCRAM task failed"))?
+                        .map_err(|_| {
+                            ConnectError::Protocol("invalid SCRAM server-first-message")
+                        })?;
+                    emit::sasl_response(&mut out, s.message());
+                    scram = Some(s);
+                }
+                views::AuthRequest::SaslFinal(data) => {
+                    let mut s = scram
+                        .take()
+                        .ok_or(ConnectError::Protocol("unexpected SASL final"))?;
+                    s.finish(data)
+                        .map_err(|_| ConnectError::Protocol("server SCRAM signature is wrong"))?;
+                }
+                views::AuthRequest::Other(_) => {
+                    return Err(ConnectError::Protocol(
+                        "server asks for an unsupported authentication method",
+                    ));
+                }
+            },
+            b'S' => {
+                if let Some((k, v)) = views::parameter_status(&body) {
+                    params.reported.set(k, v);
+                }
+            }
+            b'K' => {
+                (pid, secret) = views::backend_key_data(&body)
+                    .ok_or(ConnectError::Protocol("bad BackendKeyData"))?;
+            }
+            b'E' => {
+                let f = views::error_fields(&body).unwrap_or_default();
+                return Err(ConnectError::Refused(ClientError::upstream(
+                    emit::Severity::Fatal,
+                    if f.code.is_empty() { "08006" } else { f.code },
+                    f.message,
+                )));
+            }
+            b'Z' => {
+                return Ok(Established {
+                    stream,
+                    pid,
+                    secret,
+                    params,
+                });
+            }
+            b'N' | b'v' => {}
+            _ => return Err(ConnectError::Protocol("unexpected message during login")),
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+        }
+    }
+}
+
+/// Sends a CancelRequest for `pid`/`secret` and waits until the server closes the socket,
+/// which it does after signalling the backend.
+pub async fn send_cancel(up: &Upstream, pid: i32, secret: i32) -> io::Result<()> {
+    let mut stream = up.open_socket().await?;
+    let mut out = BytesMut::with_capacity(16);
+    emit::cancel_request(&mut out, pid, secret);
+    stream.write_all(&out).await?;
+    let mut sink = [0u8; 64];
+    use tokio::io::AsyncReadExt;
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;
+    Ok(())
+}

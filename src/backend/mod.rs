@@ -1,0 +1,10 @@
+//! The server side: opening and logging in to upstream connections, and pooling them.
+
+pub mod connect;
+pub mod params;
+pub mod pool;
+pub mod pools;
+pub mod server;
+
+pub use pool::{CheckoutError, Pool, PoolKey};
+pub use server::ServerConn;

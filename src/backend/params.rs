@@ -1,0 +1,177 @@
+//! Session parameters: what a server connection has, what a client expects, and the fewest
+//! statements that make the first match the second before the client's work runs there.
+
+/// Name/value pairs; a handful per connection, so a vector beats a map.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Params(Vec<(Box<str>, Box<str>)>);
+
+impl Params {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.as_ref() == name)
+            .map(|(_, v)| v.as_ref())
+    }
+
+    pub fn set(&mut self, name: &str, value: &str) {
+        match self.0.iter_mut().find(|(k, _)| k.as_ref() == name) {
+            Some((_, v)) if v.as_ref() == value => {}
+            Some((_, v)) => *v = value.into(),
+            None => self.0.push((name.into(), value.into())),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Reported parameters (ParameterStatus, protocol 55.2.7) a client may change; the others
+/// (server_version, server_encoding, is_superuser, ...) are facts about the server.
+const SETTABLE_REPORTED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+];
+
+/// The canonical spelling if `name` is a settable reported parameter (names are case-insensitive).
+pub fn settable_reported(name: &str) -> Option<&'static str> {
+    SETTABLE_REPORTED
+        .iter()
+        .copied()
+        .find(|k| k.eq_ignore_ascii_case(name))
+}
+
+/// What one side of a session keeps: reported values, and settings the server does not report
+/// (startup parameters like statement_timeout or search_path).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionParams {
+    pub reported: Params,
+    pub unreported: Params,
+}
+
+impl SessionParams {
+    /// Startup parameters split into reported and not.
+    pub fn from_startup(params: &[(String, String)]) -> SessionParams {
+        let mut s = SessionParams::default();
+        for (k, v) in params {
+            match settable_reported(k) {
+                Some(canonical) => s.reported.set(canonical, v),
+                None => s.unreported.set(&k.to_ascii_lowercase(), v),
+            }
+        }
+        s
+    }
+}
+
+/// The statement that brings `server` to what `client` expects, or `None` when they agree.
+/// set_config takes values exactly as a startup packet or postgresql.conf writes them, so
+/// list-valued settings such as search_path survive unchanged.
+pub fn sync_statement(client: &SessionParams, server: &SessionParams) -> Option<String> {
+    let mut sets = Vec::new();
+    for name in SETTABLE_REPORTED {
+        if let Some(want) = client.reported.get(name) {
+            if server.reported.get(name) != Some(want) {
+                sets.push((*name, want));
+            }
+        }
+    }
+    for (name, want) in client.unreported.iter() {
+        if server.unreported.get(name) != Some(want) {
+            sets.push((name, want));
+        }
+    }
+    let resets: Vec<&str> = server
+        .unreported
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| client.unreported.get(k).is_none())
+        .collect();
+    if sets.is_empty() && resets.is_empty() {
+        return None;
+    }
+    let mut sql = String::new();
+    if !sets.is_empty() {
+        sql.push_str("SELECT ");
+        for (i, (name, value)) in sets.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str("pg_catalog.set_config(");
+            push_literal(&mut sql, name);
+            sql.push_str(", ");
+            push_literal(&mut sql, value);
+            sql.push_str(", false)");
+        }
+        sql.push(';');
+    }
+    for name in resets {
+        sql.push_str("RESET ");
+        push_identifier(&mut sql, name);
+        sql.push(';');
+    }
+    Some(sql)
+}
+
+/// An E'' literal: safe whatever standard_conforming_strings is.
+fn push_literal(sql: &mut String, s: &str) {
+    sql.push_str("E'");
+    for c in s.chars() {
+        match c {
+            '\'' => sql.push_str("''"),
+            '\\' => sql.push_str("\\\\"),
+            c => sql.push(c),
+        }
+    }
+    sql.push('\'');
+}
+
+fn push_identifier(sql: &mut String, s: &str) {
+    sql.push('"');
+    sql.push_str(&s.replace('"', "\"\""));
+    sql.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_startup_parameters() {
+        let s = SessionParams::from_startup(&[
+            ("datestyle".into(), "ISO, DMY".into()),
+            ("Search_Path".into(), "a, b".into()),
+        ]);
+        assert_eq!(s.reported.get("DateStyle"), Some("ISO, DMY"));
+        assert_eq!(s.unreported.get("search_path"), Some("a, b"));
+    }
+
+    #[test]
+    fn builds_the_smallest_sync() {
+        let mut client = SessionParams::default();
+        let mut server = SessionParams::default();
+        server.reported.set("TimeZone", "UTC");
+        client.reported.set("TimeZone", "UTC");
+        assert_eq!(sync_statement(&client, &server), None);
+
+        client.reported.set("application_name", "it's\\me");
+        client.unreported.set("search_path", "\"$user\", public");
+        server.unreported.set("statement_timeout", "5s");
+        assert_eq!(
+            sync_statement(&client, &server).unwrap(),
+            "SELECT pg_catalog.set_config(E'application_name', E'it''s\\\\me', false), \
+             pg_catalog.set_config(E'search_path', E'\"$user\", public', false);RESET \"statement_timeout\";"
+        );
+    }
+}

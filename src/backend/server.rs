@@ -1,0 +1,116 @@
+//! One upstream connection: its socket, identity (pid and secret for cancels), the session
+//! parameters it has, and how the proxy runs its own statements on it.
+
+use super::params::SessionParams;
+use super::pool::Slot;
+use crate::error::ClientError;
+use crate::net::Stream;
+use crate::net::stream::read_message;
+use crate::proto::{emit, views};
+use bytes::BytesMut;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+/// Where to send a CancelRequest for a server connection.
+#[derive(Clone, Debug)]
+pub struct CancelTarget {
+    pub upstream: Arc<super::connect::Upstream>,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+pub struct ServerConn {
+    pub stream: Stream,
+    pub id: u64,
+    pub pid: i32,
+    pub secret: i32,
+    pub params: SessionParams,
+    pub created: Instant,
+    pub last_used: Instant,
+    pub upstream: Arc<super::connect::Upstream>,
+    /// Holds this connection's place in its pool's count until dropped.
+    pub(super) _slot: Slot,
+}
+
+/// Longest message the proxy reads whole from a server outside the relay (its own statements).
+const MAX_INTERNAL_MESSAGE: usize = 1 << 20;
+
+impl ServerConn {
+    pub fn cancel_target(&self) -> CancelTarget {
+        CancelTarget {
+            upstream: self.upstream.clone(),
+            pid: self.pid,
+            secret: self.secret,
+        }
+    }
+
+    /// Runs the proxy's own simple query (reset, check, parameter sync), discarding rows and
+    /// keeping ParameterStatus. An ErrorResponse from the server is returned as the error.
+    pub async fn run_internal(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<(), InternalError> {
+        tokio::time::timeout(timeout, self.run_internal_inner(sql))
+            .await
+            .map_err(|_| InternalError::Io(io::Error::new(io::ErrorKind::TimedOut, "timed out")))?
+    }
+
+    async fn run_internal_inner(&mut self, sql: &str) -> Result<(), InternalError> {
+        let mut out = BytesMut::with_capacity(sql.len() + 8);
+        emit::query(&mut out, sql);
+        self.stream.write_all(&out).await?;
+        let mut buf = BytesMut::with_capacity(1024);
+        let mut failure = None;
+        loop {
+            let (tag, body) =
+                read_message(&mut self.stream, &mut buf, MAX_INTERNAL_MESSAGE).await?;
+            match tag {
+                b'S' => {
+                    if let Some((k, v)) = views::parameter_status(&body) {
+                        self.params.reported.set(k, v);
+                    }
+                }
+                b'E' => {
+                    let f = views::error_fields(&body).unwrap_or_default();
+                    failure = Some(ClientError::upstream(
+                        if f.severity == "FATAL" {
+                            emit::Severity::Fatal
+                        } else {
+                            emit::Severity::Error
+                        },
+                        if f.code.is_empty() { "XX000" } else { f.code },
+                        f.message,
+                    ));
+                }
+                b'Z' => {
+                    return match failure {
+                        Some(e) => Err(InternalError::Server(e)),
+                        None if body.first() == Some(&b'I') => Ok(()),
+                        None => Err(InternalError::Io(io::Error::other(
+                            "server left in a transaction",
+                        ))),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends Terminate so the server ends the backend at once, then drops the socket.
+    pub async fn terminate(mut self) {
+        let mut out = BytesMut::with_capacity(5);
+        emit::terminate(&mut out);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.write_all(&out)).await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InternalError {
+    #[error("server I/O: {0}")]
+    Io(#[from] io::Error),
+    #[error("server error: {0}")]
+    Server(ClientError),
+}

@@ -1,0 +1,293 @@
+//! Configuration: the TOML model, `${ENV}` substitution, and validation that names the file,
+//! line and key of every mistake.
+
+mod model;
+mod text;
+
+pub use model::*;
+pub use text::{Text, substitute};
+
+use std::collections::HashSet;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// A configuration mistake, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub key: Option<String>,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if let Some(key) = &self.key {
+            write!(f, "key `{key}`: ")?;
+        }
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: 0,
+            column: 0,
+            key: None,
+            reason: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&source, path)
+    }
+
+    /// Parses and validates configuration text; `path` only names it in errors.
+    pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigError> {
+        let locate = |span: Option<Range<usize>>, key: Option<&str>, reason: String| {
+            let at = span.map(|s| s.start).unwrap_or(0);
+            let (line, column) = line_col(source, at);
+            let key = key.map(str::to_owned).or_else(|| key_at(source, at));
+            ConfigError {
+                file: path.to_owned(),
+                line,
+                column,
+                key,
+                reason,
+            }
+        };
+        let config: Config = toml::from_str(source)
+            .map_err(|e| locate(e.span(), None, e.message().trim().to_owned()))?;
+        config
+            .validate()
+            .map_err(|(span, key, reason)| locate(Some(span), Some(key), reason))?;
+        Ok(config)
+    }
+
+    /// Cross-key rules serde cannot express. Returns the span of the offending table.
+    fn validate(&self) -> Result<(), (Range<usize>, &'static str, String)> {
+        if self.listeners.is_empty() {
+            return Err((
+                0..0,
+                "listeners",
+                "at least one [[listeners]] is required".into(),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for l in &self.listeners {
+            if !seen.insert(l.get_ref().addr.clone()) {
+                return Err((
+                    l.span(),
+                    "addr",
+                    format!("listener {} is defined twice", l.get_ref().addr),
+                ));
+            }
+        }
+        let g = &self.general;
+        if g.default_pool_size == 0 {
+            return Err((
+                0..0,
+                "general.default_pool_size",
+                "must be at least 1".into(),
+            ));
+        }
+        if g.max_client_conn == 0 {
+            return Err((0..0, "general.max_client_conn", "must be at least 1".into()));
+        }
+        let mut names = HashSet::new();
+        for db in &self.databases {
+            let d = db.get_ref();
+            if d.name.is_empty() {
+                return Err((db.span(), "name", "database name must not be empty".into()));
+            }
+            if !names.insert(d.name.as_str()) {
+                return Err((
+                    db.span(),
+                    "name",
+                    format!("database {:?} is defined twice", d.name.as_str()),
+                ));
+            }
+            if d.name.as_str() == crate::ADMIN_DATABASE {
+                return Err((
+                    db.span(),
+                    "name",
+                    format!("{:?} is the admin console's name", d.name.as_str()),
+                ));
+            }
+            if d.pool_size == Some(0) {
+                return Err((db.span(), "pool_size", "must be at least 1".into()));
+            }
+            if d.port == 0 {
+                return Err((db.span(), "port", "must be between 1 and 65535".into()));
+            }
+        }
+        let mut users = HashSet::new();
+        for u in &self.users {
+            let user = u.get_ref();
+            if user.name.is_empty() {
+                return Err((u.span(), "name", "user name must not be empty".into()));
+            }
+            if !users.insert(user.name.as_str()) {
+                return Err((
+                    u.span(),
+                    "name",
+                    format!("user {:?} is defined twice", user.name.as_str()),
+                ));
+            }
+            if user.server_password.is_none()
+                && crate::auth::Secret::parse(&user.password)
+                    .plaintext()
+                    .is_none()
+            {
+                return Err((
+                    u.span(),
+                    "server_password",
+                    format!(
+                        "user {:?} stores a hashed password, so server_password is required to log in upstream",
+                        user.name.as_str()
+                    ),
+                ));
+            }
+        }
+        for name in self.admin.users.iter().chain(&self.admin.stats_users) {
+            if !users.contains(name.as_str()) {
+                return Err((
+                    0..0,
+                    "admin.users",
+                    format!("admin user {:?} has no [[users]] entry", name.as_str()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn database(&self, name: &str) -> Option<&Database> {
+        self.databases
+            .iter()
+            .map(|d| d.get_ref())
+            .find(|d| d.name.as_str() == name)
+    }
+
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users
+            .iter()
+            .map(|u| u.get_ref())
+            .find(|u| u.name.as_str() == name)
+    }
+}
+
+fn line_col(source: &str, at: usize) -> (usize, usize) {
+    let at = at.min(source.len());
+    let before = &source[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(at, |nl| at - nl - 1) + 1;
+    (line, column)
+}
+
+/// The key written on the line that holds `at`, for errors serde reports on a value.
+fn key_at(source: &str, at: usize) -> Option<String> {
+    let at = at.min(source.len());
+    let start = source[..at].rfind('\n').map_or(0, |i| i + 1);
+    let end = source[at..].find('\n').map_or(source.len(), |i| at + i);
+    let line = &source[start..end];
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    (!key.is_empty() && !key.starts_with('#') && !key.starts_with('[')).then(|| key.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[listeners]]
+addr = "127.0.0.1:6432"
+mode = "session"
+
+[[listeners]]
+addr = "[::1]:6543"
+mode = "transaction"
+
+[http]
+addr = "127.0.0.1:9930"
+
+[admin]
+users = ["pgsluice_admin"]
+
+[[databases]]
+name = "app"
+host = "127.0.0.1"
+port = 5432
+dbname = "postgres"
+pool_size = 20
+
+[[users]]
+name = "agent"
+password = "agent-pw"
+server_user = "postgres"
+server_password = "pg-pw"
+
+[[users]]
+name = "pgsluice_admin"
+password = "admin-pw"
+"#;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn accepts_the_minimal_contract() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.listeners[1].get_ref().mode, PoolMode::Transaction);
+        assert_eq!(c.database("app").unwrap().pool_size, Some(20));
+        assert_eq!(c.general.max_client_conn, 10_000);
+        assert_eq!(
+            c.user("agent").unwrap().server_user.as_deref(),
+            Some("postgres")
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let src = MINIMAL.replace("pool_size = 20", "pool_size = 20\npool_sise = 3");
+        let e = parse(&src).unwrap_err();
+        assert_eq!(e.line, 22);
+        assert!(e.reason.contains("unknown field `pool_sise`"), "{e}");
+        assert!(e.to_string().starts_with("test.toml:22:"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_its_key() {
+        let src = MINIMAL.replace("mode = \"session\"", "mode = \"sessions\"");
+        let e = parse(&src).unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (4, Some("mode")), "{e}");
+        let src = MINIMAL.replace("addr = \"127.0.0.1:6432\"", "addr = \"localhost\"");
+        let e = parse(&src).unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (3, Some("addr")), "{e}");
+    }
+
+    #[test]
+    fn duplicate_database_is_located() {
+        let src = format!("{MINIMAL}\n[[databases]]\nname = \"app\"\n");
+        let e = parse(&src).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("name"));
+        assert_eq!(e.line, 33, "{e}");
+    }
+
+    #[test]
+    fn hashed_password_needs_server_password() {
+        let src = MINIMAL.replace(
+            "password = \"admin-pw\"",
+            "password = \"md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"",
+        );
+        let e = parse(&src).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("server_password"), "{e}");
+    }
+}

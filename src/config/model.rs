@@ -1,0 +1,234 @@
+//! The TOML model: one struct per section, PgBouncer's key names where PgBouncer has the concept.
+//! Every key is documented in `config.toml.example`.
+
+use super::text::Text;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub general: General,
+    pub listeners: Vec<Spanned<Listener>>,
+    #[serde(default)]
+    pub http: Option<Http>,
+    #[serde(default)]
+    pub admin: Admin,
+    #[serde(default)]
+    pub databases: Vec<Spanned<Database>>,
+    #[serde(default)]
+    pub users: Vec<Spanned<User>>,
+}
+
+/// Process-wide knobs, the ones PgBouncer keeps in its `[pgbouncer]` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct General {
+    pub max_client_conn: usize,
+    pub default_pool_size: usize,
+    pub min_pool_size: usize,
+    pub reserve_pool_size: usize,
+    pub reserve_pool_timeout: Seconds,
+    pub max_db_connections: usize,
+    pub server_lifetime: Seconds,
+    pub server_idle_timeout: Seconds,
+    pub server_connect_timeout: Seconds,
+    pub server_login_retry: Seconds,
+    pub server_reset_query: Text,
+    pub server_check_query: Text,
+    pub server_check_delay: Seconds,
+    pub client_login_timeout: Seconds,
+    pub client_idle_timeout: Seconds,
+    pub idle_transaction_timeout: Seconds,
+    pub query_timeout: Seconds,
+    pub query_wait_timeout: Seconds,
+    pub application_name_add_host: bool,
+    pub auth_type: AuthType,
+    pub tcp_keepalive: bool,
+    pub shutdown_timeout: Seconds,
+}
+
+impl Default for General {
+    fn default() -> Self {
+        General {
+            // Agent fleets open thousands of connections; PgBouncer's 100 is a classic outage.
+            max_client_conn: 10_000,
+            default_pool_size: 20,
+            min_pool_size: 0,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: Seconds(5.0),
+            max_db_connections: 0,
+            server_lifetime: Seconds(3600.0),
+            server_idle_timeout: Seconds(600.0),
+            server_connect_timeout: Seconds(15.0),
+            server_login_retry: Seconds(0.0),
+            server_reset_query: Text::new("DISCARD ALL"),
+            server_check_query: Text::new("select 1"),
+            server_check_delay: Seconds(30.0),
+            client_login_timeout: Seconds(60.0),
+            client_idle_timeout: Seconds(0.0),
+            idle_transaction_timeout: Seconds(0.0),
+            query_timeout: Seconds(0.0),
+            query_wait_timeout: Seconds(120.0),
+            application_name_add_host: false,
+            auth_type: AuthType::ScramSha256,
+            tcp_keepalive: true,
+            shutdown_timeout: Seconds(30.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AuthType {
+    /// SCRAM-SHA-256 for every user whose stored secret allows it (plaintext or SCRAM verifier).
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// md5 where the stored secret allows it (plaintext or md5 hash), else SCRAM.
+    #[serde(rename = "md5")]
+    Md5,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub addr: ListenAddr,
+    pub mode: PoolMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    Session,
+    Transaction,
+}
+
+impl PoolMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        }
+    }
+}
+
+/// `IP:port` (IPv6 as `[::1]:6432`) or the path of a unix socket file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl TryFrom<String> for ListenAddr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.starts_with('/') {
+            return Ok(ListenAddr::Unix(PathBuf::from(s)));
+        }
+        s.parse::<SocketAddr>().map(ListenAddr::Tcp).map_err(|_| {
+            format!(
+                "invalid listen address {s:?}: expected IP:port (IPv6 as [::1]:6432) or an absolute unix socket path"
+            )
+        })
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Users that may connect to the virtual database `pgsluice` (the admin console).
+    pub users: Vec<Text>,
+    /// Users that may only run SHOW commands there.
+    pub stats_users: Vec<Text>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    /// The name clients put in `dbname`.
+    pub name: Text,
+    /// Host name, IPv4 or IPv6 literal, or a unix socket directory (starts with `/`).
+    #[serde(default = "default_host")]
+    pub host: Text,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// The upstream database; defaults to `name`.
+    #[serde(default)]
+    pub dbname: Option<Text>,
+    #[serde(default)]
+    pub pool_size: Option<usize>,
+    #[serde(default)]
+    pub min_pool_size: Option<usize>,
+    #[serde(default)]
+    pub reserve_pool_size: Option<usize>,
+    #[serde(default)]
+    pub max_db_connections: Option<usize>,
+}
+
+fn default_host() -> Text {
+    Text::new("127.0.0.1")
+}
+fn default_port() -> u16 {
+    5432
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: Text,
+    /// What the client must present: plaintext, `md5<hex>` or a `SCRAM-SHA-256$...` verifier.
+    pub password: Text,
+    /// The upstream login role; defaults to `name`.
+    #[serde(default)]
+    pub server_user: Option<Text>,
+    /// The upstream password; defaults to `password` when that is plaintext.
+    #[serde(default)]
+    pub server_password: Option<Text>,
+}
+
+/// A duration written as seconds (integer or fraction); 0 means "off" where a key says so.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "f64")]
+pub struct Seconds(pub f64);
+
+impl TryFrom<f64> for Seconds {
+    type Error = String;
+    fn try_from(v: f64) -> Result<Self, String> {
+        if v.is_finite() && (0.0..=31_536_000.0).contains(&v) {
+            Ok(Seconds(v))
+        } else {
+            Err(format!(
+                "invalid duration {v}: expected seconds between 0 and 31536000"
+            ))
+        }
+    }
+}
+
+impl Seconds {
+    pub fn duration(self) -> Duration {
+        Duration::from_secs_f64(self.0)
+    }
+    /// `None` when the value is 0 (the feature is off).
+    pub fn enabled(self) -> Option<Duration> {
+        (self.0 > 0.0).then(|| self.duration())
+    }
+}

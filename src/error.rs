@@ -1,0 +1,121 @@
+//! The errors a client can be sent: SQLSTATE, severity and a client-safe message. Internal
+//! detail (upstream addresses, which users exist) goes to the log, never into these.
+
+use crate::proto::emit::{self, Severity};
+use bytes::BytesMut;
+use std::borrow::Cow;
+
+/// An error to report to a client as an ErrorResponse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    pub severity: Severity,
+    pub code: Cow<'static, str>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.severity.as_str(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl ClientError {
+    fn fatal(code: &'static str, message: impl Into<String>) -> Self {
+        ClientError {
+            severity: Severity::Fatal,
+            code: Cow::Borrowed(code),
+            message: message.into(),
+        }
+    }
+
+    /// 08P01: the client broke the protocol.
+    pub fn protocol(message: impl Into<String>) -> Self {
+        Self::fatal("08P01", message)
+    }
+    /// 28P01: wrong password, or a user that does not exist (indistinguishable on purpose).
+    pub fn auth_failed(user: &str, method: &str) -> Self {
+        Self::fatal(
+            "28P01",
+            format!("{method} authentication failed for user \"{user}\""),
+        )
+    }
+    /// 28000: refused before any password was checked.
+    pub fn not_authorized(message: impl Into<String>) -> Self {
+        Self::fatal("28000", message)
+    }
+    /// 3D000
+    pub fn unknown_database(db: &str) -> Self {
+        Self::fatal("3D000", format!("database \"{db}\" does not exist"))
+    }
+    /// 53300
+    pub fn too_many_clients() -> Self {
+        Self::fatal("53300", "sorry, too many clients already")
+    }
+    /// 57P03: no server connection could be had.
+    pub fn server_unavailable(message: impl Into<String>) -> Self {
+        Self::fatal("57P03", message)
+    }
+    /// 57014, as PostgreSQL words a user's cancel.
+    pub fn canceled() -> Self {
+        ClientError {
+            severity: Severity::Error,
+            code: Cow::Borrowed("57014"),
+            message: "canceling statement due to user request".into(),
+        }
+    }
+    /// 57014 for query_timeout.
+    pub fn query_timeout() -> Self {
+        ClientError {
+            severity: Severity::Error,
+            code: Cow::Borrowed("57014"),
+            message: "canceling statement due to query_timeout".into(),
+        }
+    }
+    /// 25P03
+    pub fn idle_transaction_timeout() -> Self {
+        Self::fatal(
+            "25P03",
+            "terminating connection due to idle_transaction_timeout",
+        )
+    }
+    /// 57P05
+    pub fn client_idle_timeout() -> Self {
+        Self::fatal("57P05", "terminating connection due to client_idle_timeout")
+    }
+    /// 57P01
+    pub fn shutting_down() -> Self {
+        Self::fatal("57P01", "terminating connection due to pgsluice shutdown")
+    }
+    /// 08006: the server went away under the client.
+    pub fn server_lost() -> Self {
+        Self::fatal("08006", "server connection closed unexpectedly")
+    }
+    /// 0A000
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::fatal("0A000", message)
+    }
+    /// An error PostgreSQL itself sent, passed on with its own SQLSTATE.
+    pub fn upstream(severity: Severity, code: &str, message: impl Into<String>) -> Self {
+        ClientError {
+            severity,
+            code: Cow::Owned(code.to_owned()),
+            message: message.into(),
+        }
+    }
+
+    pub fn is_fatal(&self) -> bool {
+        self.severity == Severity::Fatal
+    }
+
+    pub fn encode(&self, buf: &mut BytesMut) {
+        emit::error_response(buf, self.severity, &self.code, &self.message, None);
+    }
+}

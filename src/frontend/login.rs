@@ -1,0 +1,145 @@
+//! Checking a client's password: SCRAM-SHA-256 or md5 against `[[users]]`. Unknown users go
+//! through the same exchange with a decoy secret and fail at the same step, so neither the
+//! messages nor the timing say which users exist.
+
+use crate::app::App;
+use crate::auth::{Method, Secret, md5, scram};
+use crate::error::ClientError;
+use crate::net::Stream;
+use crate::net::stream::read_message;
+use crate::proto::{emit, views};
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+/// Longest authentication message a client may send.
+const MAX_AUTH_MESSAGE: usize = 8 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("client left during authentication")]
+    Gone,
+    #[error("{0}")]
+    Refused(ClientError),
+}
+
+/// Runs the exchange; on success AuthenticationOk has been queued in `out`.
+pub async fn authenticate(
+    app: &App,
+    stream: &mut Stream,
+    out: &mut BytesMut,
+    user: &str,
+    secret: Option<&Secret>,
+) -> Result<Method, LoginError> {
+    let preferred = app.config.load().general.auth_type;
+    let method = match secret {
+        Some(s) => Method::choose(s, preferred),
+        None => Method::choose(&Secret::Plain(String::new()), preferred),
+    };
+    let ok = match method {
+        Method::Md5 => md5_exchange(stream, out, user, secret).await?,
+        Method::ScramSha256 => {
+            let verifier = match secret {
+                Some(Secret::Scram(v)) => v.clone(),
+                Some(Secret::Plain(p)) => app.verifier_for(user, p).await,
+                _ => scram::Verifier::decoy(user, &app.instance_secret),
+            };
+            scram_exchange(stream, out, verifier).await?
+        }
+    };
+    if !ok || secret.is_none() {
+        return Err(LoginError::Refused(ClientError::auth_failed(
+            user,
+            method_label(method),
+        )));
+    }
+    emit::auth_ok(out);
+    Ok(method)
+}
+
+fn method_label(m: Method) -> &'static str {
+    match m {
+        Method::ScramSha256 | Method::Md5 => "password",
+    }
+}
+
+async fn send(stream: &mut Stream, out: &mut BytesMut) -> Result<(), LoginError> {
+    stream.write_all(out).await.map_err(|_| LoginError::Gone)?;
+    out.clear();
+    Ok(())
+}
+
+/// Reads the client's next 'p' message body.
+async fn read_password_message(stream: &mut Stream) -> Result<BytesMut, LoginError> {
+    let mut buf = BytesMut::with_capacity(256);
+    let (tag, body) = read_message(stream, &mut buf, MAX_AUTH_MESSAGE)
+        .await
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                LoginError::Refused(ClientError::protocol(
+                    "invalid message length during authentication",
+                ))
+            } else {
+                LoginError::Gone
+            }
+        })?;
+    match tag {
+        b'p' => Ok(body),
+        b'X' => Err(LoginError::Gone),
+        other => Err(LoginError::Refused(ClientError::protocol(format!(
+            "expected password response, got message type {}",
+            other as char
+        )))),
+    }
+}
+
+async fn md5_exchange(
+    stream: &mut Stream,
+    out: &mut BytesMut,
+    user: &str,
+    secret: Option<&Secret>,
+) -> Result<bool, LoginError> {
+    let salt: [u8; 4] = rand::random();
+    emit::auth_md5(out, salt);
+    send(stream, out).await?;
+    let body = read_password_message(stream).await?;
+    let response = views::password(&body)
+        .ok_or_else(|| LoginError::Refused(ClientError::protocol("invalid password packet")))?;
+    let stored = match secret {
+        Some(Secret::Md5(h)) => *h,
+        Some(Secret::Plain(p)) => md5::stored_hash(p, user),
+        _ => return Ok(false),
+    };
+    Ok(md5::verify(&stored, salt, response))
+}
+
+async fn scram_exchange(
+    stream: &mut Stream,
+    out: &mut BytesMut,
+    verifier: scram::Verifier,
+) -> Result<bool, LoginError> {
+    emit::auth_sasl(out, &[scram::MECHANISM]);
+    send(stream, out).await?;
+    let body = read_password_message(stream).await?;
+    let (mechanism, client_first) = views::sasl_initial_response(&body).ok_or_else(|| {
+        LoginError::Refused(ClientError::protocol("invalid SASL initial response"))
+    })?;
+    if mechanism != scram::MECHANISM {
+        return Err(LoginError::Refused(ClientError::protocol(
+            "client selected an invalid SASL authentication mechanism",
+        )));
+    }
+    let nonce: [u8; 18] = rand::random();
+    let exchange = scram::Exchange::start(verifier, client_first, &nonce)
+        .map_err(|e| LoginError::Refused(ClientError::protocol(e.to_string())))?;
+    emit::auth_sasl_continue(out, exchange.server_first().as_bytes());
+    send(stream, out).await?;
+    let body = read_password_message(stream).await?;
+    match exchange.finish(&body) {
+        Ok(server_final) => {
+            emit::auth_sasl_final(out, server_final.as_bytes());
+            Ok(true)
+        }
+        Err(scram::ScramError::BadProof) => Ok(false),
+        Err(e) => Err(LoginError::Refused(ClientError::protocol(e.to_string()))),
+    }
+}

@@ -1,0 +1,458 @@
+//! One client's life: handshake, login, choosing its pool, the greeting, then the relay loop
+//! in session or transaction mode, and cleanup that never leaves a transaction open upstream.
+
+use super::cancel::Registration;
+use super::handshake::{self, HandshakeError, Hello};
+use super::login::{self, LoginError};
+use crate::app::App;
+use crate::backend::ServerConn;
+use crate::backend::params::{SessionParams, sync_statement};
+use crate::backend::pool::Pool;
+use crate::backend::server::InternalError;
+use crate::config::PoolMode;
+use crate::error::ClientError;
+use crate::net::Stream;
+use crate::net::listener::Peer;
+use crate::proto::emit;
+use crate::relay::{Event, Phase, Relay};
+use bytes::BytesMut;
+use std::future::poll_fn;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{Instant, sleep_until};
+
+/// How long the proxy's own statements (reset, parameter sync) may take.
+const INTERNAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A logged-in client, ready for the relay.
+struct Client {
+    stream: Stream,
+    params: SessionParams,
+    pool: Arc<Pool>,
+    cancel: Registration,
+    server: Option<ServerConn>,
+    id: u64,
+}
+
+/// What login established, before the stream joins it.
+struct LoggedIn {
+    params: SessionParams,
+    pool: Arc<Pool>,
+    cancel: Registration,
+    server: Option<ServerConn>,
+}
+
+/// Serves one accepted connection to its end. Never panics on client input; every refusal is
+/// an ErrorResponse and a log line.
+pub async fn serve(app: Arc<App>, mut stream: Stream, peer: Peer, mode: PoolMode, id: u64) {
+    let over_limit = !app.admit_client();
+    let _count = scopeguard(&app);
+    let login_timeout = app.config.load().general.client_login_timeout.enabled();
+    let login = login(&app, &mut stream, &peer, mode, over_limit, id);
+    let result = match login_timeout {
+        Some(t) => tokio::time::timeout(t, login).await.unwrap_or_else(|_| {
+            tracing::info!(conn = id, %peer, "client_login_timeout: closing");
+            Err(None)
+        }),
+        None => login.await,
+    };
+    let mut client = match result {
+        Ok(Some(l)) => Client {
+            stream,
+            params: l.params,
+            pool: l.pool,
+            cancel: l.cancel,
+            server: l.server,
+            id,
+        },
+        Ok(None) => return,
+        Err(err) => {
+            if let Some(err) = err {
+                let mut out = BytesMut::new();
+                err.encode(&mut out);
+                let _ = stream.write_all(&out).await;
+            }
+            return;
+        }
+    };
+    let mut relay = Relay::new(mode == PoolMode::Transaction);
+    run(&app, &mut client, &mut relay).await;
+    finish(&app, client, relay).await;
+}
+
+/// Decrements the client count when the connection ends, however it ends.
+fn scopeguard(app: &Arc<App>) -> impl Drop + '_ {
+    struct Guard<'a>(&'a App);
+    impl Drop for Guard<'_> {
+        fn drop(&mut self) {
+            self.0.release_client();
+        }
+    }
+    Guard(app)
+}
+
+/// Handshake, authentication and the greeting. `Ok(None)`: the connection ended quietly
+/// (a cancel request, or a client that left); `Err`: refuse with this error.
+async fn login(
+    app: &Arc<App>,
+    stream: &mut Stream,
+    peer: &Peer,
+    mode: PoolMode,
+    over_limit: bool,
+    id: u64,
+) -> Result<Option<LoggedIn>, Option<ClientError>> {
+    let mut out = BytesMut::with_capacity(512);
+    let startup = match handshake::read_hello(stream, &mut out).await {
+        Ok(Hello::Startup(s)) => s,
+        Ok(Hello::Cancel { pid, secret }) => {
+            let found = app.cancels.cancel(pid, &secret).await;
+            tracing::debug!(conn = id, %peer, pid, found, "cancel request");
+            return Ok(None);
+        }
+        Err(HandshakeError::Incomplete) => {
+            tracing::debug!(conn = id, %peer, "incomplete startup packet");
+            return Ok(None);
+        }
+        Err(HandshakeError::Refused(e)) => {
+            tracing::info!(conn = id, %peer, error = %e, "startup refused");
+            return Err(Some(e));
+        }
+    };
+    let refuse = |e: ClientError| {
+        tracing::info!(conn = id, %peer, user = %startup.user, database = %startup.database, error = %e, "connection refused");
+        Err(Some(e))
+    };
+    if over_limit {
+        return refuse(ClientError::too_many_clients());
+    }
+    if startup.replication {
+        return refuse(ClientError::unsupported(
+            "replication connections are not supported by pgsluice",
+        ));
+    }
+    let config = app.config.load_full();
+    let user = config.user(&startup.user);
+    let secret = user.map(|u| crate::auth::Secret::parse(&u.password));
+    let method = match login::authenticate(app, stream, &mut out, &startup.user, secret.as_ref())
+        .await
+    {
+        Ok(m) => m,
+        Err(LoginError::Gone) => {
+            tracing::debug!(conn = id, %peer, user = %startup.user, "client left during authentication");
+            return Ok(None);
+        }
+        Err(LoginError::Refused(e)) => return refuse(e),
+    };
+    let Some(user) = user else {
+        return refuse(ClientError::auth_failed(&startup.user, "password"));
+    };
+    if startup.database == crate::ADMIN_DATABASE || startup.database == "pgbouncer" {
+        return refuse(ClientError::unsupported(
+            "the admin console is not available in this version of pgsluice",
+        ));
+    }
+    let Some(db) = config.database(&startup.database) else {
+        return refuse(ClientError::unknown_database(&startup.database));
+    };
+    let pool = app.pools.pool_for(&config, db, user);
+    let mut params = SessionParams::from_startup(&startup.params);
+    if config.general.application_name_add_host {
+        let name = params
+            .reported
+            .get("application_name")
+            .unwrap_or("")
+            .to_owned();
+        params.reported.set(
+            "application_name",
+            &format!("{name} - {}", peer.host_port()),
+        );
+    }
+
+    // The greeting reports what a direct connection would: in session mode the server's own
+    // values after applying the client's startup parameters; in transaction mode the same,
+    // learned from a pool connection when the client asks for anything non-default.
+    let (server, cancel) = match mode {
+        PoolMode::Session => {
+            let mut server = checkout_idle_wait(&pool).await.map_err(Some)?;
+            if let Err(e) = sync(&mut server, &params).await {
+                return refuse(e);
+            }
+            params = server.params.clone();
+            let reg = app.cancels.register(Some(server.pid));
+            reg.handle.attach(server.cancel_target());
+            (Some(server), reg)
+        }
+        PoolMode::Transaction => {
+            let defaults = match pool.defaults() {
+                Some(d) => d,
+                None => {
+                    let s = checkout_idle_wait(&pool).await.map_err(Some)?;
+                    let d = s.params.clone();
+                    pool.release(s);
+                    d
+                }
+            };
+            let mut merged = defaults.clone();
+            for (k, v) in params.reported.iter() {
+                merged.reported.set(k, v);
+            }
+            merged.unreported = params.unreported.clone();
+            if sync_statement(&merged, &defaults).is_some() {
+                let mut server = checkout_idle_wait(&pool).await.map_err(Some)?;
+                if let Err(e) = sync(&mut server, &merged).await {
+                    return refuse(e);
+                }
+                merged.reported = server.params.reported.clone();
+                pool.release(server);
+            }
+            params = merged;
+            (None, app.cancels.register(None))
+        }
+    };
+    for (k, v) in params.reported.iter() {
+        emit::parameter_status(&mut out, k, v);
+    }
+    emit::backend_key_data(&mut out, cancel.pid, cancel.secret);
+    emit::ready_for_query(&mut out, b'I');
+    if stream.write_all(&out).await.is_err() {
+        return Ok(None);
+    }
+    tracing::info!(conn = id, %peer, user = %user.name, database = %db.name, mode = mode.as_str(), method = method.as_str(), "client logged in");
+    Ok(Some(LoggedIn {
+        params,
+        pool,
+        cancel,
+        server,
+    }))
+}
+
+/// Login-time checkout: no cancel key exists yet, so nothing can cancel the wait.
+async fn checkout_idle_wait(pool: &Arc<Pool>) -> Result<ServerConn, ClientError> {
+    let never = tokio::sync::Notify::new();
+    let notified = pin!(never.notified());
+    pool.checkout(notified).await.map_err(|e| e.to_client())
+}
+
+/// Makes `server` carry the client's session parameters. A server that failed is dropped by
+/// the caller (via the error path), so it never carries half-applied settings.
+async fn sync(server: &mut ServerConn, want: &SessionParams) -> Result<(), ClientError> {
+    let Some(sql) = sync_statement(want, &server.params) else {
+        return Ok(());
+    };
+    match server.run_internal(&sql, INTERNAL_TIMEOUT).await {
+        Ok(()) => {
+            server.params.unreported = want.unreported.clone();
+            Ok(())
+        }
+        Err(InternalError::Server(e)) => Err(ClientError {
+            severity: emit::Severity::Fatal,
+            ..e
+        }),
+        Err(InternalError::Io(_)) => Err(ClientError::server_lost()),
+    }
+}
+
+/// The relay loop with its timers, until the client or its server goes.
+async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
+    let general = &app.config.load().general;
+    let client_idle = general.client_idle_timeout.enabled();
+    let idle_tx = general.idle_transaction_timeout.enabled();
+    let query_timeout = general.query_timeout.enabled();
+    relay.watch_phase = client_idle.is_some() || idle_tx.is_some() || query_timeout.is_some();
+    let mut phase = Phase::Idle;
+    let timer = sleep_until(Instant::now());
+    let mut timer = pin!(timer);
+    let mut timer_armed = false;
+    if let Some(t) = client_idle {
+        timer.as_mut().reset(Instant::now() + t);
+        timer_armed = true;
+    }
+    loop {
+        let event = tokio::select! {
+            ev = poll_fn(|cx| relay.poll_relay(cx, &mut c.stream, c.server.as_mut(), &mut c.params)) => ev,
+            _ = timer.as_mut(), if timer_armed => {
+                timer_armed = false;
+                match phase {
+                    Phase::Idle => {
+                        tell_and_close(c, relay, ClientError::client_idle_timeout()).await;
+                        return;
+                    }
+                    Phase::InTransaction => {
+                        tell_and_close(c, relay, ClientError::idle_transaction_timeout()).await;
+                        return;
+                    }
+                    Phase::Busy => {
+                        tracing::info!(conn = c.id, "query_timeout: canceling the running statement");
+                        c.cancel.handle.fire().await;
+                        continue;
+                    }
+                }
+            }
+        };
+        match event {
+            Event::Phase(p) => {
+                phase = p;
+                let limit = match p {
+                    Phase::Idle => client_idle,
+                    Phase::InTransaction => idle_tx,
+                    Phase::Busy => query_timeout,
+                };
+                timer_armed = limit.is_some();
+                if let Some(t) = limit {
+                    timer.as_mut().reset(Instant::now() + t);
+                }
+            }
+            Event::NeedServer => {
+                if !attach(c, relay).await {
+                    return;
+                }
+            }
+            Event::Release => {
+                if let Some(server) = c.server.take() {
+                    relay.reset_server_side();
+                    if c.cancel.handle.detach() {
+                        c.pool.release(server);
+                    }
+                }
+            }
+            Event::ClientTerminated | Event::ClientGone => return,
+            Event::ServerGone => {
+                tracing::info!(conn = c.id, "server connection lost");
+                let fatal = relay.server_sent_fatal();
+                c.server = None;
+                c.cancel.handle.detach();
+                if !fatal {
+                    relay.queue_for_client(|b| ClientError::server_lost().encode(b));
+                }
+                let _ = relay.flush_client(&mut c.stream).await;
+                return;
+            }
+            Event::Protocol(e) => {
+                tracing::info!(conn = c.id, error = %e, "client protocol violation");
+                tell_and_close(c, relay, e).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Transaction mode: gets a server for the client's next transaction, waiting in the pool's
+/// queue while watching for the client leaving or canceling. False when the client is done.
+async fn attach(c: &mut Client, relay: &mut Relay) -> bool {
+    let result = {
+        let handle = c.cancel.handle.clone();
+        let mut notified = pin!(handle.wake.notified());
+        notified.as_mut().enable();
+        let checkout = c.pool.checkout(notified);
+        let buffered = relay.client_buffer();
+        tokio::select! {
+            r = checkout => Some(r),
+            _ = client_left(&mut c.stream, buffered) => None,
+        }
+    };
+    let Some(result) = result else { return false };
+    match result {
+        Ok(mut server) => {
+            if let Err(e) = sync(&mut server, &c.params).await {
+                let e = ClientError {
+                    severity: emit::Severity::Error,
+                    ..e
+                };
+                relay.refuse_request(&e);
+                return true;
+            }
+            relay.reset_server_side();
+            c.cancel.handle.attach(server.cancel_target());
+            c.server = Some(server);
+            true
+        }
+        Err(e) => {
+            let err = e.to_client();
+            tracing::info!(conn = c.id, pool = %c.pool.key, error = %e, "no server for client");
+            if err.is_fatal() && !matches!(e, crate::backend::CheckoutError::Connect(_)) {
+                tell_and_close(c, relay, err).await;
+                return false;
+            }
+            relay.refuse_request(&ClientError {
+                severity: emit::Severity::Error,
+                ..err
+            });
+            true
+        }
+    }
+}
+
+/// Resolves when the client closes its socket; bytes it sends meanwhile are kept in `buf`.
+async fn client_left(stream: &mut Stream, buf: &mut BytesMut) {
+    loop {
+        if buf.len() >= crate::relay::MAX_BUFFERED {
+            std::future::pending::<()>().await;
+        }
+        buf.reserve(4096);
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn tell_and_close(c: &mut Client, relay: &mut Relay, err: ClientError) {
+    tracing::info!(conn = c.id, error = %err, "closing client");
+    if relay.client_has_unwritten() || c.server.is_none() || relay.server_reusable() {
+        let _ = relay.flush_client(&mut c.stream).await;
+    }
+    let mut out = BytesMut::new();
+    err.encode(&mut out);
+    let _ = c.stream.write_all(&out).await;
+}
+
+/// After the client: a server left clean goes back (session mode: after server_reset_query);
+/// one mid-transaction or mid-statement is canceled if busy and closed, so PostgreSQL rolls
+/// its transaction back and no `idle in transaction` backend is left behind.
+async fn finish(app: &App, c: Client, mut relay: Relay) {
+    let Client {
+        mut server,
+        pool,
+        cancel,
+        id,
+        ..
+    } = c;
+    let Some(mut srv) = server.take() else { return };
+    let reusable = relay.server_reusable();
+    let no_cancel_in_flight = cancel.handle.detach();
+    if reusable && no_cancel_in_flight {
+        let reset = app.config.load().general.server_reset_query.to_string();
+        if relay.transaction_mode || reset.trim().is_empty() {
+            pool.release(srv);
+            return;
+        }
+        match srv.run_internal(&reset, INTERNAL_TIMEOUT).await {
+            Ok(()) => {
+                srv.params.unreported.clear();
+                pool.release(srv);
+            }
+            Err(e) => {
+                tracing::info!(conn = id, server = srv.id, error = %e, "server_reset_query failed: closing server")
+            }
+        }
+        return;
+    }
+    if relay.phase() == crate::relay::Phase::Busy {
+        // A running statement would go on until it next writes; stop it now.
+        let _ = relay.flush_server(&mut srv).await;
+        let target = srv.cancel_target();
+        tokio::spawn(async move {
+            let _ =
+                crate::backend::connect::send_cancel(&target.upstream, target.pid, target.secret)
+                    .await;
+        });
+    }
+    tracing::debug!(
+        conn = id,
+        server = srv.id,
+        "client left mid-transaction: closing its server connection"
+    );
+    srv.terminate().await;
+}

@@ -1,0 +1,32 @@
+//! pgsluice: a PostgreSQL wire-protocol pooling proxy for AI agents.
+//!
+//! The flow of one client connection, module by module:
+//! ```text
+//! net::listener        accept on TCP (IPv4, IPv6) or a unix socket
+//!  -> frontend::handshake   SSLRequest/GSSENCRequest ('N'), CancelRequest, StartupMessage
+//!  -> frontend::login       SCRAM-SHA-256 or md5 against [[users]] (auth::scram, auth::md5)
+//!  -> backend::pools        the pool for (database, role); backend::pool checkout/release
+//!  -> frontend::session     greeting, then the relay loop in session or transaction mode
+//!  -> relay                 bytes both ways; transaction boundaries from ReadyForQuery
+//!  -> frontend::session     cleanup: reset and return the server, or close it
+//! ```
+//! A server connection: backend::connect (socket, login, ParameterStatus, BackendKeyData)
+//! -> idle in its pool (checked before reuse) -> checked out -> released or closed.
+//! `proto` is the wire format and depends on nothing else here; `config` is the TOML model.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod app;
+pub mod auth;
+pub mod backend;
+pub mod config;
+pub mod demo;
+pub mod devdb;
+pub mod error;
+pub mod frontend;
+pub mod net;
+pub mod proto;
+pub mod relay;
+
+/// The virtual database of the admin console.
+pub const ADMIN_DATABASE: &str = "pgsluice";

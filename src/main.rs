@@ -1,0 +1,146 @@
+//! The `pgsluice` command: parses arguments, sets up logging, and calls into the library.
+
+use clap::{Parser, Subcommand};
+use pgsluice::config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "pgsluice",
+    version,
+    about = "PostgreSQL pooling proxy for AI agents"
+)]
+struct Cli {
+    /// Configuration file (TOML) to run with.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Log format: "text" or "json" (default: text on a terminal, json otherwise).
+    #[arg(long)]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Validate a configuration file and exit (non-zero, naming file, line and key, if invalid).
+    CheckConfig { file: PathBuf },
+    /// Start a throwaway PostgreSQL and pgsluice in front of it; print URLs for psql.
+    Demo {
+        #[arg(long, default_value_t = 6432)]
+        session_port: u16,
+        #[arg(long, default_value_t = 6543)]
+        transaction_port: u16,
+    },
+}
+
+fn init_logging(format: Option<&str>) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGSLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        Some("json") => true,
+        Some(_) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn raise_fd_limit() {
+    // Each client and server connection is a descriptor; 10,000 clients need more than the
+    // usual soft limit of 1024. Raise the soft limit to the hard one.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Cmd::CheckConfig { file }) = &cli.command {
+        return match Config::load(file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    init_logging(cli.log_format.as_deref());
+    raise_fd_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Some(Cmd::Demo {
+                session_port,
+                transaction_port,
+            }) => pgsluice::demo::run(session_port, transaction_port).await,
+            Some(Cmd::CheckConfig { .. }) => Ok(()),
+            None => {
+                let Some(path) = cli.config else {
+                    return Err(
+                        "no configuration: run `pgsluice --config FILE` (or `pgsluice demo`)"
+                            .to_owned(),
+                    );
+                };
+                let config = Config::load(&path).map_err(|e| e.to_string())?;
+                let running = pgsluice::app::start(config)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                wait_for_signal().await;
+                tracing::info!("shutting down: waiting for clients to finish");
+                running.shutdown().await;
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgsluice: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

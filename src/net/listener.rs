@@ -1,0 +1,121 @@
+//! Binding and accepting: TCP over IPv4 or IPv6 (IPV6_V6ONLY, so `[::1]` and `127.0.0.1` can
+//! be bound side by side) and unix sockets (a stale socket file is replaced, a live one is not).
+
+use crate::config::ListenAddr;
+use crate::net::Stream;
+use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::net::{TcpListener, UnixListener};
+
+/// Accepted-but-unserved connections the kernel may hold: sized for connection storms.
+const BACKLOG: i32 = 4096;
+
+pub enum Bound {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+/// Where a client came from.
+#[derive(Clone, Debug)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    Unix,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(a) => write!(f, "{a}"),
+            Peer::Unix => f.write_str("unix"),
+        }
+    }
+}
+
+impl Peer {
+    /// `host:port` as application_name_add_host appends it.
+    pub fn host_port(&self) -> String {
+        match self {
+            Peer::Tcp(a) => format!("{}:{}", a.ip(), a.port()),
+            Peer::Unix => "unix".into(),
+        }
+    }
+}
+
+pub fn bind(addr: &ListenAddr) -> io::Result<Bound> {
+    match addr {
+        ListenAddr::Tcp(sa) => {
+            let socket = Socket::new(Domain::for_address(*sa), Type::STREAM, None)?;
+            socket.set_reuse_address(true)?;
+            if sa.is_ipv6() {
+                socket.set_only_v6(true)?;
+            }
+            socket.set_nonblocking(true)?;
+            socket.bind(&(*sa).into())?;
+            socket.listen(BACKLOG)?;
+            Ok(Bound::Tcp(TcpListener::from_std(socket.into())?))
+        }
+        ListenAddr::Unix(path) => {
+            remove_stale_socket(path)?;
+            let l = UnixListener::bind(path)?;
+            // Like PostgreSQL's default unix_socket_permissions: access is decided by auth.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
+            Ok(Bound::Unix(l, path.clone()))
+        }
+    }
+}
+
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{} is in use by another process", path.display()),
+        ));
+    }
+    std::fs::remove_file(path)
+}
+
+impl Bound {
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Bound::Tcp(l) => l.local_addr().ok(),
+            Bound::Unix(..) => None,
+        }
+    }
+
+    pub async fn accept(&self, keepalive: bool) -> io::Result<(Stream, Peer)> {
+        match self {
+            Bound::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                // Small request/response messages: never wait for Nagle.
+                s.set_nodelay(true)?;
+                if keepalive {
+                    let ka = TcpKeepalive::new()
+                        .with_time(Duration::from_secs(60))
+                        .with_interval(Duration::from_secs(10));
+                    SockRef::from(&s).set_tcp_keepalive(&ka)?;
+                }
+                Ok((Stream::Tcp(s), Peer::Tcp(peer)))
+            }
+            Bound::Unix(l, _) => {
+                let (s, _) = l.accept().await?;
+                Ok((Stream::Unix(s), Peer::Unix))
+            }
+        }
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        if let Bound::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Read-only views of the few messages the proxy must look inside. Each parser takes a
+//! complete, bounded body and returns `None` on anything malformed, never panicking.
+
+/// A cursor over a message body.
+struct Body<'a>(&'a [u8]);
+
+impl<'a> Body<'a> {
+    fn i32(&mut self) -> Option<i32> {
+        let (head, rest) = self.0.split_first_chunk::<4>()?;
+        self.0 = rest;
+        Some(i32::from_be_bytes(*head))
+    }
+    fn cstr(&mut self) -> Option<&'a str> {
+        let nul = self.0.iter().position(|&b| b == 0)?;
+        let s = std::str::from_utf8(&self.0[..nul]).ok()?;
+        self.0 = &self.0[nul + 1..];
+        Some(s)
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.0)
+    }
+    fn done(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// ParameterStatus ('S'): name and value.
+pub fn parameter_status(body: &[u8]) -> Option<(&str, &str)> {
+    let mut b = Body(body);
+    let pair = (b.cstr()?, b.cstr()?);
+    b.done().then_some(pair)
+}
+
+/// BackendKeyData ('K') for protocol 3.0: process id and a 4-byte secret.
+pub fn backend_key_data(body: &[u8]) -> Option<(i32, i32)> {
+    let mut b = Body(body);
+    let pair = (b.i32()?, b.i32()?);
+    b.done().then_some(pair)
+}
+
+/// The fields of an ErrorResponse or NoticeResponse the proxy uses.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ErrorFields<'a> {
+    pub severity: &'a str,
+    pub code: &'a str,
+    pub message: &'a str,
+}
+
+pub fn error_fields(body: &[u8]) -> Option<ErrorFields<'_>> {
+    let mut b = Body(body);
+    let mut f = ErrorFields::default();
+    loop {
+        let (&kind, rest) = b.0.split_first()?;
+        b.0 = rest;
+        if kind == 0 {
+            return b.done().then_some(f);
+        }
+        let value = b.cstr()?;
+        match kind {
+            b'V' => f.severity = value,
+            b'S' if f.severity.is_empty() => f.severity = value,
+            b'C' => f.code = value,
+            b'M' => f.message = value,
+            _ => {}
+        }
+    }
+}
+
+/// An Authentication request ('R') from a server.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthRequest<'a> {
+    Ok,
+    Cleartext,
+    Md5([u8; 4]),
+    Sasl(Vec<&'a str>),
+    SaslContinue(&'a [u8]),
+    SaslFinal(&'a [u8]),
+    Other(i32),
+}
+
+pub fn auth_request(body: &[u8]) -> Option<AuthRequest<'_>> {
+    let mut b = Body(body);
+    Some(match b.i32()? {
+        0 => AuthRequest::Ok,
+        3 => AuthRequest::Cleartext,
+        5 => AuthRequest::Md5(b.rest().try_into().ok()?),
+        10 => {
+            let mut mechs = Vec::new();
+            loop {
+                let m = b.cstr()?;
+                if m.is_empty() {
+                    break;
+                }
+                mechs.push(m);
+            }
+            AuthRequest::Sasl(mechs)
+        }
+        11 => AuthRequest::SaslContinue(b.rest()),
+        12 => AuthRequest::SaslFinal(b.rest()),
+        n => AuthRequest::Other(n),
+    })
+}
+
+/// SASLInitialResponse ('p' after AuthenticationSASL): mechanism and client-first-message.
+pub fn sasl_initial_response(body: &[u8]) -> Option<(&str, &[u8])> {
+    let mut b = Body(body);
+    let mechanism = b.cstr()?;
+    let len = b.i32()?;
+    let data = b.rest();
+    (len >= 0 && len as usize == data.len()).then_some((mechanism, data))
+}
+
+/// PasswordMessage ('p'): the text up to its terminator.
+pub fn password(body: &[u8]) -> Option<&[u8]> {
+    let (last, text) = body.split_last()?;
+    (*last == 0 && !text.contains(&0)).then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::emit;
+    use bytes::BytesMut;
+
+    #[test]
+    fn reads_what_emit_writes() {
+        let mut b = BytesMut::new();
+        emit::error_response(&mut b, emit::Severity::Fatal, "28P01", "nope", Some("d"));
+        let f = error_fields(&b[5..]).unwrap();
+        assert_eq!((f.severity, f.code, f.message), ("FATAL", "28P01", "nope"));
+        let mut b = BytesMut::new();
+        emit::parameter_status(&mut b, "TimeZone", "UTC");
+        assert_eq!(parameter_status(&b[5..]), Some(("TimeZone", "UTC")));
+        let mut b = BytesMut::new();
+        emit::auth_sasl(&mut b, &["SCRAM-SHA-256"]);
+        assert_eq!(
+            auth_request(&b[5..]),
+            Some(AuthRequest::Sasl(vec!["SCRAM-SHA-256"]))
+        );
+        let mut b = BytesMut::new();
+        emit::sasl_initial_response(&mut b, "SCRAM-SHA-256", b"n,,n=,r=x");
+        assert_eq!(
+            sasl_initial_response(&b[5..]),
+            Some(("SCRAM-SHA-256", &b"n,,n=,r=x"[..]))
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_are_none() {
+        assert_eq!(parameter_status(b"a\0b"), None);
+        assert_eq!(parameter_status(b"a\0b\0extra"), None);
+        assert_eq!(backend_key_data(&[0; 7]), None);
+        assert_eq!(error_fields(b"Sx"), None);
+        assert_eq!(auth_request(&[0, 0]), None);
+        assert_eq!(auth_request(&[0, 0, 0, 5, 1]), None);
+        assert_eq!(sasl_initial_response(b"M\0\0\0\0\x09abc"), None);
+        assert_eq!(password(b"abc"), None);
+    }
+}
