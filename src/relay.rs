@@ -47,6 +47,16 @@ pub enum Event {
     Protocol(ClientError),
 }
 
+/// Dropping a refused request's messages (never forwarded to any server).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Discard {
+    No,
+    /// Up to and including the next Query, Sync or FunctionCall.
+    UntilSync,
+    /// The rest of that message's body.
+    Tail,
+}
+
 /// Where the client is, for its timeouts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -75,7 +85,7 @@ pub struct Relay {
     /// The server sent a FATAL error: it will close, and the client has been told why.
     server_fatal: bool,
     /// After a refused request: drop the client's messages up to its next Query or Sync.
-    discarding: bool,
+    discard: Discard,
     pub transaction_mode: bool,
     /// Report phase changes (only when a timeout needs them).
     pub watch_phase: bool,
@@ -95,7 +105,7 @@ impl Relay {
             unsynced: false,
             status: b'I',
             server_fatal: false,
-            discarding: false,
+            discard: Discard::No,
             transaction_mode,
             watch_phase: false,
             reported_phase: Phase::Idle,
@@ -143,7 +153,7 @@ impl Relay {
     /// an error in the extended protocol.
     pub fn refuse_request(&mut self, err: &ClientError) {
         self.queue_for_client(|b| err.encode(b));
-        self.discarding = true;
+        self.discard = Discard::UntilSync;
     }
 
     /// The client's bytes not yet read by the relay, for a server-less wait.
@@ -277,6 +287,12 @@ impl Relay {
                 Ok(None) => break,
                 Err(e) => return Some(Event::Protocol(ClientError::protocol(e.to_string()))),
             };
+            if self.discard == Discard::Tail {
+                // The refused request's last message is fully dropped: back to normal.
+                self.drop_walked_client_bytes();
+                self.discard = Discard::No;
+                continue;
+            }
             match h.tag {
                 b'X' => return Some(Event::ClientTerminated),
                 b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'H' | b'S' | b'F' | b'd' | b'c'
@@ -287,11 +303,10 @@ impl Relay {
                     ))));
                 }
             }
-            if self.discarding {
+            if self.discard == Discard::UntilSync {
                 self.c_framer.pass(&h, &mut self.c_pos);
                 if matches!(h.tag, b'Q' | b'S' | b'F') {
-                    self.discarding = false;
-                    self.drop_walked_client_bytes();
+                    self.discard = Discard::Tail;
                     self.queue_for_client(|b| crate::proto::emit::ready_for_query(b, b'I'));
                 }
                 continue;
@@ -310,8 +325,11 @@ impl Relay {
             }
             self.c_framer.pass(&h, &mut self.c_pos);
         }
-        if self.discarding {
+        if self.discard != Discard::No {
             self.drop_walked_client_bytes();
+            if self.discard == Discard::Tail && !self.c_framer.mid_message() {
+                self.discard = Discard::No;
+            }
         }
         None
     }

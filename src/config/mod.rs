@@ -80,7 +80,9 @@ impl Config {
         }
         let mut seen = HashSet::new();
         for l in &self.listeners {
-            if !seen.insert(l.get_ref().addr.clone()) {
+            // Port 0 asks the OS for a free port, so it may appear more than once.
+            let ephemeral = matches!(l.get_ref().addr, ListenAddr::Tcp(a) if a.port() == 0);
+            if !ephemeral && !seen.insert(l.get_ref().addr.clone()) {
                 return Err((
                     l.span(),
                     "addr",

@@ -1,0 +1,339 @@
+//! Connecting: both listeners, IPv6 and unix sockets on both sides, each upstream and client
+//! auth method, and every login refusal with its SQLSTATE.
+
+mod support;
+
+use pgsluice::config::PoolMode;
+use support::raw::{self, Raw};
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_through_both_listeners() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "")).await;
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let url = format!(
+            "postgresql://agent:agent-pw@127.0.0.1:{}/app",
+            proxy.port(mode)
+        );
+        let (ok, out, err) = psql(
+            &pg,
+            &url,
+            &[
+                "-c",
+                "SELECT 1",
+                "-c",
+                "SELECT current_user, current_database()",
+            ],
+        );
+        assert!(ok, "{mode:?}: {err}");
+        assert_eq!(out, "1\napp_scram|appdb", "{mode:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_and_unix_listeners_and_upstreams() {
+    let pg = start_postgres();
+    let sock_dir = pg.dir.join("proxy-sock");
+    std::fs::create_dir_all(&sock_dir).unwrap();
+    let text = config_text(&pg, "", "").replacen(
+        "[admin]",
+        &format!(
+            "[[listeners]]\naddr = \"[::1]:0\"\nmode = \"transaction\"\n\n[[listeners]]\naddr = \"{}/.s.PGSQL.7777\"\nmode = \"session\"\n\n[admin]",
+            sock_dir.display()
+        ),
+        1,
+    );
+    let proxy = Proxy::start(&text).await;
+    let v6 = proxy
+        .running
+        .listeners
+        .iter()
+        .find_map(|(a, _)| match a {
+            pgsluice::config::ListenAddr::Tcp(sa) if sa.is_ipv6() => Some(*sa),
+            _ => None,
+        })
+        .unwrap();
+    // Client over IPv6 to an upstream reached over IPv6.
+    let url = format!("postgresql://agent:agent-pw@[::1]:{}/app_v6", v6.port());
+    let (ok, out, err) = psql(&pg, &url, &["-c", "SELECT inet_server_addr()"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "::1");
+    // Client over the proxy's unix socket to an upstream reached over its unix socket.
+    let url = format!(
+        "host={} port=7777 user=agent password=agent-pw dbname=app_unix",
+        sock_dir.display()
+    );
+    let (ok, out, err) = psql(
+        &pg,
+        &url,
+        &["-c", "SELECT coalesce(inet_server_addr()::text, 'unix')"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "unix");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_auth_method_both_sides() {
+    let pg = start_postgres();
+    // Clients: SCRAM (plaintext stored), md5 (md5 hash stored), SCRAM (verifier stored), and
+    // md5 forced by auth_type for a plaintext user.
+    let verifier = postgres_protocol::password::scram_sha_256(b"verifier-pw");
+    let text = config_text(&pg, "", "").replace(
+        "[[users]]\nname = \"agent_plain\"",
+        &format!(
+            "[[users]]\nname = \"agent_verifier\"\npassword = \"{verifier}\"\nserver_user = \"app_scram\"\nserver_password = \"role-pw\"\n\n[[users]]\nname = \"agent_plain\""
+        ),
+    );
+    let proxy = Proxy::start(&text).await;
+    let port = proxy.port(PoolMode::Transaction);
+    for (user, pw, role) in [
+        ("agent", "agent-pw", "app_scram"),
+        ("agent_md5", "md5-agent-pw", "app_md5"),
+        ("agent_plain", "plain-pw", "app_plain"),
+        ("agent_verifier", "verifier-pw", "app_scram"),
+    ] {
+        let mut raw = Raw::open(port).await;
+        let seen = raw
+            .login(196608, user, pw, "app")
+            .await
+            .unwrap_or_else(|e| panic!("{user}: {e}"));
+        assert!(seen.contains(&b'R'), "{user}");
+        assert_eq!(
+            raw.query("SELECT current_user").await.unwrap(),
+            vec![role.to_owned()],
+            "{user}"
+        );
+    }
+    // The md5-stored user must be challenged with md5 (AuthenticationMD5Password = 5).
+    let mut raw = Raw::open(port).await;
+    raw.send(&raw::startup_packet(
+        196608,
+        &[("user", "agent_md5"), ("database", "app")],
+    ))
+    .await;
+    let (tag, body) = raw.recv().await.unwrap();
+    assert_eq!((tag, &body[..4]), (b'R', &5i32.to_be_bytes()[..]));
+
+    let md5_proxy = Proxy::start(&config_text(&pg, "auth_type = \"md5\"", "")).await;
+    let mut raw = Raw::open(md5_proxy.port(PoolMode::Session)).await;
+    raw.send(&raw::startup_packet(
+        196608,
+        &[("user", "agent"), ("database", "app")],
+    ))
+    .await;
+    let (tag, body) = raw.recv().await.unwrap();
+    assert_eq!((tag, &body[..4]), (b'R', &5i32.to_be_bytes()[..]));
+    let mut raw = Raw::open(md5_proxy.port(PoolMode::Session)).await;
+    raw.login(196608, "agent", "agent-pw", "app").await.unwrap();
+    assert_eq!(raw.query("SELECT 40 + 2").await.unwrap(), vec!["42"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_carry_the_right_sqlstate() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "max_client_conn = 3", "")).await;
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let e = connect(&proxy.url(mode, ("agent", "wrong"), "app"))
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "28P01", "{e}");
+        let e = connect(&proxy.url(mode, ("nobody", "x"), "app"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            sqlstate(&e),
+            "28P01",
+            "unknown users look like wrong passwords: {e}"
+        );
+        let e = connect(&proxy.url(mode, AGENT, "nope")).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "3D000", "{e}");
+        assert_eq!(
+            e.as_db_error().unwrap().message(),
+            "database \"nope\" does not exist"
+        );
+    }
+    // max_client_conn = 3: the fourth concurrent client is refused with 53300.
+    let a = proxy.connect(PoolMode::Transaction).await;
+    let b = proxy.connect(PoolMode::Transaction).await;
+    let c = proxy.connect(PoolMode::Session).await;
+    let e = connect(&proxy.url(PoolMode::Transaction, AGENT, "app"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "53300", "{e}");
+    for client in [&a, &b, &c] {
+        let row = client
+            .query_one("SELECT 7", &[])
+            .await
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+        assert_eq!(row.get::<_, i32>(0), 7);
+    }
+    drop((a, b));
+    // Places free up when clients leave.
+    let mut ok = false;
+    for _ in 0..50 {
+        if connect(&proxy.url(PoolMode::Transaction, AGENT, "app"))
+            .await
+            .is_ok()
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ok, "a client slot must be freed when a client disconnects");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssl_gssenc_and_protocol_negotiation() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "")).await;
+    let port = proxy.port(PoolMode::Transaction);
+    // SSLRequest and GSSENCRequest are answered 'N', then a plain startup proceeds.
+    let mut raw = Raw::open(port).await;
+    raw.send(&[0, 0, 0, 8, 4, 210, 22, 47]).await;
+    assert_eq!(raw.recv_byte().await, b'N');
+    raw.send(&[0, 0, 0, 8, 4, 210, 22, 48]).await;
+    assert_eq!(raw.recv_byte().await, b'N');
+    raw.login(196608, "agent", "agent-pw", "app").await.unwrap();
+    assert_eq!(raw.query("SELECT 1").await.unwrap(), vec!["1"]);
+    // A protocol 3.2 client (PostgreSQL 18 libpq) is told we speak 3.0, before authentication.
+    let mut raw = Raw::open(port).await;
+    let seen = raw
+        .login((3 << 16) | 2, "agent", "agent-pw", "app")
+        .await
+        .unwrap();
+    assert_eq!(
+        seen.first(),
+        Some(&b'v'),
+        "NegotiateProtocolVersion comes first: {seen:?}"
+    );
+    assert_eq!(raw.query("SELECT 2").await.unwrap(), vec!["2"]);
+    // Protocol 2 is refused with 0A000.
+    let mut raw = Raw::open(port).await;
+    let e = raw
+        .login(2 << 16, "agent", "agent-pw", "app")
+        .await
+        .unwrap_err();
+    assert_eq!(e, "0A000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_reports_the_real_backend_pid() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "")).await;
+    let mut raw = Raw::open(proxy.port(PoolMode::Session)).await;
+    raw.login(196608, "agent", "agent-pw", "app").await.unwrap();
+    let pid = raw.query("SELECT pg_backend_pid()").await.unwrap();
+    assert_eq!(pid, vec![raw.pid.to_string()]);
+    // Parameters are reported as PostgreSQL spells them.
+    for name in [
+        "server_version",
+        "client_encoding",
+        "DateStyle",
+        "TimeZone",
+        "integer_datetimes",
+    ] {
+        assert!(
+            raw.params.iter().any(|(k, _)| k == name),
+            "missing {name}: {:?}",
+            raw.params
+        );
+    }
+}
+
+#[test]
+fn check_config_names_file_line_and_key() {
+    let dir = std::env::temp_dir().join(format!("pgsluice-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        "[[listeners]]\naddr = \"127.0.0.1:6432\"\nmode = \"transaction\"\n",
+    )
+    .unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[listeners]]\naddr = \"127.0.0.1:6432\"\nmode = \"transactoin\"\n",
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_pgsluice");
+    let out = std::process::Command::new(bin)
+        .args(["check-config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(bin)
+        .args(["check-config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with(&format!("{}:3:", bad.display())), "{err}");
+    assert!(
+        err.contains("key `mode`") && err.contains("transactoin"),
+        "{err}"
+    );
+    // ${ENV} substitution: an unset variable is an error naming it.
+    std::fs::write(&bad, "[[listeners]]\naddr = \"127.0.0.1:6432\"\nmode = \"session\"\n[[users]]\nname = \"a\"\npassword = \"${PGSLUICE_TEST_UNSET_VAR}\"\n").unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["check-config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":6:") && err.contains("PGSLUICE_TEST_UNSET_VAR is not set"),
+        "{err}"
+    );
+    std::fs::write(&bad, "[[listeners]]\naddr = \"127.0.0.1:6432\"\nmode = \"session\"\n[[users]]\nname = \"a\"\npassword = \"${PGSLUICE_TEST_SET_VAR}\"\n").unwrap();
+    let out = std::process::Command::new(bin)
+        .env("PGSLUICE_TEST_SET_VAR", "pw")
+        .args(["check-config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn accepts_the_shared_minimal_contract() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/contract/minimal.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| include_str!("data/minimal.toml").to_owned());
+    let filled = text
+        .replace("@SESSION_PORT@", "55432")
+        .replace("@TXN_PORT@", "56543")
+        .replace("@HTTP_PORT@", "59930")
+        .replace("@PG_PORT@", "5432")
+        .replace("@PG_DB@", "postgres")
+        .replace("@AGENT_PASSWORD@", "agent-pw")
+        .replace("@PG_USER@", "postgres")
+        .replace("@PG_PASSWORD@", "pg-pw")
+        .replace("@ADMIN_PASSWORD@", "admin-pw");
+    let c = pgsluice::config::Config::parse(&filled, &path).unwrap();
+    assert_eq!(c.listeners[0].get_ref().mode, PoolMode::Session);
+    assert_eq!(c.listeners[1].get_ref().mode, PoolMode::Transaction);
+    let db = c.database("app").unwrap();
+    assert_eq!(
+        (db.port, db.dbname.as_deref(), db.pool_size),
+        (5432, Some("postgres"), Some(20))
+    );
+    let agent = c.user("agent").unwrap();
+    assert_eq!(agent.server_user.as_deref(), Some("postgres"));
+    assert_eq!(c.admin.users.len(), 1);
+}

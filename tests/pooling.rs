@@ -1,0 +1,329 @@
+//! Pooling under load and failure: many clients on a small pool, cancels (running and queued),
+//! clients that vanish mid-transaction, garbage input, and an upstream that goes away.
+
+mod support;
+
+use pgsluice::config::PoolMode;
+use std::time::{Duration, Instant};
+use support::raw::{self, Raw};
+use support::*;
+use tokio_postgres::NoTls;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_clients_on_a_pool_of_ten() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 10")).await;
+    let setup = proxy.connect(PoolMode::Transaction).await;
+    setup
+        .batch_execute("CREATE TABLE t_many (client int, seq int, txid bigint)")
+        .await
+        .unwrap();
+    let url = proxy.url(PoolMode::Transaction, AGENT, "app");
+    let mut tasks = Vec::new();
+    for client in 0..200 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(&url).await.unwrap();
+            for seq in 0..5 {
+                let tx = c.transaction().await.unwrap();
+                let a: i64 = tx
+                    .query_one("SELECT txid_current()", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                tx.execute(
+                    "INSERT INTO t_many VALUES ($1, $2, txid_current())",
+                    &[&client, &seq],
+                )
+                .await
+                .unwrap();
+                let b: i64 = tx
+                    .query_one("SELECT txid_current()", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(a, b, "one transaction stays on one server");
+                let echo: String = tx
+                    .query_one("SELECT $1::text", &[&format!("c{client}s{seq}")])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(
+                    echo,
+                    format!("c{client}s{seq}"),
+                    "never another client's rows"
+                );
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let row = setup
+        .query_one("SELECT count(*), count(DISTINCT (client, seq)), count(DISTINCT txid), sum(client)::bigint FROM t_many", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 1000);
+    assert_eq!(row.get::<_, i64>(1), 1000);
+    assert_eq!(
+        row.get::<_, i64>(2),
+        1000,
+        "every transaction had its own txid"
+    );
+    assert_eq!(row.get::<_, i64>(3), 5 * (0..200).sum::<i64>());
+    let servers: i64 = pg
+        .psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app_scram'")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        servers <= 10,
+        "pool_size 10 holds: {servers} server connections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_running_and_queued_queries() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 2")).await;
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let c = proxy.connect(mode).await;
+        let token = c.cancel_token();
+        let started = Instant::now();
+        let canceler = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            token.cancel_query(NoTls).await.unwrap();
+        });
+        let e = c.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
+        canceler.await.unwrap();
+        assert_eq!(sqlstate(&e), "57014", "{mode:?}: {e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{mode:?}: took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+            1,
+            "usable after cancel"
+        );
+        drop(c);
+    }
+    // A client queued for a server (both servers held in open transactions) can be canceled.
+    let h1 = proxy.connect(PoolMode::Transaction).await;
+    let h2 = proxy.connect(PoolMode::Transaction).await;
+    h1.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    h2.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let queued = proxy.connect(PoolMode::Transaction).await;
+    let token = queued.cancel_token();
+    let started = Instant::now();
+    let canceler = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(NoTls).await.unwrap();
+    });
+    let e = queued.simple_query("SELECT 'never ran'").await.unwrap_err();
+    canceler.await.unwrap();
+    assert_eq!(sqlstate(&e), "57014", "{e}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The queued client keeps its connection and runs once a server is free.
+    h1.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        queued
+            .query_one("SELECT 11", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        11
+    );
+    h2.batch_execute("COMMIT").await.unwrap();
+}
+
+/// A stale cancel key (from a client that has left) must not cancel the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_cancel_does_not_hit_the_next_client() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 1")).await;
+    let first = proxy.connect(PoolMode::Session).await;
+    let stale = first.cancel_token();
+    first.query_one("SELECT 1", &[]).await.unwrap();
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = proxy.connect(PoolMode::Session).await;
+    let query = tokio::spawn(async move {
+        second
+            .simple_query("SELECT pg_sleep(1.5)")
+            .await
+            .map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stale.cancel_query(NoTls).await.unwrap();
+    query
+        .await
+        .unwrap()
+        .expect("the stale cancel must be ignored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_killed_mid_transaction_leaves_nothing_open() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 4")).await;
+    let setup = proxy.connect(PoolMode::Transaction).await;
+    setup
+        .batch_execute("CREATE TABLE t_kill (v int)")
+        .await
+        .unwrap();
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let mut raw = Raw::open(proxy.port(mode)).await;
+        raw.login(196608, "agent", "agent-pw", "app").await.unwrap();
+        raw.query("BEGIN").await.unwrap();
+        raw.query("INSERT INTO t_kill VALUES (1)").await.unwrap();
+        let in_tx = pg
+            .psql("SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'")
+            .unwrap();
+        assert_eq!(in_tx, "1", "{mode:?}");
+        drop(raw); // the socket closes with the transaction open
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let n = pg
+                .psql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
+                )
+                .unwrap();
+            if n == "0" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{mode:?}: still {n} idle-in-transaction backends after 2 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let n: i64 = setup
+        .query_one("SELECT count(*) FROM t_kill", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "uncommitted inserts were rolled back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_after_startup_gets_08p01_and_others_go_on() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 2")).await;
+    let bystander = proxy.connect(PoolMode::Transaction).await;
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        for garbage in [
+            &b"\x01\x02\x03\x04\x05\x06garbage"[..],
+            &b"Q\xff\xff\xff\xffxx"[..],
+            &b"Q\x00\x00\x00\x02"[..],
+        ] {
+            let mut raw = Raw::open(proxy.port(mode)).await;
+            raw.login(196608, "agent", "agent-pw", "app").await.unwrap();
+            raw.send(garbage).await;
+            let (tag, body) = raw
+                .recv()
+                .await
+                .expect("an ErrorResponse, not a silent close");
+            assert_eq!(tag, b'E');
+            assert_eq!(raw::error_code(&body), "08P01", "{mode:?} {garbage:?}");
+            assert!(raw.recv().await.is_none(), "then the connection closes");
+        }
+        // Garbage instead of a startup packet: a bad length is 08P01, an unknown protocol
+        // version 0A000, as PostgreSQL answers them.
+        for (packet, code) in [
+            (&[0x7f, 0xff, 0xff, 0xff, 0][..], "08P01"),
+            (&[0, 0, 0, 9, 1, 2, 3, 4, 5][..], "0A000"),
+        ] {
+            let mut raw = Raw::open(proxy.port(mode)).await;
+            raw.send(packet).await;
+            let (tag, body) = raw.recv().await.unwrap();
+            assert_eq!((tag, raw::error_code(&body)), (b'E', code.to_owned()));
+        }
+    }
+    assert_eq!(
+        bystander
+            .query_one("SELECT 3", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_fails_fast_and_recovers() {
+    let mut pg = start_postgres();
+    let proxy = Proxy::start(&config_text(
+        &pg,
+        "server_connect_timeout = 3",
+        "pool_size = 3",
+    ))
+    .await;
+    let txn = proxy.connect(PoolMode::Transaction).await;
+    assert_eq!(
+        txn.query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+    pg.stop();
+    // A connected transaction-mode client gets 57P03 (its idle server is found dead).
+    let started = Instant::now();
+    let e = txn.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "57P03", "{e}");
+    // A new session-mode client is refused with 57P03 at login.
+    let e = connect(&proxy.url(PoolMode::Session, AGENT, "app"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "57P03", "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "failing took {:?}",
+        started.elapsed()
+    );
+    pg.restart().unwrap();
+    // The same client, and new ones, work again without restarting the proxy.
+    assert_eq!(
+        txn.query_one("SELECT 2", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        2
+    );
+    let s = proxy.connect(PoolMode::Session).await;
+    assert_eq!(
+        s.query_one("SELECT 3", &[]).await.unwrap().get::<_, i32>(0),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_terminated_under_a_session_client() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 2")).await;
+    let c = proxy.connect(PoolMode::Session).await;
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    pg.psql(&format!("SELECT pg_terminate_backend({pid})"))
+        .unwrap();
+    let e = c.simple_query("SELECT 1").await.unwrap_err();
+    // The client learns its server is gone (PostgreSQL's 57P01, or 08006), not a hang.
+    assert!(
+        e.code().is_none() || ["57P01", "08006"].contains(&sqlstate(&e).as_str()),
+        "{e}"
+    );
+    let c2 = proxy.connect(PoolMode::Session).await;
+    assert_eq!(
+        c2.query_one("SELECT 4", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        4
+    );
+}

@@ -1,0 +1,179 @@
+//! The shared test harness: a real PostgreSQL per test (via `pgsluice::devdb`), roles for each
+//! upstream auth method, pgsluice started in-process on free ports, and small clients.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod raw;
+
+use pgsluice::app::Running;
+use pgsluice::config::{Config, PoolMode};
+use pgsluice::devdb::DevDb;
+use std::path::Path;
+use std::time::Duration;
+use tokio_postgres::{Client, NoTls};
+
+pub const SCRAM_ROLE: &str = "app_scram";
+pub const MD5_ROLE: &str = "app_md5";
+pub const PLAIN_ROLE: &str = "app_plain";
+pub const ROLE_PASSWORD: &str = "role-pw";
+
+/// PostgreSQL with the roles and database the tests use. Upstream auth: `password`
+/// (cleartext) for app_plain, `md5` for everyone else over TCP, which PostgreSQL runs as
+/// SCRAM for roles whose password is stored as SCRAM (app_scram) and md5 for app_md5.
+pub fn start_postgres() -> DevDb {
+    let pg = DevDb::start(
+        &[
+            "host all app_plain 127.0.0.1/32 password",
+            "host all all 127.0.0.1/32 md5",
+            "host all all ::1/128 md5",
+        ],
+        &[],
+    )
+    .expect(
+        "PostgreSQL must start for the integration tests (install postgresql or set PG_BINDIR)",
+    );
+    pg.psql(&format!(
+        "CREATE ROLE {SCRAM_ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}';
+         SET password_encryption = 'md5';
+         CREATE ROLE {MD5_ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}';
+         CREATE ROLE {PLAIN_ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}';"
+    ))
+    .unwrap();
+    pg.psql(&format!("CREATE DATABASE appdb OWNER {SCRAM_ROLE}"))
+        .unwrap();
+    pg.psql("GRANT ALL ON DATABASE appdb TO PUBLIC").unwrap();
+    pg
+}
+
+/// The proxy's users: what clients log in with, and the upstream role each maps to.
+pub const AGENT: (&str, &str) = ("agent", "agent-pw");
+pub const AGENT_MD5: (&str, &str) = ("agent_md5", "md5-agent-pw");
+
+/// A config with a session and a transaction listener on free ports, for `pg`.
+/// `general` is inserted into `[general]`; `db_extra` into the `app` database table.
+pub fn config_text(pg: &DevDb, general: &str, db_extra: &str) -> String {
+    let md5_hash = postgres_protocol::password::md5(AGENT_MD5.1.as_bytes(), AGENT_MD5.0);
+    format!(
+        r#"
+[general]
+{general}
+
+[[listeners]]
+addr = "127.0.0.1:0"
+mode = "session"
+
+[[listeners]]
+addr = "127.0.0.1:0"
+mode = "transaction"
+
+[admin]
+users = []
+
+[[databases]]
+name = "app"
+host = "127.0.0.1"
+port = {port}
+dbname = "appdb"
+{db_extra}
+
+[[databases]]
+name = "app_unix"
+host = "{sock}"
+port = {port}
+dbname = "appdb"
+
+[[databases]]
+name = "app_v6"
+host = "::1"
+port = {port}
+dbname = "appdb"
+
+[[users]]
+name = "{agent}"
+password = "{agent_pw}"
+server_user = "{SCRAM_ROLE}"
+server_password = "{ROLE_PASSWORD}"
+
+[[users]]
+name = "{agent_md5}"
+password = "{md5_hash}"
+server_user = "{MD5_ROLE}"
+server_password = "{ROLE_PASSWORD}"
+
+[[users]]
+name = "agent_plain"
+password = "plain-pw"
+server_user = "{PLAIN_ROLE}"
+server_password = "{ROLE_PASSWORD}"
+"#,
+        port = pg.port,
+        sock = pg.socket_dir.display(),
+        agent = AGENT.0,
+        agent_pw = AGENT.1,
+        agent_md5 = AGENT_MD5.0,
+    )
+}
+
+pub struct Proxy {
+    pub running: Running,
+}
+
+impl Proxy {
+    pub async fn start(text: &str) -> Proxy {
+        let config = Config::parse(text, Path::new("test.toml")).unwrap();
+        Proxy {
+            running: pgsluice::app::start(config).await.unwrap(),
+        }
+    }
+
+    pub fn port(&self, mode: PoolMode) -> u16 {
+        self.running.addr(mode).unwrap().port()
+    }
+
+    /// A libpq-style connection string for `mode`.
+    pub fn url(&self, mode: PoolMode, user: (&str, &str), db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={} password={} dbname={db}",
+            self.port(mode),
+            user.0,
+            user.1
+        )
+    }
+
+    pub async fn connect(&self, mode: PoolMode) -> Client {
+        connect(&self.url(mode, AGENT, "app")).await.unwrap()
+    }
+}
+
+/// Connects with tokio-postgres and drives the connection on its own task.
+pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) =
+        tokio::time::timeout(Duration::from_secs(20), tokio_postgres::connect(url, NoTls))
+            .await
+            .expect("connect timed out")?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// The SQLSTATE of a tokio-postgres error, or a description when it has none.
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+/// Runs psql from PostgreSQL's bindir; returns (success, stdout, stderr).
+pub fn psql(pg: &DevDb, conninfo: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(pg.bindir.join("psql"))
+        .arg(conninfo)
+        .args(["-XAtq", "-v", "ON_ERROR_STOP=1"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim_end().to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,195 @@
+//! A minimal hand-written protocol client, for what drivers will not do: garbage bytes,
+//! protocol 3.2 startup, reading BackendKeyData.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::{Buf, BufMut, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: BytesMut,
+    pub pid: i32,
+    pub secret: i32,
+    pub params: Vec<(String, String)>,
+}
+
+pub fn startup_packet(version: i32, pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    b.put_i32(0);
+    b.put_i32(version);
+    for (k, v) in pairs {
+        b.put_slice(k.as_bytes());
+        b.put_u8(0);
+        b.put_slice(v.as_bytes());
+        b.put_u8(0);
+    }
+    b.put_u8(0);
+    let len = b.len() as i32;
+    b[..4].copy_from_slice(&len.to_be_bytes());
+    b.to_vec()
+}
+
+pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    v.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// The SQLSTATE in an ErrorResponse body.
+pub fn error_code(body: &[u8]) -> String {
+    let mut fields = body.split(|&b| b == 0);
+    fields
+        .find(|f| f.first() == Some(&b'C'))
+        .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+        .unwrap_or_default()
+}
+
+impl Raw {
+    pub async fn open(port: u16) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+            pid: 0,
+            secret: 0,
+            params: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads one message; None on EOF or after 10 s.
+    pub async fn recv(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if self.buf.len() > len {
+                    let tag = self.buf[0];
+                    self.buf.advance(5);
+                    let body = self.buf.split_to(len - 4).to_vec();
+                    return Some((tag, body));
+                }
+            }
+            match tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.buf))
+                .await
+            {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// Reads one raw byte (the answer to SSLRequest).
+    pub async fn recv_byte(&mut self) -> u8 {
+        self.stream.read_u8().await.unwrap()
+    }
+
+    /// Starts up with `version`, logs in with SCRAM or md5, and reads up to ReadyForQuery.
+    /// Returns every message tag seen before authentication requests, for negotiation tests.
+    pub async fn login(
+        &mut self,
+        version: i32,
+        user: &str,
+        password: &str,
+        db: &str,
+    ) -> Result<Vec<u8>, String> {
+        self.send(&startup_packet(
+            version,
+            &[("user", user), ("database", db)],
+        ))
+        .await;
+        let mut seen = Vec::new();
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let (tag, body) = self.recv().await.ok_or("connection closed")?;
+            seen.push(tag);
+            match tag {
+                b'R' => {
+                    let kind = i32::from_be_bytes(body[..4].try_into().unwrap());
+                    match kind {
+                        0 => {}
+                        5 => {
+                            let salt: [u8; 4] = body[4..8].try_into().unwrap();
+                            let hash = postgres_protocol::authentication::md5_hash(
+                                user.as_bytes(),
+                                password.as_bytes(),
+                                salt,
+                            );
+                            let mut b = hash.into_bytes();
+                            b.push(0);
+                            self.send(&message(b'p', &b)).await;
+                        }
+                        10 => {
+                            let s = ScramSha256::new(
+                                password.as_bytes(),
+                                ChannelBinding::unsupported(),
+                            );
+                            let mut b = b"SCRAM-SHA-256\0".to_vec();
+                            b.extend_from_slice(&(s.message().len() as i32).to_be_bytes());
+                            b.extend_from_slice(s.message());
+                            self.send(&message(b'p', &b)).await;
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram.as_mut().unwrap();
+                            s.update(&body[4..]).unwrap();
+                            let m = s.message().to_vec();
+                            self.send(&message(b'p', &m)).await;
+                        }
+                        12 => scram
+                            .as_mut()
+                            .unwrap()
+                            .finish(&body[4..])
+                            .map_err(|e| e.to_string())?,
+                        k => return Err(format!("unexpected auth request {k}")),
+                    }
+                }
+                b'K' => {
+                    self.pid = i32::from_be_bytes(body[..4].try_into().unwrap());
+                    self.secret = i32::from_be_bytes(body[4..8].try_into().unwrap());
+                }
+                b'S' => {
+                    let mut parts = body.split(|&b| b == 0);
+                    let k = String::from_utf8_lossy(parts.next().unwrap()).into_owned();
+                    let v = String::from_utf8_lossy(parts.next().unwrap()).into_owned();
+                    self.params.push((k, v));
+                }
+                b'E' => return Err(error_code(&body)),
+                b'Z' => return Ok(seen),
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs a simple query; returns the first column of each row, or the SQLSTATE.
+    pub async fn query(&mut self, sql: &str) -> Result<Vec<String>, String> {
+        let mut b = sql.as_bytes().to_vec();
+        b.push(0);
+        self.send(&message(b'Q', &b)).await;
+        let mut rows = Vec::new();
+        let mut err = None;
+        loop {
+            let (tag, body) = self.recv().await.ok_or("connection closed")?;
+            match tag {
+                b'D' => {
+                    let len = i32::from_be_bytes(body[2..6].try_into().unwrap());
+                    rows.push(if len < 0 {
+                        "NULL".into()
+                    } else {
+                        String::from_utf8_lossy(&body[6..6 + len as usize]).into_owned()
+                    });
+                }
+                b'E' => err = Some(error_code(&body)),
+                b'Z' => return err.map_or(Ok(rows), Err),
+                _ => {}
+            }
+        }
+    }
+}
