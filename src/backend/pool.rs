@@ -75,6 +75,20 @@ impl DbLimit {
             .is_ok()
     }
 
+    /// At the database cap, a pool with waiters takes the place of an idle connection of
+    /// another pool: returned here to be closed (outside every lock), which frees its place.
+    fn take_idle_elsewhere(&self, wanting: &Arc<Pool>) -> Option<ServerConn> {
+        let pools: Vec<Arc<Pool>> = lock(&self.pools).iter().filter_map(Weak::upgrade).collect();
+        pools
+            .iter()
+            .filter(|p| !Arc::ptr_eq(p, wanting))
+            .find_map(|p| {
+                let mut st = lock(&p.state);
+                // The least recently used goes: idle is ordered oldest-used first.
+                (!st.idle.is_empty()).then(|| st.idle.remove(0))
+            })
+    }
+
     fn release(&self) {
         self.open.fetch_sub(1, Ordering::AcqRel);
         if self.max == 0 {
@@ -127,7 +141,8 @@ enum Step<'a> {
     Idle(ServerConn),
     Open(Slot),
     Fail(CheckoutError),
-    Wait(Ticket<'a>),
+    /// Queued; true when the pool has room but its database is at max_db_connections.
+    Wait(Ticket<'a>, bool),
 }
 
 struct Waiter {
@@ -255,7 +270,15 @@ impl Pool {
                 }
                 Step::Open(slot) => return self.open(slot).await,
                 Step::Fail(e) => return Err(e),
-                Step::Wait(ticket) => ticket,
+                Step::Wait(ticket, at_db_cap) => {
+                    if at_db_cap {
+                        if let Some(idle) = self.db.take_idle_elsewhere(self) {
+                            tracing::debug!(pool = %self.key, server = idle.id, "max_db_connections: closing an idle server of another pool");
+                            drop(idle);
+                        }
+                    }
+                    ticket
+                }
             };
             let grant = loop {
                 let Some(rx) = ticket.rx.as_mut() else {
@@ -304,15 +327,17 @@ impl Pool {
         if let Some(slot) = self.try_slot(&mut st, self.settings.size) {
             return Step::Open(slot);
         }
+        let at_db_cap = st.open < self.settings.size;
         let id = st.next_waiter;
         st.next_waiter += 1;
         let (tx, rx) = oneshot::channel();
         st.waiters.push_back(Waiter { id, tx });
-        Step::Wait(Ticket {
+        let ticket = Ticket {
             pool: self,
             id,
             rx: Some(rx),
-        })
+        };
+        Step::Wait(ticket, at_db_cap)
     }
 
     /// A place in the reserve for a waiter that waited reserve_pool_timeout, taking it out of
