@@ -199,7 +199,7 @@ async fn max_db_connections_caps_all_pools_of_a_database() {
         t.await.unwrap();
     }
     assert!(
-        peak <= 2 && peak >= 1,
+        (1..=2).contains(&peak),
         "two pools of one database share max_db_connections = 2: peak {peak}"
     );
 }
