@@ -306,6 +306,23 @@ fn check_config_names_file_line_and_key() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The documented example is a valid configuration.
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml.example");
+    let out = std::process::Command::new(bin)
+        .envs([
+            ("AGENT_PASSWORD", "a"),
+            ("APP_DB_PASSWORD", "b"),
+            ("ADMIN_PASSWORD", "c"),
+        ])
+        .args(["check-config"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
