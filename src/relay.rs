@@ -34,7 +34,9 @@ pub enum Event {
     /// Transaction mode: the client sent work and no server is attached.
     NeedServer,
     /// Transaction mode: the server is idle and owes the client nothing; give it back.
-    Release,
+    /// `clean` is false when the server sent more after its last ReadyForQuery (a FATAL
+    /// from a shutdown, say): those bytes are dropped and the server must be closed.
+    Release { clean: bool },
     /// The client's timers need resetting: it moved to another phase.
     Phase(Phase),
     /// The client sent Terminate.
@@ -244,7 +246,9 @@ impl Relay {
                     return Poll::Ready(Event::ServerGone);
                 }
                 if self.transaction_mode && self.server_reusable() {
-                    return Poll::Ready(Event::Release);
+                    let clean = self.s2c.len() == self.s_pos;
+                    self.s2c.truncate(self.s_pos);
+                    return Poll::Ready(Event::Release { clean });
                 }
             }
 
@@ -361,6 +365,10 @@ impl Relay {
                 b'Z' => {
                     self.status = body.first().copied().unwrap_or(b'I');
                     self.pending = self.pending.saturating_sub(1);
+                    if self.transaction_mode && self.server_reusable() {
+                        // The transaction is over: what follows is not this client's.
+                        return Ok(());
+                    }
                 }
                 b'S' => {
                     if let Some((k, v)) = views::parameter_status(body) {

@@ -89,6 +89,13 @@ impl DbLimit {
             })
     }
 
+    fn other_pool_waiting(&self, me: &Arc<Pool>) -> bool {
+        let pools: Vec<Arc<Pool>> = lock(&self.pools).iter().filter_map(Weak::upgrade).collect();
+        pools
+            .iter()
+            .any(|p| !Arc::ptr_eq(p, me) && !lock(&p.state).waiters.is_empty())
+    }
+
     fn release(&self) {
         self.open.fetch_sub(1, Ordering::AcqRel);
         if self.max == 0 {
@@ -420,7 +427,18 @@ impl Pool {
                 }
             }
         }
-        st.idle.push(conn);
+        drop(st);
+        // At the database cap, an idle connection here would starve another pool's waiters:
+        // close it so its place goes to them.
+        if self.db.max > 0
+            && self.db.open.load(Ordering::Acquire) >= self.db.max
+            && self.db.other_pool_waiting(self)
+        {
+            tracing::debug!(pool = %self.key, server = conn.id, "max_db_connections: giving this place to another pool");
+            drop(conn);
+            return;
+        }
+        lock(&self.state).idle.push(conn);
     }
 
     /// A connection closed: its place goes to a waiter, or back to the pool and database.

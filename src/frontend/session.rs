@@ -309,15 +309,26 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                     return;
                 }
             }
-            Event::Release => {
+            Event::Release { clean } => {
                 if let Some(server) = c.server.take() {
                     relay.reset_server_side();
-                    if c.cancel.handle.detach() {
+                    let no_cancel_in_flight = c.cancel.handle.detach();
+                    if clean && no_cancel_in_flight {
                         c.pool.release(server);
+                    } else {
+                        tracing::debug!(
+                            conn = c.id,
+                            server = server.id,
+                            clean,
+                            "closing server instead of returning it"
+                        );
                     }
                 }
             }
-            Event::ClientTerminated | Event::ClientGone => return,
+            Event::ClientTerminated | Event::ClientGone => {
+                tracing::debug!(conn = c.id, ?event, "client finished");
+                return;
+            }
             Event::ServerGone => {
                 tracing::info!(conn = c.id, "server connection lost");
                 let fatal = relay.server_sent_fatal();

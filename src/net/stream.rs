@@ -14,12 +14,13 @@ pub enum Stream {
 
 impl Stream {
     /// True when the peer has closed or sent bytes nobody asked for: an idle server
-    /// connection in either state must not be handed out. Costs one non-blocking syscall.
+    /// connection in either state must not be handed out. One non-blocking MSG_PEEK; tokio's
+    /// own try_read would trust cached readiness and could miss a close that just happened.
     pub fn has_pending_input_or_eof(&self) -> bool {
-        let mut probe = [0u8; 1];
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         let r = match self {
-            Stream::Tcp(s) => s.try_read(&mut probe),
-            Stream::Unix(s) => s.try_read(&mut probe),
+            Stream::Tcp(s) => socket2::SockRef::from(s).peek(&mut probe),
+            Stream::Unix(s) => socket2::SockRef::from(s).peek(&mut probe),
         };
         !matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }

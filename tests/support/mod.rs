@@ -119,6 +119,13 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(text: &str) -> Proxy {
+        // PGSLUICE_TEST_LOG=debug shows the proxy's log while debugging a test.
+        if let Ok(level) = std::env::var("PGSLUICE_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(level)
+                .with_test_writer()
+                .try_init();
+        }
         let config = Config::parse(text, Path::new("test.toml")).unwrap();
         Proxy {
             running: pgsluice::app::start(config).await.unwrap(),
