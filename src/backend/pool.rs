@@ -139,11 +139,15 @@ impl Drop for Slot {
     }
 }
 
+// A connection is moved through these, never stored in bulk: boxing it would allocate on
+// every hand-off instead.
+#[allow(clippy::large_enum_variant)]
 enum Grant {
     Conn(ServerConn),
     Slot(Slot),
 }
 
+#[allow(clippy::large_enum_variant)]
 enum Step<'a> {
     Idle(ServerConn),
     Open(Slot),
@@ -397,6 +401,7 @@ impl Pool {
                     pid: est.pid,
                     secret: est.secret,
                     params: est.params,
+                    statements: Default::default(),
                     created: now,
                     last_used: now,
                     upstream: self.upstream.clone(),

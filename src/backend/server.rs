@@ -27,6 +27,8 @@ pub struct ServerConn {
     pub pid: i32,
     pub secret: i32,
     pub params: SessionParams,
+    /// Prepared statements this connection has, by server name (transaction mode).
+    pub statements: crate::relay::prepared::ServerStatements,
     pub created: Instant,
     pub last_used: Instant,
     pub upstream: Arc<super::connect::Upstream>,

@@ -14,7 +14,7 @@ use crate::error::ClientError;
 use crate::net::Stream;
 use crate::net::listener::Peer;
 use crate::proto::emit;
-use crate::relay::{Event, Phase, Relay};
+use crate::relay::{ClientState, Event, Phase, Relay};
 use bytes::BytesMut;
 use std::future::poll_fn;
 use std::pin::pin;
@@ -29,7 +29,7 @@ const INTERNAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// A logged-in client, ready for the relay.
 struct Client {
     stream: Stream,
-    params: SessionParams,
+    state: ClientState,
     pool: Arc<Pool>,
     cancel: Registration,
     server: Option<ServerConn>,
@@ -61,7 +61,10 @@ pub async fn serve(app: Arc<App>, mut stream: Stream, peer: Peer, mode: PoolMode
     let mut client = match result {
         Ok(Some(l)) => Client {
             stream,
-            params: l.params,
+            state: ClientState {
+                params: l.params,
+                statements: Default::default(),
+            },
             pool: l.pool,
             cancel: l.cancel,
             server: l.server,
@@ -77,7 +80,8 @@ pub async fn serve(app: Arc<App>, mut stream: Stream, peer: Peer, mode: PoolMode
             return;
         }
     };
-    let mut relay = Relay::new(mode == PoolMode::Transaction);
+    let max_prepared = app.config.load().general.max_prepared_statements;
+    let mut relay = Relay::new(mode == PoolMode::Transaction, max_prepared);
     run(&app, &mut client, &mut relay).await;
     finish(&app, client, relay).await;
 }
@@ -271,7 +275,7 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
     }
     loop {
         let event = tokio::select! {
-            ev = poll_fn(|cx| relay.poll_relay(cx, &mut c.stream, c.server.as_mut(), &mut c.params)) => ev,
+            ev = poll_fn(|cx| relay.poll_relay(cx, &mut c.stream, c.server.as_mut(), &mut c.state)) => ev,
             _ = timer.as_mut(), if timer_armed => {
                 timer_armed = false;
                 match phase {
@@ -366,7 +370,7 @@ async fn attach(c: &mut Client, relay: &mut Relay) -> bool {
     let Some(result) = result else { return false };
     match result {
         Ok(mut server) => {
-            if let Err(e) = sync(&mut server, &c.params).await {
+            if let Err(e) = sync(&mut server, &c.state.params).await {
                 let e = ClientError {
                     severity: emit::Severity::Error,
                     ..e

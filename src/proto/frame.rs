@@ -77,6 +77,12 @@ impl Framer {
         self.in_body = h.body_len;
     }
 
+    /// The message's body from the current position on is passed through: `remaining` bytes
+    /// of it are still to come (after the proxy replaced its start).
+    pub fn pass_rest(&mut self, remaining: usize) {
+        self.in_body = remaining;
+    }
+
     /// Consumes the whole message and returns its body, or `None` (consuming nothing) until
     /// the buffer holds all of it.
     pub fn take<'a>(&mut self, h: &Header, buf: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {

@@ -1,0 +1,110 @@
+//! One direction of a relay: a buffer that is both the read buffer and the queue of bytes to
+//! write, the framer walking it, and an overflow buffer used only when the proxy changes the
+//! stream (renames a statement, drops a reply it asked for itself, adds its own message).
+//! Unchanged traffic is written straight from the read buffer.
+
+use crate::proto::Framer;
+use bytes::{Buf, BytesMut};
+
+#[derive(Default)]
+pub struct Half {
+    /// Bytes read and not yet written; `buf[..pos]` has been walked and may be written.
+    pub buf: BytesMut,
+    pub pos: usize,
+    pub framer: Framer,
+    /// Bytes that go out before `buf[..pos]`: filled only where the stream was changed.
+    pub out: BytesMut,
+}
+
+impl Half {
+    /// Something is ready to write.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty() || self.pos > 0
+    }
+
+    /// The next bytes to write: the changed part first, to keep order.
+    pub fn output(&self) -> &[u8] {
+        if self.out.is_empty() {
+            &self.buf[..self.pos]
+        } else {
+            &self.out
+        }
+    }
+
+    pub fn consume_output(&mut self, n: usize) {
+        if self.out.is_empty() {
+            self.buf.advance(n);
+            self.pos -= n;
+        } else {
+            self.out.advance(n);
+        }
+    }
+
+    /// Moves the walked bytes before `upto` into `out`, so a change can be made at `upto`.
+    /// Copies only when the stream is being changed.
+    pub fn cut_at(&mut self, upto: usize) {
+        if upto > 0 {
+            self.out.extend_from_slice(&self.buf[..upto]);
+            self.buf.advance(upto);
+            self.pos -= upto;
+        }
+    }
+
+    /// Drops `n` bytes at the front of `buf` (a message being removed; `cut_at` came first).
+    pub fn drop_front(&mut self, n: usize) {
+        self.buf.advance(n);
+        self.pos = self.pos.saturating_sub(n);
+    }
+
+    /// Adds the proxy's own bytes at the walked boundary.
+    pub fn insert(&mut self, f: impl FnOnce(&mut BytesMut)) {
+        let at = self.pos;
+        self.cut_at(at);
+        f(&mut self.out);
+    }
+
+    /// Drops walked bytes that are not to be sent at all (a refused request).
+    pub fn discard_walked(&mut self) {
+        self.buf.advance(self.pos);
+        self.pos = 0;
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.out.is_empty() && self.pos == 0 && !self.framer.mid_message()
+    }
+
+    /// Returns buffer memory while the client is idle (thousands of idle agents).
+    pub fn shrink_if_empty(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = BytesMut::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_keep_order() {
+        let mut h = Half::default();
+        h.buf.extend_from_slice(b"aaabbbccc");
+        h.pos = 6;
+        h.cut_at(3);
+        assert_eq!((&h.out[..], h.pos), (&b"aaa"[..], 3));
+        h.drop_front(3); // drop "bbb"
+        h.insert(|o| o.extend_from_slice(b"XY"));
+        assert_eq!(&h.out[..], b"aaaXY");
+        h.pos = 3;
+        let mut sent = Vec::new();
+        while h.has_output() {
+            let n = h.output().len().min(2);
+            sent.extend_from_slice(&h.output()[..n]);
+            h.consume_output(n);
+        }
+        assert_eq!(sent, b"aaaXYccc");
+    }
+}

@@ -1,0 +1,784 @@
+//! The hot loop: moves bytes between a client and its current server connection.
+//!
+//! Each direction is a [`half::Half`]: one buffer that is both the read buffer and the queue of
+//! bytes to write. The framer walks message headers as bytes arrive and everything walked is
+//! written on as one run, without copying. Bodies are read only where they decide something:
+//! ReadyForQuery (transaction boundaries), ParameterStatus (session parameters), a server's
+//! ErrorResponse and CommandComplete, and, in transaction mode, the statement names in
+//! Parse/Bind/Describe/Close ([`prepared`]). [`pipeline`] tracks which replies the server
+//! still owes. No allocation or lock per message; a copy only where the stream is changed.
+//!
+//! Reads stop while a direction holds [`MAX_BUFFERED`] bytes the other side has not taken, so
+//! a client that does not read its results holds back the server, not the proxy's memory.
+
+pub mod half;
+pub mod pipeline;
+pub mod prepared;
+
+use crate::backend::ServerConn;
+use crate::backend::params::SessionParams;
+use crate::error::ClientError;
+use crate::net::Stream;
+use crate::proto::{FrameError, Header, MAX_MESSAGE_LEN, emit, views};
+use bytes::BytesMut;
+use half::Half;
+use pipeline::{Action, Entry, Kind, Pipeline, Synthetic};
+use prepared::{ClientStatements, ServerStatements, Statement};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use tokio::io::AsyncWrite;
+use tokio_util::io::poll_read_buf;
+
+/// Bytes one direction may hold before it stops reading.
+pub const MAX_BUFFERED: usize = 64 * 1024;
+/// How much room a read asks for.
+const READ_CHUNK: usize = 16 * 1024;
+/// Longest body the relay reads whole from a server (ReadyForQuery, ParameterStatus,
+/// ErrorResponse, CommandComplete); longer ones are passed through unread.
+const INSPECT_LIMIT: usize = 8 * 1024;
+/// Statement and portal names must end within this many bytes of a Bind body.
+const MAX_NAMES: usize = 4096;
+
+/// Why the relay stopped and needs the session to act.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Transaction mode: the client sent work and no server is attached.
+    NeedServer,
+    /// Transaction mode: the server is idle and owes the client nothing; give it back.
+    /// `clean` is false when the server sent more after its last ReadyForQuery (a FATAL
+    /// from a shutdown, say): those bytes are dropped and the server must be closed.
+    Release { clean: bool },
+    /// The client's timers need resetting: it moved to another phase.
+    Phase(Phase),
+    /// The client sent Terminate.
+    ClientTerminated,
+    /// The client closed its socket or a write to it failed.
+    ClientGone,
+    /// The server closed its socket or failed.
+    ServerGone,
+    /// The client broke the protocol.
+    Protocol(ClientError),
+}
+
+/// Where the client is, for its timeouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// No transaction open and nothing running.
+    Idle,
+    /// Inside a transaction block, nothing running.
+    InTransaction,
+    /// A statement is running.
+    Busy,
+}
+
+/// Dropping a refused request's messages (never forwarded to any server).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Discard {
+    No,
+    /// Up to the next Sync (or, with no server attached, Query or FunctionCall too).
+    UntilSync,
+    /// The rest of the last dropped message's body.
+    Tail,
+}
+
+/// What the relay keeps for the client across server connections.
+#[derive(Default, Debug)]
+pub struct ClientState {
+    pub params: SessionParams,
+    pub statements: ClientStatements,
+}
+
+/// A client's relay state; lives as long as the client.
+pub struct Relay {
+    c: Half,
+    s: Half,
+    pipeline: Pipeline,
+    /// Extended-protocol messages were forwarded since the last Sync (an implicit
+    /// transaction may be open even when every reply has arrived).
+    unsynced: bool,
+    /// Transaction status from the last ReadyForQuery.
+    status: u8,
+    /// The server sent a FATAL error: it will close, and the client has been told why.
+    server_fatal: bool,
+    discard: Discard,
+    /// Bytes the client buffer must hold before the current message can be handled.
+    need: usize,
+    /// The server is in COPY FROM STDIN and the client has not ended it: its Syncs are
+    /// ignored by the server, so they are owed no reply.
+    client_in_copy: bool,
+    pub transaction_mode: bool,
+    /// Server statements each connection keeps (transaction mode); 0 passes names through.
+    pub max_prepared: usize,
+    /// Report phase changes (only when a timeout needs them).
+    pub watch_phase: bool,
+    reported_phase: Phase,
+}
+
+impl Relay {
+    pub fn new(transaction_mode: bool, max_prepared: usize) -> Relay {
+        Relay {
+            c: Half::default(),
+            s: Half::default(),
+            pipeline: Pipeline::default(),
+            unsynced: false,
+            status: b'I',
+            server_fatal: false,
+            discard: Discard::No,
+            need: 0,
+            client_in_copy: false,
+            transaction_mode,
+            max_prepared: if transaction_mode { max_prepared } else { 0 },
+            watch_phase: false,
+            reported_phase: Phase::Idle,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        if !self.pipeline.is_empty() || self.unsynced || self.c.framer.mid_message() {
+            Phase::Busy
+        } else if self.status == b'I' {
+            Phase::Idle
+        } else {
+            Phase::InTransaction
+        }
+    }
+
+    /// The server owes the client nothing and holds no transaction: it may serve someone else.
+    pub fn server_reusable(&self) -> bool {
+        self.phase() == Phase::Idle
+            && self.c.is_idle()
+            && !self.s.framer.mid_message()
+            && self.discard == Discard::No
+    }
+
+    pub fn server_sent_fatal(&self) -> bool {
+        self.server_fatal
+    }
+
+    /// Forget per-server state when a server is attached or detached.
+    pub fn reset_server_side(&mut self) {
+        self.s.framer = Default::default();
+        self.pipeline.clear();
+        self.unsynced = false;
+        self.client_in_copy = false;
+        self.status = b'I';
+        self.server_fatal = false;
+    }
+
+    /// Queues the proxy's own messages for the client, after everything walked so far.
+    pub fn queue_for_client(&mut self, f: impl FnOnce(&mut BytesMut)) {
+        self.s.insert(f);
+    }
+
+    /// Refuses the client's current request (no server attached) with `err` as an ERROR, then
+    /// drops its messages up to the next Query or Sync and answers that with ReadyForQuery,
+    /// as PostgreSQL does after an error in the extended protocol.
+    pub fn refuse_request(&mut self, err: &ClientError) {
+        self.s.insert(|b| err.encode(b));
+        self.discard = Discard::UntilSync;
+    }
+
+    /// The client's bytes not yet read by the relay, for a server-less wait.
+    pub fn client_buffer(&mut self) -> &mut BytesMut {
+        &mut self.c.buf
+    }
+
+    pub fn client_has_unwritten(&self) -> bool {
+        self.s.has_output()
+    }
+
+    /// Returns idle buffers' memory between transactions.
+    pub fn shrink(&mut self) {
+        self.c.shrink_if_empty();
+        self.s.shrink_if_empty();
+    }
+
+    /// Writes everything queued for the client.
+    pub async fn flush_client(&mut self, client: &mut Stream) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        while self.s.has_output() {
+            let n = self.s.output().len();
+            client.write_all(self.s.output()).await?;
+            self.s.consume_output(n);
+        }
+        Ok(())
+    }
+
+    /// Writes the client's walked bytes to the server (before the server is let go).
+    pub async fn flush_server(&mut self, server: &mut ServerConn) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        while self.c.has_output() {
+            let n = self.c.output().len();
+            server.stream.write_all(self.c.output()).await?;
+            self.c.consume_output(n);
+        }
+        Ok(())
+    }
+
+    /// Moves bytes both ways until something needs the session's attention.
+    pub fn poll_relay(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut Stream,
+        mut server: Option<&mut ServerConn>,
+        state: &mut ClientState,
+    ) -> Poll<Event> {
+        loop {
+            let mut progress = false;
+
+            // Client -> proxy: read while the queue has room (or a whole Parse needs more).
+            if self.c.buf.len() < MAX_BUFFERED.max(self.need) {
+                match read_into(cx, client, &mut self.c.buf) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Event::ClientGone);
+                    }
+                    Poll::Ready(Ok(_)) => progress = true,
+                    Poll::Pending => {}
+                }
+            }
+            if let Some(ev) = self.walk_client(server.as_deref_mut(), state) {
+                return Poll::Ready(ev);
+            }
+
+            if let Some(srv) = server.as_deref_mut() {
+                // Proxy -> server.
+                while self.c.has_output() {
+                    match Pin::new(&mut srv.stream).poll_write(cx, self.c.output()) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                            return Poll::Ready(Event::ServerGone);
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            self.c.consume_output(n);
+                            progress = true;
+                        }
+                        Poll::Pending => break,
+                    }
+                }
+                // Server -> proxy: read while the client's queue has room.
+                if self.s.buf.len() < MAX_BUFFERED {
+                    match read_into(cx, &mut srv.stream, &mut self.s.buf) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                            // Deliver what the server said before it went (often its FATAL).
+                            let _ = self.walk_server(srv, state);
+                            return Poll::Ready(Event::ServerGone);
+                        }
+                        Poll::Ready(Ok(_)) => progress = true,
+                        Poll::Pending => {}
+                    }
+                }
+                if let Err(e) = self.walk_server(srv, state) {
+                    tracing::warn!(server = srv.id, error = %e, "server broke the protocol");
+                    return Poll::Ready(Event::ServerGone);
+                }
+                if self.transaction_mode && self.server_reusable() {
+                    let clean = self.s.buf.len() == self.s.pos;
+                    self.s.buf.truncate(self.s.pos);
+                    return Poll::Ready(Event::Release { clean });
+                }
+            }
+
+            // Proxy -> client.
+            while self.s.has_output() {
+                match Pin::new(&mut *client).poll_write(cx, self.s.output()) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Event::ClientGone);
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.s.consume_output(n);
+                        progress = true;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+
+            if self.watch_phase {
+                let phase = self.phase();
+                if phase != self.reported_phase {
+                    self.reported_phase = phase;
+                    return Poll::Ready(Event::Phase(phase));
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Walks the client's new bytes. Forwarding is implicit: walked bytes are written next.
+    fn walk_client(
+        &mut self,
+        mut server: Option<&mut ServerConn>,
+        state: &mut ClientState,
+    ) -> Option<Event> {
+        loop {
+            let h = match self
+                .c
+                .framer
+                .next(&self.c.buf, &mut self.c.pos, MAX_MESSAGE_LEN)
+            {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => return Some(Event::Protocol(ClientError::protocol(e.to_string()))),
+            };
+            if self.discard == Discard::Tail {
+                // The dropped message is fully gone: back to normal.
+                self.c.discard_walked();
+                self.discard = Discard::No;
+                continue;
+            }
+            match h.tag {
+                b'X' => return Some(Event::ClientTerminated),
+                b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'H' | b'S' | b'F' | b'd' | b'c'
+                | b'f' => {}
+                other => {
+                    return Some(Event::Protocol(ClientError::protocol(format!(
+                        "invalid frontend message type {other}"
+                    ))));
+                }
+            }
+            if self.discard == Discard::UntilSync {
+                let attached = server.is_some();
+                if attached && h.tag == b'S' {
+                    // The server gets the Sync and answers it; the skipped messages never left.
+                    self.c.discard_walked();
+                    self.discard = Discard::No;
+                } else {
+                    self.c.framer.pass(&h, &mut self.c.pos);
+                    if !attached && matches!(h.tag, b'Q' | b'S' | b'F') {
+                        self.discard = Discard::Tail;
+                        self.s.insert(|b| emit::ready_for_query(b, b'I'));
+                    }
+                    continue;
+                }
+            }
+            let Some(srv) = server.as_deref_mut() else {
+                return Some(Event::NeedServer);
+            };
+            let rewrite = self.max_prepared > 0;
+            let handled = match h.tag {
+                b'Q' | b'F' => self.forward(&h, Entry::pass(Kind::Query)),
+                b'S' if self.client_in_copy => {
+                    self.c.framer.pass(&h, &mut self.c.pos);
+                    true
+                }
+                b'S' => {
+                    self.unsynced = false;
+                    self.forward(&h, Entry::pass(Kind::Sync))
+                }
+                b'c' | b'f' => {
+                    if self.client_in_copy {
+                        self.client_in_copy = false;
+                    } else {
+                        self.pipeline.push(Entry::pass(Kind::CopyEnd));
+                    }
+                    self.c.framer.pass(&h, &mut self.c.pos);
+                    true
+                }
+                b'E' => {
+                    self.unsynced = true;
+                    self.forward(&h, Entry::pass(Kind::Execute))
+                }
+                b'P' | b'B' | b'D' | b'C' => {
+                    self.unsynced = true;
+                    let kind = match h.tag {
+                        b'P' => Kind::Parse,
+                        b'B' => Kind::Bind,
+                        b'D' => Kind::Describe,
+                        _ => Kind::Close,
+                    };
+                    if rewrite {
+                        match self.rewrite_statement_message(&h, kind, srv, state) {
+                            Ok(done) => done,
+                            Err(e) => return Some(Event::Protocol(e)),
+                        }
+                    } else {
+                        self.forward(&h, Entry::pass(kind))
+                    }
+                }
+                _ => {
+                    // Flush and CopyData/CopyDone/CopyFail: no reply of their own.
+                    self.c.framer.pass(&h, &mut self.c.pos);
+                    true
+                }
+            };
+            if !handled {
+                break; // the message needs more bytes
+            }
+        }
+        if self.discard != Discard::No {
+            self.c.discard_walked();
+            if self.discard == Discard::Tail && !self.c.framer.mid_message() {
+                self.discard = Discard::No;
+            }
+        }
+        None
+    }
+
+    fn forward(&mut self, h: &Header, entry: Entry) -> bool {
+        self.pipeline.push(entry);
+        self.c.framer.pass(h, &mut self.c.pos);
+        true
+    }
+
+    /// Transaction mode: Parse/Bind/Describe/Close by the client's statement names become
+    /// messages by server names; Close and repeated Parse are answered here. Returns false
+    /// when the message needs more bytes first.
+    fn rewrite_statement_message(
+        &mut self,
+        h: &Header,
+        kind: Kind,
+        srv: &mut ServerConn,
+        state: &mut ClientState,
+    ) -> Result<bool, ClientError> {
+        let total = 5 + h.body_len;
+        if kind == Kind::Bind {
+            let end = (h.start + 5 + h.body_len.min(MAX_NAMES)).min(self.c.buf.len());
+            let Some((_, name, prefix)) = prepared::bind_names(&self.c.buf[h.start + 5..end])
+            else {
+                if end - (h.start + 5) >= h.body_len.min(MAX_NAMES) {
+                    return Err(ClientError::protocol("invalid Bind message"));
+                }
+                self.need = h.start + 5 + h.body_len.min(MAX_NAMES);
+                return Ok(false);
+            };
+            self.need = 0;
+            if name.is_empty() {
+                return Ok(self.forward(h, Entry::pass(Kind::Bind)));
+            }
+            let Some(stmt) = state.statements.get(name).cloned() else {
+                let msg = format!(
+                    "prepared statement \"{}\" does not exist",
+                    String::from_utf8_lossy(name)
+                );
+                self.c.cut_at(h.start);
+                self.c.framer.pass(h, &mut self.c.pos);
+                self.refuse_in_pipeline(Kind::Bind, "26000", msg);
+                return Ok(true);
+            };
+            self.c.cut_at(h.start);
+            ensure_on_server(
+                &mut self.c.out,
+                &mut self.pipeline,
+                &mut srv.statements,
+                self.max_prepared,
+                &stmt,
+            );
+            // After the cut the message starts at 0: portal and name are at 5.
+            let (portal, old, _) =
+                prepared::bind_names(&self.c.buf[5..5 + prefix]).unwrap_or((&[], &[], 0));
+            prepared::write_bind_head(
+                &mut self.c.out,
+                h.body_len,
+                portal,
+                old.len(),
+                &stmt.server_name,
+            );
+            self.c.drop_front(5 + prefix);
+            self.c.framer.pass_rest(h.body_len - prefix);
+            self.pipeline.push(Entry {
+                statement: Some(stmt.server_name.clone()),
+                ..Entry::pass(Kind::Bind)
+            });
+            return Ok(true);
+        }
+
+        // Parse, Describe and Close: handled whole.
+        if self.c.buf.len() < h.start + total {
+            self.need = h.start + total;
+            return Ok(false);
+        }
+        self.need = 0;
+        let body = &self.c.buf[h.start + 5..h.start + total];
+        match kind {
+            Kind::Parse => {
+                let Some((name, tail)) = prepared::split_name(body) else {
+                    return Err(ClientError::protocol("invalid Parse message"));
+                };
+                if name.is_empty() {
+                    return Ok(self.forward(h, Entry::pass(Kind::Parse)));
+                }
+                if state.statements.get(name).is_some() {
+                    let msg = format!(
+                        "prepared statement \"{}\" already exists",
+                        String::from_utf8_lossy(name)
+                    );
+                    self.drop_message(h);
+                    self.refuse_in_pipeline(Kind::Parse, "42P05", msg);
+                    return Ok(true);
+                }
+                let client_name: Box<[u8]> = name.into();
+                let stmt = Arc::new(Statement::new(tail));
+                state.statements.insert(&client_name, stmt.clone());
+                self.drop_message(h);
+                if srv.statements.touch(&stmt.server_name) {
+                    self.answer(Kind::Parse, Synthetic::ParseComplete);
+                } else {
+                    make_room(
+                        &mut self.c.out,
+                        &mut self.pipeline,
+                        &mut srv.statements,
+                        self.max_prepared,
+                        &stmt.server_name,
+                    );
+                    prepared::write_parse(&mut self.c.out, &stmt.server_name, &stmt.tail);
+                    srv.statements.add(stmt.server_name.clone());
+                    self.pipeline.push(Entry {
+                        statement: Some(stmt.server_name.clone()),
+                        client_name: Some(client_name),
+                        ..Entry::pass(Kind::Parse)
+                    });
+                }
+                Ok(true)
+            }
+            Kind::Describe | Kind::Close => {
+                let (Some(&target), Some((name, _))) =
+                    (body.first(), body.get(1..).and_then(prepared::split_name))
+                else {
+                    return Err(ClientError::protocol("invalid Describe or Close message"));
+                };
+                if target != b'S' || name.is_empty() {
+                    return Ok(self.forward(h, Entry::pass(kind)));
+                }
+                if kind == Kind::Close {
+                    // The server keeps the statement for whoever prepares the same text next.
+                    let name: Box<[u8]> = name.into();
+                    state.statements.remove(&name);
+                    self.drop_message(h);
+                    self.answer(Kind::Close, Synthetic::CloseComplete);
+                    return Ok(true);
+                }
+                let Some(stmt) = state.statements.get(name).cloned() else {
+                    let msg = format!(
+                        "prepared statement \"{}\" does not exist",
+                        String::from_utf8_lossy(name)
+                    );
+                    self.drop_message(h);
+                    self.refuse_in_pipeline(Kind::Describe, "26000", msg);
+                    return Ok(true);
+                };
+                self.drop_message(h);
+                ensure_on_server(
+                    &mut self.c.out,
+                    &mut self.pipeline,
+                    &mut srv.statements,
+                    self.max_prepared,
+                    &stmt,
+                );
+                prepared::write_describe_statement(&mut self.c.out, &stmt.server_name);
+                self.pipeline.push(Entry::pass(Kind::Describe));
+                Ok(true)
+            }
+            _ => Ok(self.forward(h, Entry::pass(kind))),
+        }
+    }
+
+    /// Removes a whole client message from the stream (it is answered, not forwarded).
+    fn drop_message(&mut self, h: &Header) {
+        self.c.cut_at(h.start);
+        self.c.drop_front(5 + h.body_len);
+    }
+
+    /// Answers a message here, in its place among the server's replies.
+    fn answer(&mut self, kind: Kind, s: Synthetic) {
+        self.pipeline.push(Entry {
+            action: Action::Answer(s),
+            ..Entry::pass(kind)
+        });
+        self.emit_ready_answers();
+    }
+
+    /// An error for the current message, in its place; the client's messages up to its
+    /// Sync are dropped, as PostgreSQL skips them after an error.
+    fn refuse_in_pipeline(&mut self, kind: Kind, code: &'static str, message: String) {
+        self.answer(kind, Synthetic::Error(code, message));
+        self.discard = Discard::UntilSync;
+    }
+
+    fn emit_ready_answers(&mut self) {
+        while let Some(s) = self.pipeline.take_ready_answers() {
+            self.s.insert(|b| match s {
+                Synthetic::ParseComplete => emit::message(b, b'1', |_| {}),
+                Synthetic::CloseComplete => emit::message(b, b'3', |_| {}),
+                Synthetic::Error(code, msg) => {
+                    emit::error_response(b, emit::Severity::Error, code, &msg, None);
+                }
+            });
+        }
+    }
+
+    /// Walks the server's new bytes: transaction status, parameter changes, replies owed.
+    fn walk_server(
+        &mut self,
+        srv: &mut ServerConn,
+        state: &mut ClientState,
+    ) -> Result<(), FrameError> {
+        loop {
+            let Some(h) = self
+                .s
+                .framer
+                .next(&self.s.buf, &mut self.s.pos, usize::MAX)?
+            else {
+                return Ok(());
+            };
+            match h.tag {
+                b'1' | b'2' | b'3' => {
+                    let Some(_) = self.s.framer.take(&h, &self.s.buf, &mut self.s.pos) else {
+                        return Ok(());
+                    };
+                    if let Some(e) = self.pipeline.complete(h.tag) {
+                        if e.action == Action::Swallow {
+                            // The reply to the proxy's own Parse or Close.
+                            self.s.pos = h.start;
+                            self.s.cut_at(h.start);
+                            self.s.drop_front(5 + h.body_len);
+                        }
+                    }
+                    self.emit_ready_answers();
+                }
+                b'Z' | b'S' | b'E' | b'C' if h.body_len <= INSPECT_LIMIT => {
+                    let Some(body) = self.s.framer.take(&h, &self.s.buf, &mut self.s.pos) else {
+                        return Ok(());
+                    };
+                    match h.tag {
+                        b'Z' => {
+                            self.status = body.first().copied().unwrap_or(b'I');
+                            self.pipeline.complete(b'Z');
+                            self.emit_ready_answers();
+                            if self.transaction_mode && self.server_reusable() {
+                                // The transaction is over: what follows is not this client's.
+                                return Ok(());
+                            }
+                        }
+                        b'S' => {
+                            if let Some((k, v)) = views::parameter_status(body) {
+                                state.params.reported.set(k, v);
+                                srv.params.reported.set(k, v);
+                            }
+                        }
+                        b'C' => {
+                            if body == b"DISCARD ALL\0" || body == b"DEALLOCATE ALL\0" {
+                                srv.statements.clear();
+                                state.statements.clear();
+                            }
+                            self.pipeline.complete(b'C');
+                            self.emit_ready_answers();
+                        }
+                        _ => {
+                            let f = views::error_fields(body).unwrap_or_default();
+                            if f.severity == "FATAL" || f.severity == "PANIC" {
+                                self.server_fatal = true;
+                            }
+                            let stale = f.code == "0A000"
+                                && f.message == "cached plan must not change result type";
+                            self.server_error(srv, state, stale);
+                        }
+                    }
+                }
+                _ => {
+                    if h.tag == b'G' && self.pipeline.copy_in_started() {
+                        self.client_in_copy = true;
+                    }
+                    if h.tag == b'E' {
+                        self.server_error(srv, state, false);
+                    } else if matches!(h.tag, b'T' | b'n' | b'C' | b'I' | b's')
+                        && self.pipeline.complete(h.tag).is_some()
+                    {
+                        self.emit_ready_answers();
+                    }
+                    self.s.framer.pass(&h, &mut self.s.pos);
+                }
+            }
+        }
+    }
+
+    /// An ErrorResponse from the server: in the extended protocol it ends the current
+    /// message and the server skips to the next Sync; statements those messages would have
+    /// created do not exist.
+    fn server_error(&mut self, srv: &mut ServerConn, state: &mut ClientState, stale_plan: bool) {
+        if matches!(
+            self.pipeline.head().map(|e| e.kind),
+            None | Some(Kind::Query) | Some(Kind::Sync)
+        ) {
+            return;
+        }
+        let (failed, skipped) = self.pipeline.fail();
+        if let Some(e) = &failed {
+            if stale_plan {
+                if let Some(name) = &e.statement {
+                    srv.statements.mark_stale(name);
+                }
+            }
+        }
+        for e in failed.iter().chain(skipped.iter()) {
+            if e.kind == Kind::Parse {
+                if let Some(name) = &e.statement {
+                    srv.statements.remove(name);
+                }
+                if let Some(client) = &e.client_name {
+                    state.statements.remove(client);
+                }
+            }
+        }
+        self.emit_ready_answers();
+    }
+}
+
+/// Gives the server `stmt` if it lacks it: closes what must go first, then a Parse whose
+/// reply is the proxy's own.
+fn ensure_on_server(
+    out: &mut BytesMut,
+    pipeline: &mut Pipeline,
+    have: &mut ServerStatements,
+    capacity: usize,
+    stmt: &Statement,
+) {
+    if have.touch(&stmt.server_name) {
+        return;
+    }
+    make_room(out, pipeline, have, capacity, &stmt.server_name);
+    prepared::write_parse(out, &stmt.server_name, &stmt.tail);
+    have.add(stmt.server_name.clone());
+    pipeline.push(Entry {
+        action: Action::Swallow,
+        statement: Some(stmt.server_name.clone()),
+        ..Entry::pass(Kind::Parse)
+    });
+}
+
+/// Closes the least recently used statement when the server is full, and a stale copy of
+/// `name` if PostgreSQL refused to reuse its plan.
+fn make_room(
+    out: &mut BytesMut,
+    pipeline: &mut Pipeline,
+    have: &mut ServerStatements,
+    capacity: usize,
+    name: &str,
+) {
+    let mut close = |out: &mut BytesMut, victim: &str| {
+        prepared::write_close_statement(out, victim);
+        pipeline.push(Entry {
+            action: Action::Swallow,
+            ..Entry::pass(Kind::Close)
+        });
+    };
+    if have.take_stale(name) {
+        close(out, name);
+    }
+    if let Some(victim) = have.evict_for_room(capacity) {
+        close(out, &victim);
+    }
+}
+
+/// One read into the spare room of `buf`, growing it to a read-sized chunk first.
+fn read_into(
+    cx: &mut Context<'_>,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+    let n = ready!(poll_read_buf(Pin::new(stream), cx, buf))?;
+    Poll::Ready(Ok(n))
+}

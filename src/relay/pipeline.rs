@@ -1,0 +1,233 @@
+//! What the server still owes, in order: one entry per forwarded message that gets a reply
+//! (protocol 55.2.3, extended query; Query and FunctionCall end at ReadyForQuery). It tells
+//! the relay which reply ends which message, which replies are the proxy's own to drop, where
+//! the proxy's own answers go, and what an error makes the server skip.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Simple Query or FunctionCall: ends at ReadyForQuery.
+    Query,
+    Parse,
+    Bind,
+    Describe,
+    Execute,
+    Close,
+    Sync,
+    /// Where the client's CopyDone or CopyFail sits: Syncs before it, sent while COPY FROM
+    /// STDIN runs, are ignored by the server (copyfromparse.c) and get no reply.
+    CopyEnd,
+}
+
+impl Kind {
+    /// Whether a server message with `tag` ends a message of this kind (errors aside).
+    pub fn ended_by(self, tag: u8) -> bool {
+        match self {
+            Kind::Query | Kind::Sync => tag == b'Z',
+            Kind::Parse => tag == b'1',
+            Kind::Bind => tag == b'2',
+            Kind::Close => tag == b'3',
+            Kind::Describe => tag == b'T' || tag == b'n',
+            Kind::Execute => matches!(tag, b'C' | b'I' | b's'),
+            Kind::CopyEnd => false,
+        }
+    }
+}
+
+/// A reply the proxy gives itself, in the client's stream where the server's would be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Synthetic {
+    ParseComplete,
+    CloseComplete,
+    /// SQLSTATE and message.
+    Error(&'static str, String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// The client's message went to the server: its reply goes to the client.
+    Pass,
+    /// The proxy's own message: its reply is dropped.
+    Swallow,
+    /// Answered by the proxy: emitted once everything before it is answered.
+    Answer(Synthetic),
+}
+
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub kind: Kind,
+    pub action: Action,
+    /// The server-side statement a Parse creates or a Bind uses.
+    pub statement: Option<Arc<str>>,
+    /// For the client's own Parse: its name, which fails with the Parse.
+    pub client_name: Option<Box<[u8]>>,
+}
+
+impl Entry {
+    pub fn pass(kind: Kind) -> Entry {
+        Entry {
+            kind,
+            action: Action::Pass,
+            statement: None,
+            client_name: None,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Pipeline {
+    q: VecDeque<Entry>,
+}
+
+impl Pipeline {
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.q.clear();
+    }
+
+    pub fn push(&mut self, e: Entry) {
+        self.q.push_back(e);
+        self.drop_markers();
+    }
+
+    /// Markers at the head have nothing left to mark.
+    fn drop_markers(&mut self) {
+        while self.q.front().is_some_and(|e| e.kind == Kind::CopyEnd) {
+            self.q.pop_front();
+        }
+    }
+
+    /// The server entered COPY FROM STDIN for the head entry: the Syncs the client sent
+    /// before its CopyDone/CopyFail are ignored. Returns true if that end has not been sent
+    /// yet (the client's Syncs stay ignored until it is).
+    pub fn copy_in_started(&mut self) -> bool {
+        let mut i = 1;
+        while i < self.q.len() {
+            match self.q[i].kind {
+                Kind::CopyEnd => {
+                    self.q.remove(i);
+                    return false;
+                }
+                Kind::Sync => {
+                    self.q.remove(i);
+                }
+                _ => i += 1,
+            }
+        }
+        true
+    }
+
+    pub fn head(&self) -> Option<&Entry> {
+        self.q.front()
+    }
+
+    /// If `tag` ends the head entry, removes and returns it.
+    pub fn complete(&mut self, tag: u8) -> Option<Entry> {
+        if !self.q.front().is_some_and(|e| e.kind.ended_by(tag)) {
+            return None;
+        }
+        let e = self.q.pop_front();
+        self.drop_markers();
+        e
+    }
+
+    /// An ErrorResponse in the extended protocol ends the head entry, and the server skips
+    /// everything up to the next Sync. Returns the failed entry and the skipped ones.
+    pub fn fail(&mut self) -> (Option<Entry>, Vec<Entry>) {
+        let failed = self.q.pop_front();
+        let mut skipped = Vec::new();
+        while self.q.front().is_some_and(|e| e.kind != Kind::Sync) {
+            if let Some(e) = self.q.pop_front() {
+                skipped.push(e);
+            }
+        }
+        (failed, skipped)
+    }
+
+    /// Proxy answers now at the head: everything before them is answered.
+    pub fn take_ready_answers(&mut self) -> Option<Synthetic> {
+        match self.q.front() {
+            Some(Entry {
+                action: Action::Answer(_),
+                ..
+            }) => match self.q.pop_front() {
+                Some(Entry {
+                    action: Action::Answer(s),
+                    ..
+                }) => {
+                    self.drop_markers();
+                    Some(s)
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_skips_to_sync() {
+        let mut p = Pipeline::default();
+        for k in [
+            Kind::Parse,
+            Kind::Bind,
+            Kind::Execute,
+            Kind::Sync,
+            Kind::Bind,
+        ] {
+            p.push(Entry::pass(k));
+        }
+        assert!(p.complete(b'1').is_some());
+        let (failed, skipped) = p.fail();
+        assert_eq!(failed.map(|e| e.kind), Some(Kind::Bind));
+        assert_eq!(skipped.len(), 1);
+        assert!(p.complete(b'Z').is_some());
+        assert_eq!(p.head().map(|e| e.kind), Some(Kind::Bind));
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_get_no_reply() {
+        // tokio-postgres: Bind, Execute, Sync, then CopyData..., CopyDone, Sync.
+        let mut p = Pipeline::default();
+        for k in [
+            Kind::Bind,
+            Kind::Execute,
+            Kind::Sync,
+            Kind::CopyEnd,
+            Kind::Sync,
+        ] {
+            p.push(Entry::pass(k));
+        }
+        assert!(p.complete(b'2').is_some());
+        assert!(!p.copy_in_started(), "CopyDone already sent");
+        assert!(p.complete(b'C').is_some());
+        assert!(p.complete(b'Z').is_some());
+        assert!(p.is_empty());
+        // CopyInResponse before the client finished: its later Syncs are ignored too.
+        p.push(Entry::pass(Kind::Query));
+        assert!(p.copy_in_started());
+    }
+
+    #[test]
+    fn answers_wait_their_turn() {
+        let mut p = Pipeline::default();
+        p.push(Entry::pass(Kind::Bind));
+        p.push(Entry {
+            action: Action::Answer(Synthetic::ParseComplete),
+            ..Entry::pass(Kind::Parse)
+        });
+        assert_eq!(p.take_ready_answers(), None);
+        assert!(p.complete(b'2').is_some());
+        assert_eq!(p.take_ready_answers(), Some(Synthetic::ParseComplete));
+        assert!(p.is_empty());
+    }
+}

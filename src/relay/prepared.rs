@@ -1,0 +1,228 @@
+//! Named prepared statements in transaction mode. A client's statement names are its own;
+//! on the server the proxy names a statement after its text and parameter types
+//! (`pgsluice_<hash>`), so one Parse on a server serves every client that prepares the same
+//! query, and any server can be given a client's statement when its next transaction lands
+//! there. Each server keeps a bounded, least-recently-used set of what it has.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// A statement as the client prepared it.
+#[derive(Debug)]
+pub struct Statement {
+    pub server_name: Arc<str>,
+    /// The Parse body after the name: query text, NUL, parameter count and types.
+    pub tail: Bytes,
+}
+
+impl Statement {
+    pub fn new(tail: &[u8]) -> Statement {
+        let digest = Sha256::digest(tail);
+        // 96 bits of SHA-256: distinct statements never share a name in practice.
+        let name = format!("pgsluice_{}", hex::encode(&digest[..12]));
+        Statement {
+            server_name: Arc::from(name),
+            tail: Bytes::copy_from_slice(tail),
+        }
+    }
+}
+
+/// The client's statement names.
+#[derive(Default, Debug)]
+pub struct ClientStatements {
+    map: HashMap<Box<[u8]>, Arc<Statement>>,
+}
+
+impl ClientStatements {
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
+        self.map.get(name)
+    }
+    pub fn insert(&mut self, name: &[u8], s: Arc<Statement>) {
+        self.map.insert(name.into(), s);
+    }
+    pub fn remove(&mut self, name: &[u8]) {
+        self.map.remove(name);
+    }
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// What one server connection has prepared, least recently used first out.
+#[derive(Default, Debug)]
+pub struct ServerStatements {
+    used: HashMap<Arc<str>, u64>,
+    tick: u64,
+    /// Statements whose plan PostgreSQL refused to reuse: closed before they are prepared again.
+    stale: HashSet<Arc<str>>,
+}
+
+impl ServerStatements {
+    /// True if the server has `name`; marks it used.
+    pub fn touch(&mut self, name: &Arc<str>) -> bool {
+        self.tick += 1;
+        match self.used.get_mut(name) {
+            Some(t) => {
+                *t = self.tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn add(&mut self, name: Arc<str>) {
+        self.tick += 1;
+        self.used.insert(name, self.tick);
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.used.remove(name);
+    }
+
+    /// With `capacity` statements already there, the least recently used to close first.
+    pub fn evict_for_room(&mut self, capacity: usize) -> Option<Arc<str>> {
+        if self.used.len() < capacity.max(1) {
+            return None;
+        }
+        let victim = self
+            .used
+            .iter()
+            .min_by_key(|(_, t)| **t)
+            .map(|(k, _)| k.clone())?;
+        self.used.remove(&victim);
+        Some(victim)
+    }
+
+    pub fn mark_stale(&mut self, name: &Arc<str>) {
+        if self.used.remove(name).is_some() {
+            self.stale.insert(name.clone());
+        }
+    }
+
+    /// True once for a stale statement, which must be closed before it is prepared again.
+    pub fn take_stale(&mut self, name: &str) -> bool {
+        self.stale.remove(name)
+    }
+
+    /// After DISCARD ALL or DEALLOCATE ALL the server has nothing.
+    pub fn clear(&mut self) {
+        self.used.clear();
+        self.stale.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
+    }
+}
+
+/// Parse ('P') with a new name.
+pub fn write_parse(out: &mut BytesMut, name: &str, tail: &[u8]) {
+    out.put_u8(b'P');
+    out.put_i32((4 + name.len() + 1 + tail.len()) as i32);
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+    out.put_slice(tail);
+}
+
+/// Close ('C') of a statement.
+pub fn write_close_statement(out: &mut BytesMut, name: &str) {
+    out.put_u8(b'C');
+    out.put_i32((4 + 1 + name.len() + 1) as i32);
+    out.put_u8(b'S');
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+}
+
+/// The start of a Bind whose statement name is replaced: tag, new length, portal, name.
+/// The rest of the original body follows unchanged.
+pub fn write_bind_head(
+    out: &mut BytesMut,
+    body_len: usize,
+    portal: &[u8],
+    old_name_len: usize,
+    name: &str,
+) {
+    let new_len = 4 + body_len - old_name_len + name.len();
+    out.put_u8(b'B');
+    out.put_i32(new_len as i32);
+    out.put_slice(portal);
+    out.put_u8(0);
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+}
+
+/// Describe ('D') of a statement by its server name.
+pub fn write_describe_statement(out: &mut BytesMut, name: &str) {
+    out.put_u8(b'D');
+    out.put_i32((4 + 1 + name.len() + 1) as i32);
+    out.put_u8(b'S');
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+}
+
+/// Splits `name NUL rest` (Parse body); `None` without a terminator.
+pub fn split_name(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let nul = body.iter().position(|&b| b == 0)?;
+    Some((&body[..nul], &body[nul + 1..]))
+}
+
+/// The portal and statement names at the start of a Bind body, and how many bytes they take.
+/// `None` until both terminators are within `avail` (which is at most the body).
+pub fn bind_names(avail: &[u8]) -> Option<(&[u8], &[u8], usize)> {
+    let p = avail.iter().position(|&b| b == 0)?;
+    let rest = &avail[p + 1..];
+    let s = rest.iter().position(|&b| b == 0)?;
+    Some((&avail[..p], &rest[..s], p + 1 + s + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_text_same_server_name() {
+        let a = Statement::new(b"select 1\0\0\0");
+        let b = Statement::new(b"select 1\0\0\0");
+        let c = Statement::new(b"select 2\0\0\0");
+        assert_eq!(a.server_name, b.server_name);
+        assert_ne!(a.server_name, c.server_name);
+        assert!(a.server_name.len() < 64, "fits NAMEDATALEN");
+    }
+
+    #[test]
+    fn lru_evicts_least_recent() {
+        let mut s = ServerStatements::default();
+        let names: Vec<Arc<str>> = (0..3).map(|i| Arc::from(format!("s{i}"))).collect();
+        for n in &names {
+            s.add(n.clone());
+        }
+        assert!(s.touch(&names[0]));
+        assert_eq!(s.evict_for_room(3).as_deref(), Some("s1"));
+        assert_eq!(s.evict_for_room(3), None);
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn rewritten_messages_are_well_formed() {
+        let mut out = BytesMut::new();
+        write_bind_head(&mut out, 20, b"", 2, "pgsluice_x");
+        let len = i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
+        // 20-byte body with a 2-byte name becomes one with a 10-byte name.
+        assert_eq!(len, 4 + 20 - 2 + 10);
+        assert_eq!(bind_names(b"\0s1\0rest"), Some((&b""[..], &b"s1"[..], 4)));
+        assert_eq!(bind_names(b"\0s1"), None);
+        assert_eq!(split_name(b"n\0q\0"), Some((&b"n"[..], &b"q\0"[..])));
+    }
+}
