@@ -337,11 +337,13 @@ impl Relay {
                     ))));
                 }
             }
+            let mut h = h;
             if self.discard == Discard::UntilSync {
                 let attached = server.is_some();
                 if attached && h.tag == b'S' {
                     // The server gets the Sync and answers it; the skipped messages never left.
                     self.c.discard_walked();
+                    h.start = 0;
                     self.discard = Discard::No;
                 } else {
                     self.c.framer.pass(&h, &mut self.c.pos);
@@ -452,7 +454,10 @@ impl Relay {
                     String::from_utf8_lossy(name)
                 );
                 self.c.cut_at(h.start);
-                self.c.framer.pass(h, &mut self.c.pos);
+                // After the cut the message starts at 0; its bytes are dropped as they come.
+                self.c
+                    .framer
+                    .pass(&Header { start: 0, ..*h }, &mut self.c.pos);
                 self.refuse_in_pipeline(Kind::Bind, "26000", msg);
                 return Ok(true);
             };

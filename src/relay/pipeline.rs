@@ -86,6 +86,10 @@ impl Pipeline {
         self.q.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+
     pub fn clear(&mut self) {
         self.q.clear();
     }

@@ -193,3 +193,138 @@ impl Raw {
         }
     }
 }
+
+/// Extended-protocol messages, for tests that drive the protocol by hand.
+pub mod ext {
+    use super::message;
+
+    fn cstr(v: &mut Vec<u8>, s: &str) {
+        v.extend_from_slice(s.as_bytes());
+        v.push(0);
+    }
+
+    pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        cstr(&mut b, name);
+        cstr(&mut b, sql);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        message(b'P', &b)
+    }
+
+    /// Bind with text parameters (None = NULL), text results.
+    pub fn bind(portal: &str, stmt: &str, params: &[Option<&str>]) -> Vec<u8> {
+        let mut b = Vec::new();
+        cstr(&mut b, portal);
+        cstr(&mut b, stmt);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+        for p in params {
+            match p {
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v.as_bytes());
+                }
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        b.extend_from_slice(&0i16.to_be_bytes());
+        message(b'B', &b)
+    }
+
+    pub fn describe(kind: u8, name: &str) -> Vec<u8> {
+        let mut b = vec![kind];
+        cstr(&mut b, name);
+        message(b'D', &b)
+    }
+
+    pub fn execute(portal: &str, max_rows: i32) -> Vec<u8> {
+        let mut b = Vec::new();
+        cstr(&mut b, portal);
+        b.extend_from_slice(&max_rows.to_be_bytes());
+        message(b'E', &b)
+    }
+
+    pub fn close(kind: u8, name: &str) -> Vec<u8> {
+        let mut b = vec![kind];
+        cstr(&mut b, name);
+        message(b'C', &b)
+    }
+
+    pub fn sync() -> Vec<u8> {
+        message(b'S', &[])
+    }
+
+    pub fn flush() -> Vec<u8> {
+        message(b'H', &[])
+    }
+}
+
+/// A reply reduced to what tests compare: the tag, and for DataRow the first column,
+/// for ErrorResponse the SQLSTATE, for CommandComplete the tag text.
+pub fn summarize(tag: u8, body: &[u8]) -> String {
+    match tag {
+        b'D' => {
+            let len = i32::from_be_bytes(body[2..6].try_into().unwrap());
+            if len < 0 {
+                "D:NULL".into()
+            } else {
+                format!("D:{}", String::from_utf8_lossy(&body[6..6 + len as usize]))
+            }
+        }
+        b'E' => format!("E:{}", error_code(body)),
+        b'C' => format!("C:{}", String::from_utf8_lossy(&body[..body.len() - 1])),
+        b'Z' => format!("Z:{}", body[0] as char),
+        t => (t as char).to_string(),
+    }
+}
+
+/// Reads replies from any reader up to and including the `n`th ReadyForQuery, summarized.
+pub async fn read_replies<R: tokio::io::AsyncRead + Unpin>(r: &mut R, n: usize) -> Vec<String> {
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let mut seen = 0;
+    while seen < n {
+        while buf.len() >= 5 {
+            let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if buf.len() <= len {
+                break;
+            }
+            let tag = buf[0];
+            buf.advance(5);
+            let body = buf.split_to(len - 4);
+            if tag == b'Z' {
+                seen += 1;
+            }
+            if !matches!(tag, b'N' | b'S') {
+                out.push(summarize(tag, &body));
+            }
+            if seen == n {
+                return out;
+            }
+        }
+        let got = tokio::time::timeout(Duration::from_secs(20), r.read_buf(&mut buf)).await;
+        assert!(
+            matches!(got, Ok(Ok(n)) if n > 0),
+            "connection ended or stalled; got {out:?}"
+        );
+    }
+    out
+}
+
+impl Raw {
+    /// Reads replies up to and including the `n`th ReadyForQuery, summarized.
+    pub async fn replies_until_ready(&mut self, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut seen = 0;
+        while seen < n {
+            let (tag, body) = self.recv().await.expect("reply");
+            if tag == b'Z' {
+                seen += 1;
+            }
+            if !matches!(tag, b'N' | b'S') {
+                out.push(summarize(tag, &body));
+            }
+        }
+        out
+    }
+}
