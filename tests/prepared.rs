@@ -229,6 +229,35 @@ async fn protocol_errors_read_as_postgres() {
             ],
             "{mode:?}"
         );
+        // An error reaches the client before it sends the rest of its batch (drivers in
+        // pipeline mode send as they go): the server skips what follows until Sync, so the
+        // late Parse creates nothing, and no reply is owed for it.
+        let mut sent = ext::parse("div", "SELECT 10 / $1::int");
+        sent.extend(ext::bind("", "div", &[Some("0")]));
+        sent.extend(ext::execute("", 0));
+        sent.extend(ext::flush());
+        x.send(&sent).await;
+        let (tag, body) = x.recv().await.unwrap();
+        assert_eq!(support::raw::summarize(tag, &body), "1", "{mode:?}");
+        // The custom plan folds 10 / 0 at Bind: the error ends the Bind.
+        let (tag, body) = x.recv().await.unwrap();
+        assert_eq!(support::raw::summarize(tag, &body), "E:22012", "{mode:?}");
+        let mut sent = ext::parse("late", "SELECT 'late'");
+        sent.extend(ext::bind("", "late", &[]));
+        sent.extend(ext::execute("", 0));
+        sent.extend(ext::sync());
+        sent.extend(ext::bind("", "div", &[Some("5")]));
+        sent.extend(ext::execute("", 0));
+        sent.extend(ext::sync());
+        sent.extend(ext::bind("", "late", &[]));
+        sent.extend(ext::execute("", 0));
+        sent.extend(ext::sync());
+        x.send(&sent).await;
+        assert_eq!(
+            x.replies_until_ready(3).await,
+            vec!["Z:I", "2", "D:2", "C:SELECT 1", "Z:I", "E:26000", "Z:I"],
+            "{mode:?}"
+        );
         // DEALLOCATE ALL as SQL forgets the client's statements too.
         assert_eq!(x.query("DEALLOCATE ALL").await, Ok(vec![]));
         let mut sent = ext::bind("", "rows", &[]);

@@ -438,14 +438,34 @@ async fn finish(app: &App, c: Client, mut relay: Relay) {
     let reusable = relay.server_reusable();
     let no_cancel_in_flight = cancel.handle.detach();
     if reusable && no_cancel_in_flight {
-        let reset = app.config.load().general.server_reset_query.to_string();
-        if relay.transaction_mode || reset.trim().is_empty() {
+        if relay.transaction_mode {
+            pool.release(srv);
+            return;
+        }
+        // Transaction-mode clients may have left statements on this server under names the
+        // session client could have dropped: start the next user from none.
+        let mut reset = app
+            .config
+            .load()
+            .general
+            .server_reset_query
+            .trim()
+            .to_string();
+        if !srv.statements.is_empty() {
+            reset = if reset.is_empty() {
+                "DEALLOCATE ALL".into()
+            } else {
+                format!("{reset}; DEALLOCATE ALL")
+            };
+        }
+        if reset.is_empty() {
             pool.release(srv);
             return;
         }
         match srv.run_internal(&reset, INTERNAL_TIMEOUT).await {
             Ok(()) => {
                 srv.params.unreported.clear();
+                srv.statements.clear();
                 pool.release(srv);
             }
             Err(e) => {

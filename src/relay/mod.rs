@@ -102,6 +102,10 @@ pub struct Relay {
     /// The server sent a FATAL error: it will close, and the client has been told why.
     server_fatal: bool,
     discard: Discard,
+    /// The server hit an error in the extended protocol and skips the client's messages until
+    /// its next Sync; messages that arrive from now on are dropped here instead of being
+    /// tracked as if they would be answered.
+    skip_pending: bool,
     /// Bytes the client buffer must hold before the current message can be handled.
     need: usize,
     /// The server is in COPY FROM STDIN and the client has not ended it: its Syncs are
@@ -125,6 +129,7 @@ impl Relay {
             status: b'I',
             server_fatal: false,
             discard: Discard::No,
+            skip_pending: false,
             need: 0,
             client_in_copy: false,
             transaction_mode,
@@ -162,6 +167,7 @@ impl Relay {
         self.pipeline.clear();
         self.unsynced = false;
         self.client_in_copy = false;
+        self.skip_pending = false;
         self.status = b'I';
         self.server_fatal = false;
     }
@@ -338,6 +344,13 @@ impl Relay {
                 }
             }
             let mut h = h;
+            if self.skip_pending && server.is_some() {
+                // Everything before this message goes; from here the server would skip.
+                self.skip_pending = false;
+                self.c.cut_at(h.start);
+                h.start = 0;
+                self.discard = Discard::UntilSync;
+            }
             if self.discard == Discard::UntilSync {
                 let attached = server.is_some();
                 if attached && h.tag == b'S' {
@@ -708,6 +721,10 @@ impl Relay {
             return;
         }
         let (failed, skipped) = self.pipeline.fail();
+        if self.pipeline.head().is_none() {
+            // The Sync that ends the skipping has not been sent yet.
+            self.skip_pending = true;
+        }
         if let Some(e) = &failed {
             if stale_plan {
                 if let Some(name) = &e.statement {
