@@ -27,6 +27,7 @@ pub mod frontend;
 pub mod net;
 pub mod proto;
 pub mod relay;
+pub mod sql;
 
 /// The virtual database of the admin console.
 pub const ADMIN_DATABASE: &str = "pgsluice";

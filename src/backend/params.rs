@@ -124,6 +124,43 @@ pub fn sync_statement(client: &SessionParams, server: &SessionParams) -> Option<
     Some(sql)
 }
 
+/// The query that reads back a session's settings after a client changed them: every
+/// setting PostgreSQL reports as set in this session, plus `names` (custom settings and
+/// `role`, which pg_settings does not list).
+pub fn snapshot_statement(names: &[&str]) -> String {
+    let mut sql =
+        String::from("SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'");
+    if !names.is_empty() {
+        sql.push_str(" UNION ALL SELECT n, pg_catalog.current_setting(n, true) FROM pg_catalog.unnest(ARRAY[");
+        for (i, n) in names.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            push_literal(&mut sql, n);
+        }
+        sql.push_str("]::text[]) AS n");
+    }
+    sql
+}
+
+/// Turns a snapshot's rows into the settings a client owns: reported ones are tracked through
+/// ParameterStatus instead; `role` `none` and empty custom settings mean unset.
+pub fn owned_settings(rows: Vec<(String, Option<String>)>) -> Params {
+    let mut p = Params::default();
+    for (name, value) in rows {
+        let Some(value) = value else { continue };
+        let name = name.to_ascii_lowercase();
+        if settable_reported(&name).is_some() || name == "session_authorization" {
+            continue;
+        }
+        if (name == "role" && value == "none") || (name.contains('.') && value.is_empty()) {
+            continue;
+        }
+        p.set(&name, &value);
+    }
+    p
+}
+
 /// An E'' literal: safe whatever standard_conforming_strings is.
 fn push_literal(sql: &mut String, s: &str) {
     sql.push_str("E'");
@@ -155,6 +192,27 @@ mod tests {
         ]);
         assert_eq!(s.reported.get("DateStyle"), Some("ISO, DMY"));
         assert_eq!(s.unreported.get("search_path"), Some("a, b"));
+    }
+
+    #[test]
+    fn snapshot_keeps_what_the_client_owns() {
+        let sql = snapshot_statement(&["role", "app.tenant"]);
+        assert!(
+            sql.ends_with("ARRAY[E'role', E'app.tenant']::text[]) AS n"),
+            "{sql}"
+        );
+        let owned = owned_settings(vec![
+            ("search_path".into(), Some("a".into())),
+            ("TimeZone".into(), Some("UTC".into())),
+            ("role".into(), Some("none".into())),
+            ("app.tenant".into(), Some(String::new())),
+            ("app.user".into(), Some("u1".into())),
+            ("nope".into(), None),
+        ]);
+        assert_eq!(
+            owned.iter().collect::<Vec<_>>(),
+            vec![("search_path", "a"), ("app.user", "u1")]
+        );
     }
 
     #[test]

@@ -313,11 +313,15 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                     return;
                 }
             }
-            Event::Release { clean } => {
-                if let Some(server) = c.server.take() {
+            Event::Release { clean, resync } => {
+                if let Some(mut server) = c.server.take() {
                     relay.reset_server_side();
                     let no_cancel_in_flight = c.cancel.handle.detach();
-                    if clean && no_cancel_in_flight {
+                    let mut reusable = clean && no_cancel_in_flight;
+                    if reusable && resync {
+                        reusable = read_back_settings(c, &mut server, relay.take_touched()).await;
+                    }
+                    if reusable {
                         c.pool.release(server);
                     } else {
                         tracing::debug!(
@@ -349,6 +353,43 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                 tell_and_close(c, relay, e).await;
                 return;
             }
+        }
+    }
+}
+
+/// Transaction mode, after a transaction that ran SET/RESET/set_config: reads the settings
+/// back from the server, so the client's own settings follow it to its next server and none
+/// stays behind for the next client. False: the server must be closed instead.
+async fn read_back_settings(c: &mut Client, server: &mut ServerConn, touched: Vec<String>) -> bool {
+    if touched.iter().any(|n| n == "session_authorization") {
+        // Another identity must never be handed to the next client; the client keeps its own.
+        tracing::info!(
+            conn = c.id,
+            "SET SESSION AUTHORIZATION in transaction mode: closing that server"
+        );
+        return false;
+    }
+    let mut names: Vec<&str> = vec!["role"];
+    for n in touched
+        .iter()
+        .map(String::as_str)
+        .chain(c.state.params.unreported.iter().map(|(k, _)| k))
+    {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    let sql = crate::backend::params::snapshot_statement(&names);
+    match server.query_pairs(&sql, INTERNAL_TIMEOUT).await {
+        Ok(rows) => {
+            let owned = crate::backend::params::owned_settings(rows);
+            c.state.params.unreported = owned.clone();
+            server.params.unreported = owned;
+            true
+        }
+        Err(e) => {
+            tracing::info!(conn = c.id, server = server.id, error = %e, "reading settings back failed: closing server");
+            false
         }
     }
 }

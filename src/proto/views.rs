@@ -110,6 +110,28 @@ pub fn sasl_initial_response(body: &[u8]) -> Option<(&str, &[u8])> {
     (len >= 0 && len as usize == data.len()).then_some((mechanism, data))
 }
 
+/// A DataRow ('D') of two text columns: the first non-null, the second possibly NULL.
+pub fn two_text_columns(body: &[u8]) -> Option<(&str, Option<&str>)> {
+    let mut b = Body(body);
+    let (&[h0, h1], rest) = b.0.split_first_chunk::<2>()?;
+    b.0 = rest;
+    if i16::from_be_bytes([h0, h1]) != 2 {
+        return None;
+    }
+    let mut col = || -> Option<Option<&str>> {
+        let len = b.i32()?;
+        if len < 0 {
+            return Some(None);
+        }
+        let (v, rest) = b.0.split_at_checked(len as usize)?;
+        b.0 = rest;
+        Some(Some(std::str::from_utf8(v).ok()?))
+    };
+    let first = col()??;
+    let second = col()?;
+    b.done().then_some((first, second))
+}
+
 /// PasswordMessage ('p'): the text up to its terminator.
 pub fn password(body: &[u8]) -> Option<&[u8]> {
     let (last, text) = body.split_last()?;

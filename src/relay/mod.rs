@@ -37,6 +37,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Longest body the relay reads whole from a server (ReadyForQuery, ParameterStatus,
 /// ErrorResponse, CommandComplete); longer ones are passed through unread.
 const INSPECT_LIMIT: usize = 8 * 1024;
+/// Transaction mode reads Query texts up to this size for session settings; longer ones are
+/// passed through unread (a SET hidden in one is still caught by its CommandComplete).
+const MAX_SCANNED_QUERY: usize = 1 << 20;
 /// Statement and portal names must end within this many bytes of a Bind body.
 const MAX_NAMES: usize = 4096;
 
@@ -48,7 +51,8 @@ pub enum Event {
     /// Transaction mode: the server is idle and owes the client nothing; give it back.
     /// `clean` is false when the server sent more after its last ReadyForQuery (a FATAL
     /// from a shutdown, say): those bytes are dropped and the server must be closed.
-    Release { clean: bool },
+    /// `resync`: the client ran SET/RESET/set_config; read its settings back first.
+    Release { clean: bool, resync: bool },
     /// The client's timers need resetting: it moved to another phase.
     Phase(Phase),
     /// The client sent Terminate.
@@ -71,6 +75,13 @@ pub enum Phase {
     /// A statement is running.
     Busy,
 }
+
+/// What transaction mode cannot do yet.
+enum Unsupported {
+    Listen,
+}
+
+const LISTEN_REFUSED: &str = "LISTEN is not supported in transaction mode yet: notifications would arrive on a server connection the client has left; use the session-mode port";
 
 /// Dropping a refused request's messages (never forwarded to any server).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,6 +119,10 @@ pub struct Relay {
     skip_pending: bool,
     /// Bytes the client buffer must hold before the current message can be handled.
     need: usize,
+    /// Transaction mode: the client may have changed session settings on this server.
+    session_dirty: bool,
+    /// Setting names its statements named (lowercase).
+    touched: Vec<String>,
     /// The server is in COPY FROM STDIN and the client has not ended it: its Syncs are
     /// ignored by the server, so they are owed no reply.
     client_in_copy: bool,
@@ -131,6 +146,8 @@ impl Relay {
             discard: Discard::No,
             skip_pending: false,
             need: 0,
+            session_dirty: false,
+            touched: Vec::new(),
             client_in_copy: false,
             transaction_mode,
             max_prepared: if transaction_mode { max_prepared } else { 0 },
@@ -168,6 +185,7 @@ impl Relay {
         self.unsynced = false;
         self.client_in_copy = false;
         self.skip_pending = false;
+        self.session_dirty = false;
         self.status = b'I';
         self.server_fatal = false;
     }
@@ -280,7 +298,8 @@ impl Relay {
                 if self.transaction_mode && self.server_reusable() {
                     let clean = self.s.buf.len() == self.s.pos;
                     self.s.buf.truncate(self.s.pos);
-                    return Poll::Ready(Event::Release { clean });
+                    let resync = std::mem::take(&mut self.session_dirty);
+                    return Poll::Ready(Event::Release { clean, resync });
                 }
             }
 
@@ -372,6 +391,27 @@ impl Relay {
             };
             let rewrite = self.max_prepared > 0;
             let handled = match h.tag {
+                b'Q' if self.transaction_mode && h.body_len <= MAX_SCANNED_QUERY => {
+                    if self.c.buf.len() < h.start + 5 + h.body_len {
+                        self.need = h.start + 5 + h.body_len;
+                        false
+                    } else {
+                        self.need = 0;
+                        match self.note_settings(h.start + 5, h.body_len) {
+                            Ok(_) => self.forward(&h, Entry::pass(Kind::Query)),
+                            Err(Unsupported::Listen) => {
+                                // Answered here as PostgreSQL answers a refused query.
+                                self.drop_message(&h);
+                                self.answer(
+                                    Kind::Query,
+                                    Synthetic::Error("0A000", LISTEN_REFUSED.into()),
+                                );
+                                self.answer(Kind::Query, Synthetic::Ready);
+                                true
+                            }
+                        }
+                    }
+                }
                 b'Q' | b'F' => self.forward(&h, Entry::pass(Kind::Query)),
                 b'S' if self.client_in_copy => {
                     self.c.framer.pass(&h, &mut self.c.pos);
@@ -474,6 +514,9 @@ impl Relay {
                 self.refuse_in_pipeline(Kind::Bind, "26000", msg);
                 return Ok(true);
             };
+            if let Some(names) = &stmt.settings {
+                self.mark_settings(names);
+            }
             self.c.cut_at(h.start);
             ensure_on_server(
                 &mut self.c.out,
@@ -507,6 +550,17 @@ impl Relay {
             return Ok(false);
         }
         self.need = 0;
+        let settings = match kind {
+            Kind::Parse => match self.note_parse_settings(h) {
+                Ok(s) => s,
+                Err(Unsupported::Listen) => {
+                    self.drop_message(h);
+                    self.refuse_in_pipeline(Kind::Parse, "0A000", LISTEN_REFUSED.into());
+                    return Ok(true);
+                }
+            },
+            _ => None,
+        };
         let body = &self.c.buf[h.start + 5..h.start + total];
         match kind {
             Kind::Parse => {
@@ -526,7 +580,10 @@ impl Relay {
                     return Ok(true);
                 }
                 let client_name: Box<[u8]> = name.into();
-                let stmt = Arc::new(Statement::new(tail));
+                let stmt = Arc::new(Statement {
+                    settings,
+                    ..Statement::new(tail)
+                });
                 state.statements.insert(&client_name, stmt.clone());
                 self.drop_message(h);
                 if srv.statements.touch(&stmt.server_name) {
@@ -591,6 +648,57 @@ impl Relay {
         }
     }
 
+    /// Transaction mode: notes the settings a Query or Parse text may change (the lexer runs
+    /// only on texts that contain "set" at all).
+    fn note_settings(
+        &mut self,
+        at: usize,
+        len: usize,
+    ) -> Result<Option<Box<[String]>>, Unsupported> {
+        let text = &self.c.buf[at..at + len];
+        if !crate::sql::session::may_touch(text) {
+            return Ok(None);
+        }
+        let text = String::from_utf8_lossy(text.strip_suffix(&[0]).unwrap_or(text));
+        let t = crate::sql::session::scan(&text);
+        if t.listen {
+            return Err(Unsupported::Listen);
+        }
+        if !t.any {
+            return Ok(None);
+        }
+        let names: Box<[String]> = t.names.into();
+        self.mark_settings(&names);
+        Ok(Some(names))
+    }
+
+    /// The same for a Parse: its query text follows the statement name.
+    fn note_parse_settings(&mut self, h: &Header) -> Result<Option<Box<[String]>>, Unsupported> {
+        let body = &self.c.buf[h.start + 5..h.start + 5 + h.body_len];
+        let Some(name_end) = body.iter().position(|&b| b == 0) else {
+            return Ok(None);
+        };
+        let query_len = body[name_end + 1..]
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(0);
+        self.note_settings(h.start + 5 + name_end + 1, query_len)
+    }
+
+    fn mark_settings(&mut self, names: &[String]) {
+        self.session_dirty = true;
+        for n in names {
+            if !self.touched.contains(n) {
+                self.touched.push(n.clone());
+            }
+        }
+    }
+
+    /// Setting names the client's statements touched since the last call.
+    pub fn take_touched(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.touched)
+    }
+
     /// Removes a whole client message from the stream (it is answered, not forwarded).
     fn drop_message(&mut self, h: &Header) {
         self.c.cut_at(h.start);
@@ -614,10 +722,12 @@ impl Relay {
     }
 
     fn emit_ready_answers(&mut self) {
+        let status = self.status;
         while let Some(s) = self.pipeline.take_ready_answers() {
             self.s.insert(|b| match s {
                 Synthetic::ParseComplete => emit::message(b, b'1', |_| {}),
                 Synthetic::CloseComplete => emit::message(b, b'3', |_| {}),
+                Synthetic::Ready => emit::ready_for_query(b, status),
                 Synthetic::Error(code, msg) => {
                     emit::error_response(b, emit::Severity::Error, code, &msg, None);
                 }
@@ -678,6 +788,9 @@ impl Relay {
                             if body == b"DISCARD ALL\0" || body == b"DEALLOCATE ALL\0" {
                                 srv.statements.clear();
                                 state.statements.clear();
+                            }
+                            if matches!(body, b"SET\0" | b"RESET\0" | b"DISCARD ALL\0") {
+                                self.session_dirty = true;
                             }
                             self.pipeline.complete(b'C');
                             self.emit_ready_answers();

@@ -41,6 +41,8 @@ impl Kind {
 pub enum Synthetic {
     ParseComplete,
     CloseComplete,
+    /// ReadyForQuery with the current transaction status (after a refused simple Query).
+    Ready,
     /// SQLSTATE and message.
     Error(&'static str, String),
 }

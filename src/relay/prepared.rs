@@ -15,6 +15,8 @@ pub struct Statement {
     pub server_name: Arc<str>,
     /// The Parse body after the name: query text, NUL, parameter count and types.
     pub tail: Bytes,
+    /// Session settings its text may change (SET, set_config): each execution is noted.
+    pub settings: Option<Box<[String]>>,
 }
 
 impl Statement {
@@ -25,6 +27,7 @@ impl Statement {
         Statement {
             server_name: Arc::from(name),
             tail: Bytes::copy_from_slice(tail),
+            settings: None,
         }
     }
 }

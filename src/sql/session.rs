@@ -1,0 +1,191 @@
+//! Which session settings a statement text may change: `SET [SESSION] name ...`, `RESET name`,
+//! `RESET ALL`, the special forms (`SET ROLE`, `SET TIME ZONE`, `SET SCHEMA`, `SET NAMES`,
+//! `SET SESSION AUTHORIZATION`, `SET SESSION CHARACTERISTICS AS TRANSACTION`) and
+//! `set_config('name', ...)` calls. Transaction mode uses it to learn which settings a client
+//! owns; the values themselves are read back from the server, so rollbacks and `SET LOCAL`
+//! come out right without modelling them.
+
+use super::lexer::{Lexer, Token};
+
+/// What a statement text touches.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Setting names (lowercase), custom ones (`app.tenant`) included.
+    pub names: Vec<String>,
+    /// A SET/RESET/DISCARD or set_config was seen at all.
+    pub any: bool,
+    /// A LISTEN statement (its notifications would arrive on a server the client has left).
+    pub listen: bool,
+}
+
+/// Cheap filter: every statement of interest contains "set" (SET, RESET, set_config) or
+/// "listen".
+pub fn may_touch(text: &[u8]) -> bool {
+    text.windows(3).any(|w| w.eq_ignore_ascii_case(b"set"))
+        || text.windows(6).any(|w| w.eq_ignore_ascii_case(b"listen"))
+}
+
+fn word(t: &Token<'_>) -> Option<String> {
+    match t {
+        Token::Word(w) => Some(w.to_ascii_lowercase()),
+        Token::Quoted(q) => Some(q.to_string()),
+        _ => None,
+    }
+}
+
+/// Reads a possibly qualified name (`a.b`) starting at `first`.
+fn qualified<'a>(first: String, it: &mut std::iter::Peekable<Lexer<'a>>) -> String {
+    let mut name = first;
+    while it.peek() == Some(&Token::Punct('.')) {
+        it.next();
+        match it.next().as_ref().and_then(word) {
+            Some(part) => {
+                name.push('.');
+                name.push_str(&part);
+            }
+            None => break,
+        }
+    }
+    name
+}
+
+pub fn scan(text: &str) -> Touched {
+    let mut out = Touched::default();
+    let mut it = Lexer::new(text).peekable();
+    let mut at_start = true;
+    let push = |out: &mut Touched, n: &str| {
+        out.any = true;
+        if !out.names.iter().any(|x| x == n) {
+            out.names.push(n.to_owned());
+        }
+    };
+    while let Some(tok) = it.next() {
+        if tok == Token::Semicolon {
+            at_start = true;
+            continue;
+        }
+        let starts = std::mem::replace(&mut at_start, false);
+        let Some(w) = word(&tok) else { continue };
+        if w == "set_config" && it.peek() == Some(&Token::Punct('(')) {
+            it.next();
+            if let Some(Token::Str(name)) = it.next() {
+                push(&mut out, &name.to_ascii_lowercase());
+            } else {
+                out.any = true;
+            }
+            continue;
+        }
+        if !starts {
+            continue;
+        }
+        match w.as_str() {
+            "set" => {
+                let Some(mut next) = it.next().as_ref().and_then(word) else {
+                    continue;
+                };
+                if next == "local" {
+                    out.any = true; // ends with the transaction; nothing to keep
+                    continue;
+                }
+                if next == "session" {
+                    match it.next().as_ref().and_then(word) {
+                        Some(n) if n == "authorization" => {
+                            push(&mut out, "session_authorization");
+                            continue;
+                        }
+                        Some(n) if n == "characteristics" => {
+                            for g in [
+                                "default_transaction_isolation",
+                                "default_transaction_read_only",
+                                "default_transaction_deferrable",
+                            ] {
+                                push(&mut out, g);
+                            }
+                            continue;
+                        }
+                        Some(n) => next = n,
+                        None => continue,
+                    }
+                }
+                let name = match next.as_str() {
+                    "time" => "timezone".to_owned(),
+                    "schema" => "search_path".to_owned(),
+                    "names" => "client_encoding".to_owned(),
+                    "transaction" => {
+                        out.any = true;
+                        continue;
+                    }
+                    _ => qualified(next, &mut it),
+                };
+                push(&mut out, &name);
+            }
+            "reset" => match it.next().as_ref().and_then(word) {
+                Some(n) if n == "all" => out.any = true,
+                Some(n) if n == "session" => push(&mut out, "session_authorization"),
+                Some(n) => {
+                    let name = qualified(n, &mut it);
+                    push(&mut out, &name);
+                }
+                None => {}
+            },
+            "discard" => out.any = true,
+            "listen" => out.listen = true,
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(s: &str) -> Vec<String> {
+        scan(s).names
+    }
+
+    #[test]
+    fn finds_session_settings() {
+        assert_eq!(names("SET search_path TO a, b"), vec!["search_path"]);
+        assert_eq!(
+            names("set SESSION statement_timeout = '5s'; select 1"),
+            vec!["statement_timeout"]
+        );
+        assert_eq!(
+            names("RESET work_mem; SET ROLE admin"),
+            vec!["work_mem", "role"]
+        );
+        assert_eq!(names("SET TIME ZONE 'UTC'"), vec!["timezone"]);
+        assert_eq!(names("SET app.tenant = 'x'"), vec!["app.tenant"]);
+        assert_eq!(
+            names("select set_config('Request.Claims', '{}', false)"),
+            vec!["request.claims"]
+        );
+        assert_eq!(
+            names("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"),
+            vec![
+                "default_transaction_isolation",
+                "default_transaction_read_only",
+                "default_transaction_deferrable"
+            ]
+        );
+    }
+
+    #[test]
+    fn ignores_what_is_not_a_session_setting() {
+        assert_eq!(
+            scan("SELECT 'SET x = 1' /* SET y */").names,
+            Vec::<String>::new()
+        );
+        assert!(
+            !scan("UPDATE t SET a = 1").any,
+            "SET inside UPDATE is not a statement start"
+        );
+        assert!(scan("SET LOCAL x = 1").names.is_empty());
+        assert!(scan("RESET ALL").any);
+        assert!(scan("select 1; LISTEN jobs").listen);
+        assert!(!scan("select 'LISTEN x'").listen);
+        assert!(!may_touch(b"SELECT 1"));
+        assert!(may_touch(b"select OFFSET 1"));
+    }
+}
