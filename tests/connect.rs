@@ -59,6 +59,14 @@ async fn ipv6_and_unix_listeners_and_upstreams() {
     let (ok, out, err) = psql(&pg, &url, &["-c", "SELECT inet_server_addr()"]);
     assert!(ok, "{err}");
     assert_eq!(out, "::1");
+    // An upstream named by host name.
+    let url = format!(
+        "postgresql://agent:agent-pw@127.0.0.1:{}/app_byname",
+        proxy.port(PoolMode::Session)
+    );
+    let (ok, out, err) = psql(&pg, &url, &["-c", "SELECT current_database()"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "appdb");
     // Client over the proxy's unix socket to an upstream reached over its unix socket.
     let url = format!(
         "host={} port=7777 user=agent password=agent-pw dbname=app_unix",

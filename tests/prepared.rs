@@ -6,6 +6,12 @@ mod support;
 
 use pgsluice::config::PoolMode;
 use support::raw::{Raw, ext};
+
+fn raw_query(sql: &str) -> Vec<u8> {
+    let mut b = sql.as_bytes().to_vec();
+    b.push(0);
+    support::raw::message(b'Q', &b)
+}
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,6 +262,29 @@ async fn protocol_errors_read_as_postgres() {
         assert_eq!(
             x.replies_until_ready(3).await,
             vec!["Z:I", "2", "D:2", "C:SELECT 1", "Z:I", "E:26000", "Z:I"],
+            "{mode:?}"
+        );
+        // DEALLOCATE of one statement by SQL, as PostgreSQL answers it.
+        let mut sent = ext::parse("dd", "SELECT 1");
+        sent.extend(ext::sync());
+        sent.extend(raw_query("DEALLOCATE dd"));
+        sent.extend(ext::bind("", "dd", &[]));
+        sent.extend(ext::execute("", 0));
+        sent.extend(ext::sync());
+        sent.extend(raw_query("DEALLOCATE PREPARE dd"));
+        x.send(&sent).await;
+        assert_eq!(
+            x.replies_until_ready(4).await,
+            vec![
+                "1",
+                "Z:I",
+                "C:DEALLOCATE",
+                "Z:I",
+                "E:26000",
+                "Z:I",
+                "E:26000",
+                "Z:I"
+            ],
             "{mode:?}"
         );
         // DEALLOCATE ALL as SQL forgets the client's statements too.

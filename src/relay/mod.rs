@@ -397,6 +397,9 @@ impl Relay {
                         false
                     } else {
                         self.need = 0;
+                        if rewrite && self.deallocate_here(&h, state) {
+                            continue;
+                        }
                         match self.note_settings(h.start + 5, h.body_len) {
                             Ok(_) => self.forward(&h, Entry::pass(Kind::Query)),
                             Err(Unsupported::Listen) => {
@@ -672,6 +675,33 @@ impl Relay {
         Ok(Some(names))
     }
 
+    /// `DEALLOCATE name` of a protocol-level statement: the client's names exist only here in
+    /// transaction mode, so the proxy answers it as PostgreSQL would.
+    fn deallocate_here(&mut self, h: &Header, state: &mut ClientState) -> bool {
+        let body = &self.c.buf[h.start + 5..h.start + 5 + h.body_len];
+        if body.len() > 200
+            || !body
+                .windows(10)
+                .any(|w| w.eq_ignore_ascii_case(b"deallocate"))
+        {
+            return false;
+        }
+        let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
+        let Some(name) = crate::sql::session::deallocate_name(&text) else {
+            return false;
+        };
+        self.drop_message(h);
+        if state.statements.get(name.as_bytes()).is_some() {
+            state.statements.remove(name.as_bytes());
+            self.answer(Kind::Query, Synthetic::Complete("DEALLOCATE"));
+        } else {
+            let msg = format!("prepared statement \"{name}\" does not exist");
+            self.answer(Kind::Query, Synthetic::Error("26000", msg));
+        }
+        self.answer(Kind::Query, Synthetic::Ready);
+        true
+    }
+
     /// The same for a Parse: its query text follows the statement name.
     fn note_parse_settings(&mut self, h: &Header) -> Result<Option<Box<[String]>>, Unsupported> {
         let body = &self.c.buf[h.start + 5..h.start + 5 + h.body_len];
@@ -728,6 +758,10 @@ impl Relay {
                 Synthetic::ParseComplete => emit::message(b, b'1', |_| {}),
                 Synthetic::CloseComplete => emit::message(b, b'3', |_| {}),
                 Synthetic::Ready => emit::ready_for_query(b, status),
+                Synthetic::Complete(tag) => emit::message(b, b'C', |b| {
+                    b.extend_from_slice(tag.as_bytes());
+                    b.extend_from_slice(&[0]);
+                }),
                 Synthetic::Error(code, msg) => {
                     emit::error_response(b, emit::Severity::Error, code, &msg, None);
                 }

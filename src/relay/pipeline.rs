@@ -43,6 +43,8 @@ pub enum Synthetic {
     CloseComplete,
     /// ReadyForQuery with the current transaction status (after a refused simple Query).
     Ready,
+    /// CommandComplete with this tag.
+    Complete(&'static str),
     /// SQLSTATE and message.
     Error(&'static str, String),
 }

@@ -136,6 +136,21 @@ pub fn scan(text: &str) -> Touched {
     out
 }
 
+/// `DEALLOCATE [PREPARE] name` as the whole text: the name (protocol-level statements are
+/// the client's own in transaction mode, so the proxy answers it). `None` for anything else,
+/// `DEALLOCATE ALL` included (the server runs that one).
+pub fn deallocate_name(text: &str) -> Option<String> {
+    let mut it = Lexer::new(text).filter(|t| *t != Token::Semicolon);
+    if it.next().as_ref().and_then(word)? != "deallocate" {
+        return None;
+    }
+    let mut name = it.next().as_ref().and_then(word)?;
+    if name == "prepare" {
+        name = it.next().as_ref().and_then(word)?;
+    }
+    (name != "all" && it.next().is_none()).then_some(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +184,18 @@ mod tests {
                 "default_transaction_deferrable"
             ]
         );
+    }
+
+    #[test]
+    fn deallocate_of_one_name() {
+        assert_eq!(deallocate_name("DEALLOCATE s1"), Some("s1".into()));
+        assert_eq!(
+            deallocate_name("deallocate prepare \"S 2\";"),
+            Some("S 2".into())
+        );
+        assert_eq!(deallocate_name("DEALLOCATE ALL"), None);
+        assert_eq!(deallocate_name("DEALLOCATE s1; SELECT 1"), None);
+        assert_eq!(deallocate_name("SELECT 1"), None);
     }
 
     #[test]

@@ -82,6 +82,12 @@ port = {port}
 dbname = "appdb"
 
 [[databases]]
+name = "app_byname"
+host = "localhost"
+port = {port}
+dbname = "appdb"
+
+[[databases]]
 name = "app_v6"
 host = "::1"
 port = {port}
