@@ -25,6 +25,8 @@ pub struct App {
     /// Random per process: seeds decoy SCRAM salts for unknown users.
     pub instance_secret: [u8; 32],
     shutdown: watch::Sender<bool>,
+    /// LISTEN connections for transaction-mode clients, one per database.
+    notify_hubs: DashMap<Arc<str>, Arc<crate::backend::notify::NotifyHub>>,
 }
 
 impl App {
@@ -38,6 +40,7 @@ impl App {
             verifiers: DashMap::new(),
             instance_secret: rand::random(),
             shutdown: watch::channel(false).0,
+            notify_hubs: DashMap::new(),
         })
     }
 
@@ -70,6 +73,22 @@ impl App {
             Err(_) => derive(),
         };
         self.verifiers.entry(key).or_insert(v).clone()
+    }
+
+    /// The notification hub of `pool`'s database, started on first use with its credentials.
+    pub fn notify_hub(
+        &self,
+        pool: &crate::backend::Pool,
+    ) -> Arc<crate::backend::notify::NotifyHub> {
+        self.notify_hubs
+            .entry(pool.key.database.clone())
+            .or_insert_with(|| {
+                crate::backend::notify::NotifyHub::start(
+                    pool.upstream.clone(),
+                    pool.settings.connect_timeout,
+                )
+            })
+            .clone()
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -88,39 +88,92 @@ async fn settings_follow_their_client_and_never_leak() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listen_works_in_session_mode_and_is_refused_clearly_in_transaction_mode() {
+async fn listen_and_notify_in_both_modes() {
     use support::raw::Raw;
     let pg = start_postgres();
-    let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 2")).await;
-    // Session mode: the notification reaches the listening client.
-    let mut listener = Raw::open(proxy.port(PoolMode::Session)).await;
-    listener
-        .login(196608, "agent", "agent-pw", "app")
-        .await
-        .unwrap();
-    listener.query("LISTEN jobs").await.unwrap();
+    let proxy = Proxy::start(&config_text(&pg, "query_wait_timeout = 5", "pool_size = 3")).await;
     let notifier = proxy.connect(PoolMode::Transaction).await;
+    // Session mode: LISTEN runs on the client's own server.
+    let mut s = Raw::open(proxy.port(PoolMode::Session)).await;
+    s.login(196608, "agent", "agent-pw", "app").await.unwrap();
+    s.query("LISTEN jobs").await.unwrap();
+    // Transaction mode: two listeners through the hub, which holds no pool server.
+    let mut t1 = Raw::open(proxy.port(PoolMode::Transaction)).await;
+    t1.login(196608, "agent", "agent-pw", "app").await.unwrap();
+    assert_eq!(t1.query("LISTEN jobs").await, Ok(vec![]));
+    let mut t2 = Raw::open(proxy.port(PoolMode::Transaction)).await;
+    t2.login(196608, "agent", "agent-pw", "app").await.unwrap();
+    assert_eq!(t2.query("listen \"Jobs\"; ").await, Ok(vec![]));
+    assert_eq!(t2.query("LISTEN jobs").await, Ok(vec![]));
     notifier
-        .batch_execute("NOTIFY jobs, 'job-42'")
+        .batch_execute("NOTIFY jobs, 'job-42'; NOTIFY \"Jobs\", 'other'")
         .await
         .unwrap();
-    let (tag, body) = listener.recv().await.expect("a NotificationResponse");
-    assert_eq!(tag, b'A');
-    let text = String::from_utf8_lossy(&body[4..]).into_owned();
-    assert_eq!(text, "jobs\0job-42\0");
-    // Transaction mode: refused with 0A000 and a reason; the client carries on.
-    let c = proxy.connect(PoolMode::Transaction).await;
-    let e = c.simple_query("LISTEN jobs").await.unwrap_err();
-    assert_eq!(sqlstate(&e), "0A000");
-    assert!(
-        e.as_db_error()
-            .unwrap()
-            .message()
-            .contains("session-mode port"),
-        "{e}"
+    for (who, raw) in [("session", &mut s), ("t1", &mut t1)] {
+        let (tag, body) = raw.recv().await.expect("a NotificationResponse");
+        assert_eq!(tag, b'A', "{who}");
+        assert_eq!(
+            String::from_utf8_lossy(&body[4..]),
+            "jobs\0job-42\0",
+            "{who}"
+        );
+    }
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (tag, body) = t2.recv().await.unwrap();
+        assert_eq!(tag, b'A');
+        got.push(String::from_utf8_lossy(&body[4..]).into_owned());
+    }
+    got.sort();
+    assert_eq!(got, vec!["Jobs\0other\0", "jobs\0job-42\0"]);
+    // During a transaction a notification waits for its end, as PostgreSQL delivers it.
+    t1.query("BEGIN").await.unwrap();
+    notifier
+        .batch_execute("NOTIFY jobs, 'later'")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        t1.query("SELECT 1").await,
+        Ok(vec!["1".to_string()]),
+        "nothing arrives mid-transaction"
     );
-    let e = c.prepare("listen jobs").await.unwrap_err();
+    t1.send(&support::raw::message(b'Q', b"COMMIT\0")).await;
+    let mut tags = Vec::new();
+    while tags.last() != Some(&b'A') {
+        tags.push(t1.recv().await.unwrap().0);
+    }
+    assert_eq!(
+        tags,
+        vec![b'C', b'Z', b'A'],
+        "the notification follows the transaction's end"
+    );
+    // UNLISTEN stops them; the pool's servers never carried a LISTEN.
+    assert_eq!(t1.query("UNLISTEN *").await, Ok(vec![]));
+    notifier
+        .batch_execute("NOTIFY jobs, 'after'")
+        .await
+        .unwrap();
+    assert_eq!(t2.recv().await.map(|m| m.0), Some(b'A'));
+    assert_eq!(
+        t1.query("SELECT 2").await,
+        Ok(vec!["2".to_string()]),
+        "t1 got no notification"
+    );
+    let listening: i64 = notifier
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app_scram' AND query ILIKE 'listen%'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        listening <= 2,
+        "only the hub and the session client listen: {listening}"
+    );
+    // LISTEN inside a transaction block is refused with 0A000; the client carries on.
+    let c = proxy.connect(PoolMode::Transaction).await;
+    let e = c.batch_execute("BEGIN; LISTEN jobs").await.unwrap_err();
     assert_eq!(sqlstate(&e), "0A000");
+    c.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(
         c.query_one("SELECT 8", &[]).await.unwrap().get::<_, i32>(0),
         8

@@ -1,6 +1,7 @@
 //! The server side: opening and logging in to upstream connections, and pooling them.
 
 pub mod connect;
+pub mod notify;
 pub mod params;
 pub mod pool;
 pub mod pools;

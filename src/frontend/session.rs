@@ -30,6 +30,12 @@ const INTERNAL_TIMEOUT: Duration = Duration::from_secs(10);
 struct Client {
     stream: Stream,
     state: ClientState,
+    /// Transaction mode LISTEN: channels, and notifications for this client.
+    channels: Vec<String>,
+    notify_tx: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    notify_rx: Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>,
+    /// Notifications that arrived during a transaction, delivered after it.
+    held: Vec<bytes::Bytes>,
     pool: Arc<Pool>,
     cancel: Registration,
     server: Option<ServerConn>,
@@ -65,6 +71,10 @@ pub async fn serve(app: Arc<App>, mut stream: Stream, peer: Peer, mode: PoolMode
                 params: l.params,
                 statements: Default::default(),
             },
+            channels: Vec::new(),
+            notify_tx: None,
+            notify_rx: None,
+            held: Vec::new(),
             pool: l.pool,
             cancel: l.cancel,
             server: l.server,
@@ -276,6 +286,15 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
     loop {
         let event = tokio::select! {
             ev = poll_fn(|cx| relay.poll_relay(cx, &mut c.stream, c.server.as_mut(), &mut c.state)) => ev,
+            Some(n) = next_notification(&mut c.notify_rx) => {
+                // PostgreSQL delivers notifications between transactions; so does the hub.
+                if c.server.is_none() {
+                    relay.queue_for_client(|b| b.extend_from_slice(&n));
+                } else {
+                    c.held.push(n);
+                }
+                continue;
+            }
             _ = timer.as_mut(), if timer_armed => {
                 timer_armed = false;
                 match phase {
@@ -321,6 +340,9 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                     if reusable && resync {
                         reusable = read_back_settings(c, &mut server, relay.take_touched()).await;
                     }
+                    for n in c.held.drain(..) {
+                        relay.queue_for_client(|b| b.extend_from_slice(&n));
+                    }
                     if reusable {
                         c.pool.release(server);
                     } else {
@@ -333,6 +355,7 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                     }
                 }
             }
+            Event::Listen(cmd) => listen(app, c, relay, cmd).await,
             Event::ClientTerminated | Event::ClientGone => {
                 tracing::debug!(conn = c.id, ?event, "client finished");
                 return;
@@ -355,6 +378,64 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
             }
         }
     }
+}
+
+/// The next notification for a listening client; never resolves for one that is not.
+async fn next_notification(
+    rx: &mut Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>,
+) -> Option<bytes::Bytes> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Transaction mode LISTEN/UNLISTEN, answered between transactions through the hub.
+async fn listen(app: &App, c: &mut Client, relay: &mut Relay, cmd: crate::sql::session::ListenCmd) {
+    use crate::sql::session::ListenCmd;
+    let hub = app.notify_hub(&c.pool);
+    let result = match cmd {
+        ListenCmd::Listen(ch) => {
+            let tx = match &c.notify_tx {
+                Some(tx) => tx.clone(),
+                None => {
+                    let (tx, rx) = tokio::sync::mpsc::channel(crate::backend::notify::CLIENT_QUEUE);
+                    c.notify_rx = Some(rx);
+                    c.notify_tx = Some(tx.clone());
+                    tx
+                }
+            };
+            let r = hub.listen(&ch, c.id, tx).await;
+            if r.is_ok() && !c.channels.contains(&ch) {
+                c.channels.push(ch);
+            }
+            r.map(|_| "LISTEN")
+        }
+        ListenCmd::Unlisten(ch) => {
+            hub.unlisten(&ch, c.id);
+            c.channels.retain(|x| *x != ch);
+            Ok("UNLISTEN")
+        }
+        ListenCmd::UnlistenAll => {
+            hub.unlisten_all(&c.channels, c.id);
+            c.channels.clear();
+            Ok("UNLISTEN")
+        }
+    };
+    relay.queue_for_client(|b| {
+        match result {
+            Ok(tag) => emit::message(b, b'C', |b| {
+                b.extend_from_slice(tag.as_bytes());
+                b.extend_from_slice(&[0]);
+            }),
+            Err(e) => ClientError {
+                severity: emit::Severity::Error,
+                ..e
+            }
+            .encode(b),
+        }
+        emit::ready_for_query(b, b'I');
+    });
 }
 
 /// Transaction mode, after a transaction that ran SET/RESET/set_config: reads the settings
@@ -468,6 +549,9 @@ async fn tell_and_close(c: &mut Client, relay: &mut Relay, err: ClientError) {
 /// one mid-transaction or mid-statement is canceled if busy and closed, so PostgreSQL rolls
 /// its transaction back and no `idle in transaction` backend is left behind.
 async fn finish(app: &App, c: Client, mut relay: Relay) {
+    if !c.channels.is_empty() {
+        app.notify_hub(&c.pool).unlisten_all(&c.channels, c.id);
+    }
     let Client {
         mut server,
         pool,

@@ -63,6 +63,9 @@ pub enum Event {
     ServerGone,
     /// The client broke the protocol.
     Protocol(ClientError),
+    /// Transaction mode, between transactions: LISTEN/UNLISTEN for the notification hub
+    /// (the message has been consumed; the session answers it).
+    Listen(crate::sql::session::ListenCmd),
 }
 
 /// Where the client is, for its timeouts.
@@ -81,7 +84,9 @@ enum Unsupported {
     Listen,
 }
 
-const LISTEN_REFUSED: &str = "LISTEN is not supported in transaction mode yet: notifications would arrive on a server connection the client has left; use the session-mode port";
+const LISTEN_REFUSED: &str = "LISTEN in transaction mode must be a statement of its own, outside a transaction block (or use the session-mode port)";
+/// LISTEN/UNLISTEN texts longer than this are not looked at.
+const MAX_LISTEN_TEXT: usize = 1024;
 
 /// Dropping a refused request's messages (never forwarded to any server).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -387,6 +392,19 @@ impl Relay {
                 }
             }
             let Some(srv) = server.as_deref_mut() else {
+                if self.transaction_mode && h.tag == b'Q' && h.body_len <= MAX_LISTEN_TEXT {
+                    if self.c.buf.len() < h.start + 5 + h.body_len {
+                        self.need = h.start + 5 + h.body_len;
+                        break;
+                    }
+                    self.need = 0;
+                    let body = &self.c.buf[h.start + 5..h.start + 5 + h.body_len];
+                    let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
+                    if let Some(cmd) = crate::sql::session::listen_statement(&text) {
+                        self.drop_message(&h);
+                        return Some(Event::Listen(cmd));
+                    }
+                }
                 return Some(Event::NeedServer);
             };
             let rewrite = self.max_prepared > 0;

@@ -151,6 +151,26 @@ pub fn deallocate_name(text: &str) -> Option<String> {
     (name != "all" && it.next().is_none()).then_some(name)
 }
 
+/// A LISTEN or UNLISTEN that is the whole text.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ListenCmd {
+    Listen(String),
+    Unlisten(String),
+    UnlistenAll,
+}
+
+pub fn listen_statement(text: &str) -> Option<ListenCmd> {
+    let mut it = Lexer::new(text).filter(|t| *t != Token::Semicolon);
+    let verb = it.next().as_ref().and_then(word)?;
+    let cmd = match (verb.as_str(), it.next()) {
+        ("unlisten", Some(Token::Punct('*'))) => ListenCmd::UnlistenAll,
+        ("listen", Some(t)) => ListenCmd::Listen(word(&t)?),
+        ("unlisten", Some(t)) => ListenCmd::Unlisten(word(&t)?),
+        _ => return None,
+    };
+    it.next().is_none().then_some(cmd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +204,25 @@ mod tests {
                 "default_transaction_deferrable"
             ]
         );
+    }
+
+    #[test]
+    fn listen_statements() {
+        assert_eq!(
+            listen_statement("LISTEN Jobs;"),
+            Some(ListenCmd::Listen("jobs".into()))
+        );
+        assert_eq!(
+            listen_statement("listen \"Jobs\""),
+            Some(ListenCmd::Listen("Jobs".into()))
+        );
+        assert_eq!(listen_statement("UNLISTEN *"), Some(ListenCmd::UnlistenAll));
+        assert_eq!(
+            listen_statement("unlisten a"),
+            Some(ListenCmd::Unlisten("a".into()))
+        );
+        assert_eq!(listen_statement("LISTEN a; SELECT 1"), None);
+        assert_eq!(listen_statement("NOTIFY a"), None);
     }
 
     #[test]
