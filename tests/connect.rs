@@ -251,86 +251,60 @@ async fn session_mode_reports_the_real_backend_pid() {
     }
 }
 
+/// Runs `pgsluice check-config FILE` with extra environment; (success, stderr).
+fn check_config(file: &std::path::Path, envs: &[(&str, &str)]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgsluice"))
+        .envs(envs.iter().copied())
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn check_config_names_file_line_and_key() {
     let dir = std::env::temp_dir().join(format!("pgsluice-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let good = dir.join("good.toml");
-    std::fs::write(
-        &good,
-        "[[listeners]]\naddr = \"127.0.0.1:6432\"\nmode = \"transaction\"\n",
-    )
-    .unwrap();
-    let bad = dir.join("bad.toml");
-    std::fs::write(
-        &bad,
-        "[[listeners]]\naddr = \"127.0.0.1:6432\"\nmode = \"transactoin\"\n",
-    )
-    .unwrap();
-    let bin = env!("CARGO_BIN_EXE_pgsluice");
-    let out = std::process::Command::new(bin)
-        .args(["check-config"])
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = std::process::Command::new(bin)
-        .args(["check-config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with(&format!("{}:3:", bad.display())), "{err}");
+    let file = dir.join("c.toml");
+    let listener = "[[listeners]]\naddr = \"127.0.0.1:6432\"\nmode = \"session\"\n";
+    std::fs::write(&file, listener).unwrap();
+    assert_eq!(check_config(&file, &[]), (true, String::new()));
+
+    std::fs::write(&file, listener.replace("session", "transactoin")).unwrap();
+    let (ok, err) = check_config(&file, &[]);
+    assert!(!ok);
+    assert!(err.starts_with(&format!("{}:3:", file.display())), "{err}");
     assert!(
         err.contains("key `mode`") && err.contains("transactoin"),
         "{err}"
     );
-    // ${ENV} substitution: an unset variable is an error naming it.
-    std::fs::write(&bad, "[[listeners]]\naddr = \"127.0.0.1:6432\"\nmode = \"session\"\n[[users]]\nname = \"a\"\npassword = \"${PGSLUICE_TEST_UNSET_VAR}\"\n").unwrap();
-    let out = std::process::Command::new(bin)
-        .args(["check-config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+
+    // ${ENV} substitution: an unset variable is an error naming it and its line.
+    std::fs::write(
+        &file,
+        format!("{listener}[[users]]\nname = \"a\"\npassword = \"${{PGSLUICE_TEST_VAR}}\"\n"),
+    )
+    .unwrap();
+    let (ok, err) = check_config(&file, &[]);
     assert!(
-        err.contains(":6:") && err.contains("PGSLUICE_TEST_UNSET_VAR is not set"),
+        !ok && err.contains(":6:") && err.contains("PGSLUICE_TEST_VAR is not set"),
         "{err}"
     );
-    std::fs::write(&bad, "[[listeners]]\naddr = \"127.0.0.1:6432\"\nmode = \"session\"\n[[users]]\nname = \"a\"\npassword = \"${PGSLUICE_TEST_SET_VAR}\"\n").unwrap();
-    let out = std::process::Command::new(bin)
-        .env("PGSLUICE_TEST_SET_VAR", "pw")
-        .args(["check-config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(check_config(&file, &[("PGSLUICE_TEST_VAR", "pw")]).0);
+
     // The documented example is a valid configuration.
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml.example");
-    let out = std::process::Command::new(bin)
-        .envs([
-            ("AGENT_PASSWORD", "a"),
-            ("APP_DB_PASSWORD", "b"),
-            ("ADMIN_PASSWORD", "c"),
-        ])
-        .args(["check-config"])
-        .arg(&example)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let env = [
+        ("AGENT_PASSWORD", "a"),
+        ("APP_DB_PASSWORD", "b"),
+        ("ADMIN_PASSWORD", "c"),
+    ];
+    let (ok, err) = check_config(&example, &env);
+    assert!(ok, "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

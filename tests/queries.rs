@@ -191,3 +191,70 @@ async fn startup_parameters_apply_in_both_modes() {
     let e = connect(&url).await.unwrap_err();
     assert_eq!(sqlstate(&e), "22023", "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_failures_in_both_protocols() {
+    use support::raw::Raw;
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 2")).await;
+    let setup = proxy.connect(PoolMode::Transaction).await;
+    setup
+        .batch_execute("CREATE TABLE t_cf (v int)")
+        .await
+        .unwrap();
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        // Extended protocol (tokio-postgres): bad data mid-copy gives 22P02, nothing lands.
+        let c = proxy.connect(mode).await;
+        let sink = c.copy_in("COPY t_cf FROM STDIN").await.unwrap();
+        let mut sink = std::pin::pin!(sink);
+        sink.send(bytes::Bytes::from_static(b"1\n2\nthree\n4\n"))
+            .await
+            .unwrap();
+        let e = sink.as_mut().finish().await.unwrap_err();
+        assert_eq!(sqlstate(&e), "22P02", "{mode:?}: {e}");
+        // CopyFail (a sink dropped unfinished): the copy is abandoned, the connection usable.
+        {
+            let sink = c
+                .copy_in::<_, bytes::Bytes>("COPY t_cf FROM STDIN")
+                .await
+                .unwrap();
+            let mut sink = std::pin::pin!(sink);
+            sink.send(bytes::Bytes::from_static(b"5\n")).await.unwrap();
+        }
+        assert_eq!(
+            c.query_one("SELECT count(*) FROM t_cf", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0),
+            0,
+            "{mode:?}"
+        );
+        // Simple protocol: COPY ... FROM STDIN with CopyFail from the client.
+        let mut raw = Raw::open(proxy.port(mode)).await;
+        raw.login(196608, "agent", "agent-pw", "app").await.unwrap();
+        raw.send(&support::raw::message(b'Q', b"COPY t_cf FROM STDIN\0"))
+            .await;
+        assert_eq!(raw.recv().await.map(|m| m.0), Some(b'G'));
+        let mut msgs = support::raw::message(b'd', b"7\n");
+        msgs.extend(support::raw::message(b'f', b"client gave up\0"));
+        raw.send(&msgs).await;
+        assert_eq!(
+            raw.replies_until_ready(1).await,
+            vec!["E:57014", "Z:I"],
+            "{mode:?}"
+        );
+        // And a good one after it, through the same connection.
+        raw.send(&support::raw::message(b'Q', b"COPY t_cf FROM STDIN\0"))
+            .await;
+        assert_eq!(raw.recv().await.map(|m| m.0), Some(b'G'));
+        let mut msgs = support::raw::message(b'd', b"8\n9\n");
+        msgs.extend(support::raw::message(b'c', b""));
+        raw.send(&msgs).await;
+        assert_eq!(
+            raw.replies_until_ready(1).await,
+            vec!["C:COPY 2", "Z:I"],
+            "{mode:?}"
+        );
+        assert_eq!(raw.query("DELETE FROM t_cf").await, Ok(vec![]));
+    }
+}

@@ -272,17 +272,9 @@ impl Relay {
 
             if let Some(srv) = server.as_deref_mut() {
                 // Proxy -> server.
-                while self.c.has_output() {
-                    match Pin::new(&mut srv.stream).poll_write(cx, self.c.output()) {
-                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                            return Poll::Ready(Event::ServerGone);
-                        }
-                        Poll::Ready(Ok(n)) => {
-                            self.c.consume_output(n);
-                            progress = true;
-                        }
-                        Poll::Pending => break,
-                    }
+                match write_out(cx, &mut srv.stream, &mut self.c) {
+                    Ok(wrote) => progress |= wrote,
+                    Err(()) => return Poll::Ready(Event::ServerGone),
                 }
                 // Server -> proxy: read while the client's queue has room.
                 if self.s.buf.len() < MAX_BUFFERED {
@@ -309,17 +301,9 @@ impl Relay {
             }
 
             // Proxy -> client.
-            while self.s.has_output() {
-                match Pin::new(&mut *client).poll_write(cx, self.s.output()) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                        return Poll::Ready(Event::ClientGone);
-                    }
-                    Poll::Ready(Ok(n)) => {
-                        self.s.consume_output(n);
-                        progress = true;
-                    }
-                    Poll::Pending => break,
-                }
+            match write_out(cx, client, &mut self.s) {
+                Ok(wrote) => progress |= wrote,
+                Err(()) => return Poll::Ready(Event::ClientGone),
             }
 
             if self.watch_phase {
@@ -955,6 +939,23 @@ fn make_room(
     if let Some(victim) = have.evict_for_room(capacity) {
         close(out, &victim);
     }
+}
+
+/// Writes what `half` has ready until the socket would block. Ok(true) if anything was
+/// written; Err when the peer is gone.
+fn write_out(cx: &mut Context<'_>, stream: &mut Stream, half: &mut Half) -> Result<bool, ()> {
+    let mut wrote = false;
+    while half.has_output() {
+        match Pin::new(&mut *stream).poll_write(cx, half.output()) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(()),
+            Poll::Ready(Ok(n)) => {
+                half.consume_output(n);
+                wrote = true;
+            }
+            Poll::Pending => break,
+        }
+    }
+    Ok(wrote)
 }
 
 /// One read into the spare room of `buf`, growing it to a read-sized chunk first.
