@@ -38,6 +38,19 @@ async fn fifty_clients_reuse_statements_across_transactions() {
                 );
                 stmts.push((c.prepare(&sql).await.unwrap(), (client % 5) * 100 + j));
             }
+            // A pipeline (three queries in flight at once) whose middle one fails: the others
+            // are unaffected and nothing is mixed up.
+            let (one, two) = (1i32, 2i32);
+            type P<'a> = [&'a (dyn tokio_postgres::types::ToSql + Sync); 1];
+            let (p1, p2, p3): (P, P, P) = ([&one], [&client], [&two]);
+            let (a, b, d) = tokio::join!(
+                c.query_one(&stmts[0].0, &p1),
+                c.query_one("SELECT 1 / ($1::int - $1::int)", &p2),
+                c.query_one(&stmts[1].0, &p3),
+            );
+            assert_eq!(a.unwrap().get::<_, i32>(1), 1 + stmts[0].1);
+            assert_eq!(sqlstate(&b.unwrap_err()), "22012");
+            assert_eq!(d.unwrap().get::<_, i32>(1), 2 + stmts[1].1);
             for round in 0..20i32 {
                 for (stmt, add) in &stmts {
                     let k = 1 + (client * 31 + round * 7 + add) % 500;

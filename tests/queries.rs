@@ -258,3 +258,40 @@ async fn copy_failures_in_both_protocols() {
         assert_eq!(raw.query("DELETE FROM t_cf").await, Ok(vec![]));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_reach_the_right_client() {
+    use support::raw::Raw;
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 1")).await;
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let mut a = Raw::open(proxy.port(mode)).await;
+        a.login(196608, "agent", "agent-pw", "app").await.unwrap();
+        let mut b = Raw::open(proxy.port(mode)).await;
+        if mode == PoolMode::Transaction {
+            b.login(196608, "agent", "agent-pw", "app").await.unwrap();
+        }
+        a.send(&support::raw::message(
+            b'Q',
+            b"DO $$ BEGIN RAISE NOTICE 'for a only'; END $$\0",
+        ))
+        .await;
+        let mut seen = Vec::new();
+        loop {
+            let (tag, body) = a.recv().await.unwrap();
+            if tag == b'N' {
+                let text = String::from_utf8_lossy(&body).into_owned();
+                assert!(text.contains("for a only"), "{text}");
+            }
+            seen.push(tag);
+            if tag == b'Z' {
+                break;
+            }
+        }
+        assert_eq!(seen, vec![b'N', b'C', b'Z'], "{mode:?}");
+        if mode == PoolMode::Transaction {
+            // b shares the only server and gets nothing of a's.
+            assert_eq!(b.query("SELECT 1").await, Ok(vec!["1".to_string()]));
+        }
+    }
+}

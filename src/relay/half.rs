@@ -72,16 +72,6 @@ impl Half {
     pub fn is_idle(&self) -> bool {
         self.out.is_empty() && self.pos == 0 && !self.framer.mid_message()
     }
-
-    /// Returns buffer memory while the client is idle (thousands of idle agents).
-    pub fn shrink_if_empty(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > 0 {
-            self.buf = BytesMut::new();
-        }
-        if self.out.is_empty() && self.out.capacity() > 0 {
-            self.out = BytesMut::new();
-        }
-    }
 }
 
 #[cfg(test)]

@@ -217,12 +217,6 @@ impl Relay {
         self.s.has_output()
     }
 
-    /// Returns idle buffers' memory between transactions.
-    pub fn shrink(&mut self) {
-        self.c.shrink_if_empty();
-        self.s.shrink_if_empty();
-    }
-
     /// Writes everything queued for the client.
     pub async fn flush_client(&mut self, client: &mut Stream) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
