@@ -17,6 +17,7 @@ use tokio::sync::watch;
 pub struct App {
     pub config: ArcSwap<Config>,
     pub pools: Pools,
+    pub metrics: crate::metrics::Metrics,
     pub cancels: Arc<Cancels>,
     clients: AtomicUsize,
     conn_ids: AtomicU64,
@@ -34,6 +35,7 @@ impl App {
         Arc::new(App {
             config: ArcSwap::from_pointee(config),
             pools: Pools::default(),
+            metrics: crate::metrics::Metrics::new(),
             cancels: Arc::new(Cancels::default()),
             clients: AtomicUsize::new(0),
             conn_ids: AtomicU64::new(1),
@@ -48,11 +50,13 @@ impl App {
     /// and must be refused and released).
     pub fn admit_client(&self) -> bool {
         let n = self.clients.fetch_add(1, Ordering::AcqRel) + 1;
+        self.metrics.clients.inc();
         n <= self.config.load().general.max_client_conn
     }
 
     pub fn release_client(&self) {
         self.clients.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.clients.dec();
     }
 
     pub fn client_count(&self) -> usize {
@@ -101,6 +105,8 @@ pub struct Running {
     pub app: Arc<App>,
     /// (listen address as bound, mode) for each listener; TCP ports resolved when 0 was asked.
     pub listeners: Vec<(ListenAddr, PoolMode)>,
+    /// The HTTP endpoint's address, when `[http]` is configured.
+    pub http: Option<SocketAddr>,
 }
 
 impl Running {
@@ -135,6 +141,7 @@ impl Drop for Running {
 /// Binds every listener (failing before serving anything if one cannot be bound) and
 /// starts accepting.
 pub async fn start(config: Config) -> std::io::Result<Running> {
+    let http_addr = config.http.as_ref().map(|h| h.addr);
     let specs: Vec<_> = config
         .listeners
         .iter()
@@ -157,10 +164,23 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
         bound.push((b, actual, spec.mode));
     }
     let listeners = bound.iter().map(|(_, a, m)| (a.clone(), *m)).collect();
+    let mut http = None;
+    if let Some(addr) = http_addr {
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {addr} (http): {e}"))
+        })?;
+        http = l.local_addr().ok();
+        tracing::info!(addr = %addr, "http endpoint listening");
+        tokio::spawn(crate::http::serve(app.clone(), l));
+    }
     for (b, _, mode) in bound {
         tokio::spawn(accept_loop(app.clone(), b, mode));
     }
-    Ok(Running { app, listeners })
+    Ok(Running {
+        app,
+        listeners,
+        http,
+    })
 }
 
 async fn accept_loop(app: Arc<App>, bound: Bound, mode: PoolMode) {

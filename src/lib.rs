@@ -24,6 +24,8 @@ pub mod demo;
 pub mod devdb;
 pub mod error;
 pub mod frontend;
+pub mod http;
+pub mod metrics;
 pub mod net;
 pub mod proto;
 pub mod relay;

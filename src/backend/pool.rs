@@ -179,6 +179,7 @@ pub struct Pool {
     conn_ids: Arc<AtomicU64>,
     /// Parameters a fresh server connection reports, shown to transaction-mode clients.
     defaults: Mutex<Option<SessionParams>>,
+    pub metrics: crate::metrics::PoolMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +222,7 @@ impl Pool {
         settings: PoolSettings,
         db: Arc<DbLimit>,
         conn_ids: Arc<AtomicU64>,
+        metrics: crate::metrics::PoolMetrics,
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             key,
@@ -230,6 +232,7 @@ impl Pool {
             state: Mutex::new(State::default()),
             conn_ids,
             defaults: Mutex::new(None),
+            metrics,
         });
         lock(&db.pools).push(Arc::downgrade(&pool));
         pool
@@ -264,6 +267,18 @@ impl Pool {
     /// one released, waiting in FIFO order. `cancel` (already enabled) aborts the wait: a
     /// client's CancelRequest.
     pub async fn checkout(
+        self: &Arc<Self>,
+        cancel: Pin<&mut Notified<'_>>,
+    ) -> Result<ServerConn, CheckoutError> {
+        let started = Instant::now();
+        let r = self.checkout_inner(cancel).await;
+        self.metrics
+            .wait_seconds
+            .observe(started.elapsed().as_secs_f64());
+        r
+    }
+
+    async fn checkout_inner(
         self: &Arc<Self>,
         mut cancel: Pin<&mut Notified<'_>>,
     ) -> Result<ServerConn, CheckoutError> {
@@ -390,6 +405,7 @@ impl Pool {
     async fn open(self: &Arc<Self>, slot: Slot) -> Result<ServerConn, CheckoutError> {
         match connect::establish(&self.upstream, self.settings.connect_timeout).await {
             Ok(est) => {
+                self.metrics.connects_ok.inc();
                 lock(&self.state).last_failure = None;
                 *lock(&self.defaults) = Some(est.params.clone());
                 let now = Instant::now();
@@ -409,6 +425,7 @@ impl Pool {
                 })
             }
             Err(e) => {
+                self.metrics.connects_failed.inc();
                 tracing::warn!(pool = %self.key, host = %self.upstream.host, port = self.upstream.port, error = %e, "server connection failed");
                 lock(&self.state).last_failure = Some((Instant::now(), e.to_client()));
                 drop(slot);

@@ -21,7 +21,13 @@ const MAINTAIN_EVERY: Duration = Duration::from_millis(500);
 
 impl Pools {
     /// The pool for `user` on `db`, created (and its maintenance started) on first use.
-    pub fn pool_for(&self, config: &Config, db: &Database, user: &User) -> Arc<Pool> {
+    pub fn pool_for(
+        &self,
+        config: &Config,
+        db: &Database,
+        user: &User,
+        metrics: &crate::metrics::Metrics,
+    ) -> Arc<Pool> {
         let role = user.server_user.as_deref().unwrap_or(&user.name);
         let key = PoolKey {
             database: Arc::from(db.name.as_str()),
@@ -68,7 +74,8 @@ impl Pools {
             check_delay: g.server_check_delay.duration(),
         };
         let entry = self.pools.entry(key.clone()).or_insert_with(|| {
-            let pool = Pool::new(key, upstream, settings, limit, self.conn_ids.clone());
+            let pm = metrics.pool(&key.database, &key.role);
+            let pool = Pool::new(key, upstream, settings, limit, self.conn_ids.clone(), pm);
             spawn_maintenance(&pool);
             pool
         });

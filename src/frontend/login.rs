@@ -46,6 +46,18 @@ pub async fn authenticate(
             scram_exchange(stream, out, verifier).await?
         }
     };
+    let result = if ok && secret.is_some() {
+        "ok"
+    } else {
+        "failed"
+    };
+    app.metrics
+        .auth
+        .get_or_create(&crate::metrics::AuthLabels {
+            method: method.as_str(),
+            result,
+        })
+        .inc();
     if !ok || secret.is_none() {
         return Err(LoginError::Refused(ClientError::auth_failed(
             user,

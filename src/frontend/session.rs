@@ -83,6 +83,7 @@ pub async fn serve(app: Arc<App>, mut stream: Stream, peer: Peer, mode: PoolMode
         Ok(None) => return,
         Err(err) => {
             if let Some(err) = err {
+                app.metrics.client_error(&err.code);
                 let mut out = BytesMut::new();
                 err.encode(&mut out);
                 let _ = stream.write_all(&out).await;
@@ -170,7 +171,7 @@ async fn login(
     let Some(db) = config.database(&startup.database) else {
         return refuse(ClientError::unknown_database(&startup.database));
     };
-    let pool = app.pools.pool_for(&config, db, user);
+    let pool = app.pools.pool_for(&config, db, user, &app.metrics);
     let mut params = SessionParams::from_startup(&startup.params);
     if config.general.application_name_add_host {
         let name = params
@@ -299,11 +300,11 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                 timer_armed = false;
                 match phase {
                     Phase::Idle => {
-                        tell_and_close(c, relay, ClientError::client_idle_timeout()).await;
+                        tell_and_close(app, c, relay, ClientError::client_idle_timeout()).await;
                         return;
                     }
                     Phase::InTransaction => {
-                        tell_and_close(c, relay, ClientError::idle_transaction_timeout()).await;
+                        tell_and_close(app, c, relay, ClientError::idle_transaction_timeout()).await;
                         return;
                     }
                     Phase::Busy => {
@@ -328,7 +329,7 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                 }
             }
             Event::NeedServer => {
-                if !attach(c, relay).await {
+                if !attach(app, c, relay).await {
                     return;
                 }
             }
@@ -343,6 +344,7 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                     for n in c.held.drain(..) {
                         relay.queue_for_client(|b| b.extend_from_slice(&n));
                     }
+                    c.pool.metrics.transactions.inc();
                     if reusable {
                         c.pool.release(server);
                     } else {
@@ -373,7 +375,7 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
             }
             Event::Protocol(e) => {
                 tracing::info!(conn = c.id, error = %e, "client protocol violation");
-                tell_and_close(c, relay, e).await;
+                tell_and_close(app, c, relay, e).await;
                 return;
             }
         }
@@ -477,7 +479,7 @@ async fn read_back_settings(c: &mut Client, server: &mut ServerConn, touched: Ve
 
 /// Transaction mode: gets a server for the client's next transaction, waiting in the pool's
 /// queue while watching for the client leaving or canceling. False when the client is done.
-async fn attach(c: &mut Client, relay: &mut Relay) -> bool {
+async fn attach(app: &App, c: &mut Client, relay: &mut Relay) -> bool {
     let result = {
         let handle = c.cancel.handle.clone();
         let mut notified = pin!(handle.wake.notified());
@@ -509,9 +511,10 @@ async fn attach(c: &mut Client, relay: &mut Relay) -> bool {
             let err = e.to_client();
             tracing::info!(conn = c.id, pool = %c.pool.key, error = %e, "no server for client");
             if err.is_fatal() && !matches!(e, crate::backend::CheckoutError::Connect(_)) {
-                tell_and_close(c, relay, err).await;
+                tell_and_close(app, c, relay, err).await;
                 return false;
             }
+            app.metrics.client_error(&err.code);
             relay.refuse_request(&ClientError {
                 severity: emit::Severity::Error,
                 ..err
@@ -535,7 +538,8 @@ async fn client_left(stream: &mut Stream, buf: &mut BytesMut) {
     }
 }
 
-async fn tell_and_close(c: &mut Client, relay: &mut Relay, err: ClientError) {
+async fn tell_and_close(app: &App, c: &mut Client, relay: &mut Relay, err: ClientError) {
+    app.metrics.client_error(&err.code);
     tracing::info!(conn = c.id, error = %err, "closing client");
     if relay.client_has_unwritten() || c.server.is_none() || relay.server_reusable() {
         let _ = relay.flush_client(&mut c.stream).await;
