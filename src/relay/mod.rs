@@ -501,10 +501,7 @@ impl Relay {
                 return Ok(self.forward(h, Entry::pass(Kind::Bind)));
             }
             let Some(stmt) = state.statements.get(name).cloned() else {
-                let msg = format!(
-                    "prepared statement \"{}\" does not exist",
-                    String::from_utf8_lossy(name)
-                );
+                let msg = no_such_statement(name);
                 self.c.cut_at(h.start);
                 // After the cut the message starts at 0; its bytes are dropped as they come.
                 self.c
@@ -523,6 +520,7 @@ impl Relay {
                 &mut srv.statements,
                 self.max_prepared,
                 &stmt,
+                own_parse(),
             );
             // After the cut the message starts at 0: portal and name are at 5.
             let (portal, old, _) =
@@ -585,23 +583,19 @@ impl Relay {
                 });
                 state.statements.insert(&client_name, stmt.clone());
                 self.drop_message(h);
-                if srv.statements.touch(&stmt.server_name) {
+                let entry = Entry {
+                    client_name: Some(client_name),
+                    ..Entry::pass(Kind::Parse)
+                };
+                if !ensure_on_server(
+                    &mut self.c.out,
+                    &mut self.pipeline,
+                    &mut srv.statements,
+                    self.max_prepared,
+                    &stmt,
+                    entry,
+                ) {
                     self.answer(Kind::Parse, Synthetic::ParseComplete);
-                } else {
-                    make_room(
-                        &mut self.c.out,
-                        &mut self.pipeline,
-                        &mut srv.statements,
-                        self.max_prepared,
-                        &stmt.server_name,
-                    );
-                    prepared::write_parse(&mut self.c.out, &stmt.server_name, &stmt.tail);
-                    srv.statements.add(stmt.server_name.clone());
-                    self.pipeline.push(Entry {
-                        statement: Some(stmt.server_name.clone()),
-                        client_name: Some(client_name),
-                        ..Entry::pass(Kind::Parse)
-                    });
                 }
                 Ok(true)
             }
@@ -623,10 +617,7 @@ impl Relay {
                     return Ok(true);
                 }
                 let Some(stmt) = state.statements.get(name).cloned() else {
-                    let msg = format!(
-                        "prepared statement \"{}\" does not exist",
-                        String::from_utf8_lossy(name)
-                    );
+                    let msg = no_such_statement(name);
                     self.drop_message(h);
                     self.refuse_in_pipeline(Kind::Describe, "26000", msg);
                     return Ok(true);
@@ -638,6 +629,7 @@ impl Relay {
                     &mut srv.statements,
                     self.max_prepared,
                     &stmt,
+                    own_parse(),
                 );
                 prepared::write_describe_statement(&mut self.c.out, &stmt.server_name);
                 self.pipeline.push(Entry::pass(Kind::Describe));
@@ -691,7 +683,7 @@ impl Relay {
             state.statements.remove(name.as_bytes());
             self.answer(Kind::Query, Synthetic::Complete("DEALLOCATE"));
         } else {
-            let msg = format!("prepared statement \"{name}\" does not exist");
+            let msg = no_such_statement(name.as_bytes());
             self.answer(Kind::Query, Synthetic::Error("26000", msg));
         }
         self.answer(Kind::Query, Synthetic::Ready);
@@ -889,26 +881,44 @@ impl Relay {
     }
 }
 
-/// Gives the server `stmt` if it lacks it: closes what must go first, then a Parse whose
-/// reply is the proxy's own.
+/// Gives the server `stmt` if it lacks it: closes what must go first, then a Parse tracked
+/// as `entry` (the proxy's own, Swallow, when the client did not ask for one). Returns false
+/// when the server already had it.
 fn ensure_on_server(
     out: &mut BytesMut,
     pipeline: &mut Pipeline,
     have: &mut ServerStatements,
     capacity: usize,
     stmt: &Statement,
-) {
+    entry: Entry,
+) -> bool {
     if have.touch(&stmt.server_name) {
-        return;
+        return false;
     }
     make_room(out, pipeline, have, capacity, &stmt.server_name);
     prepared::write_parse(out, &stmt.server_name, &stmt.tail);
     have.add(stmt.server_name.clone());
     pipeline.push(Entry {
-        action: Action::Swallow,
         statement: Some(stmt.server_name.clone()),
-        ..Entry::pass(Kind::Parse)
+        ..entry
     });
+    true
+}
+
+/// PostgreSQL's words for a statement name it does not know (26000).
+fn no_such_statement(name: &[u8]) -> String {
+    format!(
+        "prepared statement \"{}\" does not exist",
+        String::from_utf8_lossy(name)
+    )
+}
+
+/// The entry for a Parse the proxy sends on its own.
+fn own_parse() -> Entry {
+    Entry {
+        action: Action::Swallow,
+        ..Entry::pass(Kind::Parse)
+    }
 }
 
 /// Closes the least recently used statement when the server is full, and a stale copy of
