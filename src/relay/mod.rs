@@ -514,14 +514,7 @@ impl Relay {
                 self.mark_settings(names);
             }
             self.c.cut_at(h.start);
-            ensure_on_server(
-                &mut self.c.out,
-                &mut self.pipeline,
-                &mut srv.statements,
-                self.max_prepared,
-                &stmt,
-                own_parse(),
-            );
+            self.give_server(srv, &stmt);
             // After the cut the message starts at 0: portal and name are at 5.
             let (portal, old, _) =
                 prepared::bind_names(&self.c.buf[5..5 + prefix]).unwrap_or((&[], &[], 0));
@@ -623,14 +616,7 @@ impl Relay {
                     return Ok(true);
                 };
                 self.drop_message(h);
-                ensure_on_server(
-                    &mut self.c.out,
-                    &mut self.pipeline,
-                    &mut srv.statements,
-                    self.max_prepared,
-                    &stmt,
-                    own_parse(),
-                );
+                self.give_server(srv, &stmt);
                 prepared::write_describe_statement(&mut self.c.out, &stmt.server_name);
                 self.pipeline.push(Entry::pass(Kind::Describe));
                 Ok(true)
@@ -715,6 +701,22 @@ impl Relay {
     /// Setting names the client's statements touched since the last call.
     pub fn take_touched(&mut self) -> Vec<String> {
         std::mem::take(&mut self.touched)
+    }
+
+    /// Makes sure `srv` has `stmt` before a message that uses it (the proxy's own Parse).
+    fn give_server(&mut self, srv: &mut ServerConn, stmt: &Statement) {
+        let own = Entry {
+            action: Action::Swallow,
+            ..Entry::pass(Kind::Parse)
+        };
+        ensure_on_server(
+            &mut self.c.out,
+            &mut self.pipeline,
+            &mut srv.statements,
+            self.max_prepared,
+            stmt,
+            own,
+        );
     }
 
     /// Removes a whole client message from the stream (it is answered, not forwarded).
@@ -911,14 +913,6 @@ fn no_such_statement(name: &[u8]) -> String {
         "prepared statement \"{}\" does not exist",
         String::from_utf8_lossy(name)
     )
-}
-
-/// The entry for a Parse the proxy sends on its own.
-fn own_parse() -> Entry {
-    Entry {
-        action: Action::Swallow,
-        ..Entry::pass(Kind::Parse)
-    }
 }
 
 /// Closes the least recently used statement when the server is full, and a stale copy of

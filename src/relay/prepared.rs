@@ -141,7 +141,12 @@ pub fn write_parse(out: &mut BytesMut, name: &str, tail: &[u8]) {
 
 /// Close ('C') of a statement.
 pub fn write_close_statement(out: &mut BytesMut, name: &str) {
-    out.put_u8(b'C');
+    write_statement_message(out, b'C', name);
+}
+
+/// Close or Describe of a statement (`S`) by its server name.
+fn write_statement_message(out: &mut BytesMut, tag: u8, name: &str) {
+    out.put_u8(tag);
     out.put_i32((4 + 1 + name.len() + 1) as i32);
     out.put_u8(b'S');
     out.put_slice(name.as_bytes());
@@ -168,11 +173,7 @@ pub fn write_bind_head(
 
 /// Describe ('D') of a statement by its server name.
 pub fn write_describe_statement(out: &mut BytesMut, name: &str) {
-    out.put_u8(b'D');
-    out.put_i32((4 + 1 + name.len() + 1) as i32);
-    out.put_u8(b'S');
-    out.put_slice(name.as_bytes());
-    out.put_u8(0);
+    write_statement_message(out, b'D', name);
 }
 
 /// Splits `name NUL rest` (Parse body); `None` without a terminator.
