@@ -19,7 +19,12 @@ pub struct App {
     pub pools: Pools,
     pub metrics: crate::metrics::Metrics,
     pub cancels: Arc<Cancels>,
-    clients: AtomicUsize,
+    /// Logged-in clients (SHOW CLIENTS, KILL_CLIENT).
+    pub clients: Arc<crate::stats::clients::Clients>,
+    /// Per-fingerprint query statistics (SHOW QUERIES, /queries).
+    pub queries: Arc<crate::stats::queries::QueryStats>,
+    /// Connections counted against max_client_conn (logging in or logged in).
+    open_clients: AtomicUsize,
     conn_ids: AtomicU64,
     /// SCRAM verifiers derived from plaintext passwords, keyed by (user, password).
     verifiers: DashMap<(String, String), Verifier>,
@@ -28,39 +33,48 @@ pub struct App {
     shutdown: watch::Sender<bool>,
     /// LISTEN connections for transaction-mode clients, one per database.
     notify_hubs: DashMap<Arc<str>, Arc<crate::backend::notify::NotifyHub>>,
+    log_reloader: std::sync::OnceLock<LogReloader>,
 }
 
 impl App {
     pub fn new(config: Config) -> Arc<App> {
+        let pools = Pools::default();
+        let clients = Arc::new(crate::stats::clients::Clients::default());
+        let queries = Arc::new(crate::stats::queries::QueryStats::new(
+            config.general.query_stats_max,
+        ));
         Arc::new(App {
             config: ArcSwap::from_pointee(config),
-            pools: Pools::default(),
-            metrics: crate::metrics::Metrics::new(),
+            metrics: crate::metrics::Metrics::new(pools.map(), clients.clone()),
+            pools,
+            clients,
+            queries,
             cancels: Arc::new(Cancels::default()),
-            clients: AtomicUsize::new(0),
+            open_clients: AtomicUsize::new(0),
             conn_ids: AtomicU64::new(1),
             verifiers: DashMap::new(),
             instance_secret: rand::random(),
             shutdown: watch::channel(false).0,
             notify_hubs: DashMap::new(),
+            log_reloader: std::sync::OnceLock::new(),
         })
     }
 
     /// Counts a new client; false when that goes past max_client_conn (it is still counted,
     /// and must be refused and released).
     pub fn admit_client(&self) -> bool {
-        let n = self.clients.fetch_add(1, Ordering::AcqRel) + 1;
+        let n = self.open_clients.fetch_add(1, Ordering::AcqRel) + 1;
         self.metrics.clients.inc();
         n <= self.config.load().general.max_client_conn
     }
 
     pub fn release_client(&self) {
-        self.clients.fetch_sub(1, Ordering::AcqRel);
+        self.open_clients.fetch_sub(1, Ordering::AcqRel);
         self.metrics.clients.dec();
     }
 
     pub fn client_count(&self) -> usize {
-        self.clients.load(Ordering::Acquire)
+        self.open_clients.load(Ordering::Acquire)
     }
 
     /// The SCRAM verifier for a plaintext password, derived once off the reactor.
@@ -88,8 +102,8 @@ impl App {
             .entry(pool.key.database.clone())
             .or_insert_with(|| {
                 crate::backend::notify::NotifyHub::start(
-                    pool.upstream.clone(),
-                    pool.settings.connect_timeout,
+                    pool.upstream(),
+                    pool.settings().connect_timeout,
                 )
             })
             .clone()
@@ -98,7 +112,82 @@ impl App {
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
     }
+
+    /// Stops accepting connections (SHUTDOWN from the console, or a signal); whoever runs
+    /// the proxy then waits for its clients ([`Running::shutdown`]).
+    pub fn request_shutdown(&self) {
+        tracing::info!("shutdown requested: no new connections");
+        self.shutdown.send_replace(true);
+    }
+
+    /// Resolves once shutdown has been requested.
+    pub async fn shutdown_requested(&self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// The pool modes the listeners serve, as SHOW POOLS/DATABASES print pool_mode.
+    pub fn listener_modes(&self) -> String {
+        let config = self.config.load();
+        let mut modes: Vec<&str> = config
+            .listeners
+            .iter()
+            .map(|l| l.get_ref().mode.as_str())
+            .collect();
+        modes.sort_unstable();
+        modes.dedup();
+        modes.join(",")
+    }
+
+    /// Installs what RELOAD calls to change the log filter (the binary's tracing setup).
+    pub fn set_log_reloader(&self, f: LogReloader) {
+        let _ = self.log_reloader.set(f);
+    }
+
+    /// RELOAD: reads the configuration file again and applies it: pool sizes, limits and
+    /// timeouts, users and passwords, upstream addresses (connections to an old address are
+    /// replaced), query tracking and the log level. Listeners need a restart.
+    pub fn reload(&self) -> Result<(), String> {
+        let result = self.reload_inner();
+        self.metrics.reload(result.is_ok());
+        match &result {
+            Ok(()) => tracing::info!("configuration reloaded"),
+            Err(e) => {
+                tracing::warn!(error = %e, "configuration reload failed; keeping the old one")
+            }
+        }
+        result
+    }
+
+    fn reload_inner(&self) -> Result<(), String> {
+        let old = self.config.load_full();
+        let Some(path) = old.source.clone() else {
+            return Err("RELOAD needs a configuration file (pgsluice --config FILE)".into());
+        };
+        let new = Config::load(&path).map_err(|e| e.to_string())?;
+        let listeners = |c: &Config| -> Vec<(ListenAddr, PoolMode)> {
+            c.listeners
+                .iter()
+                .map(|l| (l.get_ref().addr.clone(), l.get_ref().mode))
+                .collect()
+        };
+        if listeners(&new) != listeners(&old) {
+            tracing::warn!("RELOAD: listener changes take effect after a restart");
+        }
+        if new.general.log_level != old.general.log_level {
+            if let Some(f) = self.log_reloader.get() {
+                f(new.general.log_level.as_str())?;
+            }
+        }
+        self.queries.set_max(new.general.query_stats_max);
+        self.pools.reload(&new);
+        self.config.store(Arc::new(new));
+        Ok(())
+    }
 }
+
+/// Changes the process's log filter (tracing directives).
+pub type LogReloader = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// A started proxy: its bound addresses, and the handle that stops it.
 pub struct Running {

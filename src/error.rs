@@ -98,6 +98,22 @@ impl ClientError {
     pub fn server_lost() -> Self {
         Self::fatal("08006", "server connection closed unexpectedly")
     }
+    /// 57P01, as PostgreSQL words pg_terminate_backend: KILL_CLIENT or KILL db.
+    pub fn admin_shutdown() -> Self {
+        Self::fatal(
+            "57P01",
+            "terminating connection due to administrator command",
+        )
+    }
+    /// 57P03: DISABLE db.
+    pub fn database_disabled(db: &str) -> Self {
+        Self::fatal(
+            "57P03",
+            format!(
+                "database \"{db}\" does not allow connections now (disabled by the admin console)"
+            ),
+        )
+    }
     /// 0A000
     pub fn unsupported(message: impl Into<String>) -> Self {
         Self::fatal("0A000", message)

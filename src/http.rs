@@ -1,6 +1,8 @@
 //! The HTTP endpoint on `[http] addr` (hyper 1): `/health` (the process answers), `/ready`
 //! (listening, and every configured database reachable; 503 with a JSON reason otherwise, for
-//! Kubernetes readiness probes), `/pools` (JSON) and `/metrics` (OpenMetrics text).
+//! Kubernetes readiness probes), `/metrics` (OpenMetrics text), and the admin console's
+//! tables as JSON: `/pools`, `/clients`, `/servers`, `/stats`, `/databases`, `/queries`.
+//! With `[http] token`, all but /health need `Authorization: Bearer <token>`.
 
 use crate::app::App;
 use crate::backend::connect::Upstream;
@@ -49,24 +51,69 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
     r
 }
 
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
+    reply(status, "application/json", v.to_string())
+}
+
+/// With `[http] token` set, everything but /health needs `Authorization: Bearer <token>`.
+fn authorized(app: &App, req: &Request<Incoming>) -> bool {
+    let config = app.config.load();
+    let Some(token) = config.http.as_ref().and_then(|h| h.token.as_ref()) else {
+        return true;
+    };
+    let presented = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    use subtle::ConstantTimeEq;
+    presented.as_bytes().ct_eq(token.as_str().as_bytes()).into()
+}
+
+/// The console table behind a JSON endpoint: `/pools` is SHOW POOLS, and so on.
+fn console_table(path: &str) -> Option<&'static str> {
+    Some(match path {
+        "/pools" => "pools",
+        "/clients" => "clients",
+        "/servers" => "servers",
+        "/stats" => "stats",
+        "/databases" => "databases",
+        "/queries" => "queries",
+        _ => return None,
+    })
+}
+
 async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(match req.uri().path() {
-        "/health" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/metrics" => {
-            refresh_pool_gauges(&app);
-            reply(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                app.metrics.encode(),
-            )
+    let path = req.uri().path();
+    if path == "/health" {
+        return Ok(reply(StatusCode::OK, "text/plain", "ok\n".into()));
+    }
+    if !authorized(&app, &req) {
+        tracing::info!(path, "http request without a valid bearer token");
+        let mut r = json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({ "error": "a valid bearer token is required" }),
+        );
+        if let Ok(v) = "Bearer".parse() {
+            r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, v);
         }
-        "/pools" => reply(
+        return Ok(r);
+    }
+    if let Some(name) = console_table(path) {
+        let rows = crate::admin::show::table(&app, name)
+            .map(|t| t.to_json())
+            .unwrap_or_default();
+        return Ok(json(StatusCode::OK, serde_json::json!({ name: rows })));
+    }
+    Ok(match path {
+        "/metrics" => reply(
             StatusCode::OK,
-            "application/json",
-            pools_json(&app).to_string(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            app.metrics.encode(),
         ),
         "/ready" => {
             let (ready, body) = readiness(&app).await;
@@ -75,63 +122,14 @@ async fn handle(
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            reply(status, "application/json", body.to_string())
+            json(status, body)
         }
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /health, /ready, /pools, /metrics\n".into(),
+            "not found: try /health, /ready, /metrics, /pools, /clients, /servers, /stats, /databases, /queries\n".into(),
         ),
     })
-}
-
-fn refresh_pool_gauges(app: &App) {
-    use crate::metrics::{PoolLabels, ServerStateLabels};
-    for pool in app.pools.all() {
-        let c = pool.counts();
-        let (database, role) = (pool.key.database.to_string(), pool.key.role.to_string());
-        let state = |state| ServerStateLabels {
-            database: database.clone(),
-            role: role.clone(),
-            state,
-        };
-        app.metrics
-            .server_connections
-            .get_or_create(&state("idle"))
-            .set(c.idle as i64);
-        app.metrics
-            .server_connections
-            .get_or_create(&state("active"))
-            .set((c.open - c.idle) as i64);
-        app.metrics
-            .clients_waiting
-            .get_or_create(&PoolLabels {
-                database: database.clone(),
-                role: role.clone(),
-            })
-            .set(c.waiting as i64);
-    }
-}
-
-fn pools_json(app: &App) -> serde_json::Value {
-    let pools: Vec<serde_json::Value> = app
-        .pools
-        .all()
-        .iter()
-        .map(|p| {
-            let c = p.counts();
-            serde_json::json!({
-                "database": &*p.key.database,
-                "role": &*p.key.role,
-                "pool_size": p.settings.size,
-                "server_active": c.open - c.idle,
-                "server_idle": c.idle,
-                "clients_waiting": c.waiting,
-                "transactions": p.metrics.transactions.get(),
-            })
-        })
-        .collect();
-    serde_json::json!({ "clients": app.client_count(), "pools": pools })
 }
 
 /// Ready when the proxy accepts connections and every configured database answers a TCP

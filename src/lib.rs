@@ -16,6 +16,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod backend;
@@ -30,6 +31,7 @@ pub mod net;
 pub mod proto;
 pub mod relay;
 pub mod sql;
+pub mod stats;
 
 /// The virtual database of the admin console.
 pub const ADMIN_DATABASE: &str = "pgsluice";

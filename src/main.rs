@@ -35,23 +35,35 @@ enum Cmd {
     },
 }
 
-fn init_logging(format: Option<&str>) {
+/// Logs to stderr with a filter RELOAD can change: PGSLUICE_LOG if set, else `level` (the
+/// config's log_level). Returns what changes the filter later.
+fn init_logging(format: Option<&str>, level: &str) -> pgsluice::app::LogReloader {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PGSLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, fmt, reload};
+    let filter = EnvFilter::try_from_env("PGSLUICE_LOG")
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
     let json = match format {
         Some("json") => true,
         Some(_) => false,
         None => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     if json {
-        builder.json().init();
+        registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .init();
     } else {
-        builder.init();
+        registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .init();
     }
+    Box::new(move |directives: &str| {
+        let f = EnvFilter::try_new(directives).map_err(|e| format!("log_level: {e}"))?;
+        handle.reload(f).map_err(|e| format!("log_level: {e}"))
+    })
 }
 
 fn raise_fd_limit() {
@@ -84,7 +96,22 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_logging(cli.log_format.as_deref());
+    // The configuration first, so its log_level sets up logging.
+    let config = match (&cli.command, &cli.config) {
+        (None, Some(path)) => match Config::load(path) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("pgsluice: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let level = config
+        .as_ref()
+        .map_or("info", |c| c.general.log_level.as_str())
+        .to_owned();
+    let log_reloader = init_logging(cli.log_format.as_deref(), &level);
     raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -104,17 +131,20 @@ fn main() -> ExitCode {
             }) => pgsluice::demo::run(session_port, transaction_port).await,
             Some(Cmd::CheckConfig { .. }) => Ok(()),
             None => {
-                let Some(path) = cli.config else {
+                let Some(config) = config else {
                     return Err(
                         "no configuration: run `pgsluice --config FILE` (or `pgsluice demo`)"
                             .to_owned(),
                     );
                 };
-                let config = Config::load(&path).map_err(|e| e.to_string())?;
                 let running = pgsluice::app::start(config)
                     .await
                     .map_err(|e| e.to_string())?;
-                wait_for_signal().await;
+                running.app.set_log_reloader(log_reloader);
+                tokio::select! {
+                    _ = wait_for_signal() => {}
+                    _ = running.app.shutdown_requested() => {}
+                }
                 tracing::info!("shutting down: waiting for clients to finish");
                 running.shutdown().await;
                 Ok(())

@@ -1,27 +1,23 @@
 //! Prometheus metrics (prometheus-client), named `pgsluice_*` and documented in
-//! docs/metrics.md. Hot-path counters are resolved once per pool and kept as handles, so a
-//! transaction costs an atomic add, not a label lookup.
+//! docs/monitoring.md. Process-wide counters are prometheus-client metrics; everything per
+//! pool is read at scrape time from the pools' own atomics by [`PoolCollector`], so the hot
+//! path never looks up a label set or takes a lock.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use crate::backend::pool::{Pool, PoolKey};
+use crate::stats::clients::{ClientState, Clients};
+use crate::stats::histogram::Histogram;
+use crate::stats::servers::ServerState;
+use dashmap::DashMap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PoolLabels {
-    pub database: String,
-    pub role: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServerStateLabels {
-    pub database: String,
-    pub role: String,
-    pub state: &'static str,
-}
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthLabels {
@@ -36,17 +32,8 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConnectLabels {
-    pub database: String,
-    pub role: String,
+pub struct ResultLabels {
     pub result: &'static str,
-}
-
-fn wait_histogram() -> Histogram {
-    // 100 us .. ~100 s.
-    Histogram::new([
-        0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 100.0,
-    ])
 }
 
 pub struct Metrics {
@@ -54,45 +41,22 @@ pub struct Metrics {
     pub clients: Gauge,
     pub auth: Family<AuthLabels, Counter>,
     pub client_errors: Family<ErrorLabels, Counter>,
-    transactions: Family<PoolLabels, Counter>,
-    wait: Family<PoolLabels, Histogram, fn() -> Histogram>,
-    connects: Family<ConnectLabels, Counter>,
-    pub server_connections: Family<ServerStateLabels, Gauge>,
-    pub clients_waiting: Family<PoolLabels, Gauge>,
-}
-
-/// A pool's own handles.
-#[derive(Clone)]
-pub struct PoolMetrics {
-    pub transactions: Counter,
-    pub wait_seconds: Histogram,
-    pub connects_ok: Counter,
-    pub connects_failed: Counter,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
+    pub reloads: Family<ResultLabels, Counter>,
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub fn new(pools: Arc<DashMap<PoolKey, Arc<Pool>>>, clients: Arc<Clients>) -> Metrics {
         let mut registry = Registry::with_prefix("pgsluice");
         let m = Metrics {
             clients: Gauge::default(),
             auth: Family::default(),
             client_errors: Family::default(),
-            transactions: Family::default(),
-            wait: Family::new_with_constructor(wait_histogram),
-            connects: Family::default(),
-            server_connections: Family::default(),
-            clients_waiting: Family::default(),
+            reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
             "client_connections",
-            "Client connections open now",
+            "Client connections open now (logging in or logged in)",
             m.clients.clone(),
         );
         registry.register(
@@ -102,64 +66,21 @@ impl Metrics {
         );
         registry.register(
             "client_errors",
-            "ErrorResponses sent to clients by the proxy, by SQLSTATE class",
+            "ErrorResponses the proxy itself sent to clients, by SQLSTATE class",
             m.client_errors.clone(),
         );
         registry.register(
-            "transactions",
-            "Transactions served in transaction mode, per pool",
-            m.transactions.clone(),
-        );
-        registry.register(
-            "pool_wait_seconds",
-            "Time clients waited for a server connection",
-            m.wait.clone(),
-        );
-        registry.register(
-            "server_connects",
-            "Server connection attempts by result",
-            m.connects.clone(),
-        );
-        registry.register(
-            "server_connections",
-            "Server connections by state (active, idle)",
-            m.server_connections.clone(),
-        );
-        registry.register(
-            "clients_waiting",
-            "Clients waiting for a server connection now",
-            m.clients_waiting.clone(),
+            "config_reloads",
+            "Configuration reloads by result (ok, failed)",
+            m.reloads.clone(),
         );
         registry.register(
             "build",
             "pgsluice build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
+        registry.register_collector(Box::new(PoolCollector { pools, clients }));
         Metrics { registry, ..m }
-    }
-
-    pub fn pool(&self, database: &str, role: &str) -> PoolMetrics {
-        let labels = PoolLabels {
-            database: database.to_owned(),
-            role: role.to_owned(),
-        };
-        let connect = |result| ConnectLabels {
-            database: database.to_owned(),
-            role: role.to_owned(),
-            result,
-        };
-        // One statement per handle: get_or_create returns a read guard on the family, and a
-        // second call in the same statement would wait on it for the write lock.
-        let transactions = self.transactions.get_or_create(&labels).clone();
-        let wait_seconds = self.wait.get_or_create(&labels).clone();
-        let connects_ok = self.connects.get_or_create(&connect("ok")).clone();
-        let connects_failed = self.connects.get_or_create(&connect("failed")).clone();
-        PoolMetrics {
-            transactions,
-            wait_seconds,
-            connects_ok,
-            connects_failed,
-        }
     }
 
     pub fn client_error(&self, sqlstate: &str) {
@@ -169,11 +90,344 @@ impl Metrics {
             .inc();
     }
 
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    database: String,
+    role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    database: String,
+    role: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    database: String,
+    role: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    database: String,
+    role: String,
+    class: String,
+}
+
+/// Reads every pool at scrape time.
+struct PoolCollector {
+    pools: Arc<DashMap<PoolKey, Arc<Pool>>>,
+    clients: Arc<Clients>,
+}
+
+impl std::fmt::Debug for PoolCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PoolCollector")
+    }
+}
+
+/// One metric family written by hand: a descriptor, then one sample per label set.
+fn family<L: EncodeLabelSet, V>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: &[(L, V)],
+    write: impl Fn(prometheus_client::encoding::MetricEncoder, &V) -> std::fmt::Result,
+) -> std::fmt::Result {
+    let mut d = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, v) in rows {
+        write(d.encode_family(labels)?, v)?;
+    }
+    Ok(())
+}
+
+fn counter(mut e: prometheus_client::encoding::MetricEncoder, v: &u64) -> std::fmt::Result {
+    e.encode_counter::<NoLabelSet, _, u64>(v, None)
+}
+
+fn gauge(mut e: prometheus_client::encoding::MetricEncoder, v: &f64) -> std::fmt::Result {
+    e.encode_gauge(v)
+}
+
+fn histogram(
+    mut e: prometheus_client::encoding::MetricEncoder,
+    h: &&Histogram,
+) -> std::fmt::Result {
+    let (sum, count, buckets) = h.snapshot();
+    e.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+}
+
+impl Collector for PoolCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let mut pools: Vec<Arc<Pool>> = self.pools.iter().map(|e| e.value().clone()).collect();
+        pools.sort_by(|a, b| (&a.key.database, &a.key.role).cmp(&(&b.key.database, &b.key.role)));
+        let clients = self.clients.all();
+        let now = crate::stats::unix_micros();
+        let labels = |p: &Pool| PoolLabels {
+            database: p.key.database.to_string(),
+            role: p.key.role.to_string(),
+        };
+        let state = |p: &Pool, state| StateLabels {
+            database: p.key.database.to_string(),
+            role: p.key.role.to_string(),
+            state,
+        };
+        let result = |p: &Pool, result| EventLabels {
+            database: p.key.database.to_string(),
+            role: p.key.role.to_string(),
+            result,
+        };
+
+        let mut client_rows = Vec::new();
+        let mut waiting_rows = Vec::new();
+        let mut max_wait_rows = Vec::new();
+        let mut server_rows = Vec::new();
+        let mut size_rows = Vec::new();
+        let mut saturation_rows = Vec::new();
+        let mut paused_rows = Vec::new();
+        let mut up_rows = Vec::new();
+        for p in &pools {
+            let mine = clients.iter().filter(|c| c.facts.pool == p.key);
+            let (mut active, mut waiting, mut oldest) = (0u64, 0u64, 0u64);
+            for c in mine {
+                match c.state() {
+                    ClientState::Active => active += 1,
+                    ClientState::Waiting => {
+                        waiting += 1;
+                        let since = c.wait_since();
+                        if since > 0 {
+                            oldest = oldest.max(now.saturating_sub(since));
+                        }
+                    }
+                }
+            }
+            client_rows.push((state(p, "active"), active as f64));
+            client_rows.push((state(p, "waiting"), waiting as f64));
+            waiting_rows.push((labels(p), p.counts().waiting as f64));
+            max_wait_rows.push((labels(p), oldest as f64 / 1e6));
+            let servers = p.servers();
+            for s in [ServerState::Active, ServerState::Idle, ServerState::Tested] {
+                let n = servers.iter().filter(|i| i.state() == s).count();
+                server_rows.push((state(p, s.as_str()), n as f64));
+            }
+            let size = p.settings().size;
+            let busy = servers
+                .iter()
+                .filter(|i| i.state() != ServerState::Idle)
+                .count();
+            size_rows.push((labels(p), size as f64));
+            saturation_rows.push((labels(p), busy as f64 / size.max(1) as f64));
+            paused_rows.push((labels(p), if p.is_paused() { 1.0 } else { 0.0 }));
+            up_rows.push((labels(p), if p.upstream_failing() { 0.0 } else { 1.0 }));
+        }
+        let g = MetricType::Gauge;
+        family(
+            &mut enc,
+            "clients",
+            "Logged-in clients by pool and state (active, waiting)",
+            g,
+            &client_rows,
+            gauge,
+        )?;
+        family(
+            &mut enc,
+            "clients_waiting",
+            "Clients queued for a server connection now",
+            g,
+            &waiting_rows,
+            gauge,
+        )?;
+        family(
+            &mut enc,
+            "pool_max_wait_seconds",
+            "How long the longest-waiting client of the pool has waited",
+            g,
+            &max_wait_rows,
+            gauge,
+        )?;
+        family(
+            &mut enc,
+            "server_connections",
+            "Server connections by pool and state (active, idle, tested)",
+            g,
+            &server_rows,
+            gauge,
+        )?;
+        family(
+            &mut enc,
+            "pool_size",
+            "Configured pool_size",
+            g,
+            &size_rows,
+            gauge,
+        )?;
+        family(
+            &mut enc,
+            "pool_saturation",
+            "Server connections in use divided by pool_size (1 = full)",
+            g,
+            &saturation_rows,
+            gauge,
+        )?;
+        family(
+            &mut enc,
+            "pool_paused",
+            "1 while the pool is paused (PAUSE, KILL)",
+            g,
+            &paused_rows,
+            gauge,
+        )?;
+        family(
+            &mut enc,
+            "upstream_up",
+            "0 when the pool's last server connection attempt failed",
+            g,
+            &up_rows,
+            gauge,
+        )?;
+
+        let c = MetricType::Counter;
+        let totals: Vec<_> = pools
+            .iter()
+            .map(|p| (labels(p), p.stats.totals.snapshot()))
+            .collect();
+        let pick = |f: fn(&crate::stats::totals::Snapshot) -> u64| -> Vec<(PoolLabels, u64)> {
+            totals.iter().map(|(l, s)| (l.clone(), f(s))).collect()
+        };
+        family(
+            &mut enc,
+            "transactions",
+            "Transactions completed (ReadyForQuery idle after work)",
+            c,
+            &pick(|s| s.xacts),
+            counter,
+        )?;
+        family(
+            &mut enc,
+            "queries",
+            "Queries completed (one per ReadyForQuery)",
+            c,
+            &pick(|s| s.queries),
+            counter,
+        )?;
+        family(
+            &mut enc,
+            "server_assignments",
+            "Times a server connection was handed to a client",
+            c,
+            &pick(|s| s.server_assignments),
+            counter,
+        )?;
+        family(
+            &mut enc,
+            "client_received_bytes",
+            "Bytes received from clients",
+            c,
+            &pick(|s| s.received),
+            counter,
+        )?;
+        family(
+            &mut enc,
+            "client_sent_bytes",
+            "Bytes sent to clients",
+            c,
+            &pick(|s| s.sent),
+            counter,
+        )?;
+
+        let mut connect_rows = Vec::new();
+        let mut prepared_rows = Vec::new();
+        let mut error_rows = Vec::new();
+        for p in &pools {
+            let s = &p.stats;
+            let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            connect_rows.push((result(p, "ok"), l(&s.connects_ok)));
+            connect_rows.push((result(p, "failed"), l(&s.connects_failed)));
+            prepared_rows.push((result(p, "hit"), l(&s.prepared_hits)));
+            prepared_rows.push((result(p, "miss"), l(&s.totals.server_parses)));
+            prepared_rows.push((result(p, "eviction"), l(&s.prepared_evictions)));
+            for (class, n) in s.error_classes() {
+                error_rows.push((
+                    ClassLabels {
+                        database: p.key.database.to_string(),
+                        role: p.key.role.to_string(),
+                        class,
+                    },
+                    n,
+                ));
+            }
+        }
+        family(
+            &mut enc,
+            "server_connects",
+            "Server connection attempts by result",
+            c,
+            &connect_rows,
+            counter,
+        )?;
+        family(
+            &mut enc,
+            "prepared_statements",
+            "Transaction-mode prepared statements: hit (already on the server), miss (parsed there), eviction (closed to make room)",
+            c,
+            &prepared_rows,
+            counter,
+        )?;
+        family(
+            &mut enc,
+            "server_errors",
+            "ErrorResponses from servers relayed to clients, by SQLSTATE class",
+            c,
+            &error_rows,
+            counter,
+        )?;
+
+        let h = MetricType::Histogram;
+        let hist = |f: fn(&Pool) -> &Histogram| -> Vec<(PoolLabels, &Histogram)> {
+            pools.iter().map(|p| (labels(p), f(p))).collect()
+        };
+        family(
+            &mut enc,
+            "query_duration_seconds",
+            "Query latency through the proxy (client's request to ReadyForQuery)",
+            h,
+            &hist(|p| &p.stats.query_latency),
+            histogram,
+        )?;
+        family(
+            &mut enc,
+            "transaction_duration_seconds",
+            "Transaction latency (first request to ReadyForQuery idle)",
+            h,
+            &hist(|p| &p.stats.xact_latency),
+            histogram,
+        )?;
+        family(
+            &mut enc,
+            "pool_wait_seconds",
+            "Time clients waited for a server connection",
+            h,
+            &hist(|p| &p.stats.wait_latency),
+            histogram,
+        )?;
+        Ok(())
     }
 }

@@ -9,9 +9,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// GET with a hand-written HTTP/1.1 request; returns (status, body).
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    get_with(addr, path, "").await
+}
+
+/// GET with an Authorization header (none when empty).
+async fn get_with(addr: std::net::SocketAddr, path: &str, authorization: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = if authorization.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: {authorization}\r\n")
+    };
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
     )
     .await
     .unwrap();
@@ -119,22 +129,60 @@ async fn health_ready_pools_and_metrics() {
         "25 transactions + the login checkout"
     );
 
+    // The console's tables as JSON, with the console's column names.
     let (_, pools) = get(http, "/pools").await;
     let v: serde_json::Value = serde_json::from_str(&pools).unwrap();
-    assert_eq!(v["clients"], 1);
     let p = &v["pools"][0];
     assert_eq!(
-        (p["database"].as_str(), p["role"].as_str()),
+        (p["database"].as_str(), p["user"].as_str()),
         (Some("app"), Some("app_scram"))
     );
     assert_eq!(
         (
-            p["pool_size"].as_u64(),
-            p["transactions"].as_u64(),
-            p["server_idle"].as_u64()
+            p["pool_size"].as_i64(),
+            p["sv_idle"].as_i64(),
+            p["cl_active"].as_i64(),
+            p["cl_waiting"].as_i64()
         ),
-        (Some(3), Some(25), Some(1))
+        (Some(3), Some(1), Some(1), Some(0)),
+        "{pools}"
     );
+    let (_, stats) = get(http, "/stats").await;
+    let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let app_stats = v["stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["database"] == "app")
+        .unwrap();
+    assert_eq!(app_stats["total_xact_count"], 25, "{stats}");
+    assert_eq!(app_stats["total_query_count"], 25, "{stats}");
+    let (_, clients) = get(http, "/clients").await;
+    let v: serde_json::Value = serde_json::from_str(&clients).unwrap();
+    assert_eq!(v["clients"].as_array().unwrap().len(), 1, "{clients}");
+    assert_eq!(v["clients"][0]["user"], "agent");
+    assert_eq!(v["clients"][0]["auth_method"], "scram-sha-256");
+    let (_, servers) = get(http, "/servers").await;
+    let v: serde_json::Value = serde_json::from_str(&servers).unwrap();
+    assert_eq!(v["servers"][0]["state"], "idle", "{servers}");
+    assert!(v["servers"][0]["remote_pid"].as_i64().unwrap() > 0);
+
+    // 25 statements that differ only in a constant are one fingerprint.
+    let (_, queries) = get(http, "/queries").await;
+    let v: serde_json::Value = serde_json::from_str(&queries).unwrap();
+    let q = v["queries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["query"] == "select ?")
+        .unwrap_or_else(|| panic!("{queries}"));
+    assert_eq!(
+        (q["calls"].as_i64(), q["rows"].as_i64()),
+        (Some(25), Some(25)),
+        "{q}"
+    );
+    assert!(q["total_time_us"].as_i64().unwrap() >= q["max_time_us"].as_i64().unwrap());
+    assert_eq!(q["errors"], 0);
 
     pg.stop();
     let (status, body) = get(http, "/ready").await;
@@ -151,4 +199,83 @@ async fn health_ready_pools_and_metrics() {
     pg.restart().unwrap();
     let (status, body) = get(http, "/ready").await;
     assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_guards_everything_but_health() {
+    let pg = start_postgres();
+    let text = config_text(&pg, "", "").replacen(
+        "[admin]",
+        "[http]\naddr = \"127.0.0.1:0\"\ntoken = \"s3cret-token\"\n\n[admin]",
+        1,
+    );
+    let proxy = Proxy::start(&text).await;
+    let http = proxy.running.http.unwrap();
+    assert_eq!(get(http, "/health").await.0, 200);
+    for path in ["/metrics", "/pools", "/queries", "/ready"] {
+        assert_eq!(get(http, path).await.0, 401, "{path} without a token");
+        assert_eq!(
+            get_with(http, path, "Bearer wrong-token").await.0,
+            401,
+            "{path} with a wrong token"
+        );
+        let (status, body) = get_with(http, path, "Bearer s3cret-token").await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_traffic_per_pool() {
+    let pg = start_postgres();
+    let text = config_text(&pg, "", "pool_size = 2").replacen(
+        "[admin]",
+        "[http]\naddr = \"127.0.0.1:0\"\n\n[admin]",
+        1,
+    );
+    let proxy = Proxy::start(&text).await;
+    let http = proxy.running.http.unwrap();
+    let c = proxy.connect(PoolMode::Transaction).await;
+    c.simple_query("SELECT 1").await.unwrap();
+    let (_, before) = get(http, "/metrics").await;
+    let q = r#"pgsluice_queries_total{database="app",role="app_scram"}"#;
+    let rx = r#"pgsluice_client_received_bytes_total{database="app",role="app_scram"}"#;
+    let q0 = sample(&before, q).unwrap();
+    let rx0 = sample(&before, rx).unwrap();
+    for i in 0..10 {
+        c.query_one("SELECT $1::int", &[&i]).await.unwrap();
+    }
+    let e = c.simple_query("SELECT 1/0").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "22012");
+    let (_, after) = get(http, "/metrics").await;
+    // Each query_one is a Parse/Describe/Sync then a Bind/Execute/Sync: two queries.
+    assert_eq!(sample(&after, q).unwrap() - q0, 21.0, "{after}");
+    assert!(sample(&after, rx).unwrap() > rx0);
+    assert_eq!(
+        sample(
+            &after,
+            r#"pgsluice_server_errors_total{database="app",role="app_scram",class="22"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"pgsluice_query_duration_seconds_count{database="app",role="app_scram"}"#
+        ),
+        sample(&after, q)
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"pgsluice_pool_size{database="app",role="app_scram"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"pgsluice_upstream_up{database="app",role="app_scram"}"#
+        ),
+        Some(1.0)
+    );
 }

@@ -16,7 +16,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
 
 /// How to reach and log in to one upstream database as one role.
-#[derive(Clone, Debug, PartialEq, Eq)]
+// Debug by hand below: it holds the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Upstream {
     /// Host name, IP literal, or a unix socket directory (starts with `/`).
     pub host: String,
@@ -24,6 +25,18 @@ pub struct Upstream {
     pub dbname: String,
     pub user: String,
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Upstream {
+    /// Everything but the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("dbname", &self.dbname)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Upstream {

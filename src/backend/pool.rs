@@ -9,13 +9,17 @@ use super::connect::{self, ConnectError, Upstream};
 use super::params::SessionParams;
 use super::server::ServerConn;
 use crate::error::ClientError;
+use crate::stats::servers::{ServerInfo, ServerState};
+use crate::stats::totals::PoolStats;
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::futures::Notified;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::sleep_until;
 
 /// The pool key: the database clients name, and the upstream role the connections log in as.
@@ -32,7 +36,7 @@ impl std::fmt::Display for PoolKey {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PoolSettings {
     pub size: usize,
     pub min_size: usize,
@@ -121,6 +125,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Slot {
     pool: Weak<Pool>,
     armed: bool,
+    /// The server connection filling this place, once opened (for SHOW SERVERS).
+    server: u64,
 }
 
 impl Slot {
@@ -133,6 +139,9 @@ impl Drop for Slot {
     fn drop(&mut self) {
         if self.armed {
             if let Some(pool) = self.pool.upgrade() {
+                if self.server != 0 {
+                    lock(&pool.servers).remove(&self.server);
+                }
                 pool.place_freed();
             }
         }
@@ -172,14 +181,21 @@ struct State {
 
 pub struct Pool {
     pub key: PoolKey,
-    pub upstream: Arc<Upstream>,
-    pub settings: PoolSettings,
+    /// Replaced by RELOAD (changed credentials or address) and RECONNECT: connections made
+    /// to an older one are closed when they come back.
+    upstream: ArcSwap<Upstream>,
+    settings: ArcSwap<PoolSettings>,
     db: Arc<DbLimit>,
     state: Mutex<State>,
     conn_ids: Arc<AtomicU64>,
     /// Parameters a fresh server connection reports, shown to transaction-mode clients.
     defaults: Mutex<Option<SessionParams>>,
-    pub metrics: crate::metrics::PoolMetrics,
+    pub stats: Arc<PoolStats>,
+    /// Open server connections by id (SHOW SERVERS); changed on open and close only.
+    servers: Mutex<HashMap<u64, Arc<ServerInfo>>>,
+    /// PAUSE: checkouts wait until RESUME.
+    paused: AtomicBool,
+    resumed: Notify,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -222,17 +238,20 @@ impl Pool {
         settings: PoolSettings,
         db: Arc<DbLimit>,
         conn_ids: Arc<AtomicU64>,
-        metrics: crate::metrics::PoolMetrics,
+        paused: bool,
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             key,
-            upstream: Arc::new(upstream),
-            settings,
+            upstream: ArcSwap::from_pointee(upstream),
+            settings: ArcSwap::from_pointee(settings),
             db: db.clone(),
             state: Mutex::new(State::default()),
             conn_ids,
             defaults: Mutex::new(None),
-            metrics,
+            stats: Arc::new(PoolStats::default()),
+            servers: Mutex::new(HashMap::new()),
+            paused: AtomicBool::new(paused),
+            resumed: Notify::new(),
         });
         lock(&db.pools).push(Arc::downgrade(&pool));
         pool
@@ -247,6 +266,98 @@ impl Pool {
         }
     }
 
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.settings.load_full()
+    }
+
+    pub fn upstream(&self) -> Arc<Upstream> {
+        self.upstream.load_full()
+    }
+
+    /// The open server connections, by id.
+    pub fn servers(&self) -> Vec<Arc<ServerInfo>> {
+        let mut v: Vec<_> = lock(&self.servers).values().cloned().collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+
+    /// The last attempt to open a server connection failed.
+    pub fn upstream_failing(&self) -> bool {
+        lock(&self.state).last_failure.is_some()
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    /// PAUSE: new checkouts wait; connections in use finish what they are doing.
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::Release);
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::Release);
+        self.resumed.notify_waiters();
+    }
+
+    /// RECONNECT: connections open now are closed as they come back (idle ones at once);
+    /// new ones are made as needed.
+    pub fn reconnect(&self) {
+        let fresh = Upstream::clone(&self.upstream.load());
+        self.upstream.store(Arc::new(fresh));
+        self.close_idle_in_background();
+    }
+
+    /// RELOAD: new settings apply to the next checkout; a changed upstream (address, database
+    /// or credentials) retires the connections to the old one.
+    pub fn apply(self: &Arc<Self>, upstream: Upstream, settings: PoolSettings) {
+        if **self.upstream.load() != upstream {
+            tracing::info!(pool = %self.key, "upstream changed: reconnecting");
+            self.upstream.store(Arc::new(upstream));
+            self.close_idle_in_background();
+        }
+        if **self.settings.load() != settings {
+            tracing::info!(pool = %self.key, pool_size = settings.size, "pool settings changed");
+            self.settings.store(Arc::new(settings));
+            // A larger pool has room for waiters now.
+            while self.grant_free_place() {}
+        }
+    }
+
+    fn close_idle_in_background(&self) {
+        let idle: Vec<ServerConn> = std::mem::take(&mut lock(&self.state).idle);
+        if !idle.is_empty() {
+            tokio::spawn(async move {
+                for c in idle {
+                    c.terminate().await;
+                }
+            });
+        }
+    }
+
+    /// Waits while the pool is paused (or the wait is canceled or times out).
+    async fn wait_resumed(
+        &self,
+        cancel: &mut Pin<&mut Notified<'_>>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<(), CheckoutError> {
+        loop {
+            let resumed = self.resumed.notified();
+            tokio::pin!(resumed);
+            resumed.as_mut().enable();
+            if !self.is_paused() {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = resumed => {}
+                _ = cancel.as_mut() => return Err(CheckoutError::Canceled),
+                _ = sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                    return Err(CheckoutError::WaitTimeout)
+                }
+            }
+        }
+    }
+
     pub fn defaults(&self) -> Option<SessionParams> {
         lock(&self.defaults).clone()
     }
@@ -257,6 +368,7 @@ impl Pool {
             Some(Slot {
                 pool: Arc::downgrade(self),
                 armed: true,
+                server: 0,
             })
         } else {
             None
@@ -268,24 +380,32 @@ impl Pool {
     /// client's CancelRequest.
     pub async fn checkout(
         self: &Arc<Self>,
-        cancel: Pin<&mut Notified<'_>>,
+        mut cancel: Pin<&mut Notified<'_>>,
     ) -> Result<ServerConn, CheckoutError> {
-        let started = Instant::now();
-        let r = self.checkout_inner(cancel).await;
-        self.metrics
-            .wait_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let start = tokio::time::Instant::now();
+        let settings = self.settings();
+        let deadline = settings.wait_timeout.map(|t| start + t);
+        if self.is_paused() {
+            self.wait_resumed(&mut cancel, deadline).await?;
+        }
+        let r = self
+            .checkout_inner(cancel, &settings, start, deadline)
+            .await;
+        if let Ok(conn) = &r {
+            conn.info.set_state(ServerState::Active);
+            self.stats.assigned(start.elapsed().as_micros() as u64);
+        }
         r
     }
 
     async fn checkout_inner(
         self: &Arc<Self>,
         mut cancel: Pin<&mut Notified<'_>>,
+        settings: &PoolSettings,
+        start: tokio::time::Instant,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<ServerConn, CheckoutError> {
-        let start = tokio::time::Instant::now();
-        let deadline = self.settings.wait_timeout.map(|t| start + t);
-        let mut reserve_at =
-            (self.settings.reserve_size > 0).then(|| start + self.settings.reserve_timeout);
+        let mut reserve_at = (settings.reserve_size > 0).then(|| start + settings.reserve_timeout);
         loop {
             let mut ticket = match self.next_step() {
                 Step::Idle(conn) => {
@@ -341,19 +461,20 @@ impl Pool {
 
     /// Decides under the lock what a checkout does next; the awaiting happens outside it.
     fn next_step(self: &Arc<Self>) -> Step<'_> {
+        let settings = self.settings.load();
         let mut st = lock(&self.state);
         if let Some(conn) = st.idle.pop() {
             return Step::Idle(conn);
         }
         if let Some((at, err)) = &st.last_failure {
-            if self.settings.login_retry.is_some_and(|d| at.elapsed() < d) {
+            if settings.login_retry.is_some_and(|d| at.elapsed() < d) {
                 return Step::Fail(CheckoutError::RecentFailure(err.clone()));
             }
         }
-        if let Some(slot) = self.try_slot(&mut st, self.settings.size) {
+        if let Some(slot) = self.try_slot(&mut st, settings.size) {
             return Step::Open(slot);
         }
-        let at_db_cap = st.open < self.settings.size;
+        let at_db_cap = st.open < settings.size;
         let id = st.next_waiter;
         st.next_waiter += 1;
         let (tx, rx) = oneshot::channel();
@@ -369,17 +490,22 @@ impl Pool {
     /// A place in the reserve for a waiter that waited reserve_pool_timeout, taking it out of
     /// the queue. None if the reserve is full or the waiter was served meanwhile.
     fn reserve_slot(self: &Arc<Self>, waiter: u64) -> Option<Slot> {
+        let settings = self.settings.load();
         let mut st = lock(&self.state);
         let at = st.waiters.iter().position(|w| w.id == waiter)?;
-        let slot = self.try_slot(&mut st, self.settings.size + self.settings.reserve_size)?;
+        let slot = self.try_slot(&mut st, settings.size + settings.reserve_size)?;
         st.waiters.remove(at);
         Some(slot)
     }
 
     /// Checks an idle connection before use: age, stray input or EOF, and the check query.
     async fn vet(&self, mut conn: ServerConn) -> Option<ServerConn> {
-        if self
-            .settings
+        let settings = self.settings();
+        if !Arc::ptr_eq(&conn.upstream, &self.upstream.load()) {
+            conn.terminate().await;
+            return None;
+        }
+        if settings
             .lifetime
             .is_some_and(|l| conn.created.elapsed() >= l)
         {
@@ -391,9 +517,10 @@ impl Pool {
             tracing::info!(pool = %self.key, server = conn.id, "idle server closed or sent data: evicted");
             return None;
         }
-        if let Some(q) = &self.settings.check_query {
-            if conn.last_used.elapsed() >= self.settings.check_delay {
-                if let Err(e) = conn.run_internal(q, self.settings.connect_timeout).await {
+        if let Some(q) = &settings.check_query {
+            if conn.last_used.elapsed() >= settings.check_delay {
+                conn.info.set_state(ServerState::Tested);
+                if let Err(e) = conn.run_internal(q, settings.connect_timeout).await {
                     tracing::info!(pool = %self.key, server = conn.id, error = %e, "server_check_query failed: evicted");
                     return None;
                 }
@@ -402,16 +529,31 @@ impl Pool {
         Some(conn)
     }
 
-    async fn open(self: &Arc<Self>, slot: Slot) -> Result<ServerConn, CheckoutError> {
-        match connect::establish(&self.upstream, self.settings.connect_timeout).await {
+    async fn open(self: &Arc<Self>, mut slot: Slot) -> Result<ServerConn, CheckoutError> {
+        let upstream = self.upstream();
+        let timeout = self.settings.load().connect_timeout;
+        match connect::establish(&upstream, timeout).await {
             Ok(est) => {
-                self.metrics.connects_ok.inc();
+                self.stats.connects_ok.fetch_add(1, Ordering::Relaxed);
                 lock(&self.state).last_failure = None;
                 *lock(&self.defaults) = Some(est.params.clone());
                 let now = Instant::now();
                 let id = self.conn_ids.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(pool = %self.key, server = id, pid = est.pid, "server connection opened");
+                let (local_addr, local_port) = est.stream.local_addr();
+                let info = Arc::new(ServerInfo::new(
+                    id,
+                    est.pid,
+                    upstream.host.clone(),
+                    upstream.port,
+                    local_addr,
+                    local_port,
+                    false,
+                ));
+                lock(&self.servers).insert(id, info.clone());
+                slot.server = id;
                 Ok(ServerConn {
+                    info,
                     stream: est.stream,
                     id,
                     pid: est.pid,
@@ -420,13 +562,13 @@ impl Pool {
                     statements: Default::default(),
                     created: now,
                     last_used: now,
-                    upstream: self.upstream.clone(),
+                    upstream,
                     _slot: slot,
                 })
             }
             Err(e) => {
-                self.metrics.connects_failed.inc();
-                tracing::warn!(pool = %self.key, host = %self.upstream.host, port = self.upstream.port, error = %e, "server connection failed");
+                self.stats.connects_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(pool = %self.key, host = %upstream.host, port = upstream.port, error = %e, "server connection failed");
                 lock(&self.state).last_failure = Some((Instant::now(), e.to_client()));
                 drop(slot);
                 Err(CheckoutError::Connect(e))
@@ -437,7 +579,20 @@ impl Pool {
     /// Returns a clean connection (idle, no transaction): to the longest waiter, else to idle.
     pub fn release(self: &Arc<Self>, mut conn: ServerConn) {
         conn.last_used = Instant::now();
+        if !Arc::ptr_eq(&conn.upstream, &self.upstream.load()) {
+            tracing::debug!(pool = %self.key, server = conn.id, "closing a connection to the previous upstream");
+            tokio::spawn(conn.terminate());
+            return;
+        }
+        let settings = self.settings.load();
         let mut st = lock(&self.state);
+        if st.open > settings.size + settings.reserve_size {
+            // RELOAD made the pool smaller.
+            drop(st);
+            tokio::spawn(conn.terminate());
+            return;
+        }
+        conn.info.set_state(ServerState::Idle);
         while let Some(w) = st.waiters.pop_front() {
             match w.tx.send(Grant::Conn(conn)) {
                 Ok(()) => return,
@@ -470,6 +625,7 @@ impl Pool {
             let slot = Slot {
                 pool: Arc::downgrade(self),
                 armed: true,
+                server: 0,
             };
             match w.tx.send(Grant::Slot(slot)) {
                 Ok(()) => return,
@@ -488,7 +644,8 @@ impl Pool {
         if st.waiters.is_empty() {
             return false;
         }
-        let Some(slot) = self.try_slot(&mut st, self.settings.size) else {
+        let size = self.settings.load().size;
+        let Some(slot) = self.try_slot(&mut st, size) else {
             return false;
         };
         let mut slot = Some(slot);
@@ -514,8 +671,8 @@ impl Pool {
     /// server_lifetime, and opens connections up to min_pool_size. Run periodically.
     pub async fn maintain(self: &Arc<Self>) {
         let retired: Vec<ServerConn> = {
+            let s = self.settings();
             let mut st = lock(&self.state);
-            let s = &self.settings;
             let mut keep = Vec::with_capacity(st.idle.len());
             let mut retired = Vec::new();
             let open = st.open;
@@ -540,13 +697,17 @@ impl Pool {
             tracing::debug!(pool = %self.key, server = c.id, "retiring idle server connection");
             c.terminate().await;
         }
+        let min_size = self.settings.load().min_size;
         loop {
+            if self.is_paused() {
+                break;
+            }
             let slot = {
                 let mut st = lock(&self.state);
-                if st.open >= self.settings.min_size {
+                if st.open >= min_size {
                     break;
                 }
-                match self.try_slot(&mut st, self.settings.min_size) {
+                match self.try_slot(&mut st, min_size) {
                     Some(s) => s,
                     None => break,
                 }

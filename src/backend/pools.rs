@@ -1,93 +1,209 @@
 //! Every pool, keyed by (database, role), created on first use from the config, with the
-//! background task that keeps each within its idle, lifetime and min_pool_size rules.
+//! background task that keeps each within its idle, lifetime and min_pool_size rules; and
+//! the console's operations over many pools (RELOAD, PAUSE, RESUME, RECONNECT).
 
 use super::connect::Upstream;
 use super::pool::{DbLimit, Pool, PoolKey, PoolSettings};
 use crate::config::{Config, Database, User};
 use dashmap::DashMap;
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Default)]
 pub struct Pools {
-    pools: DashMap<PoolKey, Arc<Pool>>,
+    pools: Arc<DashMap<PoolKey, Arc<Pool>>>,
     limits: DashMap<Arc<str>, Arc<DbLimit>>,
     conn_ids: Arc<AtomicU64>,
+    /// PAUSE without a database, and PAUSE db: pools created later start paused too.
+    paused: Mutex<Paused>,
+    /// DISABLE db: new clients of these databases are refused.
+    disabled: Mutex<HashSet<String>>,
+}
+
+#[derive(Default)]
+struct Paused {
+    all: bool,
+    databases: HashSet<String>,
 }
 
 /// How often pools retire and warm connections.
 const MAINTAIN_EVERY: Duration = Duration::from_millis(500);
 
+/// What a pool for `user` on `db` is under `config`.
+fn plan(config: &Config, db: &Database, user: &User) -> (PoolKey, Upstream, PoolSettings) {
+    let role = user.server_user.as_deref().unwrap_or(&user.name);
+    let key = PoolKey {
+        database: Arc::from(db.name.as_str()),
+        role: Arc::from(role),
+    };
+    let g = &config.general;
+    let upstream = Upstream {
+        host: db.host.to_string(),
+        port: db.port,
+        dbname: db.dbname.as_deref().unwrap_or(&db.name).to_owned(),
+        user: role.to_owned(),
+        password: user
+            .server_password
+            .as_ref()
+            .map(|p| p.to_string())
+            .or_else(|| {
+                crate::auth::Secret::parse(&user.password)
+                    .plaintext()
+                    .map(str::to_owned)
+            }),
+    };
+    let settings = PoolSettings {
+        size: db.pool_size.unwrap_or(g.default_pool_size),
+        min_size: db.min_pool_size.unwrap_or(g.min_pool_size),
+        reserve_size: db.reserve_pool_size.unwrap_or(g.reserve_pool_size),
+        reserve_timeout: g.reserve_pool_timeout.duration(),
+        lifetime: g.server_lifetime.enabled(),
+        idle_timeout: g.server_idle_timeout.enabled(),
+        connect_timeout: g
+            .server_connect_timeout
+            .enabled()
+            .unwrap_or(Duration::from_secs(15)),
+        login_retry: g.server_login_retry.enabled(),
+        wait_timeout: g.query_wait_timeout.enabled(),
+        check_query: Some(g.server_check_query.to_string()).filter(|q| !q.trim().is_empty()),
+        check_delay: g.server_check_delay.duration(),
+    };
+    (key, upstream, settings)
+}
+
 impl Pools {
     /// The pool for `user` on `db`, created (and its maintenance started) on first use.
-    pub fn pool_for(
-        &self,
-        config: &Config,
-        db: &Database,
-        user: &User,
-        metrics: &crate::metrics::Metrics,
-    ) -> Arc<Pool> {
-        let role = user.server_user.as_deref().unwrap_or(&user.name);
-        let key = PoolKey {
-            database: Arc::from(db.name.as_str()),
-            role: Arc::from(role),
-        };
+    pub fn pool_for(&self, config: &Config, db: &Database, user: &User) -> Arc<Pool> {
+        let (key, upstream, settings) = plan(config, db, user);
         if let Some(p) = self.pools.get(&key) {
             return p.clone();
         }
-        let g = &config.general;
         let limit = self
             .limits
             .entry(key.database.clone())
-            .or_insert_with(|| DbLimit::new(db.max_db_connections.unwrap_or(g.max_db_connections)))
+            .or_insert_with(|| {
+                DbLimit::new(
+                    db.max_db_connections
+                        .unwrap_or(config.general.max_db_connections),
+                )
+            })
             .clone();
-        let upstream = Upstream {
-            host: db.host.to_string(),
-            port: db.port,
-            dbname: db.dbname.as_deref().unwrap_or(&db.name).to_owned(),
-            user: role.to_owned(),
-            password: user
-                .server_password
-                .as_ref()
-                .map(|p| p.to_string())
-                .or_else(|| {
-                    crate::auth::Secret::parse(&user.password)
-                        .plaintext()
-                        .map(str::to_owned)
-                }),
+        let paused = {
+            let p = lock(&self.paused);
+            p.all || p.databases.contains(&*key.database)
         };
-        let settings = PoolSettings {
-            size: db.pool_size.unwrap_or(g.default_pool_size),
-            min_size: db.min_pool_size.unwrap_or(g.min_pool_size),
-            reserve_size: db.reserve_pool_size.unwrap_or(g.reserve_pool_size),
-            reserve_timeout: g.reserve_pool_timeout.duration(),
-            lifetime: g.server_lifetime.enabled(),
-            idle_timeout: g.server_idle_timeout.enabled(),
-            connect_timeout: g
-                .server_connect_timeout
-                .enabled()
-                .unwrap_or(Duration::from_secs(15)),
-            login_retry: g.server_login_retry.enabled(),
-            wait_timeout: g.query_wait_timeout.enabled(),
-            check_query: Some(g.server_check_query.to_string()).filter(|q| !q.trim().is_empty()),
-            check_delay: g.server_check_delay.duration(),
-        };
+        let stats_period = config.general.stats_period.duration().as_secs_f64();
         let entry = self.pools.entry(key.clone()).or_insert_with(|| {
-            let pm = metrics.pool(&key.database, &key.role);
-            let pool = Pool::new(key, upstream, settings, limit, self.conn_ids.clone(), pm);
-            spawn_maintenance(&pool);
+            let pool = Pool::new(
+                key,
+                upstream,
+                settings,
+                limit,
+                self.conn_ids.clone(),
+                paused,
+            );
+            spawn_maintenance(&pool, stats_period);
             pool
         });
         entry.clone()
     }
 
     pub fn all(&self) -> Vec<Arc<Pool>> {
-        self.pools.iter().map(|e| e.value().clone()).collect()
+        let mut v: Vec<_> = self.pools.iter().map(|e| e.value().clone()).collect();
+        v.sort_by(|a, b| (&a.key.database, &a.key.role).cmp(&(&b.key.database, &b.key.role)));
+        v
+    }
+
+    /// The pools of `database`, or all of them.
+    pub fn of(&self, database: Option<&str>) -> Vec<Arc<Pool>> {
+        self.all()
+            .into_iter()
+            .filter(|p| database.is_none_or(|d| &*p.key.database == d))
+            .collect()
+    }
+
+    /// The shared map, for the metrics collector.
+    pub fn map(&self) -> Arc<DashMap<PoolKey, Arc<Pool>>> {
+        self.pools.clone()
+    }
+
+    /// RELOAD: each pool takes its settings and upstream from `config` (found by database
+    /// and by a user that logs in as its role). Pools whose database or role is gone keep
+    /// what they have until their clients leave; new clients cannot reach them.
+    pub fn reload(&self, config: &Config) {
+        for pool in self.all() {
+            let Some(db) = config.database(&pool.key.database) else {
+                continue;
+            };
+            let user = config
+                .users
+                .iter()
+                .map(|u| u.get_ref())
+                .find(|u| u.server_user.as_deref().unwrap_or(&u.name) == &*pool.key.role);
+            let Some(user) = user else { continue };
+            let (_, upstream, settings) = plan(config, db, user);
+            pool.apply(upstream, settings);
+        }
+    }
+
+    pub fn pause(&self, database: Option<&str>) {
+        {
+            let mut p = lock(&self.paused);
+            match database {
+                None => p.all = true,
+                Some(d) => {
+                    p.databases.insert(d.to_owned());
+                }
+            }
+        }
+        for pool in self.of(database) {
+            pool.pause();
+        }
+    }
+
+    pub fn resume(&self, database: Option<&str>) {
+        {
+            let mut p = lock(&self.paused);
+            match database {
+                None => {
+                    p.all = false;
+                    p.databases.clear();
+                }
+                Some(d) => {
+                    p.databases.remove(d);
+                }
+            }
+        }
+        let all_paused = lock(&self.paused).all;
+        for pool in self.of(database) {
+            if !all_paused {
+                pool.resume();
+            }
+        }
+    }
+
+    pub fn disable(&self, database: &str) {
+        lock(&self.disabled).insert(database.to_owned());
+    }
+
+    pub fn enable(&self, database: &str) {
+        lock(&self.disabled).remove(database);
+    }
+
+    pub fn is_disabled(&self, database: &str) -> bool {
+        lock(&self.disabled).contains(database)
+    }
+
+    /// Whether `database` (or, for None, everything) is paused.
+    pub fn is_paused(&self, database: &str) -> bool {
+        let p = lock(&self.paused);
+        p.all || p.databases.contains(database)
     }
 }
 
-fn spawn_maintenance(pool: &Arc<Pool>) {
+fn spawn_maintenance(pool: &Arc<Pool>, stats_period: f64) {
     let weak = Arc::downgrade(pool);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(MAINTAIN_EVERY);
@@ -95,7 +211,12 @@ fn spawn_maintenance(pool: &Arc<Pool>) {
         loop {
             tick.tick().await;
             let Some(pool) = weak.upgrade() else { return };
+            pool.stats.roll_period(stats_period);
             pool.maintain().await;
         }
     });
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -22,6 +22,8 @@ pub struct CancelTarget {
 }
 
 pub struct ServerConn {
+    /// What SHOW SERVERS shows; shared with the pool's list of open connections.
+    pub info: Arc<crate::stats::servers::ServerInfo>,
     pub stream: Stream,
     pub id: u64,
     pub pid: i32,

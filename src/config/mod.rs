@@ -44,7 +44,9 @@ impl Config {
             key: None,
             reason: format!("cannot read: {e}"),
         })?;
-        Config::parse(&source, path)
+        let mut config = Config::parse(&source, path)?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Parses and validates configuration text; `path` only names it in errors.
@@ -97,6 +99,9 @@ impl Config {
                 "general.default_pool_size",
                 "must be at least 1".into(),
             ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(g.log_level.as_str()) {
+            return Err((0..0, "general.log_level", format!("not a log filter: {e}")));
         }
         if g.max_client_conn == 0 {
             return Err((0..0, "general.max_client_conn", "must be at least 1".into()));

@@ -22,6 +22,9 @@ pub struct Config {
     pub databases: Vec<Spanned<Database>>,
     #[serde(default)]
     pub users: Vec<Spanned<User>>,
+    /// The file this came from (RELOAD reads it again).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Process-wide knobs, the ones PgBouncer keeps in its `[pgbouncer]` section.
@@ -51,6 +54,13 @@ pub struct General {
     pub auth_type: AuthType,
     pub tcp_keepalive: bool,
     pub shutdown_timeout: Seconds,
+    /// Period of SHOW STATS's averages (PgBouncer's stats_period).
+    pub stats_period: Seconds,
+    /// Query fingerprints kept per proxy for SHOW QUERIES and /queries; 0 turns tracking off.
+    pub query_stats_max: usize,
+    /// Log filter (tracing directives, e.g. "info" or "pgsluice=debug"); RELOAD applies a
+    /// change. The PGSLUICE_LOG environment variable wins at startup.
+    pub log_level: Text,
 }
 
 impl Default for General {
@@ -80,6 +90,9 @@ impl Default for General {
             auth_type: AuthType::ScramSha256,
             tcp_keepalive: true,
             shutdown_timeout: Seconds(30.0),
+            stats_period: Seconds(60.0),
+            query_stats_max: 1000,
+            log_level: Text::new("info"),
         }
     }
 }
@@ -152,6 +165,9 @@ impl std::fmt::Display for ListenAddr {
 #[serde(deny_unknown_fields)]
 pub struct Http {
     pub addr: SocketAddr,
+    /// When set, every endpoint but /health needs `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub token: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -15,6 +15,8 @@ use crate::net::Stream;
 use crate::net::listener::Peer;
 use crate::proto::emit;
 use crate::relay::{ClientState, Event, Phase, Relay};
+use crate::stats::clients::{ClientFacts, Registered};
+use crate::stats::meter::{Meter, Sinks};
 use bytes::BytesMut;
 use std::future::poll_fn;
 use std::pin::pin;
@@ -40,14 +42,24 @@ struct Client {
     cancel: Registration,
     server: Option<ServerConn>,
     id: u64,
+    /// Its entry in SHOW CLIENTS; dropped (unregistered) before the socket closes.
+    reg: Registered,
 }
 
 /// What login established, before the stream joins it.
-struct LoggedIn {
+enum LoggedIn {
+    Pooled(Box<Pooled>),
+    /// The admin console (`pgsluice` or `pgbouncer` database).
+    Console(crate::admin::Console),
+}
+
+struct Pooled {
     params: SessionParams,
     pool: Arc<Pool>,
     cancel: Registration,
     server: Option<ServerConn>,
+    user: String,
+    method: &'static str,
 }
 
 /// Serves one accepted connection to its end. Never panics on client input; every refusal is
@@ -65,7 +77,12 @@ pub async fn serve(app: Arc<App>, mut stream: Stream, peer: Peer, mode: PoolMode
         None => login.await,
     };
     let mut client = match result {
-        Ok(Some(l)) => Client {
+        Ok(Some(LoggedIn::Console(console))) => {
+            crate::admin::serve(&app, &mut stream, console, id).await;
+            return;
+        }
+        Ok(Some(LoggedIn::Pooled(l))) => Client {
+            reg: register(&app, &stream, &peer, mode, id, &l),
             stream,
             state: ClientState {
                 params: l.params,
@@ -93,8 +110,60 @@ pub async fn serve(app: Arc<App>, mut stream: Stream, peer: Peer, mode: PoolMode
     };
     let max_prepared = app.config.load().general.max_prepared_statements;
     let mut relay = Relay::new(mode == PoolMode::Transaction, max_prepared);
+    relay.meter = Meter::new(Some(Sinks {
+        key: client.pool.key.clone(),
+        pool: client.pool.stats.clone(),
+        queries: app.queries.clone(),
+    }));
+    if let Some(server) = &client.server {
+        link(&client, server);
+    }
     run(&app, &mut client, &mut relay).await;
+    relay.meter.flush();
     finish(&app, client, relay).await;
+}
+
+/// Adds a logged-in client to SHOW CLIENTS.
+fn register(
+    app: &App,
+    stream: &Stream,
+    peer: &Peer,
+    mode: PoolMode,
+    id: u64,
+    l: &Pooled,
+) -> Registered {
+    let (addr, port) = match peer {
+        Peer::Tcp(a) => (a.ip().to_string(), a.port()),
+        Peer::Unix => ("unix".to_owned(), 0),
+    };
+    let (local_addr, local_port) = stream.local_addr();
+    let facts = ClientFacts {
+        id,
+        user: l.user.clone(),
+        database: l.pool.key.database.to_string(),
+        pool: l.pool.key.clone(),
+        addr,
+        port,
+        local_addr,
+        local_port,
+        tls: false,
+        application_name: l
+            .params
+            .reported
+            .get("application_name")
+            .unwrap_or("")
+            .to_owned(),
+        auth_method: l.method,
+        pool_mode: mode.as_str(),
+        remote_pid: l.cancel.pid,
+    };
+    app.clients.register(facts, Some(stream.raw_fd()))
+}
+
+/// Records in SHOW CLIENTS/SERVERS that `server` now serves the client.
+fn link(c: &Client, server: &ServerConn) {
+    c.reg.info.linked(server.id);
+    server.info.linked(c.id, crate::stats::unix_micros());
 }
 
 /// Decrements the client count when the connection ends, however it ends.
@@ -163,15 +232,29 @@ async fn login(
     let Some(user) = user else {
         return refuse(ClientError::auth_failed(&startup.user, "password"));
     };
-    if startup.database == crate::ADMIN_DATABASE || startup.database == "pgbouncer" {
-        return refuse(ClientError::unsupported(
-            "the admin console is not available in this version of pgsluice",
-        ));
+    if crate::admin::is_console(&startup.database) {
+        return match crate::admin::Console::admit(&config, &user.name) {
+            Some(console) => {
+                crate::admin::greet(&mut out);
+                if stream.write_all(&out).await.is_err() {
+                    return Ok(None);
+                }
+                tracing::info!(conn = id, %peer, user = %user.name, "admin console login");
+                Ok(Some(LoggedIn::Console(console)))
+            }
+            None => refuse(ClientError::not_authorized(format!(
+                "user \"{}\" may not use the admin console",
+                user.name
+            ))),
+        };
+    }
+    if app.pools.is_disabled(&startup.database) {
+        return refuse(ClientError::database_disabled(&startup.database));
     }
     let Some(db) = config.database(&startup.database) else {
         return refuse(ClientError::unknown_database(&startup.database));
     };
-    let pool = app.pools.pool_for(&config, db, user, &app.metrics);
+    let pool = app.pools.pool_for(&config, db, user);
     let mut params = SessionParams::from_startup(&startup.params);
     if config.general.application_name_add_host {
         let name = params
@@ -235,12 +318,14 @@ async fn login(
         return Ok(None);
     }
     tracing::info!(conn = id, %peer, user = %user.name, database = %db.name, mode = mode.as_str(), method = method.as_str(), "client logged in");
-    Ok(Some(LoggedIn {
+    Ok(Some(LoggedIn::Pooled(Box::new(Pooled {
         params,
         pool,
         cancel,
         server,
-    }))
+        user: user.name.to_string(),
+        method: method.as_str(),
+    }))))
 }
 
 /// Login-time checkout: no cancel key exists yet, so nothing can cancel the wait.
@@ -344,7 +429,7 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                     for n in c.held.drain(..) {
                         relay.queue_for_client(|b| b.extend_from_slice(&n));
                     }
-                    c.pool.metrics.transactions.inc();
+                    c.reg.info.linked(0);
                     if reusable {
                         c.pool.release(server);
                     } else {
@@ -358,6 +443,11 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                 }
             }
             Event::Listen(cmd) => listen(app, c, relay, cmd).await,
+            Event::ClientGone if c.reg.info.was_killed() => {
+                tracing::info!(conn = c.id, "client killed from the admin console");
+                tell_and_close(app, c, relay, ClientError::admin_shutdown()).await;
+                return;
+            }
             Event::ClientTerminated | Event::ClientGone => {
                 tracing::debug!(conn = c.id, ?event, "client finished");
                 return;
@@ -484,6 +574,7 @@ async fn attach(app: &App, c: &mut Client, relay: &mut Relay) -> bool {
         let handle = c.cancel.handle.clone();
         let mut notified = pin!(handle.wake.notified());
         notified.as_mut().enable();
+        c.reg.info.waiting(crate::stats::unix_micros());
         let checkout = c.pool.checkout(notified);
         let buffered = relay.client_buffer();
         tokio::select! {
@@ -504,10 +595,12 @@ async fn attach(app: &App, c: &mut Client, relay: &mut Relay) -> bool {
             }
             relay.reset_server_side();
             c.cancel.handle.attach(server.cancel_target());
+            link(c, &server);
             c.server = Some(server);
             true
         }
         Err(e) => {
+            c.reg.info.linked(0);
             let err = e.to_client();
             tracing::info!(conn = c.id, pool = %c.pool.key, error = %e, "no server for client");
             if err.is_fatal() && !matches!(e, crate::backend::CheckoutError::Connect(_)) {

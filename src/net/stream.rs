@@ -13,6 +13,27 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// This end's address and port, as SHOW CLIENTS/SERVERS print them ("unix", 0 for a
+    /// unix socket).
+    pub fn local_addr(&self) -> (String, u16) {
+        match self {
+            Stream::Tcp(s) => s
+                .local_addr()
+                .map(|a| (a.ip().to_string(), a.port()))
+                .unwrap_or_else(|_| (String::new(), 0)),
+            Stream::Unix(_) => ("unix".into(), 0),
+        }
+    }
+
+    /// The descriptor, for KILL_CLIENT's shutdown.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
     /// True when the peer has closed or sent bytes nobody asked for: an idle server
     /// connection in either state must not be handed out. One non-blocking MSG_PEEK; tokio's
     /// own try_read would trust cached readiness and could miss a close that just happened.

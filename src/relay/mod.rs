@@ -20,6 +20,7 @@ use crate::backend::params::SessionParams;
 use crate::error::ClientError;
 use crate::net::Stream;
 use crate::proto::{FrameError, Header, MAX_MESSAGE_LEN, emit, views};
+use crate::stats::meter::{MAX_FINGERPRINTED, Meter};
 use bytes::BytesMut;
 use half::Half;
 use pipeline::{Action, Entry, Kind, Pipeline, Synthetic};
@@ -137,6 +138,10 @@ pub struct Relay {
     /// Report phase changes (only when a timeout needs them).
     pub watch_phase: bool,
     reported_phase: Phase,
+    /// The client's counters and query fingerprints (stats, SHOW QUERIES).
+    pub meter: Meter,
+    /// The message being walked has been counted.
+    metered: bool,
 }
 
 impl Relay {
@@ -158,6 +163,8 @@ impl Relay {
             max_prepared: if transaction_mode { max_prepared } else { 0 },
             watch_phase: false,
             reported_phase: Phase::Idle,
+            meter: Meter::default(),
+            metered: false,
         }
     }
 
@@ -256,7 +263,10 @@ impl Relay {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(Event::ClientGone);
                     }
-                    Poll::Ready(Ok(_)) => progress = true,
+                    Poll::Ready(Ok(n)) => {
+                        self.meter.received(n);
+                        progress = true;
+                    }
                     Poll::Pending => {}
                 }
             }
@@ -278,7 +288,10 @@ impl Relay {
                             let _ = self.walk_server(srv, state);
                             return Poll::Ready(Event::ServerGone);
                         }
-                        Poll::Ready(Ok(_)) => progress = true,
+                        Poll::Ready(Ok(n)) => {
+                            self.meter.sent(n);
+                            progress = true;
+                        }
                         Poll::Pending => {}
                     }
                 }
@@ -385,6 +398,9 @@ impl Relay {
                 }
                 return Some(Event::NeedServer);
             };
+            if !self.meter_message(&h) {
+                break; // the statement text needs more bytes
+            }
             let rewrite = self.max_prepared > 0;
             let handled = match h.tag {
                 b'Q' if self.transaction_mode && h.body_len <= MAX_SCANNED_QUERY => {
@@ -394,6 +410,7 @@ impl Relay {
                     } else {
                         self.need = 0;
                         if rewrite && self.deallocate_here(&h, state) {
+                            self.metered = false;
                             continue;
                         }
                         match self.note_settings(h.start + 5, h.body_len) {
@@ -459,6 +476,7 @@ impl Relay {
             if !handled {
                 break; // the message needs more bytes
             }
+            self.metered = false;
         }
         if self.discard != Discard::No {
             self.c.discard_walked();
@@ -467,6 +485,52 @@ impl Relay {
             }
         }
         None
+    }
+
+    /// Counts a message that asks for work and reads what names the statement: a Query's or
+    /// Parse's text (whole, up to MAX_FINGERPRINTED), a Bind's statement name. False when the
+    /// text needs more bytes first.
+    fn meter_message(&mut self, h: &Header) -> bool {
+        if self.metered || !matches!(h.tag, b'Q' | b'P' | b'B' | b'E' | b'F') {
+            return true;
+        }
+        let body_at = h.start + 5;
+        let track = self.meter.tracks_queries();
+        let has_text = matches!(h.tag, b'Q' | b'P');
+        if track && has_text && h.body_len <= MAX_FINGERPRINTED {
+            if self.c.buf.len() < body_at + h.body_len {
+                self.need = self.need.max(body_at + h.body_len);
+                return false;
+            }
+            self.need = 0;
+        }
+        self.meter.request();
+        match h.tag {
+            b'P' => self.meter.parse_message(self.max_prepared == 0),
+            b'B' => self.meter.bind_message(),
+            _ => {}
+        }
+        if !track {
+            return true;
+        }
+        if has_text && h.body_len > MAX_FINGERPRINTED {
+            self.meter.long_statement();
+        } else if has_text {
+            let body = &self.c.buf[body_at..body_at + h.body_len];
+            if h.tag == b'Q' {
+                self.meter.query_text(body);
+            } else if let Some((name, tail)) = prepared::split_name(body) {
+                let text_len = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+                self.meter.parse_text(name, &tail[..text_len]);
+            }
+        } else if h.tag == b'B' {
+            let end = (body_at + h.body_len.min(MAX_NAMES)).min(self.c.buf.len());
+            let name = prepared::bind_names(&self.c.buf[body_at..end]).map(|(_, n, _)| n);
+            self.meter.bind_name(name);
+        }
+        // Counted once even if the message is walked again for more bytes.
+        self.metered = true;
+        true
     }
 
     fn forward(&mut self, h: &Header, entry: Entry) -> bool {
@@ -583,6 +647,7 @@ impl Relay {
                 if !ensure_on_server(
                     &mut self.c.out,
                     &mut self.pipeline,
+                    &mut self.meter,
                     &mut srv.statements,
                     self.max_prepared,
                     &stmt,
@@ -712,6 +777,7 @@ impl Relay {
         ensure_on_server(
             &mut self.c.out,
             &mut self.pipeline,
+            &mut self.meter,
             &mut srv.statements,
             self.max_prepared,
             stmt,
@@ -795,6 +861,7 @@ impl Relay {
                     match h.tag {
                         b'Z' => {
                             self.status = body.first().copied().unwrap_or(b'I');
+                            self.meter.ready(self.status);
                             self.pipeline.complete(b'Z');
                             self.emit_ready_answers();
                             if self.transaction_mode && self.server_reusable() {
@@ -809,6 +876,7 @@ impl Relay {
                             }
                         }
                         b'C' => {
+                            self.meter.command_complete(body);
                             if body == b"DISCARD ALL\0" || body == b"DEALLOCATE ALL\0" {
                                 srv.statements.clear();
                                 state.statements.clear();
@@ -821,6 +889,7 @@ impl Relay {
                         }
                         _ => {
                             let f = views::error_fields(body).unwrap_or_default();
+                            self.meter.error(f.code);
                             if f.severity == "FATAL" || f.severity == "PANIC" {
                                 self.server_fatal = true;
                             }
@@ -835,6 +904,7 @@ impl Relay {
                         self.client_in_copy = true;
                     }
                     if h.tag == b'E' {
+                        self.meter.error("");
                         self.server_error(srv, state, false);
                     } else if matches!(h.tag, b'T' | b'n' | b'C' | b'I' | b's')
                         && self.pipeline.complete(h.tag).is_some()
@@ -889,15 +959,20 @@ impl Relay {
 fn ensure_on_server(
     out: &mut BytesMut,
     pipeline: &mut Pipeline,
+    meter: &mut Meter,
     have: &mut ServerStatements,
     capacity: usize,
     stmt: &Statement,
     entry: Entry,
 ) -> bool {
     if have.touch(&stmt.server_name) {
+        meter.prepared(true);
         return false;
     }
-    make_room(out, pipeline, have, capacity, &stmt.server_name);
+    meter.prepared(false);
+    if make_room(out, pipeline, have, capacity, &stmt.server_name) {
+        meter.prepared_evicted();
+    }
     prepared::write_parse(out, &stmt.server_name, &stmt.tail);
     have.add(stmt.server_name.clone());
     pipeline.push(Entry {
@@ -915,15 +990,15 @@ fn no_such_statement(name: &[u8]) -> String {
     )
 }
 
-/// Closes the least recently used statement when the server is full, and a stale copy of
-/// `name` if PostgreSQL refused to reuse its plan.
+/// Closes the least recently used statement when the server is full (true: one was), and a
+/// stale copy of `name` if PostgreSQL refused to reuse its plan.
 fn make_room(
     out: &mut BytesMut,
     pipeline: &mut Pipeline,
     have: &mut ServerStatements,
     capacity: usize,
     name: &str,
-) {
+) -> bool {
     let mut close = |out: &mut BytesMut, victim: &str| {
         prepared::write_close_statement(out, victim);
         pipeline.push(Entry {
@@ -936,7 +1011,9 @@ fn make_room(
     }
     if let Some(victim) = have.evict_for_room(capacity) {
         close(out, &victim);
+        return true;
     }
+    false
 }
 
 /// Writes what `half` has ready until the socket would block. Ok(true) if anything was

@@ -2,5 +2,6 @@
 //! literals, quoted identifiers and comments (scan.l), and the session-setting statements
 //! built on it. Not a parser.
 
+pub mod fingerprint;
 pub mod lexer;
 pub mod session;

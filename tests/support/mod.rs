@@ -47,6 +47,9 @@ pub fn start_postgres() -> DevDb {
 /// The proxy's users: what clients log in with, and the upstream role each maps to.
 pub const AGENT: (&str, &str) = ("agent", "agent-pw");
 pub const AGENT_MD5: (&str, &str) = ("agent_md5", "md5-agent-pw");
+/// May use every admin console command; the watcher only SHOW.
+pub const ADMIN: (&str, &str) = ("admin", "admin-pw");
+pub const WATCHER: (&str, &str) = ("watcher", "watcher-pw");
 
 /// A config with a session and a transaction listener on free ports, for `pg`.
 /// `general` is inserted into `[general]`; `db_extra` into the `app` database table.
@@ -66,7 +69,8 @@ addr = "127.0.0.1:0"
 mode = "transaction"
 
 [admin]
-users = []
+users = ["{admin}"]
+stats_users = ["{watcher}"]
 
 [[databases]]
 name = "app"
@@ -110,12 +114,24 @@ name = "agent_plain"
 password = "plain-pw"
 server_user = "{PLAIN_ROLE}"
 server_password = "{ROLE_PASSWORD}"
+
+[[users]]
+name = "{admin}"
+password = "{admin_pw}"
+
+[[users]]
+name = "{watcher}"
+password = "{watcher_pw}"
 "#,
         port = pg.port,
         sock = pg.socket_dir.display(),
         agent = AGENT.0,
         agent_pw = AGENT.1,
         agent_md5 = AGENT_MD5.0,
+        admin = ADMIN.0,
+        admin_pw = ADMIN.1,
+        watcher = WATCHER.0,
+        watcher_pw = WATCHER.1,
     )
 }
 
@@ -133,6 +149,14 @@ impl Proxy {
                 .try_init();
         }
         let config = Config::parse(text, Path::new("test.toml")).unwrap();
+        Proxy {
+            running: pgsluice::app::start(config).await.unwrap(),
+        }
+    }
+
+    /// Starts from a file, as the binary does (RELOAD reads it again).
+    pub async fn start_file(path: &Path) -> Proxy {
+        let config = Config::load(path).unwrap();
         Proxy {
             running: pgsluice::app::start(config).await.unwrap(),
         }
@@ -189,4 +213,69 @@ pub fn psql(pg: &DevDb, conninfo: &str, args: &[&str]) -> (bool, String, String)
         String::from_utf8_lossy(&out.stdout).trim_end().to_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// One admin console query through psql as `user`: the rows as column -> value maps, or
+/// psql's error text.
+pub fn console(
+    pg: &DevDb,
+    proxy: &Proxy,
+    user: (&str, &str),
+    sql: &str,
+) -> Result<Vec<std::collections::HashMap<String, String>>, String> {
+    let url = proxy.url(PoolMode::Session, user, "pgsluice");
+    let out = std::process::Command::new(pg.bindir.join("psql"))
+        .arg(&url)
+        .args([
+            "-XAq",
+            "-F",
+            "\t",
+            "-P",
+            "footer=off",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else {
+        return Ok(Vec::new());
+    };
+    let cols: Vec<&str> = header.split('\t').collect();
+    Ok(lines
+        .map(|l| {
+            cols.iter()
+                .zip(l.split('\t'))
+                .map(|(c, v)| (c.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect())
+}
+
+/// The header of a console result: its column names in order.
+pub fn console_columns(pg: &DevDb, proxy: &Proxy, sql: &str) -> Vec<String> {
+    let url = proxy.url(PoolMode::Session, ADMIN, "pgsluice");
+    let out = std::process::Command::new(pg.bindir.join("psql"))
+        .arg(&url)
+        .args(["-XAq", "-F", "\t", "-c", sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .next()
+        .unwrap_or("")
+        .split('\t')
+        .map(str::to_owned)
+        .collect()
 }

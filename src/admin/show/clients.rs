@@ -1,0 +1,55 @@
+//! SHOW CLIENTS: one row per logged-in client, PgBouncer's columns, then pgsluice's role,
+//! identity, priority, auth method and pool mode.
+
+use super::{CONNECTION_COLUMNS, Table, Type, ptr, split_us};
+use crate::app::App;
+use crate::stats::clients::ClientState;
+use crate::stats::format_time;
+
+pub fn table(app: &App) -> Table {
+    let mut columns = CONNECTION_COLUMNS.to_vec();
+    columns.extend([
+        ("role", Type::Text),
+        ("identity", Type::Text),
+        ("priority", Type::Text),
+        ("auth_method", Type::Text),
+        ("pool_mode", Type::Text),
+    ]);
+    let mut t = Table::new(&columns);
+    let now = crate::stats::unix_micros();
+    for c in app.clients.all() {
+        let (state, waited) = match c.state() {
+            ClientState::Active => ("active", 0),
+            ClientState::Waiting => ("waiting", now.saturating_sub(c.wait_since())),
+        };
+        let (wait, wait_us) = split_us(waited);
+        t.push(vec![
+            "C".into(),
+            c.facts.user.as_str().into(),
+            c.facts.database.as_str().into(),
+            "none".into(),
+            state.into(),
+            c.facts.addr.as_str().into(),
+            c.facts.port.into(),
+            c.facts.local_addr.as_str().into(),
+            c.facts.local_port.into(),
+            format_time(c.connect_time).into(),
+            format_time(c.request_time()).into(),
+            wait.into(),
+            wait_us.into(),
+            0u64.into(),
+            ptr(c.facts.id).into(),
+            ptr(c.link()).into(),
+            c.facts.remote_pid.into(),
+            (if c.facts.tls { "TLS" } else { "" }).into(),
+            c.facts.application_name.as_str().into(),
+            c.facts.id.into(),
+            c.facts.pool.role.as_ref().into(),
+            c.facts.user.as_str().into(),
+            "normal".into(),
+            c.facts.auth_method.into(),
+            c.facts.pool_mode.into(),
+        ]);
+    }
+    t
+}

@@ -1,0 +1,79 @@
+//! SHOW CONFIG: every `[general]` key with its value now, its default, and whether RELOAD
+//! changes it in a running proxy.
+
+use super::{Table, Type};
+use crate::app::App;
+use crate::config::{AuthType, General, Seconds};
+
+/// Keys a RELOAD does not apply to a running proxy (the listeners, too, need a restart).
+const RESTART_ONLY: [&str; 2] = ["max_prepared_statements", "tcp_keepalive"];
+
+fn entries(g: &General) -> Vec<(&'static str, String)> {
+    let secs = |s: Seconds| format!("{}", s.0);
+    vec![
+        ("max_client_conn", g.max_client_conn.to_string()),
+        ("default_pool_size", g.default_pool_size.to_string()),
+        ("min_pool_size", g.min_pool_size.to_string()),
+        ("reserve_pool_size", g.reserve_pool_size.to_string()),
+        ("reserve_pool_timeout", secs(g.reserve_pool_timeout)),
+        ("max_db_connections", g.max_db_connections.to_string()),
+        ("server_lifetime", secs(g.server_lifetime)),
+        ("server_idle_timeout", secs(g.server_idle_timeout)),
+        ("server_connect_timeout", secs(g.server_connect_timeout)),
+        ("server_login_retry", secs(g.server_login_retry)),
+        ("server_reset_query", g.server_reset_query.to_string()),
+        ("server_check_query", g.server_check_query.to_string()),
+        ("server_check_delay", secs(g.server_check_delay)),
+        ("client_login_timeout", secs(g.client_login_timeout)),
+        ("client_idle_timeout", secs(g.client_idle_timeout)),
+        ("idle_transaction_timeout", secs(g.idle_transaction_timeout)),
+        ("query_timeout", secs(g.query_timeout)),
+        ("query_wait_timeout", secs(g.query_wait_timeout)),
+        (
+            "application_name_add_host",
+            u8::from(g.application_name_add_host).to_string(),
+        ),
+        (
+            "max_prepared_statements",
+            g.max_prepared_statements.to_string(),
+        ),
+        (
+            "auth_type",
+            match g.auth_type {
+                AuthType::ScramSha256 => "scram-sha-256",
+                AuthType::Md5 => "md5",
+            }
+            .to_owned(),
+        ),
+        ("tcp_keepalive", u8::from(g.tcp_keepalive).to_string()),
+        ("shutdown_timeout", secs(g.shutdown_timeout)),
+        ("stats_period", secs(g.stats_period)),
+        ("query_stats_max", g.query_stats_max.to_string()),
+        ("log_level", g.log_level.to_string()),
+    ]
+}
+
+pub fn table(app: &App) -> Table {
+    let mut t = Table::new(&[
+        ("key", Type::Text),
+        ("value", Type::Text),
+        ("default", Type::Text),
+        ("changeable", Type::Text),
+    ]);
+    let config = app.config.load();
+    let defaults = entries(&General::default());
+    for ((key, value), (_, default)) in entries(&config.general).into_iter().zip(defaults) {
+        let changeable = if RESTART_ONLY.contains(&key) {
+            "no"
+        } else {
+            "yes"
+        };
+        t.push(vec![
+            key.into(),
+            value.into(),
+            default.into(),
+            changeable.into(),
+        ]);
+    }
+    t
+}

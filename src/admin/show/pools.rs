@@ -1,0 +1,73 @@
+//! SHOW POOLS: one row per (database, role) pool: its clients by state, its servers by
+//! state, the longest current wait; then pgsluice's paused, pool_size and upstream_up.
+
+use super::{Table, Type, split_us};
+use crate::app::App;
+use crate::stats::clients::ClientState;
+use crate::stats::servers::ServerState;
+
+pub fn table(app: &App) -> Table {
+    let mut t = Table::new(&[
+        ("database", Type::Text),
+        ("user", Type::Text),
+        ("cl_active", Type::Int4),
+        ("cl_waiting", Type::Int4),
+        ("cl_active_cancel_req", Type::Int4),
+        ("cl_waiting_cancel_req", Type::Int4),
+        ("sv_active", Type::Int4),
+        ("sv_active_cancel", Type::Int4),
+        ("sv_being_canceled", Type::Int4),
+        ("sv_idle", Type::Int4),
+        ("sv_used", Type::Int4),
+        ("sv_tested", Type::Int4),
+        ("sv_login", Type::Int4),
+        ("maxwait", Type::Int4),
+        ("maxwait_us", Type::Int4),
+        ("pool_mode", Type::Text),
+        ("paused", Type::Int4),
+        ("pool_size", Type::Int4),
+        ("upstream_up", Type::Int4),
+    ]);
+    let clients = app.clients.all();
+    let now = crate::stats::unix_micros();
+    let mode = app.listener_modes();
+    for p in app.pools.all() {
+        let (mut active, mut waiting, mut oldest) = (0u64, 0u64, 0u64);
+        for c in clients.iter().filter(|c| c.facts.pool == p.key) {
+            match c.state() {
+                ClientState::Active => active += 1,
+                ClientState::Waiting => {
+                    waiting += 1;
+                    if c.wait_since() > 0 {
+                        oldest = oldest.max(now.saturating_sub(c.wait_since()));
+                    }
+                }
+            }
+        }
+        let servers = p.servers();
+        let count = |s: ServerState| servers.iter().filter(|i| i.state() == s).count();
+        let (secs, us) = split_us(oldest);
+        t.push(vec![
+            p.key.database.as_ref().into(),
+            p.key.role.as_ref().into(),
+            active.into(),
+            waiting.into(),
+            0u64.into(),
+            0u64.into(),
+            count(ServerState::Active).into(),
+            0u64.into(),
+            0u64.into(),
+            count(ServerState::Idle).into(),
+            0u64.into(),
+            count(ServerState::Tested).into(),
+            0u64.into(),
+            secs.into(),
+            us.into(),
+            mode.clone().into(),
+            p.is_paused().into(),
+            p.settings().size.into(),
+            (!p.upstream_failing()).into(),
+        ]);
+    }
+    t
+}

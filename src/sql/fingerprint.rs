@@ -1,0 +1,192 @@
+//! Query fingerprints: a statement with its constants replaced by `?`, keywords and names
+//! lowercased, whitespace and comments folded, and lists of constants (`IN (1, 2, 3)`)
+//! collapsed to one `?`, so `SELECT * FROM t WHERE id = 7` and `select * from t where id=8`
+//! are one query. Built on the lexer, not a parser (as pg_stat_statements' jumbling is on the
+//! parse tree, this is on tokens). [`fingerprint`] hashes without allocating; [`normalize`]
+//! writes the same text out, and both come from one token walk so they always agree.
+
+use super::lexer::{Lexer, Token};
+
+/// The normalized text is cut after this many bytes (the hash covers all of it).
+pub const MAX_TEXT: usize = 1024;
+
+/// Where normalized pieces go: a hash or a string.
+trait Sink {
+    fn piece(&mut self, s: &str);
+}
+
+/// FNV-1a, 64 bits: stable across runs, so fingerprints can be compared between restarts.
+struct Fnv(u64);
+
+impl Sink for Fnv {
+    fn piece(&mut self, s: &str) {
+        for &b in s.as_bytes().iter().chain(b" ") {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+impl Sink for String {
+    fn piece(&mut self, s: &str) {
+        if self.len() >= MAX_TEXT {
+            return;
+        }
+        let glue_before = matches!(s, ")" | "," | "." | ":" | "[" | "]");
+        let glued_after = self.ends_with(['(', '.', ':', '$']);
+        if !self.is_empty() && !glue_before && !glued_after {
+            self.push(' ');
+        }
+        self.push_str(s);
+        if self.len() > MAX_TEXT {
+            let mut cut = MAX_TEXT;
+            while !self.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.truncate(cut);
+            self.push_str("...");
+        }
+    }
+}
+
+/// The fingerprint of a statement text (never 0, so 0 can mean "none").
+pub fn fingerprint(text: &str) -> u64 {
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    walk(text, &mut h);
+    h.0.max(1)
+}
+
+/// The normalized text whose hash [`fingerprint`] is.
+pub fn normalize(text: &str) -> String {
+    let mut s = String::with_capacity(text.len().min(MAX_TEXT + 3));
+    walk(text, &mut s);
+    s
+}
+
+fn walk(text: &str, sink: &mut impl Sink) {
+    let mut lower = [0u8; 64];
+    // The last two pieces emitted were `?` and `,`: another constant continues a list.
+    let mut after_const = false;
+    let mut after_const_comma = false;
+    let mut dollar = false;
+    let mut held_comma = false;
+    for t in Lexer::new(text) {
+        let is_const = matches!(t, Token::Str(_))
+            || matches!(t, Token::Number(_)) && !dollar
+            || matches!(t, Token::Word(w) if w.eq_ignore_ascii_case("null")
+                || w.eq_ignore_ascii_case("true") || w.eq_ignore_ascii_case("false"));
+        if is_const && after_const_comma {
+            // `?, ?` -> `?`: the held comma and this constant both go.
+            held_comma = false;
+            after_const_comma = false;
+            after_const = true;
+            continue;
+        }
+        if held_comma {
+            sink.piece(",");
+            held_comma = false;
+        }
+        after_const_comma = false;
+        if is_const {
+            sink.piece("?");
+            after_const = true;
+            dollar = false;
+            continue;
+        }
+        match t {
+            Token::Punct(',') if after_const => {
+                // Held back until we know whether a constant follows.
+                held_comma = true;
+                after_const_comma = true;
+                after_const = false;
+                continue;
+            }
+            Token::Punct('$') => {
+                dollar = true;
+                after_const = false;
+                continue;
+            }
+            Token::Number(n) => {
+                // `$1`: a parameter, kept.
+                sink.piece("$");
+                sink.piece(n);
+            }
+            Token::Word(w) => {
+                if w.len() <= lower.len() {
+                    let l = &mut lower[..w.len()];
+                    l.copy_from_slice(w.as_bytes());
+                    l.make_ascii_lowercase();
+                    sink.piece(std::str::from_utf8(l).unwrap_or(w));
+                } else {
+                    sink.piece(w);
+                }
+            }
+            Token::Quoted(q) => {
+                sink.piece("\"");
+                sink.piece(q);
+                sink.piece("\"");
+            }
+            Token::Punct(c) => {
+                let mut b = [0u8; 4];
+                sink.piece(c.encode_utf8(&mut b));
+            }
+            Token::Semicolon => sink.piece(";"),
+            Token::Str(_) => {}
+        }
+        after_const = false;
+        dollar = false;
+    }
+    if held_comma {
+        sink.piece(",");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constants_and_spacing_fold() {
+        let a = "SELECT * FROM t WHERE id = 7 AND name = 'bob'";
+        let b = "select *\n  from T where id=8 and name='alice' -- who\n";
+        assert_eq!(fingerprint(a), fingerprint(b));
+        assert_eq!(normalize(a), "select * from t where id = ? and name = ?");
+        assert_ne!(
+            fingerprint(a),
+            fingerprint("SELECT * FROM u WHERE id = 7 AND name = 'bob'")
+        );
+    }
+
+    #[test]
+    fn lists_collapse_and_parameters_stay() {
+        let a = normalize("SELECT x FROM t WHERE id IN (1, 2, 3) AND y = $1");
+        assert_eq!(a, "select x from t where id in (?) and y = $1");
+        assert_eq!(
+            fingerprint("SELECT x FROM t WHERE id IN (1, 2, 3) AND y = $1"),
+            fingerprint("select x from t where id in (4) and y = $1")
+        );
+        assert_ne!(
+            fingerprint("select f(1, x)"),
+            fingerprint("select f(1)"),
+            "a name after a constant is not part of a list"
+        );
+        assert_eq!(normalize("select f(1, x)"), "select f (?, x)");
+        assert_eq!(
+            normalize("INSERT INTO t VALUES (1, 'a', NULL)"),
+            "insert into t values (?)"
+        );
+        assert_eq!(normalize("select a.b::int"), "select a.b::int");
+    }
+
+    #[test]
+    fn quoted_names_keep_case_and_long_text_is_cut() {
+        assert_ne!(
+            fingerprint("select \"A\" from t"),
+            fingerprint("select \"a\" from t")
+        );
+        let long = format!("select {}", "x, ".repeat(2000));
+        let n = normalize(&long);
+        assert!(n.len() <= MAX_TEXT + 3 && n.ends_with("..."), "{}", n.len());
+        assert_ne!(fingerprint(""), 0);
+    }
+}

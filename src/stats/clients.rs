@@ -1,0 +1,169 @@
+//! The logged-in clients, for SHOW CLIENTS, SHOW POOLS and KILL_CLIENT. A client registers
+//! after login and leaves when its task ends; per transaction it only stores atomics.
+
+use crate::backend::pool::PoolKey;
+use dashmap::DashMap;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ClientState {
+    /// Logged in; linked to a server or between transactions.
+    Active = 0,
+    /// Waiting for a server connection.
+    Waiting = 1,
+}
+
+/// What SHOW CLIENTS shows about one client: facts fixed at login, and a few atomics the
+/// session stores as the client waits and gets servers.
+#[derive(Debug)]
+pub struct ClientInfo {
+    pub facts: ClientFacts,
+    pub connect_time: u64,
+    state: AtomicU8,
+    /// The server connection id linked now (0: none).
+    link: AtomicU64,
+    request_time: AtomicU64,
+    /// When the current wait for a server began (Unix microseconds; 0: not waiting).
+    wait_since: AtomicU64,
+    /// The client's socket while it is open; KILL_CLIENT shuts it down. Behind a lock so the
+    /// descriptor cannot be closed (and reused) between the check and the shutdown.
+    socket: Mutex<Option<RawFd>>,
+    killed: AtomicBool,
+}
+
+/// What is known of a client once it has logged in.
+#[derive(Debug)]
+pub struct ClientFacts {
+    pub id: u64,
+    pub user: String,
+    pub database: String,
+    pub pool: PoolKey,
+    /// Client address and port ("unix" and 0 for a unix socket).
+    pub addr: String,
+    pub port: u16,
+    pub local_addr: String,
+    pub local_port: u16,
+    pub tls: bool,
+    pub application_name: String,
+    pub auth_method: &'static str,
+    pub pool_mode: &'static str,
+    /// The process id in the BackendKeyData the client was given.
+    pub remote_pid: i32,
+}
+
+impl ClientInfo {
+    pub fn state(&self) -> ClientState {
+        if self.state.load(Ordering::Relaxed) == ClientState::Waiting as u8 {
+            ClientState::Waiting
+        } else {
+            ClientState::Active
+        }
+    }
+
+    pub fn link(&self) -> u64 {
+        self.link.load(Ordering::Relaxed)
+    }
+
+    pub fn request_time(&self) -> u64 {
+        self.request_time.load(Ordering::Relaxed)
+    }
+
+    pub fn wait_since(&self) -> u64 {
+        self.wait_since.load(Ordering::Relaxed)
+    }
+
+    /// The client asks for a server and waits in its pool's queue.
+    pub fn waiting(&self, now: u64) {
+        self.request_time.store(now, Ordering::Relaxed);
+        self.wait_since.store(now, Ordering::Relaxed);
+        self.state
+            .store(ClientState::Waiting as u8, Ordering::Relaxed);
+    }
+
+    /// The client got server `server` (or gave it back: 0).
+    pub fn linked(&self, server: u64) {
+        self.link.store(server, Ordering::Relaxed);
+        self.wait_since.store(0, Ordering::Relaxed);
+        self.state
+            .store(ClientState::Active as u8, Ordering::Relaxed);
+    }
+
+    pub fn was_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+
+    /// Ends the client from outside its task: its reads see end-of-file, so it leaves
+    /// through the normal path (its server closed or returned as that path decides).
+    pub fn kill(&self) -> bool {
+        let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(fd) = *socket else { return false };
+        self.killed.store(true, Ordering::Release);
+        // SAFETY: fd is open while `socket` holds it (the session clears it, under this lock,
+        // before closing the socket). Shutting down reads wakes the task's pending read.
+        unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+        true
+    }
+}
+
+/// Every logged-in client by connection id.
+#[derive(Default)]
+pub struct Clients {
+    map: DashMap<u64, Arc<ClientInfo>>,
+}
+
+impl Clients {
+    /// Adds a client; `socket` is what KILL_CLIENT shuts down.
+    pub fn register(self: &Arc<Self>, facts: ClientFacts, socket: Option<RawFd>) -> Registered {
+        let now = super::unix_micros();
+        let id = facts.id;
+        let info = Arc::new(ClientInfo {
+            facts,
+            connect_time: now,
+            state: AtomicU8::new(ClientState::Active as u8),
+            link: AtomicU64::new(0),
+            request_time: AtomicU64::new(now),
+            wait_since: AtomicU64::new(0),
+            socket: Mutex::new(socket),
+            killed: AtomicBool::new(false),
+        });
+        self.map.insert(id, info.clone());
+        Registered {
+            clients: self.clone(),
+            info,
+        }
+    }
+
+    pub fn all(&self) -> Vec<Arc<ClientInfo>> {
+        let mut v: Vec<_> = self.map.iter().map(|e| e.value().clone()).collect();
+        v.sort_by_key(|c| c.facts.id);
+        v
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<ClientInfo>> {
+        self.map.get(&id).map(|e| e.value().clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// A client's place in the registry; leaving it (before the socket closes) unregisters.
+pub struct Registered {
+    clients: Arc<Clients>,
+    pub info: Arc<ClientInfo>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        *self.info.socket.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.clients.map.remove(&self.info.facts.id);
+    }
+}

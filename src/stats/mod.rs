@@ -1,0 +1,67 @@
+//! What the proxy counts about its clients, servers, pools and queries: read by the admin
+//! console, the HTTP JSON endpoints and the Prometheus collector. Hot-path updates are
+//! relaxed atomic adds and stores; the reading side does the walking and summing.
+
+pub mod clients;
+pub mod histogram;
+pub mod meter;
+pub mod queries;
+pub mod servers;
+pub mod totals;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` for a Unix-microsecond time, as PgBouncer prints times
+/// (empty for 0: never).
+pub fn format_time(micros: u64) -> String {
+    if micros == 0 {
+        return String::new();
+    }
+    let secs = micros / 1_000_000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_times_like_pgbouncer() {
+        assert_eq!(format_time(0), "");
+        assert_eq!(format_time(1_000_000), "1970-01-01 00:00:01 UTC");
+        // 2024-02-29 12:34:56 UTC
+        assert_eq!(
+            format_time(1_709_210_096_000_000),
+            "2024-02-29 12:34:56 UTC"
+        );
+    }
+}

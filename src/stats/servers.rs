@@ -1,0 +1,99 @@
+//! What SHOW SERVERS shows about one server connection: fixed facts and a few atomics the
+//! pool and the session store as the connection changes hands.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ServerState {
+    /// Linked to a client.
+    Active = 0,
+    /// In the pool, ready.
+    Idle = 1,
+    /// Being checked (server_check_query) or reset before reuse.
+    Tested = 2,
+}
+
+impl ServerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Active => "active",
+            ServerState::Idle => "idle",
+            ServerState::Tested => "tested",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ServerInfo {
+    pub id: u64,
+    pub pid: i32,
+    pub addr: String,
+    pub port: u16,
+    pub local_addr: String,
+    pub local_port: u16,
+    pub connect_time: u64,
+    pub tls: bool,
+    state: AtomicU8,
+    link: AtomicU64,
+    request_time: AtomicU64,
+}
+
+impl ServerInfo {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: u64,
+        pid: i32,
+        addr: String,
+        port: u16,
+        local_addr: String,
+        local_port: u16,
+        tls: bool,
+    ) -> ServerInfo {
+        let now = super::unix_micros();
+        ServerInfo {
+            id,
+            pid,
+            addr,
+            port,
+            local_addr,
+            local_port,
+            connect_time: now,
+            tls,
+            state: AtomicU8::new(ServerState::Active as u8),
+            link: AtomicU64::new(0),
+            request_time: AtomicU64::new(now),
+        }
+    }
+
+    pub fn state(&self) -> ServerState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => ServerState::Idle,
+            2 => ServerState::Tested,
+            _ => ServerState::Active,
+        }
+    }
+
+    pub fn set_state(&self, s: ServerState) {
+        self.state.store(s as u8, Ordering::Relaxed);
+        if s != ServerState::Active {
+            self.link.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub fn link(&self) -> u64 {
+        self.link.load(Ordering::Relaxed)
+    }
+
+    /// Handed to client `client` at `now` (Unix microseconds).
+    pub fn linked(&self, client: u64, now: u64) {
+        self.link.store(client, Ordering::Relaxed);
+        self.request_time.store(now, Ordering::Relaxed);
+        self.state
+            .store(ServerState::Active as u8, Ordering::Relaxed);
+    }
+
+    pub fn request_time(&self) -> u64 {
+        self.request_time.load(Ordering::Relaxed)
+    }
+}

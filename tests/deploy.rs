@@ -1,0 +1,116 @@
+//! What an operator installs from deploy/: the Prometheus rules validate with promtool, and
+//! every metric the rules and the Grafana dashboard use is exported on /metrics.
+
+mod support;
+
+use pgsluice::config::PoolMode;
+use std::collections::BTreeSet;
+use std::path::Path;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn deploy(file: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every `pgsluice_*` name in a text.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("pgsluice_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        out.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn prometheus_rules_validate_with_promtool() {
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml");
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool (Debian's prometheus package, installed by .ci/run) must be on PATH");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("SUCCESS: 9 rules found"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_and_rules_use_only_exported_metrics() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&deploy("grafana/pgsluice.json")).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    let mut exprs = String::new();
+    for p in panels {
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
+        for t in targets {
+            exprs.push_str(t["expr"].as_str().unwrap());
+            exprs.push('\n');
+        }
+    }
+    for v in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["query"].as_str() {
+            exprs.push_str(q);
+        }
+    }
+    let used: BTreeSet<String> = metric_names(&exprs)
+        .union(&metric_names(&deploy("prometheus/alerts.yml")))
+        .cloned()
+        .collect();
+    assert!(used.len() >= 15, "{used:?}");
+
+    // Traffic that makes every family show samples: queries, an error, a wrong password, a
+    // failed reload (this proxy has no file to reload), prepared statements.
+    let pg = start_postgres();
+    let text = config_text(&pg, "", "pool_size = 2").replacen(
+        "[admin]",
+        "[http]\naddr = \"127.0.0.1:0\"\n\n[admin]",
+        1,
+    );
+    let proxy = Proxy::start(&text).await;
+    let c = proxy.connect(PoolMode::Transaction).await;
+    let stmt = c.prepare("SELECT $1::int + 1").await.unwrap();
+    for i in 0..3 {
+        c.query_one(&stmt, &[&i]).await.unwrap();
+    }
+    assert!(c.simple_query("SELECT 1/0").await.is_err());
+    assert!(
+        connect(&proxy.url(PoolMode::Transaction, ("agent", "nope"), "app"))
+            .await
+            .is_err()
+    );
+    assert!(proxy.running.app.reload().is_err());
+
+    let addr = proxy.running.http.unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let exported: BTreeSet<String> = raw
+        .lines()
+        .filter(|l| l.starts_with("pgsluice_"))
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
+        .collect();
+    let missing: Vec<_> = used.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "used by deploy/ but not exported: {missing:?}\nexported: {exported:?}"
+    );
+}
