@@ -197,6 +197,34 @@ async fn show_tables_match_a_known_load() {
     let mem = console(&pg, &proxy, ADMIN, "SHOW MEM").unwrap();
     assert!(num(row(&mem, "name", "process_rss"), "bytes") > 1_000_000);
 
+    // A session-mode client queued at login counts as waiting too (another pool: app_md5).
+    let md5 = proxy.url(PoolMode::Session, AGENT_MD5, "app");
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        sessions.push(connect(&md5).await.unwrap());
+    }
+    let queued = tokio::spawn(async move { connect(&md5).await.map(|_| ()) });
+    let seen = eventually(Duration::from_secs(10), || {
+        console(&pg, &proxy, ADMIN, "SHOW POOLS")
+            .map(|rows| {
+                rows.iter().any(|r| {
+                    r["user"] == MD5_ROLE
+                        && r["cl_waiting"] == "1"
+                        && r["cl_active"] == "2"
+                        && r["sv_active"] == "2"
+                })
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(seen, "{:?}", console(&pg, &proxy, ADMIN, "SHOW POOLS"));
+    drop(sessions);
+    tokio::time::timeout(Duration::from_secs(10), queued)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
     // The PgBouncer name works too, and bad input gets SQLSTATE-bearing errors.
     let url = proxy.url(PoolMode::Session, ADMIN, "pgbouncer");
     let (ok, out, _) = psql(&pg, &url, &["-c", "SHOW VERSION"]);

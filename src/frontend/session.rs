@@ -58,8 +58,7 @@ struct Pooled {
     pool: Arc<Pool>,
     cancel: Registration,
     server: Option<ServerConn>,
-    user: String,
-    method: &'static str,
+    reg: Registered,
 }
 
 /// Serves one accepted connection to its end. Never panics on client input; every refusal is
@@ -82,7 +81,7 @@ pub async fn serve(app: Arc<App>, mut stream: Stream, peer: Peer, mode: PoolMode
             return;
         }
         Ok(Some(LoggedIn::Pooled(l))) => Client {
-            reg: register(&app, &stream, &peer, mode, id, &l),
+            reg: l.reg,
             stream,
             state: ClientState {
                 params: l.params,
@@ -123,15 +122,30 @@ pub async fn serve(app: Arc<App>, mut stream: Stream, peer: Peer, mode: PoolMode
     finish(&app, client, relay).await;
 }
 
-/// Adds a logged-in client to SHOW CLIENTS.
+/// Who logged in, for [`register`].
+struct Who<'a> {
+    user: &'a str,
+    pool: &'a Pool,
+    params: &'a SessionParams,
+    method: &'static str,
+}
+
+/// Adds an authenticated client to SHOW CLIENTS (before it waits for its first server, so
+/// a session-mode client queued at login shows as waiting).
 fn register(
     app: &App,
     stream: &Stream,
     peer: &Peer,
     mode: PoolMode,
     id: u64,
-    l: &Pooled,
+    who: Who<'_>,
 ) -> Registered {
+    let Who {
+        user,
+        pool,
+        params,
+        method,
+    } = who;
     let (addr, port) = match peer {
         Peer::Tcp(a) => (a.ip().to_string(), a.port()),
         Peer::Unix => ("unix".to_owned(), 0),
@@ -139,23 +153,21 @@ fn register(
     let (local_addr, local_port) = stream.local_addr();
     let facts = ClientFacts {
         id,
-        user: l.user.clone(),
-        database: l.pool.key.database.to_string(),
-        pool: l.pool.key.clone(),
+        user: user.to_owned(),
+        database: pool.key.database.to_string(),
+        pool: pool.key.clone(),
         addr,
         port,
         local_addr,
         local_port,
         tls: false,
-        application_name: l
-            .params
+        application_name: params
             .reported
             .get("application_name")
             .unwrap_or("")
             .to_owned(),
-        auth_method: l.method,
+        auth_method: method,
         pool_mode: mode.as_str(),
-        remote_pid: l.cancel.pid,
     };
     app.clients.register(facts, Some(stream.raw_fd()))
 }
@@ -268,12 +280,26 @@ async fn login(
         );
     }
 
+    let reg = register(
+        app,
+        stream,
+        peer,
+        mode,
+        id,
+        Who {
+            user: &user.name,
+            pool: &pool,
+            params: &params,
+            method: method.as_str(),
+        },
+    );
+
     // The greeting reports what a direct connection would: in session mode the server's own
     // values after applying the client's startup parameters; in transaction mode the same,
     // learned from a pool connection when the client asks for anything non-default.
     let (server, cancel) = match mode {
         PoolMode::Session => {
-            let mut server = checkout_idle_wait(&pool).await.map_err(Some)?;
+            let mut server = checkout_idle_wait(&pool, &reg).await.map_err(Some)?;
             if let Err(e) = sync(&mut server, &params).await {
                 return refuse(e);
             }
@@ -286,7 +312,7 @@ async fn login(
             let defaults = match pool.defaults() {
                 Some(d) => d,
                 None => {
-                    let s = checkout_idle_wait(&pool).await.map_err(Some)?;
+                    let s = checkout_idle_wait(&pool, &reg).await.map_err(Some)?;
                     let d = s.params.clone();
                     pool.release(s);
                     d
@@ -298,7 +324,7 @@ async fn login(
             }
             merged.unreported = params.unreported.clone();
             if sync_statement(&merged, &defaults).is_some() {
-                let mut server = checkout_idle_wait(&pool).await.map_err(Some)?;
+                let mut server = checkout_idle_wait(&pool, &reg).await.map_err(Some)?;
                 if let Err(e) = sync(&mut server, &merged).await {
                     return refuse(e);
                 }
@@ -313,6 +339,7 @@ async fn login(
         emit::parameter_status(&mut out, k, v);
     }
     emit::backend_key_data(&mut out, cancel.pid, cancel.secret);
+    reg.info.set_remote_pid(cancel.pid);
     emit::ready_for_query(&mut out, b'I');
     if stream.write_all(&out).await.is_err() {
         return Ok(None);
@@ -323,16 +350,18 @@ async fn login(
         pool,
         cancel,
         server,
-        user: user.name.to_string(),
-        method: method.as_str(),
+        reg,
     }))))
 }
 
 /// Login-time checkout: no cancel key exists yet, so nothing can cancel the wait.
-async fn checkout_idle_wait(pool: &Arc<Pool>) -> Result<ServerConn, ClientError> {
+async fn checkout_idle_wait(pool: &Arc<Pool>, reg: &Registered) -> Result<ServerConn, ClientError> {
     let never = tokio::sync::Notify::new();
     let notified = pin!(never.notified());
-    pool.checkout(notified).await.map_err(|e| e.to_client())
+    reg.info.waiting(crate::stats::unix_micros());
+    let r = pool.checkout(notified).await.map_err(|e| e.to_client());
+    reg.info.linked(0);
+    r
 }
 
 /// Makes `server` carry the client's session parameters. A server that failed is dropped by

@@ -4,7 +4,7 @@
 use crate::backend::pool::PoolKey;
 use dashmap::DashMap;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub enum ClientState {
 pub struct ClientInfo {
     pub facts: ClientFacts,
     pub connect_time: u64,
+    /// The process id in the BackendKeyData the client was given (0 until it was).
+    remote_pid: AtomicI32,
     state: AtomicU8,
     /// The server connection id linked now (0: none).
     link: AtomicU64,
@@ -50,8 +52,6 @@ pub struct ClientFacts {
     pub application_name: String,
     pub auth_method: &'static str,
     pub pool_mode: &'static str,
-    /// The process id in the BackendKeyData the client was given.
-    pub remote_pid: i32,
 }
 
 impl ClientInfo {
@@ -61,6 +61,14 @@ impl ClientInfo {
         } else {
             ClientState::Active
         }
+    }
+
+    pub fn remote_pid(&self) -> i32 {
+        self.remote_pid.load(Ordering::Relaxed)
+    }
+
+    pub fn set_remote_pid(&self, pid: i32) {
+        self.remote_pid.store(pid, Ordering::Relaxed);
     }
 
     pub fn link(&self) -> u64 {
@@ -122,6 +130,7 @@ impl Clients {
         let info = Arc::new(ClientInfo {
             facts,
             connect_time: now,
+            remote_pid: AtomicI32::new(0),
             state: AtomicU8::new(ClientState::Active as u8),
             link: AtomicU64::new(0),
             request_time: AtomicU64::new(now),

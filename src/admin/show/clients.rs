@@ -40,7 +40,7 @@ pub fn table(app: &App) -> Table {
             0u64.into(),
             ptr(c.facts.id).into(),
             ptr(c.link()).into(),
-            c.facts.remote_pid.into(),
+            c.remote_pid().into(),
             (if c.facts.tls { "TLS" } else { "" }).into(),
             c.facts.application_name.as_str().into(),
             c.facts.id.into(),
