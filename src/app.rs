@@ -23,6 +23,8 @@ pub struct App {
     pub clients: Arc<crate::stats::clients::Clients>,
     /// Per-fingerprint query statistics (SHOW QUERIES, /queries).
     pub queries: Arc<crate::stats::queries::QueryStats>,
+    /// The last pg_stat_activity sample of each upstream (SHOW ACTIVITY).
+    pub activity: Arc<crate::backend::activity::Activity>,
     /// Connections counted against max_client_conn (logging in or logged in).
     open_clients: AtomicUsize,
     conn_ids: AtomicU64,
@@ -43,9 +45,11 @@ impl App {
         let queries = Arc::new(crate::stats::queries::QueryStats::new(
             config.general.query_stats_max,
         ));
+        let activity = Arc::new(crate::backend::activity::Activity::default());
         Arc::new(App {
             config: ArcSwap::from_pointee(config),
-            metrics: crate::metrics::Metrics::new(pools.map(), clients.clone()),
+            metrics: crate::metrics::Metrics::new(pools.map(), clients.clone(), activity.clone()),
+            activity,
             pools,
             clients,
             queries,
@@ -265,6 +269,7 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
     for (b, _, mode) in bound {
         tokio::spawn(accept_loop(app.clone(), b, mode));
     }
+    tokio::spawn(crate::backend::activity::run(Arc::downgrade(&app)));
     Ok(Running {
         app,
         listeners,

@@ -1,7 +1,8 @@
 //! The HTTP endpoint on `[http] addr` (hyper 1): `/health` (the process answers), `/ready`
 //! (listening, and every configured database reachable; 503 with a JSON reason otherwise, for
 //! Kubernetes readiness probes), `/metrics` (OpenMetrics text), and the admin console's
-//! tables as JSON: `/pools`, `/clients`, `/servers`, `/stats`, `/databases`, `/queries`.
+//! tables as JSON: `/pools`, `/clients`, `/servers`, `/stats`, `/databases`, `/queries`,
+//! `/activity`.
 //! With `[http] token`, all but /health need `Authorization: Bearer <token>`.
 
 use crate::app::App;
@@ -80,6 +81,7 @@ fn console_table(path: &str) -> Option<&'static str> {
         "/stats" => "stats",
         "/databases" => "databases",
         "/queries" => "queries",
+        "/activity" => "activity",
         _ => return None,
     })
 }
@@ -127,7 +129,7 @@ async fn handle(
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /health, /ready, /metrics, /pools, /clients, /servers, /stats, /databases, /queries\n".into(),
+            "not found: try /health, /ready, /metrics, /pools, /clients, /servers, /stats, /databases, /queries, /activity\n".into(),
         ),
     })
 }

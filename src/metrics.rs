@@ -3,6 +3,7 @@
 //! pool is read at scrape time from the pools' own atomics by [`PoolCollector`], so the hot
 //! path never looks up a label set or takes a lock.
 
+use crate::backend::activity::Activity;
 use crate::backend::pool::{Pool, PoolKey};
 use crate::stats::clients::{ClientState, Clients};
 use crate::stats::histogram::Histogram;
@@ -45,7 +46,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(pools: Arc<DashMap<PoolKey, Arc<Pool>>>, clients: Arc<Clients>) -> Metrics {
+    pub fn new(
+        pools: Arc<DashMap<PoolKey, Arc<Pool>>>,
+        clients: Arc<Clients>,
+        activity: Arc<Activity>,
+    ) -> Metrics {
         let mut registry = Registry::with_prefix("pgsluice");
         let m = Metrics {
             clients: Gauge::default(),
@@ -79,7 +84,11 @@ impl Metrics {
             "pgsluice build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        registry.register_collector(Box::new(PoolCollector { pools, clients }));
+        registry.register_collector(Box::new(PoolCollector {
+            pools,
+            clients,
+            activity,
+        }));
         Metrics { registry, ..m }
     }
 
@@ -125,6 +134,19 @@ struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    database: String,
+    state: String,
+    wait_event_type: String,
+    owner: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DatabaseLabels {
+    database: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabels {
     database: String,
     role: String,
@@ -135,6 +157,7 @@ struct ClassLabels {
 struct PoolCollector {
     pools: Arc<DashMap<PoolKey, Arc<Pool>>>,
     clients: Arc<Clients>,
+    activity: Arc<Activity>,
 }
 
 impl std::fmt::Debug for PoolCollector {
@@ -427,6 +450,47 @@ impl Collector for PoolCollector {
             h,
             &hist(|p| &p.stats.wait_latency),
             histogram,
+        )?;
+
+        let mut backends = Vec::new();
+        let mut longest = Vec::new();
+        for (db, s) in self.activity.all() {
+            if s.error.is_some() {
+                continue;
+            }
+            for (group, n) in &s.groups {
+                backends.push((
+                    BackendLabels {
+                        database: db.to_string(),
+                        state: group.state.clone(),
+                        wait_event_type: group.wait_event_type.clone(),
+                        owner: group.owner,
+                    },
+                    *n as f64,
+                ));
+            }
+            longest.push((
+                DatabaseLabels {
+                    database: db.to_string(),
+                },
+                s.longest_transaction,
+            ));
+        }
+        family(
+            &mut enc,
+            "upstream_backends",
+            "Upstream backends of the database by state, wait event type and owner (pgsluice or other), from pg_stat_activity sampling",
+            MetricType::Gauge,
+            &backends,
+            gauge,
+        )?;
+        family(
+            &mut enc,
+            "upstream_longest_transaction_seconds",
+            "Age of the oldest open transaction on the upstream database (pg_stat_activity sampling)",
+            MetricType::Gauge,
+            &longest,
+            gauge,
         )?;
         Ok(())
     }

@@ -412,3 +412,48 @@ async fn kill_client_ends_that_client_only() {
         "RECONNECT must retire the old server connections"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_sampling_tells_our_backends_from_others() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(
+        &pg,
+        "activity_sample_interval = 0.2",
+        "pool_size = 3",
+    ))
+    .await;
+    // Through the proxy: one server idle in a transaction.
+    let ours = proxy.connect(PoolMode::Transaction).await;
+    ours.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    // Directly: another backend of the same role, busy sleeping.
+    let direct = connect(&format!(
+        "host=127.0.0.1 port={} user={SCRAM_ROLE} password={ROLE_PASSWORD} dbname=appdb",
+        pg.port
+    ))
+    .await
+    .unwrap();
+    let sleeping =
+        tokio::spawn(async move { direct.simple_query("SELECT pg_sleep(3)").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = eventually(Duration::from_secs(5), || {
+        let Ok(rows) = console(&pg, &proxy, ADMIN, "SHOW ACTIVITY") else {
+            return false;
+        };
+        let has = |state: &str, owner: &str| {
+            rows.iter().any(|r| {
+                r["database"] == "app"
+                    && r["state"] == state
+                    && r["owner"] == owner
+                    && r["backends"] == "1"
+            })
+        };
+        has("idle in transaction", "pgsluice") && has("active", "other")
+    })
+    .await;
+    assert!(seen, "{:?}", console(&pg, &proxy, ADMIN, "SHOW ACTIVITY"));
+    let rows = console(&pg, &proxy, ADMIN, "SHOW ACTIVITY").unwrap();
+    let age: f64 = rows[0]["longest_transaction_s"].parse().unwrap();
+    assert!(age > 0.1 && age < 60.0, "{rows:?}");
+    ours.batch_execute("COMMIT").await.unwrap();
+    sleeping.await.unwrap().unwrap();
+}

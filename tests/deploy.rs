@@ -45,7 +45,7 @@ fn prometheus_rules_validate_with_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("SUCCESS: 9 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 10 rules found"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,7 +77,7 @@ async fn dashboard_and_rules_use_only_exported_metrics() {
     // Traffic that makes every family show samples: queries, an error, a wrong password, a
     // failed reload (this proxy has no file to reload), prepared statements.
     let pg = start_postgres();
-    let text = config_text(&pg, "", "pool_size = 2").replacen(
+    let text = config_text(&pg, "activity_sample_interval = 0.1", "pool_size = 2").replacen(
         "[admin]",
         "[http]\naddr = \"127.0.0.1:0\"\n\n[admin]",
         1,
@@ -95,6 +95,11 @@ async fn dashboard_and_rules_use_only_exported_metrics() {
             .is_err()
     );
     assert!(proxy.running.app.reload().is_err());
+    // One pg_stat_activity sample, for the pgsluice_upstream_* families.
+    let start = std::time::Instant::now();
+    while proxy.running.app.activity.all().is_empty() && start.elapsed().as_secs() < 10 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     let addr = proxy.running.http.unwrap();
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

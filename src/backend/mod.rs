@@ -1,5 +1,6 @@
 //! The server side: opening and logging in to upstream connections, and pooling them.
 
+pub mod activity;
 pub mod connect;
 pub mod notify;
 pub mod params;

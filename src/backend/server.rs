@@ -109,37 +109,7 @@ impl ServerConn {
         sql: &str,
         timeout: Duration,
     ) -> Result<Vec<(String, Option<String>)>, InternalError> {
-        tokio::time::timeout(timeout, async {
-            let mut out = BytesMut::with_capacity(sql.len() + 8);
-            emit::query(&mut out, sql);
-            self.stream.write_all(&out).await?;
-            let mut buf = BytesMut::with_capacity(1024);
-            let mut rows = Vec::new();
-            let mut failure = None;
-            loop {
-                let (tag, body) =
-                    read_message(&mut self.stream, &mut buf, MAX_INTERNAL_MESSAGE).await?;
-                match tag {
-                    b'D' => {
-                        if let Some((a, b)) = views::two_text_columns(&body) {
-                            rows.push((a.to_owned(), b.map(str::to_owned)));
-                        }
-                    }
-                    b'E' => {
-                        let f = views::error_fields(&body).unwrap_or_default();
-                        failure = Some(ClientError::upstream(
-                            emit::Severity::Error,
-                            f.code,
-                            f.message,
-                        ));
-                    }
-                    b'Z' => return failure.map_or(Ok(rows), |e| Err(InternalError::Server(e))),
-                    _ => {}
-                }
-            }
-        })
-        .await
-        .map_err(|_| InternalError::Io(io::Error::new(io::ErrorKind::TimedOut, "timed out")))?
+        query_pairs(&mut self.stream, sql, timeout).await
     }
 
     /// Sends Terminate so the server ends the backend at once, then drops the socket.
@@ -148,6 +118,44 @@ impl ServerConn {
         emit::terminate(&mut out);
         let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.write_all(&out)).await;
     }
+}
+
+/// Runs a two-column query on a logged-in server stream and returns its rows as text.
+pub async fn query_pairs(
+    stream: &mut Stream,
+    sql: &str,
+    timeout: Duration,
+) -> Result<Vec<(String, Option<String>)>, InternalError> {
+    tokio::time::timeout(timeout, async {
+        let mut out = BytesMut::with_capacity(sql.len() + 8);
+        emit::query(&mut out, sql);
+        stream.write_all(&out).await?;
+        let mut buf = BytesMut::with_capacity(1024);
+        let mut rows = Vec::new();
+        let mut failure = None;
+        loop {
+            let (tag, body) = read_message(stream, &mut buf, MAX_INTERNAL_MESSAGE).await?;
+            match tag {
+                b'D' => {
+                    if let Some((a, b)) = views::two_text_columns(&body) {
+                        rows.push((a.to_owned(), b.map(str::to_owned)));
+                    }
+                }
+                b'E' => {
+                    let f = views::error_fields(&body).unwrap_or_default();
+                    failure = Some(ClientError::upstream(
+                        emit::Severity::Error,
+                        f.code,
+                        f.message,
+                    ));
+                }
+                b'Z' => return failure.map_or(Ok(rows), |e| Err(InternalError::Server(e))),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .map_err(|_| InternalError::Io(io::Error::new(io::ErrorKind::TimedOut, "timed out")))?
 }
 
 #[derive(Debug, thiserror::Error)]

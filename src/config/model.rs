@@ -61,6 +61,8 @@ pub struct General {
     /// Log filter (tracing directives, e.g. "info" or "pgsluice=debug"); RELOAD applies a
     /// change. The PGSLUICE_LOG environment variable wins at startup.
     pub log_level: Text,
+    /// Seconds between samples of each upstream's pg_stat_activity (SHOW ACTIVITY); 0: off.
+    pub activity_sample_interval: Seconds,
 }
 
 impl Default for General {
@@ -93,6 +95,7 @@ impl Default for General {
             stats_period: Seconds(60.0),
             query_stats_max: 1000,
             log_level: Text::new("info"),
+            activity_sample_interval: Seconds(0.0),
         }
     }
 }

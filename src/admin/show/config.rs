@@ -50,6 +50,7 @@ fn entries(g: &General) -> Vec<(&'static str, String)> {
         ("stats_period", secs(g.stats_period)),
         ("query_stats_max", g.query_stats_max.to_string()),
         ("log_level", g.log_level.to_string()),
+        ("activity_sample_interval", secs(g.activity_sample_interval)),
     ]
 }
 

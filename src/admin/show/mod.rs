@@ -2,6 +2,7 @@
 //! columns (names and order, doc/usage.md) first and pgsluice's own after them. The HTTP
 //! JSON endpoints serve the same tables.
 
+mod activity;
 mod clients;
 mod config;
 mod databases;
@@ -31,6 +32,7 @@ pub fn table(app: &App, what: &str) -> Option<Table> {
         "lists" => lists::table(app),
         "mem" => mem::table(app),
         "queries" => queries::table(app),
+        "activity" => activity::table(app),
         "version" => {
             let mut t = Table::new(&[("version", Type::Text)]);
             t.push(vec![version().into()]);
@@ -48,7 +50,7 @@ pub fn version() -> String {
 fn help() -> Table {
     let mut t = Table::new(&[("command", Type::Text)]);
     for c in [
-        "SHOW HELP|POOLS|STATS|STATS_TOTALS|STATS_AVERAGES|CLIENTS|SERVERS|DATABASES|USERS|CONFIG|LISTS|MEM|QUERIES|VERSION",
+        "SHOW HELP|POOLS|STATS|STATS_TOTALS|STATS_AVERAGES|CLIENTS|SERVERS|DATABASES|USERS|CONFIG|LISTS|MEM|QUERIES|ACTIVITY|VERSION",
         "RELOAD",
         "PAUSE [db]",
         "RESUME [db]",
