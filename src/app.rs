@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 pub struct App {
     pub config: ArcSwap<Config>,
@@ -285,7 +286,12 @@ async fn accept_loop(app: Arc<App>, bound: Bound, mode: PoolMode) {
             r = bound.accept(keepalive) => match r {
                 Ok((stream, peer)) => {
                     let id = app.conn_ids.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(crate::frontend::session::serve(app.clone(), stream, peer, mode, id));
+                    // Every log line of the connection carries its id (the audit log's too).
+                    let span = tracing::info_span!("conn", id, mode = mode.as_str());
+                    tokio::spawn(
+                        crate::frontend::session::serve(app.clone(), stream, peer, mode, id)
+                            .instrument(span),
+                    );
                 }
                 Err(e) => {
                     // Out of descriptors and similar: back off instead of spinning.
