@@ -30,6 +30,9 @@ mode = "session"
 addr = "127.0.0.1:{transaction_port}"
 mode = "transaction"
 
+[admin]
+users = ["demo"]
+
 [[databases]]
 name = "demo"
 host = "127.0.0.1"
@@ -44,12 +47,13 @@ password = "demo"
     );
     let config = Config::parse(&config_text, Path::new("<demo>")).map_err(|e| e.to_string())?;
     let running = crate::app::start(config).await.map_err(|e| e.to_string())?;
-    let url = |mode| {
+    let url_to = |mode, db: &str| {
         running
             .addr(mode)
-            .map(|a| format!("postgresql://demo:demo@{a}/demo"))
+            .map(|a| format!("postgresql://demo:demo@{a}/{db}"))
             .unwrap_or_default()
     };
+    let url = |mode| url_to(mode, "demo");
     println!(
         "PostgreSQL {} is running on port {} (data in {}).",
         pg_version(&db),
@@ -64,6 +68,10 @@ password = "demo"
     println!(
         "pgsluice transaction mode: psql '{}'",
         url(PoolMode::Transaction)
+    );
+    println!(
+        "admin console:             psql '{}' -c 'SHOW POOLS'",
+        url_to(PoolMode::Session, crate::ADMIN_DATABASE)
     );
     println!();
     println!("Export one as DATABASE_URL for your agent. Ctrl-C stops pgsluice and PostgreSQL.");

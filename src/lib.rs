@@ -12,7 +12,10 @@
 //! ```
 //! A server connection: backend::connect (socket, login, ParameterStatus, BackendKeyData)
 //! -> idle in its pool (checked before reuse) -> checked out -> released or closed.
-//! `proto` is the wire format and depends on nothing else here; `config` is the TOML model.
+//! A console login (database `pgsluice`/`pgbouncer`) goes to `admin` instead of the relay.
+//! `stats` holds what is counted (the relay's meter, per-pool totals, clients, servers, query
+//! fingerprints); `metrics` and `http` read it. `proto` is the wire format and depends on
+//! nothing else here; `config` is the TOML model.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 

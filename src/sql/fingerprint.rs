@@ -13,17 +13,31 @@ pub const MAX_TEXT: usize = 1024;
 /// Where normalized pieces go: a hash or a string.
 trait Sink {
     fn piece(&mut self, s: &str);
+    /// A quoted identifier, as one piece: `"Name"`.
+    fn quoted(&mut self, q: &str);
 }
 
 /// FNV-1a, 64 bits: stable across runs, so fingerprints can be compared between restarts.
 struct Fnv(u64);
 
-impl Sink for Fnv {
-    fn piece(&mut self, s: &str) {
-        for &b in s.as_bytes().iter().chain(b" ") {
+impl Fnv {
+    fn bytes(&mut self, b: &[u8]) {
+        for &b in b {
             self.0 ^= u64::from(b);
             self.0 = self.0.wrapping_mul(0x100_0000_01b3);
         }
+    }
+}
+
+impl Sink for Fnv {
+    fn piece(&mut self, s: &str) {
+        self.bytes(s.as_bytes());
+        self.bytes(b" ");
+    }
+    fn quoted(&mut self, q: &str) {
+        self.bytes(b"\"");
+        self.bytes(q.as_bytes());
+        self.bytes(b"\" ");
     }
 }
 
@@ -44,6 +58,16 @@ impl Sink for String {
                 cut -= 1;
             }
             self.truncate(cut);
+            self.push_str("...");
+        }
+    }
+    fn quoted(&mut self, q: &str) {
+        let at = self.len();
+        self.piece("\"");
+        self.push_str(q);
+        self.push('"');
+        if self.len() > MAX_TEXT {
+            self.truncate(at);
             self.push_str("...");
         }
     }
@@ -87,6 +111,11 @@ fn walk(text: &str, sink: &mut impl Sink) {
             held_comma = false;
         }
         after_const_comma = false;
+        if dollar && !matches!(t, Token::Number(_)) {
+            // A `$` that starts no parameter.
+            sink.piece("$");
+            dollar = false;
+        }
         if is_const {
             sink.piece("?");
             after_const = true;
@@ -121,11 +150,7 @@ fn walk(text: &str, sink: &mut impl Sink) {
                     sink.piece(w);
                 }
             }
-            Token::Quoted(q) => {
-                sink.piece("\"");
-                sink.piece(q);
-                sink.piece("\"");
-            }
+            Token::Quoted(q) => sink.quoted(q),
             Token::Punct(c) => {
                 let mut b = [0u8; 4];
                 sink.piece(c.encode_utf8(&mut b));
@@ -138,6 +163,9 @@ fn walk(text: &str, sink: &mut impl Sink) {
     }
     if held_comma {
         sink.piece(",");
+    }
+    if dollar {
+        sink.piece("$");
     }
 }
 
@@ -180,6 +208,17 @@ mod tests {
 
     #[test]
     fn quoted_names_keep_case_and_long_text_is_cut() {
+        assert_eq!(
+            normalize("SELECT \"Col\" FROM \"T\""),
+            "select \"Col\" from \"T\""
+        );
+        assert_eq!(normalize("select $foo, $"), "select $foo, $");
+        for s in [
+            "select \"A\", $1, x::int from t where y in (1, 2)",
+            "select 'a' || $2",
+        ] {
+            assert_eq!(normalize(&normalize(s)), normalize(s), "{s}");
+        }
         assert_ne!(
             fingerprint("select \"A\" from t"),
             fingerprint("select \"a\" from t")

@@ -1,0 +1,18 @@
+//! Query fingerprints are computed over every client's statement text: no panic, the text cut
+//! to its bound, and the hash and the normalized text always from the same walk (equal
+//! normalized texts never get different fingerprints).
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use pgsluice::sql::fingerprint::{MAX_TEXT, fingerprint, normalize};
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    let n = normalize(&text);
+    assert!(n.len() <= MAX_TEXT + 3 + 4);
+    let fp = fingerprint(&text);
+    assert_ne!(fp, 0);
+    if n.len() < MAX_TEXT / 2 {
+        // Normalizing is idempotent on short texts: same fingerprint again.
+        assert_eq!(normalize(&n), n);
+    }
+});
