@@ -5,6 +5,7 @@
 #
 #   benches/e2e.sh                      # defaults: 15 s per run, 20 clients, scale 10
 #   DURATION=30 CLIENTS=50 ROUNDS=3 benches/e2e.sh
+#   TRACKING_AB=1 ONLY="select-only simple" benches/e2e.sh   # + pgsluice with query_stats_max = 0
 #
 # Needs PostgreSQL's server binaries and pgbench; PgBouncer (Debian's `pgbouncer`, or
 # PGBOUNCER=/path/to/newer) is measured when present. Auth is md5 on both hops, pool size 20.
@@ -17,6 +18,8 @@ POOL=${POOL:-20}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PGBIN=${PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
 PGBOUNCER=${PGBOUNCER:-$(command -v pgbouncer || echo /usr/sbin/pgbouncer)}
+TRACKING_AB=${TRACKING_AB:-0}
+ONLY=${ONLY:-}
 CLK_TCK=$(getconf CLK_TCK)
 
 (cd "$ROOT" && cargo build --release -q)
@@ -36,7 +39,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); SLUICE_PORT=$(free_port)
+PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); SLUICE_PORT=$(free_port); NOTRACK_PORT=$(free_port)
 
 as_pg "$PGBIN/initdb" -D "$WORK/data" -U postgres -A trust -N --locale=C -E UTF8 >/dev/null
 cat >> "$WORK/data/postgresql.conf" <<CONF
@@ -72,6 +75,14 @@ password = "bench"
 CONF
 "$SLUICE" --config "$WORK/sluice.toml" --log-format json 2>"$WORK/sluice.log" &
 SLUICE_PID=$!; PIDS+=("$SLUICE_PID")
+NOTRACK_PID=""
+if [ "$TRACKING_AB" = 1 ]; then
+  # The same proxy with query fingerprinting off: what tracking costs, A/B in one run.
+  sed -e "s/^default_pool_size = .*/&\nquery_stats_max = 0/" -e "s/127.0.0.1:$SLUICE_PORT/127.0.0.1:$NOTRACK_PORT/" \
+    "$WORK/sluice.toml" > "$WORK/notrack.toml"
+  "$SLUICE" --config "$WORK/notrack.toml" --log-format json 2>"$WORK/notrack.log" &
+  NOTRACK_PID=$!; PIDS+=("$NOTRACK_PID")
+fi
 
 BOUNCER_PID=""
 if [ -x "$PGBOUNCER" ]; then
@@ -129,11 +140,13 @@ WORKLOADS=("select-only simple|-S -M simple" "select-only extended|-S -M extende
 for round in $(seq 1 "$ROUNDS"); do
   for w in "${WORKLOADS[@]}"; do
     WORKLOAD=${w%%|*}
+    [ -n "$ONLY" ] && [ "$WORKLOAD" != "$ONLY" ] && continue
     # shellcheck disable=SC2206
     ARGS=(${w#*|})
     run direct "$PG_PORT" "" "${ARGS[@]}"
     [ -n "$BOUNCER_PID" ] && run pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" "${ARGS[@]}"
     run pgsluice "$SLUICE_PORT" "$SLUICE_PID" "${ARGS[@]}"
+    [ -n "$NOTRACK_PID" ] && run "pgsluice-nq" "$NOTRACK_PORT" "$NOTRACK_PID" "${ARGS[@]}"
   done
 done
 echo

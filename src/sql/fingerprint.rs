@@ -10,14 +10,15 @@ use super::lexer::{Lexer, Token};
 /// The normalized text is cut after this many bytes (the hash covers all of it).
 pub const MAX_TEXT: usize = 1024;
 
-/// Where normalized pieces go: a hash or a string.
+/// Where normalized pieces go: a hash or a string. `glue`: no space before this piece.
 trait Sink {
-    fn piece(&mut self, s: &str);
+    fn piece(&mut self, s: &str, glue: bool);
     /// A quoted identifier, as one piece: `"Name"`.
-    fn quoted(&mut self, q: &str);
+    fn quoted(&mut self, q: &str, glue: bool);
 }
 
 /// FNV-1a, 64 bits: stable across runs, so fingerprints can be compared between restarts.
+/// Spacing is not hashed: it follows from the tokens.
 struct Fnv(u64);
 
 impl Fnv {
@@ -30,45 +31,59 @@ impl Fnv {
 }
 
 impl Sink for Fnv {
-    fn piece(&mut self, s: &str) {
+    fn piece(&mut self, s: &str, _: bool) {
         self.bytes(s.as_bytes());
         self.bytes(b" ");
     }
-    fn quoted(&mut self, q: &str) {
+    fn quoted(&mut self, q: &str, _: bool) {
         self.bytes(b"\"");
         self.bytes(q.as_bytes());
         self.bytes(b"\" ");
     }
 }
 
-impl Sink for String {
-    fn piece(&mut self, s: &str) {
-        if self.len() >= MAX_TEXT {
+/// The normalized text, cut once at MAX_TEXT (then "..." and nothing more).
+struct Text {
+    s: String,
+    cut: bool,
+}
+
+impl Text {
+    fn cut_at(&mut self, at: usize) {
+        let mut at = at.min(self.s.len());
+        while !self.s.is_char_boundary(at) {
+            at -= 1;
+        }
+        self.s.truncate(at);
+        self.s.push_str("...");
+        self.cut = true;
+    }
+}
+
+impl Sink for Text {
+    fn piece(&mut self, s: &str, glue: bool) {
+        if self.cut {
             return;
         }
-        let glue_before = matches!(s, ")" | "," | "." | ":" | "[" | "]");
-        let glued_after = self.ends_with(['(', '.', ':', '$']);
-        if !self.is_empty() && !glue_before && !glued_after {
-            self.push(' ');
+        if !self.s.is_empty() && !glue {
+            self.s.push(' ');
         }
-        self.push_str(s);
-        if self.len() > MAX_TEXT {
-            let mut cut = MAX_TEXT;
-            while !self.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            self.truncate(cut);
-            self.push_str("...");
+        self.s.push_str(s);
+        if self.s.len() > MAX_TEXT {
+            self.cut_at(MAX_TEXT);
         }
     }
-    fn quoted(&mut self, q: &str) {
-        let at = self.len();
-        self.piece("\"");
-        self.push_str(q);
-        self.push('"');
-        if self.len() > MAX_TEXT {
-            self.truncate(at);
-            self.push_str("...");
+    fn quoted(&mut self, q: &str, glue: bool) {
+        let at = self.s.len();
+        self.piece("\"", glue);
+        if self.cut {
+            return;
+        }
+        self.s.push_str(q);
+        self.s.push('"');
+        if self.s.len() > MAX_TEXT {
+            // Not half a name: cut before it.
+            self.cut_at(at);
         }
     }
 }
@@ -82,18 +97,39 @@ pub fn fingerprint(text: &str) -> u64 {
 
 /// The normalized text whose hash [`fingerprint`] is.
 pub fn normalize(text: &str) -> String {
-    let mut s = String::with_capacity(text.len().min(MAX_TEXT + 3));
-    walk(text, &mut s);
-    s
+    let mut t = Text {
+        s: String::with_capacity(text.len().min(MAX_TEXT + 3)),
+        cut: false,
+    };
+    walk(text, &mut t);
+    t.s
+}
+
+/// What the last emitted piece was, for spacing: glue only where reading the text again
+/// gives the same tokens (`a.b`, `f(x)`, `x::int`, `a, b`), never where it could merge
+/// them (`$1 . x` would read as the number `1.x` if glued).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Prev {
+    Start,
+    /// A name: word or quoted identifier.
+    Name,
+    /// A `.` glued to a name, or `(` or `:`: the next piece joins it.
+    Joiner,
+    Other,
 }
 
 fn walk(text: &str, sink: &mut impl Sink) {
     let mut lower = [0u8; 64];
+    let mut prev = Prev::Start;
     // The last two pieces emitted were `?` and `,`: another constant continues a list.
     let mut after_const = false;
     let mut after_const_comma = false;
     let mut dollar = false;
     let mut held_comma = false;
+    let mut emit = |sink: &mut dyn FnMut(bool), now: Prev, glue_before: bool, prev: &mut Prev| {
+        sink(glue_before || *prev == Prev::Joiner);
+        *prev = now;
+    };
     for t in Lexer::new(text) {
         let is_const = matches!(t, Token::Str(_))
             || matches!(t, Token::Number(_)) && !dollar
@@ -107,17 +143,17 @@ fn walk(text: &str, sink: &mut impl Sink) {
             continue;
         }
         if held_comma {
-            sink.piece(",");
+            emit(&mut |g| sink.piece(",", g), Prev::Other, true, &mut prev);
             held_comma = false;
         }
         after_const_comma = false;
         if dollar && !matches!(t, Token::Number(_)) {
             // A `$` that starts no parameter.
-            sink.piece("$");
+            emit(&mut |g| sink.piece("$", g), Prev::Other, false, &mut prev);
             dollar = false;
         }
         if is_const {
-            sink.piece("?");
+            emit(&mut |g| sink.piece("?", g), Prev::Other, false, &mut prev);
             after_const = true;
             dollar = false;
             continue;
@@ -136,36 +172,57 @@ fn walk(text: &str, sink: &mut impl Sink) {
                 continue;
             }
             Token::Number(n) => {
-                // `$1`: a parameter, kept.
-                sink.piece("$");
-                sink.piece(n);
+                // `$1`: a parameter, kept as one piece.
+                let mut p = [0u8; 24];
+                match p.get_mut(1..=n.len()) {
+                    Some(digits) => {
+                        digits.copy_from_slice(n.as_bytes());
+                        p[0] = b'$';
+                        let param = std::str::from_utf8(&p[..=n.len()]).unwrap_or("$");
+                        emit(&mut |g| sink.piece(param, g), Prev::Other, false, &mut prev);
+                    }
+                    None => {
+                        // Too long to be a parameter number: a `$` and a constant.
+                        emit(&mut |g| sink.piece("$", g), Prev::Other, false, &mut prev);
+                        emit(&mut |g| sink.piece("?", g), Prev::Other, false, &mut prev);
+                    }
+                }
             }
             Token::Word(w) => {
-                if w.len() <= lower.len() {
+                let word = if w.len() <= lower.len() {
                     let l = &mut lower[..w.len()];
                     l.copy_from_slice(w.as_bytes());
                     l.make_ascii_lowercase();
-                    sink.piece(std::str::from_utf8(l).unwrap_or(w));
+                    std::str::from_utf8(l).unwrap_or(w)
                 } else {
-                    sink.piece(w);
-                }
+                    w
+                };
+                emit(&mut |g| sink.piece(word, g), Prev::Name, false, &mut prev);
             }
-            Token::Quoted(q) => sink.quoted(q),
+            Token::Quoted(q) => emit(&mut |g| sink.quoted(q, g), Prev::Name, false, &mut prev),
             Token::Punct(c) => {
                 let mut b = [0u8; 4];
-                sink.piece(c.encode_utf8(&mut b));
+                let s = c.encode_utf8(&mut b);
+                let (glue_before, now) = match c {
+                    '.' if prev == Prev::Name => (true, Prev::Joiner),
+                    '(' => (false, Prev::Joiner),
+                    ':' => (true, Prev::Joiner),
+                    ')' | ',' | '[' | ']' => (true, Prev::Other),
+                    _ => (false, Prev::Other),
+                };
+                emit(&mut |g| sink.piece(s, g), now, glue_before, &mut prev);
             }
-            Token::Semicolon => sink.piece(";"),
+            Token::Semicolon => emit(&mut |g| sink.piece(";", g), Prev::Other, true, &mut prev),
             Token::Str(_) => {}
         }
         after_const = false;
         dollar = false;
     }
     if held_comma {
-        sink.piece(",");
+        emit(&mut |g| sink.piece(",", g), Prev::Other, true, &mut prev);
     }
     if dollar {
-        sink.piece("$");
+        emit(&mut |g| sink.piece("$", g), Prev::Other, false, &mut prev);
     }
 }
 
@@ -212,10 +269,15 @@ mod tests {
             normalize("SELECT \"Col\" FROM \"T\""),
             "select \"Col\" from \"T\""
         );
-        assert_eq!(normalize("select $foo, $"), "select $foo, $");
+        assert_eq!(normalize("select $foo, $"), "select $ foo, $");
+        // Fuzz finds: "$ $" must not become "$$" (a dollar quote when read again).
         for s in [
             "select \"A\", $1, x::int from t where y in (1, 2)",
             "select 'a' || $2",
+            "$ $\u{5}",
+            "$\u{1}\n$\n$\0",
+            "$123456789012345678901234567890",
+            "$1\t\t.\tN2$\u{fffd}2N2N5N5N\t2",
         ] {
             assert_eq!(normalize(&normalize(s)), normalize(s), "{s}");
         }
@@ -226,6 +288,9 @@ mod tests {
         let long = format!("select {}", "x, ".repeat(2000));
         let n = normalize(&long);
         assert!(n.len() <= MAX_TEXT + 3 && n.ends_with("..."), "{}", n.len());
+        // Found by the fuzzer: quoted names past the bound must not add "..." each.
+        let n = normalize(&"\"x\" ".repeat(2000));
+        assert!(n.len() <= MAX_TEXT + 3, "{}", n.len());
         assert_ne!(fingerprint(""), 0);
     }
 }
