@@ -118,6 +118,13 @@ enum Prev {
     Other,
 }
 
+/// Whether the next piece joins the last, and notes what it is.
+fn glue(prev: &mut Prev, now: Prev, glue_before: bool) -> bool {
+    let g = glue_before || *prev == Prev::Joiner;
+    *prev = now;
+    g
+}
+
 fn walk(text: &str, sink: &mut impl Sink) {
     let mut lower = [0u8; 64];
     let mut prev = Prev::Start;
@@ -126,10 +133,6 @@ fn walk(text: &str, sink: &mut impl Sink) {
     let mut after_const_comma = false;
     let mut dollar = false;
     let mut held_comma = false;
-    let mut emit = |sink: &mut dyn FnMut(bool), now: Prev, glue_before: bool, prev: &mut Prev| {
-        sink(glue_before || *prev == Prev::Joiner);
-        *prev = now;
-    };
     for t in Lexer::new(text) {
         let is_const = matches!(t, Token::Str(_))
             || matches!(t, Token::Number(_)) && !dollar
@@ -143,17 +146,17 @@ fn walk(text: &str, sink: &mut impl Sink) {
             continue;
         }
         if held_comma {
-            emit(&mut |g| sink.piece(",", g), Prev::Other, true, &mut prev);
+            sink.piece(",", glue(&mut prev, Prev::Other, true));
             held_comma = false;
         }
         after_const_comma = false;
         if dollar && !matches!(t, Token::Number(_)) {
             // A `$` that starts no parameter.
-            emit(&mut |g| sink.piece("$", g), Prev::Other, false, &mut prev);
+            sink.piece("$", glue(&mut prev, Prev::Other, false));
             dollar = false;
         }
         if is_const {
-            emit(&mut |g| sink.piece("?", g), Prev::Other, false, &mut prev);
+            sink.piece("?", glue(&mut prev, Prev::Other, false));
             after_const = true;
             dollar = false;
             continue;
@@ -179,12 +182,12 @@ fn walk(text: &str, sink: &mut impl Sink) {
                         digits.copy_from_slice(n.as_bytes());
                         p[0] = b'$';
                         let param = std::str::from_utf8(&p[..=n.len()]).unwrap_or("$");
-                        emit(&mut |g| sink.piece(param, g), Prev::Other, false, &mut prev);
+                        sink.piece(param, glue(&mut prev, Prev::Other, false));
                     }
                     None => {
                         // Too long to be a parameter number: a `$` and a constant.
-                        emit(&mut |g| sink.piece("$", g), Prev::Other, false, &mut prev);
-                        emit(&mut |g| sink.piece("?", g), Prev::Other, false, &mut prev);
+                        sink.piece("$", glue(&mut prev, Prev::Other, false));
+                        sink.piece("?", glue(&mut prev, Prev::Other, false));
                     }
                 }
             }
@@ -197,9 +200,9 @@ fn walk(text: &str, sink: &mut impl Sink) {
                 } else {
                     w
                 };
-                emit(&mut |g| sink.piece(word, g), Prev::Name, false, &mut prev);
+                sink.piece(word, glue(&mut prev, Prev::Name, false));
             }
-            Token::Quoted(q) => emit(&mut |g| sink.quoted(q, g), Prev::Name, false, &mut prev),
+            Token::Quoted(q) => sink.quoted(q, glue(&mut prev, Prev::Name, false)),
             Token::Punct(c) => {
                 let mut b = [0u8; 4];
                 let s = c.encode_utf8(&mut b);
@@ -210,19 +213,19 @@ fn walk(text: &str, sink: &mut impl Sink) {
                     ')' | ',' | '[' | ']' => (true, Prev::Other),
                     _ => (false, Prev::Other),
                 };
-                emit(&mut |g| sink.piece(s, g), now, glue_before, &mut prev);
+                sink.piece(s, glue(&mut prev, now, glue_before));
             }
-            Token::Semicolon => emit(&mut |g| sink.piece(";", g), Prev::Other, true, &mut prev),
+            Token::Semicolon => sink.piece(";", glue(&mut prev, Prev::Other, true)),
             Token::Str(_) => {}
         }
         after_const = false;
         dollar = false;
     }
     if held_comma {
-        emit(&mut |g| sink.piece(",", g), Prev::Other, true, &mut prev);
+        sink.piece(",", glue(&mut prev, Prev::Other, true));
     }
     if dollar {
-        emit(&mut |g| sink.piece("$", g), Prev::Other, false, &mut prev);
+        sink.piece("$", glue(&mut prev, Prev::Other, false));
     }
 }
 
