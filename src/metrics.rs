@@ -227,6 +227,7 @@ impl Collector for PoolCollector {
         let mut saturation_rows = Vec::new();
         let mut paused_rows = Vec::new();
         let mut up_rows = Vec::new();
+        let mut circuit_rows = Vec::new();
         for p in &pools {
             let mine = clients.iter().filter(|c| c.facts.pool == p.key);
             let (mut active, mut waiting, mut oldest) = (0u64, 0u64, 0u64);
@@ -260,6 +261,7 @@ impl Collector for PoolCollector {
             saturation_rows.push((labels(p), busy as f64 / size.max(1) as f64));
             paused_rows.push((labels(p), if p.is_paused() { 1.0 } else { 0.0 }));
             up_rows.push((labels(p), if p.upstream_failing() { 0.0 } else { 1.0 }));
+            circuit_rows.push((labels(p), if p.circuit_open() { 1.0 } else { 0.0 }));
         }
         let g = MetricType::Gauge;
         family(
@@ -324,6 +326,14 @@ impl Collector for PoolCollector {
             "0 when the pool's last server connection attempt failed",
             g,
             &up_rows,
+            gauge,
+        )?;
+        family(
+            &mut enc,
+            "upstream_circuit_open",
+            "1 while new server connections fail fast after a failed attempt (server_login_retry)",
+            g,
+            &circuit_rows,
             gauge,
         )?;
 

@@ -279,3 +279,35 @@ async fn metrics_move_with_traffic_per_pool() {
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_opens_after_a_failed_connect() {
+    let mut pg = start_postgres();
+    let text = config_text(&pg, "server_login_retry = 30", "pool_size = 2").replacen(
+        "[admin]",
+        "[http]\naddr = \"127.0.0.1:0\"\n\n[admin]",
+        1,
+    );
+    let proxy = Proxy::start(&text).await;
+    let http = proxy.running.http.unwrap();
+    let c = proxy.connect(PoolMode::Transaction).await;
+    c.simple_query("SELECT 1").await.unwrap();
+    let circuit = r#"pgsluice_upstream_circuit_open{database="app",role="app_scram"}"#;
+    let up = r#"pgsluice_upstream_up{database="app",role="app_scram"}"#;
+    assert_eq!(sample(&get(http, "/metrics").await.1, circuit), Some(0.0));
+
+    // The idle server dies with PostgreSQL; the next transaction needs a new connection.
+    pg.stop();
+    let e = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "57P03", "{e}");
+    let (_, m) = get(http, "/metrics").await;
+    assert_eq!(sample(&m, circuit), Some(1.0), "{m}");
+    assert_eq!(sample(&m, up), Some(0.0));
+
+    // Back up, but within server_login_retry: new transactions fail at once, untried.
+    pg.restart().unwrap();
+    let start = std::time::Instant::now();
+    let e = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "57P03", "{e}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(1));
+}

@@ -286,6 +286,17 @@ impl Pool {
         lock(&self.state).last_failure.is_some()
     }
 
+    /// The circuit is open: a connection attempt failed less than server_login_retry ago,
+    /// so checkouts that would connect fail at once (57P03) instead of trying again.
+    pub fn circuit_open(&self) -> bool {
+        let retry = self.settings.load().login_retry;
+        let st = lock(&self.state);
+        match (&st.last_failure, retry) {
+            (Some((at, _)), Some(d)) => at.elapsed() < d,
+            _ => false,
+        }
+    }
+
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Acquire)
     }

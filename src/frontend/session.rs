@@ -30,6 +30,9 @@ const INTERNAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A logged-in client, ready for the relay.
 struct Client {
+    /// Its entry in SHOW CLIENTS. First, so it is dropped (and KILL_CLIENT forgets the
+    /// descriptor) before `stream` closes the socket.
+    reg: Registered,
     stream: Stream,
     state: ClientState,
     /// Transaction mode LISTEN: channels, and notifications for this client.
@@ -42,8 +45,6 @@ struct Client {
     cancel: Registration,
     server: Option<ServerConn>,
     id: u64,
-    /// Its entry in SHOW CLIENTS; dropped (unregistered) before the socket closes.
-    reg: Registered,
 }
 
 /// What login established, before the stream joins it.
