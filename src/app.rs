@@ -24,6 +24,8 @@ pub struct App {
     pub clients: Arc<crate::stats::clients::Clients>,
     /// Per-fingerprint query statistics (SHOW QUERIES, /queries).
     pub queries: Arc<crate::stats::queries::QueryStats>,
+    /// Client-facing TLS (certificate reloaded when its files change).
+    pub tls: Arc<crate::net::tls::Acceptor>,
     /// The last pg_stat_activity sample of each upstream (SHOW ACTIVITY).
     pub activity: Arc<crate::backend::activity::Activity>,
     /// Connections counted against max_client_conn (logging in or logged in).
@@ -47,10 +49,20 @@ impl App {
             config.general.query_stats_max,
         ));
         let activity = Arc::new(crate::backend::activity::Activity::default());
+        let tls = Arc::new(crate::net::tls::Acceptor::default());
+        if let Err(e) = tls.load(config.tls.as_ref().and_then(|t| t.files()).as_ref()) {
+            tracing::error!(error = %e, "TLS certificate not loaded: clients get no TLS");
+        }
         Arc::new(App {
             config: ArcSwap::from_pointee(config),
-            metrics: crate::metrics::Metrics::new(pools.map(), clients.clone(), activity.clone()),
+            metrics: crate::metrics::Metrics::new(
+                pools.map(),
+                clients.clone(),
+                activity.clone(),
+                tls.clone(),
+            ),
             activity,
+            tls,
             pools,
             clients,
             queries,
@@ -184,6 +196,9 @@ impl App {
                 f(new.general.log_level.as_str())?;
             }
         }
+        self.tls
+            .load(new.tls.as_ref().and_then(|t| t.files()).as_ref())
+            .map_err(|e| e.to_string())?;
         self.queries.set_max(new.general.query_stats_max);
         self.pools.reload(&new);
         self.config.store(Arc::new(new));
@@ -271,11 +286,34 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
         tokio::spawn(accept_loop(app.clone(), b, mode));
     }
     tokio::spawn(crate::backend::activity::run(Arc::downgrade(&app)));
+    tokio::spawn(watch_certificates(Arc::downgrade(&app)));
     Ok(Running {
         app,
         listeners,
         http,
     })
+}
+
+/// How often the TLS certificate and key files are checked for changes.
+const CERT_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Reloads the client-facing certificate when its files change (rotation without restart;
+/// open connections keep their session).
+async fn watch_certificates(app: std::sync::Weak<App>) {
+    loop {
+        tokio::time::sleep(CERT_CHECK_EVERY).await;
+        let Some(app) = app.upgrade() else { return };
+        if app.is_shutting_down() {
+            return;
+        }
+        match app.tls.reload_if_changed() {
+            Ok(true) => tracing::info!("TLS certificate reloaded from its files"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS certificate files changed but do not load; keeping the old ones")
+            }
+        }
+    }
 }
 
 async fn accept_loop(app: Arc<App>, bound: Bound, mode: PoolMode) {

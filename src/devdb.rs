@@ -93,6 +93,16 @@ impl DevDb {
     /// initdb and start. `hba` lines are written to pg_hba.conf after a trust line for
     /// local (unix socket) connections, so the superuser can always set things up.
     pub fn start(hba: &[&str], settings: &[(&str, &str)]) -> io::Result<DevDb> {
+        Self::start_with_files(hba, settings, &[])
+    }
+
+    /// Like [`DevDb::start`], with `files` (name, contents) written into the data directory
+    /// first, readable by the server only (TLS keys must be 0600: `ssl_key_file`).
+    pub fn start_with_files(
+        hba: &[&str],
+        settings: &[(&str, &str)],
+        files: &[(&str, &str)],
+    ) -> io::Result<DevDb> {
         let bindir = find_bindir()?;
         let run_as = postgres_user()?;
         let dir = std::env::temp_dir().join(format!(
@@ -148,8 +158,17 @@ impl DevDb {
             conf.push_str(&format!("{k} = '{v}'\n"));
         }
         std::fs::write(data.join("postgresql.auto.conf"), conf)?;
+        for (name, contents) in files {
+            let path = data.join(name);
+            std::fs::write(&path, contents)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
         if let Some((uid, gid)) = run_as {
-            for f in ["pg_hba.conf", "postgresql.auto.conf"] {
+            let names = files.iter().map(|(n, _)| *n);
+            for f in ["pg_hba.conf", "postgresql.auto.conf"]
+                .into_iter()
+                .chain(names)
+            {
                 std::os::unix::fs::chown(data.join(f), Some(uid), Some(gid))?;
             }
         }

@@ -152,6 +152,7 @@ async fn readiness(app: &App) -> (bool, serde_json::Value) {
             dbname: String::new(),
             user: String::new(),
             password: None,
+            tls: None,
         };
         let ok = matches!(
             tokio::time::timeout(PROBE_TIMEOUT, probe.open_socket()).await,

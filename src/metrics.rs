@@ -43,6 +43,14 @@ pub struct Metrics {
     pub auth: Family<AuthLabels, Counter>,
     pub client_errors: Family<ErrorLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
+    tls_handshakes: Family<TlsLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsLabels {
+    /// sslrequest or direct.
+    pub kind: &'static str,
+    pub result: &'static str,
 }
 
 impl Metrics {
@@ -50,6 +58,7 @@ impl Metrics {
         pools: Arc<DashMap<PoolKey, Arc<Pool>>>,
         clients: Arc<Clients>,
         activity: Arc<Activity>,
+        tls: Arc<crate::net::tls::Acceptor>,
     ) -> Metrics {
         let mut registry = Registry::with_prefix("pgsluice");
         let m = Metrics {
@@ -57,6 +66,7 @@ impl Metrics {
             auth: Family::default(),
             client_errors: Family::default(),
             reloads: Family::default(),
+            tls_handshakes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -80,6 +90,11 @@ impl Metrics {
             m.reloads.clone(),
         );
         registry.register(
+            "tls_handshakes",
+            "Client TLS handshakes by kind (sslrequest, direct) and result (ok, failed)",
+            m.tls_handshakes.clone(),
+        );
+        registry.register(
             "build",
             "pgsluice build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -88,6 +103,7 @@ impl Metrics {
             pools,
             clients,
             activity,
+            tls,
         }));
         Metrics { registry, ..m }
     }
@@ -96,6 +112,13 @@ impl Metrics {
         let class = sqlstate.get(..2).unwrap_or("??").to_owned();
         self.client_errors
             .get_or_create(&ErrorLabels { class })
+            .inc();
+    }
+
+    pub fn tls_handshake(&self, kind: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.tls_handshakes
+            .get_or_create(&TlsLabels { kind, result })
             .inc();
     }
 
@@ -142,6 +165,9 @@ struct BackendLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NoLabels {}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DatabaseLabels {
     database: String,
 }
@@ -158,6 +184,7 @@ struct PoolCollector {
     pools: Arc<DashMap<PoolKey, Arc<Pool>>>,
     clients: Arc<Clients>,
     activity: Arc<Activity>,
+    tls: Arc<crate::net::tls::Acceptor>,
 }
 
 impl std::fmt::Debug for PoolCollector {
@@ -461,6 +488,19 @@ impl Collector for PoolCollector {
             &hist(|p| &p.stats.wait_latency),
             histogram,
         )?;
+
+        let expiry = self.tls.expiry();
+        if expiry > 0 {
+            let rows = [(NoLabels {}, expiry as f64)];
+            family(
+                &mut enc,
+                "tls_certificate_expiry_timestamp_seconds",
+                "When the client-facing TLS certificate expires (its notAfter, Unix seconds)",
+                MetricType::Gauge,
+                &rows,
+                gauge,
+            )?;
+        }
 
         let mut backends = Vec::new();
         let mut longest = Vec::new();

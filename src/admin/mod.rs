@@ -16,7 +16,6 @@ use crate::net::stream::read_message;
 use crate::proto::emit::{self, Severity};
 use bytes::BytesMut;
 use command::Command;
-use tokio::io::AsyncWriteExt;
 
 /// The longest console query accepted.
 const MAX_QUERY: usize = 64 * 1024;
@@ -89,7 +88,7 @@ pub async fn serve(app: &App, stream: &mut Stream, console: Console, id: u64) {
                 if e.kind() == std::io::ErrorKind::InvalidData {
                     let err = ClientError::protocol(format!("admin console: {e}"));
                     err.encode(&mut out);
-                    let _ = stream.write_all(&out).await;
+                    let _ = stream.send(&out).await;
                 }
                 tracing::debug!(conn = id, error = %e, "admin console client left");
                 return;
@@ -101,7 +100,7 @@ pub async fn serve(app: &App, stream: &mut Stream, console: Console, id: u64) {
                 let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body));
                 let shutdown = run(app, &console, id, &text, &mut out).await;
                 emit::ready_for_query(&mut out, b'I');
-                if stream.write_all(&out).await.is_err() {
+                if stream.send(&out).await.is_err() {
                     return;
                 }
                 out.clear();
@@ -118,7 +117,7 @@ pub async fn serve(app: &App, stream: &mut Stream, console: Console, id: u64) {
                     );
                 }
                 emit::ready_for_query(&mut out, b'I');
-                if stream.write_all(&out).await.is_err() {
+                if stream.send(&out).await.is_err() {
                     return;
                 }
                 out.clear();
@@ -128,7 +127,7 @@ pub async fn serve(app: &App, stream: &mut Stream, console: Console, id: u64) {
                 let err = ClientError::protocol(format!("invalid frontend message type {other}"));
                 tracing::info!(conn = id, error = %err, "admin console protocol violation");
                 err.encode(&mut out);
-                let _ = stream.write_all(&out).await;
+                let _ = stream.send(&out).await;
                 return;
             }
         }

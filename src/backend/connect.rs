@@ -12,7 +12,6 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
 
 /// How to reach and log in to one upstream database as one role.
@@ -25,7 +24,23 @@ pub struct Upstream {
     pub dbname: String,
     pub user: String,
     pub password: Option<String>,
+    /// TLS to this server (None: sslmode=disable).
+    pub tls: Option<TlsTarget>,
 }
+
+/// An upstream's TLS: what the config asked for, and the rustls configuration built from it.
+#[derive(Clone)]
+pub struct TlsTarget {
+    pub spec: crate::net::tls::UpstreamTls,
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl PartialEq for TlsTarget {
+    fn eq(&self, o: &Self) -> bool {
+        self.spec == o.spec
+    }
+}
+impl Eq for TlsTarget {}
 
 impl std::fmt::Debug for Upstream {
     /// Everything but the password.
@@ -35,6 +50,7 @@ impl std::fmt::Debug for Upstream {
             .field("port", &self.port)
             .field("dbname", &self.dbname)
             .field("user", &self.user)
+            .field("sslmode", &self.tls.as_ref().map(|t| t.spec.mode.as_str()))
             .finish_non_exhaustive()
     }
 }
@@ -65,6 +81,8 @@ pub enum ConnectError {
     Protocol(&'static str),
     #[error("server asks for a password but none is configured")]
     NoPassword,
+    #[error("TLS to server: {0}")]
+    Tls(String),
 }
 
 impl ConnectError {
@@ -98,11 +116,53 @@ pub async fn establish(up: &Upstream, timeout: Duration) -> Result<Established, 
         .map_err(|_| ConnectError::Timeout)?
 }
 
+/// SSLRequest, then the TLS handshake if the server agrees (protocol 53.2.10). A server that
+/// declines is used in plaintext only under sslmode=prefer. Unix sockets stay plaintext, as
+/// with libpq.
+async fn negotiate_tls(
+    stream: Stream,
+    host: &str,
+    tls: &TlsTarget,
+) -> Result<Stream, ConnectError> {
+    use crate::net::tls::SslMode;
+    use tokio::io::AsyncReadExt;
+    let Stream::Tcp(mut tcp) = stream else {
+        return Ok(stream);
+    };
+    let mut out = BytesMut::with_capacity(8);
+    emit::ssl_request(&mut out);
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, &out).await?;
+    // Exactly one byte: anything the server sent after it must come through TLS.
+    match tcp.read_u8().await? {
+        b'S' => {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let name = crate::net::tls::server_name(host).ok_or_else(|| {
+                ConnectError::Tls(format!("{host:?} is not a valid TLS server name"))
+            })?;
+            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+            let s = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| ConnectError::Tls(e.to_string()))?;
+            Ok(Stream::TlsToServer(Box::new(s)))
+        }
+        b'N' if tls.spec.mode == SslMode::Prefer => Ok(Stream::Tcp(tcp)),
+        b'N' => Err(ConnectError::Tls(format!(
+            "the server does not support TLS (server_tls_sslmode = \"{}\")",
+            tls.spec.mode.as_str()
+        ))),
+        _ => Err(ConnectError::Protocol("unexpected answer to SSLRequest")),
+    }
+}
+
 async fn establish_inner(up: &Upstream) -> Result<Established, ConnectError> {
     let mut stream = up.open_socket().await?;
+    if let Some(tls) = &up.tls {
+        stream = negotiate_tls(stream, &up.host, tls).await?;
+    }
     let mut out = BytesMut::with_capacity(128);
     emit::startup(&mut out, &[("user", &up.user), ("database", &up.dbname)]);
-    stream.write_all(&out).await?;
+    stream.send(&out).await?;
     let mut buf = BytesMut::with_capacity(1024);
     let mut scram: Option<ScramSha256> = None;
     let (mut pid, mut secret) = (0, 0);
@@ -198,7 +258,7 @@ async fn establish_inner(up: &Upstream) -> Result<Established, ConnectError> {
             _ => return Err(ConnectError::Protocol("unexpected message during login")),
         }
         if !out.is_empty() {
-            stream.write_all(&out).await?;
+            stream.send(&out).await?;
         }
     }
 }
@@ -209,7 +269,7 @@ pub async fn send_cancel(up: &Upstream, pid: i32, secret: i32) -> io::Result<()>
     let mut stream = up.open_socket().await?;
     let mut out = BytesMut::with_capacity(16);
     emit::cancel_request(&mut out, pid, secret);
-    stream.write_all(&out).await?;
+    stream.send(&out).await?;
     let mut sink = [0u8; 64];
     use tokio::io::AsyncReadExt;
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;

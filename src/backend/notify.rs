@@ -12,7 +12,6 @@ use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 
 /// Notifications a client may have waiting before the newest are dropped.
@@ -158,7 +157,7 @@ async fn run(
                 }
             }
             if !out.is_empty() {
-                if conn.stream.write_all(&out).await.is_err() {
+                if conn.stream.send(&out).await.is_err() {
                     break 'conn;
                 }
                 out.clear();

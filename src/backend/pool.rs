@@ -559,7 +559,7 @@ impl Pool {
                     upstream.port,
                     local_addr,
                     local_port,
-                    false,
+                    est.stream.tls_description(),
                 ));
                 lock(&self.servers).insert(id, info.clone());
                 slot.server = id;

@@ -2,10 +2,12 @@
 //! background task that keeps each within its idle, lifetime and min_pool_size rules; and
 //! the console's operations over many pools (RELOAD, PAUSE, RESUME, RECONNECT).
 
-use super::connect::Upstream;
+use super::connect::{TlsTarget, Upstream};
 use super::pool::{DbLimit, Pool, PoolKey, PoolSettings};
 use crate::config::{Config, Database, User};
+use crate::net::tls::UpstreamTls;
 use dashmap::DashMap;
+use std::collections::HashMap;
 use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -20,6 +22,9 @@ pub struct Pools {
     paused: Mutex<Paused>,
     /// DISABLE db: new clients of these databases are refused.
     disabled: Mutex<HashSet<String>>,
+    /// Upstream TLS configurations by what they are built from (pools with the same
+    /// settings share one; cleared on RELOAD).
+    tls_configs: Mutex<HashMap<UpstreamTls, Arc<rustls::ClientConfig>>>,
 }
 
 #[derive(Default)]
@@ -31,13 +36,23 @@ struct Paused {
 /// How often pools retire and warm connections.
 const MAINTAIN_EVERY: Duration = Duration::from_millis(500);
 
-/// What a pool for `user` on `db` is under `config`.
-fn plan(config: &Config, db: &Database, user: &User) -> (PoolKey, Upstream, PoolSettings) {
-    let role = user.server_user.as_deref().unwrap_or(&user.name);
-    let key = PoolKey {
+/// The pool `user` on `db` belongs to.
+fn key_of(db: &Database, user: &User) -> PoolKey {
+    PoolKey {
         database: Arc::from(db.name.as_str()),
-        role: Arc::from(role),
-    };
+        role: Arc::from(user.server_user.as_deref().unwrap_or(&user.name)),
+    }
+}
+
+/// What a pool for `user` on `db` is under `config`; `tls` built by [`Pools::tls_for`].
+fn plan(
+    config: &Config,
+    db: &Database,
+    user: &User,
+    tls: Option<TlsTarget>,
+) -> (PoolKey, Upstream, PoolSettings) {
+    let key = key_of(db, user);
+    let role = &*key.role;
     let g = &config.general;
     let upstream = Upstream {
         host: db.host.to_string(),
@@ -53,6 +68,7 @@ fn plan(config: &Config, db: &Database, user: &User) -> (PoolKey, Upstream, Pool
                     .plaintext()
                     .map(str::to_owned)
             }),
+        tls,
     };
     let settings = PoolSettings {
         size: db.pool_size.unwrap_or(g.default_pool_size),
@@ -76,10 +92,10 @@ fn plan(config: &Config, db: &Database, user: &User) -> (PoolKey, Upstream, Pool
 impl Pools {
     /// The pool for `user` on `db`, created (and its maintenance started) on first use.
     pub fn pool_for(&self, config: &Config, db: &Database, user: &User) -> Arc<Pool> {
-        let (key, upstream, settings) = plan(config, db, user);
-        if let Some(p) = self.pools.get(&key) {
+        if let Some(p) = self.pools.get(&key_of(db, user)) {
             return p.clone();
         }
+        let (key, upstream, settings) = plan(config, db, user, self.tls_for(config, db));
         let limit = self
             .limits
             .entry(key.database.clone())
@@ -133,6 +149,8 @@ impl Pools {
     /// and by a user that logs in as its role). Pools whose database or role is gone keep
     /// what they have until their clients leave; new clients cannot reach them.
     pub fn reload(&self, config: &Config) {
+        // CA bundles and client certificates are read again.
+        lock(&self.tls_configs).clear();
         for pool in self.all() {
             let Some(db) = config.database(&pool.key.database) else {
                 continue;
@@ -143,7 +161,7 @@ impl Pools {
                 .map(|u| u.get_ref())
                 .find(|u| u.server_user.as_deref().unwrap_or(&u.name) == &*pool.key.role);
             let Some(user) = user else { continue };
-            let (_, upstream, settings) = plan(config, db, user);
+            let (_, upstream, settings) = plan(config, db, user, self.tls_for(config, db));
             pool.apply(upstream, settings);
         }
     }
@@ -180,6 +198,31 @@ impl Pools {
         for pool in self.of(database) {
             if !all_paused {
                 pool.resume();
+            }
+        }
+    }
+
+    /// The TLS to `db`'s server under `config` (None: sslmode=disable, or files that do
+    /// not load, which validation already reported; the pool then connects in plaintext
+    /// only if the mode allows, since connect() refuses a missing TLS for require modes).
+    fn tls_for(&self, config: &Config, db: &Database) -> Option<TlsTarget> {
+        let spec = db.upstream_tls(&config.general);
+        let mut cache = lock(&self.tls_configs);
+        if let Some(c) = cache.get(&spec) {
+            return Some(TlsTarget {
+                spec,
+                config: c.clone(),
+            });
+        }
+        match crate::net::tls::client_config(&spec) {
+            Ok(Some(c)) => {
+                cache.insert(spec.clone(), c.clone());
+                Some(TlsTarget { spec, config: c })
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(database = %db.name, error = %e, "upstream TLS configuration does not load");
+                None
             }
         }
     }

@@ -11,7 +11,6 @@ use bytes::BytesMut;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 
 /// Where to send a CancelRequest for a server connection.
 #[derive(Clone, Debug)]
@@ -65,7 +64,7 @@ impl ServerConn {
     async fn run_internal_inner(&mut self, sql: &str) -> Result<(), InternalError> {
         let mut out = BytesMut::with_capacity(sql.len() + 8);
         emit::query(&mut out, sql);
-        self.stream.write_all(&out).await?;
+        self.stream.send(&out).await?;
         let mut buf = BytesMut::with_capacity(1024);
         let mut failure = None;
         loop {
@@ -116,7 +115,7 @@ impl ServerConn {
     pub async fn terminate(mut self) {
         let mut out = BytesMut::with_capacity(5);
         emit::terminate(&mut out);
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.write_all(&out)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.send(&out)).await;
     }
 }
 
@@ -129,7 +128,7 @@ pub async fn query_pairs(
     tokio::time::timeout(timeout, async {
         let mut out = BytesMut::with_capacity(sql.len() + 8);
         emit::query(&mut out, sql);
-        stream.write_all(&out).await?;
+        stream.send(&out).await?;
         let mut buf = BytesMut::with_capacity(1024);
         let mut rows = Vec::new();
         let mut failure = None;

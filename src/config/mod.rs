@@ -100,6 +100,24 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if let Some(tls) = &self.tls {
+            if tls.mode != ClientTlsMode::Disable {
+                for (key, v) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                    if v.is_none() {
+                        return Err((0..0, key, "needed when tls.mode is not \"disable\"".into()));
+                    }
+                }
+            }
+            if let Some(files) = tls.files() {
+                crate::net::tls::Acceptor::default()
+                    .load(Some(&files))
+                    .map_err(|e| (0..0, "tls", e.to_string()))?;
+            }
+        }
+        for d in &self.databases {
+            crate::net::tls::client_config(&d.get_ref().upstream_tls(g))
+                .map_err(|e| (d.span(), "server_tls_sslmode", e.to_string()))?;
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(g.log_level.as_str()) {
             return Err((0..0, "general.log_level", format!("not a log filter: {e}")));
         }

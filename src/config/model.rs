@@ -18,6 +18,9 @@ pub struct Config {
     pub http: Option<Http>,
     #[serde(default)]
     pub admin: Admin,
+    /// TLS for clients; without it SSLRequest is answered 'N'.
+    #[serde(default)]
+    pub tls: Option<Tls>,
     #[serde(default)]
     pub databases: Vec<Spanned<Database>>,
     #[serde(default)]
@@ -63,6 +66,11 @@ pub struct General {
     pub log_level: Text,
     /// Seconds between samples of each upstream's pg_stat_activity (SHOW ACTIVITY); 0: off.
     pub activity_sample_interval: Seconds,
+    /// TLS to upstreams (PgBouncer's names; libpq's sslmode values). Per database too.
+    pub server_tls_sslmode: crate::net::tls::SslMode,
+    pub server_tls_ca_file: Option<Text>,
+    pub server_tls_cert_file: Option<Text>,
+    pub server_tls_key_file: Option<Text>,
 }
 
 impl Default for General {
@@ -96,6 +104,10 @@ impl Default for General {
             query_stats_max: 1000,
             log_level: Text::new("info"),
             activity_sample_interval: Seconds(0.0),
+            server_tls_sslmode: crate::net::tls::SslMode::Prefer,
+            server_tls_ca_file: None,
+            server_tls_cert_file: None,
+            server_tls_key_file: None,
         }
     }
 }
@@ -173,6 +185,66 @@ pub struct Http {
     pub token: Option<Text>,
 }
 
+/// `[tls]`: TLS between clients and the proxy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    #[serde(default)]
+    pub mode: ClientTlsMode,
+    /// PEM certificate chain and private key (required unless mode is disable).
+    #[serde(default)]
+    pub cert: Option<Text>,
+    #[serde(default)]
+    pub key: Option<Text>,
+    /// PEM CA bundle for client certificates: clients may then present one.
+    #[serde(default)]
+    pub ca: Option<Text>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTlsMode {
+    /// SSLRequest answered 'N'; direct TLS refused.
+    Disable,
+    /// TLS when the client asks, plaintext otherwise (as `prefer` for a server).
+    Allow,
+    #[default]
+    Prefer,
+    /// Plaintext clients are refused (28000).
+    Require,
+}
+
+impl Tls {
+    /// The files to load, or None when TLS is off.
+    pub fn files(&self) -> Option<crate::net::tls::ServerFiles> {
+        if self.mode == ClientTlsMode::Disable {
+            return None;
+        }
+        Some(crate::net::tls::ServerFiles {
+            cert: PathBuf::from(self.cert.as_deref()?),
+            key: PathBuf::from(self.key.as_deref()?),
+            client_ca: self.ca.as_deref().map(PathBuf::from),
+        })
+    }
+}
+
+impl Database {
+    /// TLS to this database's server: its own keys, else `[general]`'s.
+    pub fn upstream_tls(&self, g: &General) -> crate::net::tls::UpstreamTls {
+        let path = |own: &Option<Text>, general: &Option<Text>| {
+            own.as_ref()
+                .or(general.as_ref())
+                .map(|t| PathBuf::from(t.as_str()))
+        };
+        crate::net::tls::UpstreamTls {
+            mode: self.server_tls_sslmode.unwrap_or(g.server_tls_sslmode),
+            ca: path(&self.server_tls_ca_file, &g.server_tls_ca_file),
+            cert: path(&self.server_tls_cert_file, &g.server_tls_cert_file),
+            key: path(&self.server_tls_key_file, &g.server_tls_key_file),
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
@@ -203,6 +275,15 @@ pub struct Database {
     pub reserve_pool_size: Option<usize>,
     #[serde(default)]
     pub max_db_connections: Option<usize>,
+    /// Per-database TLS to the upstream, overriding `[general]`.
+    #[serde(default)]
+    pub server_tls_sslmode: Option<crate::net::tls::SslMode>,
+    #[serde(default)]
+    pub server_tls_ca_file: Option<Text>,
+    #[serde(default)]
+    pub server_tls_cert_file: Option<Text>,
+    #[serde(default)]
+    pub server_tls_key_file: Option<Text>,
 }
 
 fn default_host() -> Text {

@@ -1,13 +1,16 @@
-//! The first bytes of a client connection: SSLRequest and GSSENCRequest (answered 'N' until
-//! TLS lands), CancelRequest, and the StartupMessage with protocol version negotiation
-//! (protocol 53.2.1; NegotiateProtocolVersion for 3.2 clients such as PostgreSQL 18's libpq).
+//! The first bytes of a client connection: SSLRequest (TLS when configured, else 'N'),
+//! PostgreSQL 17's direct TLS, GSSENCRequest ('N'), CancelRequest, and the StartupMessage
+//! with protocol version negotiation (protocol 53.2.1; NegotiateProtocolVersion for 3.2
+//! clients such as PostgreSQL 18's libpq).
 
 use crate::error::ClientError;
 use crate::net::Stream;
 use crate::proto::emit;
 use crate::proto::startup::{self, MAX_STARTUP_LEN, Request, Startup, StartupError};
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::ServerConfig;
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
 
 pub enum Hello {
     Startup(Startup),
@@ -32,33 +35,91 @@ impl From<StartupError> for HandshakeError {
     }
 }
 
-/// Reads packets until a StartupMessage or CancelRequest. Messages the proxy must send before
-/// authentication (NegotiateProtocolVersion) are appended to `out`.
-pub async fn read_hello(stream: &mut Stream, out: &mut BytesMut) -> Result<Hello, HandshakeError> {
+/// What TLS the client negotiated, if any.
+#[derive(Clone, Debug, Default)]
+pub struct TlsInfo {
+    /// The host name the client asked for (SNI), for routing by tenant.
+    pub sni: Option<String>,
+    /// PostgreSQL 17's direct TLS (no SSLRequest first).
+    pub direct: bool,
+}
+
+/// The first byte of a TLS handshake record: a client starting TLS without SSLRequest.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Reads packets until a StartupMessage or CancelRequest, upgrading the stream to TLS when
+/// the client asks (SSLRequest, or direct TLS) and `tls` is configured. Returns the stream
+/// (upgraded or not; None when a failed TLS handshake consumed it) with the outcome, so
+/// errors can still be written to it. Messages the
+/// proxy must send before authentication (NegotiateProtocolVersion) are appended to `out`.
+pub async fn read_hello(
+    mut stream: Stream,
+    tls: Option<Arc<ServerConfig>>,
+    metrics: &crate::metrics::Metrics,
+    out: &mut BytesMut,
+) -> (
+    Option<Stream>,
+    Option<TlsInfo>,
+    Result<Hello, HandshakeError>,
+) {
+    let mut info = None;
+    if let (Some(config), Stream::Tcp(tcp)) = (&tls, &stream) {
+        let mut first = [0u8; 1];
+        if matches!(tcp.peek(&mut first).await, Ok(1)) && first[0] == TLS_HANDSHAKE {
+            match upgrade(stream, config.clone(), true, metrics).await {
+                Ok((s, i)) => {
+                    stream = s;
+                    info = Some(i);
+                }
+                Err(e) => return (None, None, Err(e)),
+            }
+        }
+    }
     // At most one SSLRequest and one GSSENCRequest before the real packet.
     for _ in 0..3 {
-        let len = stream
-            .read_i32()
-            .await
-            .map_err(|_| HandshakeError::Incomplete)?;
-        if len < 8 || len as usize > MAX_STARTUP_LEN {
-            return Err(HandshakeError::Refused(ClientError::protocol(
-                "invalid length of startup packet",
-            )));
-        }
-        let mut body = vec![0u8; len as usize - 4];
-        stream
-            .read_exact(&mut body)
-            .await
-            .map_err(|_| HandshakeError::Incomplete)?;
-        match startup::parse(&body)? {
-            Request::Ssl | Request::GssEnc => {
-                stream
-                    .write_all(b"N")
-                    .await
-                    .map_err(|_| HandshakeError::Incomplete)?;
+        let body = match read_packet(&mut stream).await {
+            Ok(b) => b,
+            Err(e) => return (Some(stream), info, Err(e)),
+        };
+        let request = match startup::parse(&body) {
+            Ok(r) => r,
+            Err(e) => return (Some(stream), info, Err(e.into())),
+        };
+        match request {
+            Request::Ssl => {
+                let config = match (&tls, &stream) {
+                    (Some(c), Stream::Tcp(_)) => c.clone(),
+                    (_, Stream::TlsFromClient(_)) => {
+                        let e =
+                            ClientError::protocol("SSLRequest on a connection already encrypted");
+                        return (Some(stream), info, Err(HandshakeError::Refused(e)));
+                    }
+                    _ => {
+                        if stream.send(b"N").await.is_err() {
+                            return (Some(stream), info, Err(HandshakeError::Incomplete));
+                        }
+                        continue;
+                    }
+                };
+                if stream.send(b"S").await.is_err() {
+                    return (Some(stream), info, Err(HandshakeError::Incomplete));
+                }
+                match upgrade(stream, config, false, metrics).await {
+                    Ok((s, i)) => {
+                        stream = s;
+                        info = Some(i);
+                    }
+                    Err(e) => return (None, None, Err(e)),
+                }
             }
-            Request::Cancel { pid, secret } => return Ok(Hello::Cancel { pid, secret }),
+            Request::GssEnc => {
+                if stream.send(b"N").await.is_err() {
+                    return (Some(stream), info, Err(HandshakeError::Incomplete));
+                }
+            }
+            Request::Cancel { pid, secret } => {
+                return (Some(stream), info, Ok(Hello::Cancel { pid, secret }));
+            }
             Request::Startup(s) => {
                 if s.minor > 0 || !s.protocol_options.is_empty() {
                     emit::negotiate_protocol_version(
@@ -67,11 +128,74 @@ pub async fn read_hello(stream: &mut Stream, out: &mut BytesMut) -> Result<Hello
                         &s.protocol_options,
                     );
                 }
-                return Ok(Hello::Startup(s));
+                return (Some(stream), info, Ok(Hello::Startup(s)));
             }
         }
     }
-    Err(HandshakeError::Refused(ClientError::protocol(
-        "too many encryption requests before startup",
-    )))
+    let e = ClientError::protocol("too many encryption requests before startup");
+    (Some(stream), info, Err(HandshakeError::Refused(e)))
+}
+
+/// One startup-phase packet's body (length-prefixed, no tag).
+async fn read_packet(stream: &mut Stream) -> Result<Vec<u8>, HandshakeError> {
+    let len = stream
+        .read_i32()
+        .await
+        .map_err(|_| HandshakeError::Incomplete)?;
+    if len < 8 || len as usize > MAX_STARTUP_LEN {
+        return Err(HandshakeError::Refused(ClientError::protocol(
+            "invalid length of startup packet",
+        )));
+    }
+    let mut body = vec![0u8; len as usize - 4];
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|_| HandshakeError::Incomplete)?;
+    Ok(body)
+}
+
+/// The TLS handshake on a plain TCP stream. Only bytes read after the SSLRequest reach
+/// rustls, so plaintext sent ahead of the handshake is never taken as encrypted
+/// (CVE-2021-23214). Direct TLS must negotiate ALPN "postgresql", as PostgreSQL 17 requires.
+async fn upgrade(
+    stream: Stream,
+    config: Arc<ServerConfig>,
+    direct: bool,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(Stream, TlsInfo), HandshakeError> {
+    let Stream::Tcp(tcp) = stream else {
+        return Err(HandshakeError::Incomplete);
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let kind = if direct { "direct" } else { "sslrequest" };
+    match acceptor.accept(tcp).await {
+        Ok(tls) => {
+            let alpn_ok = tls.get_ref().1.alpn_protocol() == Some(crate::net::tls::ALPN_POSTGRESQL);
+            if direct && !alpn_ok {
+                metrics.tls_handshake(kind, false);
+                tracing::info!("direct TLS without ALPN \"postgresql\": closing");
+                // Told inside TLS, then closed (PostgreSQL 17 does the same).
+                let mut stream = Stream::TlsFromClient(Box::new(tls));
+                let mut out = BytesMut::new();
+                ClientError::protocol(
+                    "direct TLS connections must negotiate the ALPN protocol \"postgresql\"",
+                )
+                .encode(&mut out);
+                let _ = stream.send(&out).await;
+                return Err(HandshakeError::Incomplete);
+            }
+            metrics.tls_handshake(kind, true);
+            let sni = tls.get_ref().1.server_name().map(str::to_owned);
+            Ok((
+                Stream::TlsFromClient(Box::new(tls)),
+                TlsInfo { sni, direct },
+            ))
+        }
+        Err(e) => {
+            metrics.tls_handshake(kind, false);
+            tracing::info!(error = %e, "TLS handshake with client failed");
+            Err(HandshakeError::Incomplete)
+        }
+    }
 }

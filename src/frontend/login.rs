@@ -9,7 +9,6 @@ use crate::net::Stream;
 use crate::net::stream::read_message;
 use crate::proto::{emit, views};
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 
 /// Longest authentication message a client may send.
 const MAX_AUTH_MESSAGE: usize = 8 * 1024;
@@ -75,7 +74,7 @@ fn method_label(m: Method) -> &'static str {
 }
 
 async fn send(stream: &mut Stream, out: &mut BytesMut) -> Result<(), LoginError> {
-    stream.write_all(out).await.map_err(|_| LoginError::Gone)?;
+    stream.send(out).await.map_err(|_| LoginError::Gone)?;
     out.clear();
     Ok(())
 }

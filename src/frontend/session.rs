@@ -9,7 +9,7 @@ use crate::backend::ServerConn;
 use crate::backend::params::{SessionParams, sync_statement};
 use crate::backend::pool::Pool;
 use crate::backend::server::InternalError;
-use crate::config::PoolMode;
+use crate::config::{ClientTlsMode, PoolMode};
 use crate::error::ClientError;
 use crate::net::Stream;
 use crate::net::listener::Peer;
@@ -22,7 +22,7 @@ use std::future::poll_fn;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::time::{Instant, sleep_until};
 
 /// How long the proxy's own statements (reset, parameter sync) may take.
@@ -64,17 +64,35 @@ struct Pooled {
 
 /// Serves one accepted connection to its end. Never panics on client input; every refusal is
 /// an ErrorResponse and a log line.
-pub async fn serve(app: Arc<App>, mut stream: Stream, peer: Peer, mode: PoolMode, id: u64) {
+pub async fn serve(app: Arc<App>, stream: Stream, peer: Peer, mode: PoolMode, id: u64) {
     let over_limit = !app.admit_client();
     let _count = scopeguard(&app);
     let login_timeout = app.config.load().general.client_login_timeout.enabled();
-    let login = login(&app, &mut stream, &peer, mode, over_limit, id);
-    let result = match login_timeout {
+    let login = async {
+        let mut out = BytesMut::with_capacity(512);
+        let (stream, tls, hello) =
+            handshake::read_hello(stream, app.tls.config(), &app.metrics, &mut out).await;
+        // None: a failed TLS handshake consumed the socket.
+        let mut stream = stream?;
+        let arrival = Arrival {
+            peer: &peer,
+            mode,
+            over_limit,
+            id,
+            tls,
+        };
+        let r = login(&app, &mut stream, arrival, hello, out).await;
+        Some((stream, r))
+    };
+    let outcome = match login_timeout {
         Some(t) => tokio::time::timeout(t, login).await.unwrap_or_else(|_| {
             tracing::info!(conn = id, %peer, "client_login_timeout: closing");
-            Err(None)
+            None
         }),
         None => login.await,
+    };
+    let Some((mut stream, result)) = outcome else {
+        return;
     };
     let mut client = match result {
         Ok(Some(LoggedIn::Console(console))) => {
@@ -103,7 +121,7 @@ pub async fn serve(app: Arc<App>, mut stream: Stream, peer: Peer, mode: PoolMode
                 app.metrics.client_error(&err.code);
                 let mut out = BytesMut::new();
                 err.encode(&mut out);
-                let _ = stream.write_all(&out).await;
+                let _ = stream.send(&out).await;
             }
             return;
         }
@@ -129,6 +147,7 @@ struct Who<'a> {
     pool: &'a Pool,
     params: &'a SessionParams,
     method: &'static str,
+    sni: Option<String>,
 }
 
 /// Adds an authenticated client to SHOW CLIENTS (before it waits for its first server, so
@@ -146,6 +165,7 @@ fn register(
         pool,
         params,
         method,
+        sni,
     } = who;
     let (addr, port) = match peer {
         Peer::Tcp(a) => (a.ip().to_string(), a.port()),
@@ -161,7 +181,8 @@ fn register(
         port,
         local_addr,
         local_port,
-        tls: false,
+        tls: stream.tls_description(),
+        sni,
         application_name: params
             .reported
             .get("application_name")
@@ -190,18 +211,32 @@ fn scopeguard(app: &Arc<App>) -> impl Drop + '_ {
     Guard(app)
 }
 
+/// How a connection arrived, for [`login`].
+struct Arrival<'a> {
+    peer: &'a Peer,
+    mode: PoolMode,
+    over_limit: bool,
+    id: u64,
+    tls: Option<handshake::TlsInfo>,
+}
+
 /// Handshake, authentication and the greeting. `Ok(None)`: the connection ended quietly
 /// (a cancel request, or a client that left); `Err`: refuse with this error.
 async fn login(
     app: &Arc<App>,
     stream: &mut Stream,
-    peer: &Peer,
-    mode: PoolMode,
-    over_limit: bool,
-    id: u64,
+    arrival: Arrival<'_>,
+    hello: Result<Hello, HandshakeError>,
+    mut out: BytesMut,
 ) -> Result<Option<LoggedIn>, Option<ClientError>> {
-    let mut out = BytesMut::with_capacity(512);
-    let startup = match handshake::read_hello(stream, &mut out).await {
+    let Arrival {
+        peer,
+        mode,
+        over_limit,
+        id,
+        tls,
+    } = arrival;
+    let startup = match hello {
         Ok(Hello::Startup(s)) => s,
         Ok(Hello::Cancel { pid, secret }) => {
             let found = app.cancels.cancel(pid, &secret).await;
@@ -223,6 +258,12 @@ async fn login(
     };
     if over_limit {
         return refuse(ClientError::too_many_clients());
+    }
+    let tls_mode = app.config.load().tls.as_ref().map(|t| t.mode);
+    if tls_mode == Some(ClientTlsMode::Require) && tls.is_none() && matches!(peer, Peer::Tcp(_)) {
+        return refuse(ClientError::not_authorized(
+            "pgsluice requires TLS for this connection: connect with sslmode=require",
+        ));
     }
     if startup.replication {
         return refuse(ClientError::unsupported(
@@ -249,7 +290,7 @@ async fn login(
         return match crate::admin::Console::admit(&config, &user.name) {
             Some(console) => {
                 crate::admin::greet(&mut out);
-                if stream.write_all(&out).await.is_err() {
+                if stream.send(&out).await.is_err() {
                     return Ok(None);
                 }
                 tracing::info!(conn = id, %peer, user = %user.name, "admin console login");
@@ -292,6 +333,7 @@ async fn login(
             pool: &pool,
             params: &params,
             method: method.as_str(),
+            sni: tls.as_ref().and_then(|t| t.sni.clone()),
         },
     );
 
@@ -342,7 +384,7 @@ async fn login(
     emit::backend_key_data(&mut out, cancel.pid, cancel.secret);
     reg.info.set_remote_pid(cancel.pid);
     emit::ready_for_query(&mut out, b'I');
-    if stream.write_all(&out).await.is_err() {
+    if stream.send(&out).await.is_err() {
         return Ok(None);
     }
     tracing::info!(conn = id, %peer, user = %user.name, database = %db.name, mode = mode.as_str(), method = method.as_str(), "client logged in");
@@ -669,7 +711,7 @@ async fn tell_and_close(app: &App, c: &mut Client, relay: &mut Relay, err: Clien
     }
     let mut out = BytesMut::new();
     err.encode(&mut out);
-    let _ = c.stream.write_all(&out).await;
+    let _ = c.stream.send(&out).await;
 }
 
 /// After the client: a server left clean goes back (session mode: after server_reset_query);

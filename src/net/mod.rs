@@ -1,6 +1,8 @@
-//! Sockets: listeners for TCP (IPv4, IPv6) and unix sockets, and the stream type both sides use.
+//! Sockets: listeners for TCP (IPv4, IPv6) and unix sockets, the stream type both sides use
+//! (plaintext or TLS), and TLS configuration.
 
 pub mod listener;
 pub mod stream;
+pub mod tls;
 
 pub use stream::Stream;

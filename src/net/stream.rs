@@ -10,28 +10,88 @@ use tokio::net::{TcpStream, UnixStream};
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// A client's TLS session (the proxy is the TLS server).
+    TlsFromClient(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS to an upstream (the proxy is the TLS client).
+    TlsToServer(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Calls `$f` with the inner stream of every variant.
+macro_rules! each {
+    ($s:expr, $v:ident => $f:expr) => {
+        match $s {
+            Stream::Tcp($v) => $f,
+            Stream::Unix($v) => $f,
+            Stream::TlsFromClient($v) => $f,
+            Stream::TlsToServer($v) => $f,
+        }
+    };
 }
 
 impl Stream {
     /// This end's address and port, as SHOW CLIENTS/SERVERS print them ("unix", 0 for a
     /// unix socket).
     pub fn local_addr(&self) -> (String, u16) {
-        match self {
-            Stream::Tcp(s) => s
+        match self.tcp() {
+            Some(s) => s
                 .local_addr()
                 .map(|a| (a.ip().to_string(), a.port()))
                 .unwrap_or_else(|_| (String::new(), 0)),
-            Stream::Unix(_) => ("unix".into(), 0),
+            None => ("unix".into(), 0),
+        }
+    }
+
+    /// The TCP socket under any TLS; None for a unix socket.
+    fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Tcp(s) => Some(s),
+            Stream::Unix(_) => None,
+            Stream::TlsFromClient(s) => Some(s.get_ref().0),
+            Stream::TlsToServer(s) => Some(s.get_ref().0),
+        }
+    }
+
+    /// "TLSv1.3/TLS13_AES_256_GCM_SHA384" for a TLS stream (SHOW CLIENTS/SERVERS' tls
+    /// column), empty for plaintext.
+    pub fn tls_description(&self) -> String {
+        let (version, suite) = match self {
+            Stream::TlsFromClient(s) => {
+                let c = s.get_ref().1;
+                (c.protocol_version(), c.negotiated_cipher_suite())
+            }
+            Stream::TlsToServer(s) => {
+                let c = s.get_ref().1;
+                (c.protocol_version(), c.negotiated_cipher_suite())
+            }
+            _ => return String::new(),
+        };
+        let v = match version {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "TLS",
+        };
+        match suite {
+            Some(s) => format!("{v}/{:?}", s.suite()),
+            None => v.to_owned(),
         }
     }
 
     /// The descriptor, for KILL_CLIENT's shutdown.
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
-        match self {
-            Stream::Tcp(s) => s.as_raw_fd(),
-            Stream::Unix(s) => s.as_raw_fd(),
+        match (self, self.tcp()) {
+            (_, Some(s)) => s.as_raw_fd(),
+            (Stream::Unix(s), None) => s.as_raw_fd(),
+            _ => -1,
         }
+    }
+
+    /// Writes all of `buf` and flushes: under TLS, bytes a write accepted may still sit in
+    /// the session until flushed.
+    pub async fn send(&mut self, buf: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.write_all(buf).await?;
+        self.flush().await
     }
 
     /// True when the peer has closed or sent bytes nobody asked for: an idle server
@@ -39,9 +99,11 @@ impl Stream {
     /// own try_read would trust cached readiness and could miss a close that just happened.
     pub fn has_pending_input_or_eof(&self) -> bool {
         let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        let r = match self {
-            Stream::Tcp(s) => socket2::SockRef::from(s).peek(&mut probe),
-            Stream::Unix(s) => socket2::SockRef::from(s).peek(&mut probe),
+        // Under TLS the raw socket is peeked: any record (an alert, close_notify) counts.
+        let r = match (self, self.tcp()) {
+            (_, Some(s)) => socket2::SockRef::from(s).peek(&mut probe),
+            (Stream::Unix(s), None) => socket2::SockRef::from(s).peek(&mut probe),
+            _ => return true,
         };
         !matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
@@ -53,10 +115,7 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
@@ -66,22 +125,13 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
     }
 }
 

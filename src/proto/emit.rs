@@ -127,6 +127,12 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
     message(buf, b'Q', |b| cstr(b, sql));
 }
 
+/// SSLRequest (protocol 53.7): length 8, code 80877103.
+pub fn ssl_request(buf: &mut BytesMut) {
+    buf.put_i32(8);
+    buf.put_i32(80_877_103);
+}
+
 pub fn terminate(buf: &mut BytesMut) {
     message(buf, b'X', |_| {});
 }

@@ -226,10 +226,9 @@ impl Relay {
 
     /// Writes everything queued for the client.
     pub async fn flush_client(&mut self, client: &mut Stream) -> std::io::Result<()> {
-        use tokio::io::AsyncWriteExt;
         while self.s.has_output() {
             let n = self.s.output().len();
-            client.write_all(self.s.output()).await?;
+            client.send(self.s.output()).await?;
             self.s.consume_output(n);
         }
         Ok(())
@@ -237,10 +236,9 @@ impl Relay {
 
     /// Writes the client's walked bytes to the server (before the server is let go).
     pub async fn flush_server(&mut self, server: &mut ServerConn) -> std::io::Result<()> {
-        use tokio::io::AsyncWriteExt;
         while self.c.has_output() {
             let n = self.c.output().len();
-            server.stream.write_all(self.c.output()).await?;
+            server.stream.send(self.c.output()).await?;
             self.c.consume_output(n);
         }
         Ok(())
@@ -1029,6 +1027,11 @@ fn write_out(cx: &mut Context<'_>, stream: &mut Stream, half: &mut Half) -> Resu
             }
             Poll::Pending => break,
         }
+    }
+    // TLS keeps bytes a write accepted until its records reach the socket; plaintext's
+    // flush is a no-op.
+    if let Poll::Ready(Err(_)) = Pin::new(&mut *stream).poll_flush(cx) {
+        return Err(());
     }
     Ok(wrote)
 }

@@ -48,7 +48,10 @@ pub struct ClientFacts {
     pub port: u16,
     pub local_addr: String,
     pub local_port: u16,
-    pub tls: bool,
+    /// "TLSv1.3/..." when encrypted, empty otherwise.
+    pub tls: String,
+    /// The host name the client sent in TLS SNI.
+    pub sni: Option<String>,
     pub application_name: String,
     pub auth_method: &'static str,
     pub pool_mode: &'static str,

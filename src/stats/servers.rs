@@ -33,7 +33,8 @@ pub struct ServerInfo {
     pub local_addr: String,
     pub local_port: u16,
     pub connect_time: u64,
-    pub tls: bool,
+    /// "TLSv1.3/..." when encrypted, empty otherwise.
+    pub tls: String,
     state: AtomicU8,
     link: AtomicU64,
     request_time: AtomicU64,
@@ -48,7 +49,7 @@ impl ServerInfo {
         port: u16,
         local_addr: String,
         local_port: u16,
-        tls: bool,
+        tls: String,
     ) -> ServerInfo {
         let now = super::unix_micros();
         ServerInfo {

@@ -2,6 +2,7 @@
 //! upstream auth method, pgsluice started in-process on free ports, and small clients.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod certs;
 pub mod raw;
 
 use pgsluice::app::Running;

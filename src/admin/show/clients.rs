@@ -14,6 +14,7 @@ pub fn table(app: &App) -> Table {
         ("priority", Type::Text),
         ("auth_method", Type::Text),
         ("pool_mode", Type::Text),
+        ("sni", Type::Text),
     ]);
     let mut t = Table::new(&columns);
     let now = crate::stats::unix_micros();
@@ -41,7 +42,7 @@ pub fn table(app: &App) -> Table {
             ptr(c.facts.id).into(),
             ptr(c.link()).into(),
             c.remote_pid().into(),
-            (if c.facts.tls { "TLS" } else { "" }).into(),
+            c.facts.tls.as_str().into(),
             c.facts.application_name.as_str().into(),
             c.facts.id.into(),
             c.facts.pool.role.as_ref().into(),
@@ -49,6 +50,7 @@ pub fn table(app: &App) -> Table {
             "normal".into(),
             c.facts.auth_method.into(),
             c.facts.pool_mode.into(),
+            c.facts.sni.as_deref().into(),
         ]);
     }
     t

@@ -27,7 +27,7 @@ pub fn table(app: &App) -> Table {
                 ptr(s.id).into(),
                 ptr(s.link()).into(),
                 s.pid.into(),
-                (if s.tls { "TLS" } else { "" }).into(),
+                s.tls.as_str().into(),
                 "".into(),
                 s.id.into(),
             ]);

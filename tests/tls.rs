@@ -1,0 +1,365 @@
+//! TLS with certificates made in the test: psql with sslmode=require and verify-full,
+//! plaintext refused under tls.mode = require, PostgreSQL 17's direct TLS from a hand-written
+//! client (ALPN "postgresql"), the upstream over TLS with verify-full against a PostgreSQL
+//! started with ssl=on, and certificate rotation on disk with no client dropped.
+
+mod support;
+
+use pgsluice::config::PoolMode;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use support::certs::{self, Pki};
+use support::*;
+
+fn tmpdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("pgsluice-tls-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn tls_section(pki: &Pki, mode: &str) -> String {
+    format!(
+        "[tls]\nmode = \"{mode}\"\ncert = \"{}\"\nkey = \"{}\"\n\n",
+        pki.server_cert.display(),
+        pki.server_key.display()
+    )
+}
+
+/// A config with `[tls]` (and `general`), the HTTP endpoint on.
+fn with_tls(pg: &pgsluice::devdb::DevDb, pki: &Pki, mode: &str, general: &str) -> String {
+    config_text(pg, general, "pool_size = 3").replacen(
+        "[admin]",
+        &format!(
+            "{}[http]\naddr = \"127.0.0.1:0\"\n\n[admin]",
+            tls_section(pki, mode)
+        ),
+        1,
+    )
+}
+
+fn psql_url(proxy: &Proxy, extra: &str) -> String {
+    format!(
+        "host=localhost hostaddr=127.0.0.1 port={} user={} password={} dbname=app {extra}",
+        proxy.port(PoolMode::Transaction),
+        AGENT.0,
+        AGENT.1
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_require_and_verify_full_and_plaintext_refused() {
+    let pg = start_postgres();
+    let dir = tmpdir("psql");
+    let pki = certs::make(&dir, "", "pgsluice");
+    let proxy = Proxy::start(&with_tls(&pg, &pki, "require", "")).await;
+
+    let ca = pki.ca.display().to_string();
+    let (ok, out, err) = psql(
+        &pg,
+        &psql_url(&proxy, &format!("sslmode=verify-full sslrootcert={ca}")),
+        &["-c", "SELECT 40 + 2"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "42");
+    let (ok, out, err) = psql(
+        &pg,
+        &psql_url(&proxy, "sslmode=require"),
+        &["-c", "SELECT 'enc'"],
+    );
+    assert!(ok && out == "enc", "{err}");
+
+    // The host name is checked: a name the certificate does not carry fails verify-full.
+    let wrong = psql_url(&proxy, &format!("sslmode=verify-full sslrootcert={ca}"))
+        .replace("host=localhost", "host=not-the-name.example");
+    let (ok, _, err) = psql(&pg, &wrong, &["-c", "SELECT 1"]);
+    assert!(!ok && err.contains("does not match"), "{err}");
+
+    // Plaintext is refused under require, with a clear 28000.
+    let (ok, _, err) = psql(
+        &pg,
+        &psql_url(&proxy, "sslmode=disable"),
+        &["-c", "SELECT 1"],
+    );
+    assert!(
+        !ok && err.contains("requires TLS") && err.contains("sslmode=require"),
+        "{err}"
+    );
+    let e = connect(&proxy.url(PoolMode::Transaction, AGENT, "app"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "28000");
+
+    // SHOW CLIENTS tells an encrypted client by its tls column; SNI is kept.
+    let c = tokio::spawn({
+        let url = psql_url(&proxy, "sslmode=require");
+        let bindir = pg.bindir.clone();
+        async move {
+            std::process::Command::new(bindir.join("psql"))
+                .arg(url)
+                .args(["-XAtq", "-c", "SELECT pg_sleep(2)"])
+                .output()
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let admin = format!(
+        "host=localhost hostaddr=127.0.0.1 port={} user={} password={} dbname=pgsluice sslmode=require",
+        proxy.port(PoolMode::Session),
+        ADMIN.0,
+        ADMIN.1
+    );
+    let (ok, out, err) = psql(&pg, &admin, &["-F", "|", "-c", "SHOW CLIENTS"]);
+    assert!(ok, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("|app|"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("|TLSv1.3/"), "{line}");
+    assert!(line.ends_with("|localhost"), "SNI: {line}");
+    assert!(c.await.unwrap().status.success());
+
+    let (_, metrics) = http_get(proxy.running.http.unwrap(), "/metrics").await;
+    let ok_count: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("pgsluice_tls_handshakes_total{kind=\"sslrequest\",result=\"ok\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(ok_count >= 4.0, "{metrics}");
+    let expiry = metrics
+        .lines()
+        .find(|l| l.starts_with("pgsluice_tls_certificate_expiry_timestamp_seconds"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let at: f64 = expiry.rsplit(' ').next().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(at > now, "rcgen's certificate is valid for years: {expiry}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A minimal HTTP GET (status, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (
+        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        body.to_owned(),
+    )
+}
+
+/// A rustls client trusting `ca`, offering `alpn`.
+fn client_config(ca: &Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_with_alpn_postgresql() {
+    let pg = start_postgres();
+    let dir = tmpdir("direct");
+    let pki = certs::make(&dir, "", "pgsluice");
+    let proxy = Proxy::start(&with_tls(&pg, &pki, "prefer", "")).await;
+    let port = proxy.port(PoolMode::Transaction);
+
+    // TLS from the first byte (sslnegotiation=direct), then the protocol inside it.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_config(&pki.ca, &[b"postgresql"]));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"postgresql"[..]));
+    let (client, conn) = tokio_postgres::Config::new()
+        .user(AGENT.0)
+        .password(AGENT.1)
+        .dbname("app")
+        .connect_raw(tls, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let v: i32 = client.query_one("SELECT 7 * 6", &[]).await.unwrap().get(0);
+    assert_eq!(v, 42);
+    let clients = console(&pg, &proxy, ADMIN, "SHOW CLIENTS").unwrap();
+    assert!(
+        clients.iter().any(|c| c["tls"].starts_with("TLSv1.3/")),
+        "{clients:?}"
+    );
+
+    // Direct TLS without ALPN "postgresql" gets no session.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_config(&pki.ca, &[]));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let refused = match connector.connect(name, tcp).await {
+        Err(_) => true,
+        Ok(tls) => tokio_postgres::Config::new()
+            .user(AGENT.0)
+            .password(AGENT.1)
+            .dbname("app")
+            .connect_raw(tls, tokio_postgres::NoTls)
+            .await
+            .is_err(),
+    };
+    assert!(refused, "direct TLS without ALPN must be refused");
+
+    // Plaintext still works under prefer.
+    let c = proxy.connect(PoolMode::Transaction).await;
+    c.simple_query("SELECT 1").await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_over_tls_verify_full() {
+    let dir = tmpdir("upstream");
+    let pki = certs::make(&dir, "", "upstream");
+    let other = certs::make(&dir, "other-", "someone else");
+    let pg = pgsluice::devdb::DevDb::start_with_files(
+        &[
+            // Plaintext TCP is refused upstream: only TLS gets in.
+            "hostssl all all 127.0.0.1/32 md5",
+            "hostnossl all all 127.0.0.1/32 reject",
+        ],
+        &[
+            ("ssl", "on"),
+            ("ssl_cert_file", "server.pem"),
+            ("ssl_key_file", "server.key"),
+        ],
+        &[
+            ("server.pem", &pki.server_cert_pem),
+            ("server.key", &pki.server_key_pem),
+        ],
+    )
+    .unwrap();
+    pg.psql(&format!(
+        "CREATE ROLE {SCRAM_ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}'"
+    ))
+    .unwrap();
+    pg.psql(&format!("CREATE DATABASE appdb OWNER {SCRAM_ROLE}"))
+        .unwrap();
+    let general = format!(
+        "server_tls_sslmode = \"verify-full\"\nserver_tls_ca_file = \"{}\"",
+        pki.ca.display()
+    );
+    let proxy = Proxy::start(&config_text(&pg, &general, "pool_size = 2")).await;
+    let c = proxy.connect(PoolMode::Transaction).await;
+    let ssl: bool = c
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "the server connection must be encrypted");
+    let servers = console(&pg, &proxy, ADMIN, "SHOW SERVERS").unwrap();
+    assert!(
+        servers.iter().all(|s| s["tls"].starts_with("TLS")),
+        "{servers:?}"
+    );
+
+    // The wrong CA: the proxy refuses the server's certificate and the client gets 57P03.
+    let general = format!(
+        "server_tls_sslmode = \"verify-full\"\nserver_tls_ca_file = \"{}\"",
+        other.ca.display()
+    );
+    let wrong = Proxy::start(&config_text(&pg, &general, "pool_size = 2")).await;
+    let e = connect(&wrong.url(PoolMode::Transaction, AGENT, "app"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "57P03", "{e}");
+
+    // sslmode=disable cannot get in at all (hostnossl reject), so TLS was really used above.
+    let plain = Proxy::start(&config_text(&pg, "server_tls_sslmode = \"disable\"", "")).await;
+    assert!(
+        connect(&plain.url(PoolMode::Transaction, AGENT, "app"))
+            .await
+            .is_err()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_keeps_clients() {
+    let pg = start_postgres();
+    let dir = tmpdir("rotate");
+    let first = certs::make(&dir, "", "first");
+    let proxy = Proxy::start(&with_tls(&pg, &first, "require", "")).await;
+    let url = |pki: &Pki| {
+        psql_url(
+            &proxy,
+            &format!("sslmode=verify-full sslrootcert={}", pki.ca.display()),
+        )
+    };
+    // A long-lived client on the first certificate.
+    let tls = tokio_postgres_tls(&proxy, &first.ca).await;
+    let v: i32 = tls.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(v, 1);
+
+    // New files from another CA replace the old ones on disk.
+    let second = certs::make(&dir.join("next"), "", "second");
+    std::fs::copy(&second.server_cert, &first.server_cert).unwrap();
+    std::fs::copy(&second.server_key, &first.server_key).unwrap();
+    let mut rotated = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (ok, out, _) = psql(&pg, &url(&second), &["-c", "SELECT 'new'"]);
+        if ok && out == "new" {
+            rotated = true;
+            break;
+        }
+    }
+    assert!(rotated, "new connections must get the new certificate");
+    let (ok, _, err) = psql(&pg, &url(&first), &["-c", "SELECT 1"]);
+    assert!(!ok, "the old CA no longer verifies: {err}");
+    // The client connected before the rotation is still served.
+    let v: i32 = tls.query_one("SELECT 2", &[]).await.unwrap().get(0);
+    assert_eq!(v, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// tokio-postgres over TLS (SSLRequest) to the transaction port, trusting `ca`.
+async fn tokio_postgres_tls(proxy: &Proxy, ca: &Path) -> tokio_postgres::Client {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port(PoolMode::Transaction)))
+        .await
+        .unwrap();
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
+    assert_eq!(tcp.read_u8().await.unwrap(), b'S');
+    let connector = tokio_rustls::TlsConnector::from(client_config(ca, &[]));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (client, conn) = tokio_postgres::Config::new()
+        .user(AGENT.0)
+        .password(AGENT.1)
+        .dbname("app")
+        .connect_raw(tls, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
