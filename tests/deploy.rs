@@ -45,7 +45,7 @@ fn prometheus_rules_validate_with_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("SUCCESS: 10 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 12 rules found"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,9 +77,16 @@ async fn dashboard_and_rules_use_only_exported_metrics() {
     // Traffic that makes every family show samples: queries, an error, a wrong password, a
     // failed reload (this proxy has no file to reload), prepared statements.
     let pg = start_postgres();
+    let dir = std::env::temp_dir().join(format!("pgsluice-deploy-{}", std::process::id()));
+    let pki = support::certs::make(&dir, "", "deploy");
+    let tls = format!(
+        "[tls]\nmode = \"prefer\"\ncert = \"{}\"\nkey = \"{}\"\n\n",
+        pki.server_cert.display(),
+        pki.server_key.display()
+    );
     let text = config_text(&pg, "activity_sample_interval = 0.1", "pool_size = 2").replacen(
         "[admin]",
-        "[http]\naddr = \"127.0.0.1:0\"\n\n[admin]",
+        &format!("{tls}[http]\naddr = \"127.0.0.1:0\"\n\n[admin]"),
         1,
     );
     let proxy = Proxy::start(&text).await;
@@ -95,6 +102,31 @@ async fn dashboard_and_rules_use_only_exported_metrics() {
             .is_err()
     );
     assert!(proxy.running.app.reload().is_err());
+    // One TLS handshake (SSLRequest, then rustls), for the pgsluice_tls_* families.
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port(PoolMode::Session)))
+        .await
+        .unwrap();
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
+    assert_eq!(tcp.read_u8().await.unwrap(), b'S');
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&pki.ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let _tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
     // One pg_stat_activity sample, for the pgsluice_upstream_* families.
     let start = std::time::Instant::now();
     while proxy.running.app.activity.all().is_empty() && start.elapsed().as_secs() < 10 {
@@ -113,6 +145,7 @@ async fn dashboard_and_rules_use_only_exported_metrics() {
         .filter(|l| l.starts_with("pgsluice_"))
         .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
         .collect();
+    let _ = std::fs::remove_dir_all(&dir);
     let missing: Vec<_> = used.difference(&exported).collect();
     assert!(
         missing.is_empty(),

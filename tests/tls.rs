@@ -363,3 +363,49 @@ async fn tokio_postgres_tls(proxy: &Proxy, ca: &Path) -> tokio_postgres::Client 
     tokio::spawn(conn);
     client
 }
+
+#[test]
+fn accepts_the_agents_contract_tls_section() {
+    let contract = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/contract");
+    let read = |name: &str, fallback: &str| {
+        std::fs::read_to_string(contract.join(name)).unwrap_or_else(|_| fallback.to_owned())
+    };
+    let minimal = read("minimal.toml", include_str!("data/minimal.toml"));
+    let agents = read("agents.toml", include_str!("data/agents.toml"));
+    // The [tls] table of agents.toml, up to the next table.
+    let start = agents
+        .find("\n[tls]")
+        .expect("agents.toml has a [tls] table");
+    let rest = &agents[start + 1..];
+    let end = rest[1..].find("\n[").map_or(rest.len(), |i| i + 1);
+    let dir = tmpdir("contract");
+    let pki = certs::make(&dir, "", "contract");
+    let text = format!("{minimal}\n{}", &rest[..end])
+        .replace("@SESSION_PORT@", "55432")
+        .replace("@TXN_PORT@", "56543")
+        .replace("@HTTP_PORT@", "59930")
+        .replace("@PG_PORT@", "5432")
+        .replace("@PG_DB@", "postgres")
+        .replace("@AGENT_PASSWORD@", "agent-pw")
+        .replace("@PG_USER@", "postgres")
+        .replace("@PG_PASSWORD@", "pg-pw")
+        .replace("@ADMIN_PASSWORD@", "admin-pw")
+        .replace("@TLS_CERT@", &pki.server_cert.display().to_string())
+        .replace("@TLS_KEY@", &pki.server_key.display().to_string());
+    let c = pgsluice::config::Config::parse(&text, Path::new("agents.toml")).unwrap();
+    let tls = c.tls.as_ref().unwrap();
+    assert_eq!(tls.mode, pgsluice::config::ClientTlsMode::Prefer);
+    let files = tls.files().unwrap();
+    assert_eq!(
+        (files.cert, files.key),
+        (pki.server_cert.clone(), pki.server_key.clone())
+    );
+    // A certificate that does not load is refused naming the file.
+    let broken = text.replace(
+        &pki.server_cert.display().to_string(),
+        &dir.join("missing.pem").display().to_string(),
+    );
+    let e = pgsluice::config::Config::parse(&broken, Path::new("agents.toml")).unwrap_err();
+    assert!(e.to_string().contains("missing.pem"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
