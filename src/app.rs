@@ -24,6 +24,8 @@ pub struct App {
     pub clients: Arc<crate::stats::clients::Clients>,
     /// Per-fingerprint query statistics (SHOW QUERIES, /queries).
     pub queries: Arc<crate::stats::queries::QueryStats>,
+    /// Per-address limits: open connections, attempt rate, lockouts.
+    pub limits: crate::admission::limits::Limits,
     /// Client-facing TLS (certificate reloaded when its files change).
     pub tls: Arc<crate::net::tls::Acceptor>,
     /// The last pg_stat_activity sample of each upstream (SHOW ACTIVITY).
@@ -63,6 +65,7 @@ impl App {
             ),
             activity,
             tls,
+            limits: Default::default(),
             pools,
             clients,
             queries,
@@ -306,6 +309,7 @@ async fn watch_certificates(app: std::sync::Weak<App>) {
         if app.is_shutting_down() {
             return;
         }
+        app.limits.prune(&app.config.load().limits);
         match app.tls.reload_if_changed() {
             Ok(true) => tracing::info!("TLS certificate reloaded from its files"),
             Ok(false) => {}

@@ -98,6 +98,17 @@ impl ClientError {
     pub fn server_lost() -> Self {
         Self::fatal("08006", "server connection closed unexpectedly")
     }
+    /// A per-address limit (53300 and friends), FATAL.
+    pub fn limit(code: &'static str, message: &'static str) -> Self {
+        Self::fatal(code, message)
+    }
+    /// 28000: refused by pg_hba-style rules or address lists, naming no user.
+    pub fn address_refused() -> Self {
+        Self::fatal(
+            "28000",
+            "connection refused by pgsluice's access rules for this address",
+        )
+    }
     /// 57P01, as PostgreSQL words pg_terminate_backend: KILL_CLIENT or KILL db.
     pub fn admin_shutdown() -> Self {
         Self::fatal(

@@ -115,6 +115,13 @@ impl Metrics {
             .inc();
     }
 
+    pub fn auth_result(&self, method: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.auth
+            .get_or_create(&AuthLabels { method, result })
+            .inc();
+    }
+
     pub fn tls_handshake(&self, kind: &'static str, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
         self.tls_handshakes

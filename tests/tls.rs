@@ -409,3 +409,69 @@ fn accepts_the_agents_contract_tls_section() {
     assert!(e.to_string().contains("missing.pem"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_authentication() {
+    let pg = start_postgres();
+    let dir = tmpdir("cert");
+    let pki = certs::make(&dir, "", "clients");
+    let stranger = certs::make(&dir.join("other"), "", "stranger");
+    use std::os::unix::fs::PermissionsExt;
+    for k in [&pki.client_key, &stranger.client_key] {
+        std::fs::set_permissions(k, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let hba = dir.join("pg_hba.conf");
+    std::fs::write(
+        &hba,
+        "hostssl app agent 127.0.0.1/32 cert\nhost all all all scram-sha-256\n",
+    )
+    .unwrap();
+    let text = with_tls(
+        &pg,
+        &pki,
+        "require",
+        &format!("auth_hba_file = \"{}\"", hba.display()),
+    )
+    .replacen(
+        "mode = \"require\"\n",
+        &format!("mode = \"require\"\nca = \"{}\"\n", pki.ca.display()),
+        1,
+    );
+    let proxy = Proxy::start(&text).await;
+    let base = format!(
+        "host=localhost hostaddr=127.0.0.1 port={} user=agent dbname=app sslmode=verify-full sslrootcert={}",
+        proxy.port(PoolMode::Transaction),
+        pki.ca.display()
+    );
+    // CN=agent, signed by the configured CA: in without a password.
+    let with_cert = format!(
+        "{base} sslcert={} sslkey={}",
+        pki.client_cert.display(),
+        pki.client_key.display()
+    );
+    let (ok, out, err) = psql(&pg, &with_cert, &["-c", "SELECT current_user"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, SCRAM_ROLE);
+    // No certificate: refused, 28000.
+    let (ok, _, err) = psql(
+        &pg,
+        &format!("{base} password={}", AGENT.1),
+        &["-c", "SELECT 1"],
+    );
+    assert!(
+        !ok && err.contains("certificate authentication failed"),
+        "{err}"
+    );
+    // A certificate from another CA does not even finish the TLS handshake.
+    let foreign = format!(
+        "{base} sslcert={} sslkey={}",
+        stranger.client_cert.display(),
+        stranger.client_key.display()
+    );
+    let (ok, _, err) = psql(&pg, &foreign, &["-c", "SELECT 1"]);
+    assert!(
+        !ok,
+        "a certificate from an unknown CA must be refused: {err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

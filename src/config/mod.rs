@@ -63,11 +63,30 @@ impl Config {
                 reason,
             }
         };
-        let config: Config = toml::from_str(source)
+        let mut config: Config = toml::from_str(source)
             .map_err(|e| locate(e.span(), None, e.message().trim().to_owned()))?;
         config
             .validate()
             .map_err(|(span, key, reason)| locate(Some(span), Some(key), reason))?;
+        if let Some(file) = &config.general.auth_hba_file {
+            let hba_path = PathBuf::from(file.as_str());
+            let text = std::fs::read_to_string(&hba_path).map_err(|e| ConfigError {
+                file: hba_path.clone(),
+                line: 0,
+                column: 0,
+                key: Some("auth_hba_file".into()),
+                reason: format!("cannot read: {e}"),
+            })?;
+            let hba = crate::auth::hba::Hba::parse(&text).map_err(|e| ConfigError {
+                file: hba_path.clone(),
+                line: e.line,
+                column: 1,
+                key: None,
+                reason: e.reason,
+            })?;
+            config.hba = Some(hba);
+        }
+        config.limits = config.general.limit_settings();
         Ok(config)
     }
 

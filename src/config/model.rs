@@ -2,6 +2,7 @@
 //! Every key is documented in `config.toml.example`.
 
 use super::text::Text;
+use crate::admission::addresses::Cidr;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +29,12 @@ pub struct Config {
     /// The file this came from (RELOAD reads it again).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// The rules of `auth_hba_file`, read with the configuration.
+    #[serde(skip)]
+    pub hba: Option<crate::auth::hba::Hba>,
+    /// The per-address limits, from `[general]`.
+    #[serde(skip)]
+    pub limits: crate::admission::limits::Settings,
 }
 
 /// Process-wide knobs, the ones PgBouncer keeps in its `[pgbouncer]` section.
@@ -71,6 +78,35 @@ pub struct General {
     pub server_tls_ca_file: Option<Text>,
     pub server_tls_cert_file: Option<Text>,
     pub server_tls_key_file: Option<Text>,
+    /// Rules in pg_hba.conf syntax (PgBouncer's auth_hba_file): first match decides.
+    pub auth_hba_file: Option<Text>,
+    /// Addresses that may connect at all (empty: any), and addresses that may not.
+    pub allow_addresses: Vec<Cidr>,
+    pub deny_addresses: Vec<Cidr>,
+    /// Open connections per client address; 0: no limit.
+    pub max_connections_per_address: usize,
+    /// Connection attempts per second per client address (bursts of twice that); 0: off.
+    pub connection_attempts_per_second: u32,
+    /// Failed authentications from one address within `auth_failure_window` seconds that
+    /// lock it out for `auth_failure_lockout` seconds; 0: never.
+    pub auth_failure_limit: u32,
+    pub auth_failure_window: Seconds,
+    pub auth_failure_lockout: Seconds,
+    /// Addresses the per-address limits do not apply to (loopback: a sidecar's clients).
+    pub limits_exempt: Vec<Cidr>,
+}
+
+impl General {
+    pub fn limit_settings(&self) -> crate::admission::limits::Settings {
+        crate::admission::limits::Settings {
+            max_per_address: self.max_connections_per_address,
+            attempts_per_second: self.connection_attempts_per_second,
+            failure_limit: self.auth_failure_limit,
+            failure_window: self.auth_failure_window.duration(),
+            lockout: self.auth_failure_lockout.duration(),
+            exempt: self.limits_exempt.clone(),
+        }
+    }
 }
 
 impl Default for General {
@@ -108,6 +144,18 @@ impl Default for General {
             server_tls_ca_file: None,
             server_tls_cert_file: None,
             server_tls_key_file: None,
+            auth_hba_file: None,
+            allow_addresses: Vec::new(),
+            deny_addresses: Vec::new(),
+            max_connections_per_address: 1000,
+            connection_attempts_per_second: 200,
+            auth_failure_limit: 10,
+            auth_failure_window: Seconds(60.0),
+            auth_failure_lockout: Seconds(300.0),
+            limits_exempt: ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .filter_map(|s| Cidr::try_from((*s).to_owned()).ok())
+                .collect(),
         }
     }
 }
@@ -284,6 +332,11 @@ pub struct Database {
     pub server_tls_cert_file: Option<Text>,
     #[serde(default)]
     pub server_tls_key_file: Option<Text>,
+    /// Addresses that may use this database (empty: any), and that may not.
+    #[serde(default)]
+    pub allow_addresses: Vec<Cidr>,
+    #[serde(default)]
+    pub deny_addresses: Vec<Cidr>,
 }
 
 fn default_host() -> Text {
@@ -305,6 +358,12 @@ pub struct User {
     /// The upstream password; defaults to `password` when that is plaintext.
     #[serde(default)]
     pub server_password: Option<Text>,
+    /// Addresses this user may connect from (empty: any), and may not. Checked after the
+    /// password, so a refusal says nothing about which users exist.
+    #[serde(default)]
+    pub allow_addresses: Vec<Cidr>,
+    #[serde(default)]
+    pub deny_addresses: Vec<Cidr>,
 }
 
 /// A duration written as seconds (integer or fraction); 0 means "off" where a key says so.

@@ -28,8 +28,8 @@ pub async fn authenticate(
     out: &mut BytesMut,
     user: &str,
     secret: Option<&Secret>,
+    preferred: crate::config::AuthType,
 ) -> Result<Method, LoginError> {
-    let preferred = app.config.load().general.auth_type;
     let method = match secret {
         Some(s) => Method::choose(s, preferred),
         None => Method::choose(&Secret::Plain(String::new()), preferred),

@@ -1,5 +1,6 @@
 //! The client side: handshake, login, cancel routing, and each client's session.
 
+pub mod access;
 pub mod cancel;
 pub mod handshake;
 pub mod login;

@@ -1,6 +1,7 @@
 //! One client's life: handshake, login, choosing its pool, the greeting, then the relay loop
 //! in session or transaction mode, and cleanup that never leaves a transaction open upstream.
 
+use super::access;
 use super::cancel::Registration;
 use super::handshake::{self, HandshakeError, Hello};
 use super::login::{self, LoginError};
@@ -67,6 +68,18 @@ struct Pooled {
 pub async fn serve(app: Arc<App>, stream: Stream, peer: Peer, mode: PoolMode, id: u64) {
     let over_limit = !app.admit_client();
     let _count = scopeguard(&app);
+    // Address rules and per-address limits first, before any TLS or SCRAM work is spent.
+    let _address_slot = match admit_address(&app, &peer) {
+        Ok(slot) => slot,
+        Err(e) => {
+            app.metrics.client_error(&e.code);
+            let mut stream = stream;
+            let mut out = BytesMut::new();
+            e.encode(&mut out);
+            let _ = stream.send(&out).await;
+            return;
+        }
+    };
     let login_timeout = app.config.load().general.client_login_timeout.enabled();
     let login = async {
         let mut out = BytesMut::with_capacity(512);
@@ -211,6 +224,36 @@ fn scopeguard(app: &Arc<App>) -> impl Drop + '_ {
     Guard(app)
 }
 
+/// The global address lists and the per-address limits, at accept.
+fn admit_address(
+    app: &App,
+    peer: &Peer,
+) -> Result<crate::admission::limits::AddressSlot, ClientError> {
+    let config = app.config.load();
+    let g = &config.general;
+    let addr = peer.ip();
+    if !crate::admission::addresses::permitted(&g.allow_addresses, &g.deny_addresses, addr) {
+        tracing::info!(%peer, "refused by allow_addresses/deny_addresses");
+        return Err(ClientError::address_refused());
+    }
+    app.limits.admit(&config.limits, addr).map_err(|r| {
+        tracing::info!(%peer, reason = r.as_str(), "refused by a per-address limit");
+        r.to_client()
+    })
+}
+
+/// Counts a failed authentication against the client's address (lockout after too many).
+fn note_auth_failure(
+    app: &App,
+    config: &crate::config::Config,
+    addr: Option<std::net::IpAddr>,
+    user: &str,
+) {
+    if app.limits.auth_failed(&config.limits, addr) {
+        tracing::warn!(addr = ?addr, user, "too many failed authentications: address locked out");
+    }
+}
+
 /// How a connection arrived, for [`login`].
 struct Arrival<'a> {
     peer: &'a Peer,
@@ -271,21 +314,73 @@ async fn login(
         ));
     }
     let config = app.config.load_full();
+    let addr = peer.ip();
+    let check = match access::before_auth(
+        &config,
+        addr,
+        tls.is_some(),
+        &startup.user,
+        &startup.database,
+    ) {
+        Ok(c) => c,
+        Err(e) => return refuse(e),
+    };
     let user = config.user(&startup.user);
     let secret = user.map(|u| crate::auth::Secret::parse(&u.password));
-    let method = match login::authenticate(app, stream, &mut out, &startup.user, secret.as_ref())
-        .await
-    {
-        Ok(m) => m,
-        Err(LoginError::Gone) => {
-            tracing::debug!(conn = id, %peer, user = %startup.user, "client left during authentication");
-            return Ok(None);
+    let proved = match check {
+        access::Check::Password(preferred) => {
+            match login::authenticate(
+                app,
+                stream,
+                &mut out,
+                &startup.user,
+                secret.as_ref(),
+                preferred,
+            )
+            .await
+            {
+                Ok(m) => Ok(m.as_str()),
+                Err(LoginError::Gone) => {
+                    tracing::debug!(conn = id, %peer, user = %startup.user, "client left during authentication");
+                    return Ok(None);
+                }
+                Err(LoginError::Refused(e)) => Err(e),
+            }
         }
-        Err(LoginError::Refused(e)) => return refuse(e),
+        access::Check::Trust => Ok("trust"),
+        access::Check::Cert => {
+            if access::certificate_user(stream).as_deref() == Some(startup.user.as_str()) {
+                Ok("cert")
+            } else {
+                Err(ClientError::not_authorized(format!(
+                    "certificate authentication failed for user \"{}\"",
+                    startup.user
+                )))
+            }
+        }
+    };
+    let method = match (proved, user) {
+        (Ok(m), Some(_)) => m,
+        (Err(e), _) => {
+            note_auth_failure(app, &config, addr, &startup.user);
+            return refuse(e);
+        }
+        (Ok(m), None) => {
+            // trust or cert for a user pgsluice has no credentials for.
+            note_auth_failure(app, &config, addr, &startup.user);
+            return refuse(ClientError::auth_failed(&startup.user, m));
+        }
     };
     let Some(user) = user else {
         return refuse(ClientError::auth_failed(&startup.user, "password"));
     };
+    if matches!(check, access::Check::Trust | access::Check::Cert) {
+        app.metrics.auth_result(method, true);
+        emit::auth_ok(&mut out);
+    }
+    if let Err(e) = access::after_auth(user, addr) {
+        return refuse(e);
+    }
     if crate::admin::is_console(&startup.database) {
         return match crate::admin::Console::admit(&config, &user.name) {
             Some(console) => {
@@ -332,7 +427,7 @@ async fn login(
             user: &user.name,
             pool: &pool,
             params: &params,
-            method: method.as_str(),
+            method,
             sni: tls.as_ref().and_then(|t| t.sni.clone()),
         },
     );
@@ -387,7 +482,7 @@ async fn login(
     if stream.send(&out).await.is_err() {
         return Ok(None);
     }
-    tracing::info!(conn = id, %peer, user = %user.name, database = %db.name, mode = mode.as_str(), method = method.as_str(), "client logged in");
+    tracing::info!(conn = id, %peer, user = %user.name, database = %db.name, mode = mode.as_str(), method, "client logged in");
     Ok(Some(LoggedIn::Pooled(Box::new(Pooled {
         params,
         pool,

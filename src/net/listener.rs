@@ -36,6 +36,14 @@ impl fmt::Display for Peer {
 }
 
 impl Peer {
+    /// The client's IP address (None for a unix socket).
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Peer::Tcp(a) => Some(a.ip()),
+            Peer::Unix => None,
+        }
+    }
+
     /// `host:port` as application_name_add_host appends it.
     pub fn host_port(&self) -> String {
         match self {
