@@ -24,6 +24,8 @@ pub struct App {
     pub clients: Arc<crate::stats::clients::Clients>,
     /// Per-fingerprint query statistics (SHOW QUERIES, /queries).
     pub queries: Arc<crate::stats::queries::QueryStats>,
+    /// One JSON line per connection event (`[audit]`).
+    pub audit: crate::audit::Audit,
     /// Per-address limits: open connections, attempt rate, lockouts.
     pub limits: crate::admission::limits::Limits,
     /// Client-facing TLS (certificate reloaded when its files change).
@@ -44,7 +46,7 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(config: Config) -> Arc<App> {
+    pub fn new(config: Config, audit: crate::audit::Audit) -> Arc<App> {
         let pools = Pools::default();
         let clients = Arc::new(crate::stats::clients::Clients::default());
         let queries = Arc::new(crate::stats::queries::QueryStats::new(
@@ -66,6 +68,7 @@ impl App {
             activity,
             tls,
             limits: Default::default(),
+            audit,
             pools,
             clients,
             queries,
@@ -241,6 +244,8 @@ impl Running {
         for pool in self.app.pools.all() {
             pool.close_idle().await;
         }
+        // Every line of every connection that ended is on disk before we return.
+        self.app.audit.flush().await;
     }
 }
 
@@ -259,7 +264,9 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
         .iter()
         .map(|l| l.get_ref().clone())
         .collect();
-    let app = App::new(config);
+    let audit_dest = config.audit.as_ref().map(|a| a.destination());
+    let audit = crate::audit::Audit::start(audit_dest.as_ref()).await?;
+    let app = App::new(config, audit);
     let mut bound = Vec::new();
     for spec in &specs {
         let b = listener::bind(&spec.addr).map_err(|e| {

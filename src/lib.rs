@@ -22,6 +22,7 @@
 pub mod admin;
 pub mod admission;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod config;

@@ -22,6 +22,9 @@ pub struct Config {
     /// TLS for clients; without it SSLRequest is answered 'N'.
     #[serde(default)]
     pub tls: Option<Tls>,
+    /// The audit log; without it none is written.
+    #[serde(default)]
+    pub audit: Option<Audit>,
     #[serde(default)]
     pub databases: Vec<Spanned<Database>>,
     #[serde(default)]
@@ -231,6 +234,23 @@ pub struct Http {
     /// When set, every endpoint but /health needs `Authorization: Bearer <token>`.
     #[serde(default)]
     pub token: Option<Text>,
+}
+
+/// `[audit]`: one JSON line per connection event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// "stdout", or a file path (appended to).
+    pub destination: Text,
+}
+
+impl Audit {
+    pub fn destination(&self) -> crate::audit::Destination {
+        match self.destination.as_str() {
+            "stdout" | "-" => crate::audit::Destination::Stdout,
+            path => crate::audit::Destination::File(PathBuf::from(path)),
+        }
+    }
 }
 
 /// `[tls]`: TLS between clients and the proxy.

@@ -66,13 +66,64 @@ struct Pooled {
 /// Serves one accepted connection to its end. Never panics on client input; every refusal is
 /// an ErrorResponse and a log line.
 pub async fn serve(app: Arc<App>, stream: Stream, peer: Peer, mode: PoolMode, id: u64) {
+    let started = std::time::Instant::now();
+    // Counted until the audit line of its end is queued, so shutdown's flush includes it.
     let over_limit = !app.admit_client();
     let _count = scopeguard(&app);
+    let (addr, port) = match &peer {
+        Peer::Tcp(a) => (a.ip().to_string(), a.port()),
+        Peer::Unix => ("unix".to_owned(), 0),
+    };
+    app.audit
+        .event(
+            "accepted",
+            id,
+            serde_json::json!({ "addr": addr, "port": port, "listener": mode.as_str() }),
+        )
+        .await;
+    let mut ended = Ended::default();
+    serve_inner(&app, stream, &peer, mode, id, over_limit, &mut ended).await;
+    if app.audit.enabled() {
+        let mut fields = serde_json::json!({
+            "addr": addr,
+            "duration_ms": started.elapsed().as_millis() as u64,
+            "bytes_in": ended.bytes_in,
+            "bytes_out": ended.bytes_out,
+        });
+        if let Some((user, database)) = ended.who {
+            fields["user"] = user.into();
+            fields["database"] = database.into();
+        }
+        app.audit.event("disconnected", id, fields).await;
+    }
+}
+
+/// What the audit log's `disconnected` line reports.
+#[derive(Default)]
+struct Ended {
+    /// (user, database) from the startup packet, once read.
+    who: Option<(String, String)>,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+async fn serve_inner(
+    app: &Arc<App>,
+    stream: Stream,
+    peer: &Peer,
+    mode: PoolMode,
+    id: u64,
+    over_limit: bool,
+    ended: &mut Ended,
+) {
     // Address rules and per-address limits first, before any TLS or SCRAM work is spent.
-    let _address_slot = match admit_address(&app, &peer) {
+    let _address_slot = match admit_address(app, peer) {
         Ok(slot) => slot,
         Err(e) => {
             app.metrics.client_error(&e.code);
+            app.audit
+                .event("refused", id, crate::audit::refusal(&e.code, &e.message))
+                .await;
             let mut stream = stream;
             let mut out = BytesMut::new();
             e.encode(&mut out);
@@ -80,6 +131,8 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: Peer, mode: PoolMode, id
             return;
         }
     };
+    let app = app.clone();
+    let peer = peer.clone();
     let login_timeout = app.config.load().general.client_login_timeout.enabled();
     let login = async {
         let mut out = BytesMut::with_capacity(512);
@@ -87,6 +140,17 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: Peer, mode: PoolMode, id
             handshake::read_hello(stream, app.tls.config(), &app.metrics, &mut out).await;
         // None: a failed TLS handshake consumed the socket.
         let mut stream = stream?;
+        if let Some(t) = &tls {
+            let fields = serde_json::json!({
+                "version": stream.tls_description(),
+                "sni": t.sni,
+                "kind": if t.direct { "direct" } else { "sslrequest" },
+            });
+            app.audit.event("tls", id, fields).await;
+        }
+        if let Ok(Hello::Startup(s)) = &hello {
+            ended.who = Some((s.user.clone(), s.database.clone()));
+        }
         let arrival = Arrival {
             peer: &peer,
             mode,
@@ -107,6 +171,21 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: Peer, mode: PoolMode, id
     let Some((mut stream, result)) = outcome else {
         return;
     };
+    if let Ok(Some(logged_in)) = &result {
+        let fields = match logged_in {
+            LoggedIn::Console(c) => serde_json::json!({
+                "user": c.user, "database": crate::ADMIN_DATABASE, "console": true,
+            }),
+            LoggedIn::Pooled(l) => serde_json::json!({
+                "user": l.reg.info.facts.user,
+                "database": l.reg.info.facts.database,
+                "pool": l.pool.key.to_string(),
+                "method": l.reg.info.facts.auth_method,
+                "mode": mode.as_str(),
+            }),
+        };
+        app.audit.event("authenticated", id, fields).await;
+    }
     let mut client = match result {
         Ok(Some(LoggedIn::Console(console))) => {
             crate::admin::serve(&app, &mut stream, console, id).await;
@@ -132,6 +211,12 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: Peer, mode: PoolMode, id
         Err(err) => {
             if let Some(err) = err {
                 app.metrics.client_error(&err.code);
+                let mut fields = crate::audit::refusal(&err.code, &err.message);
+                if let Some((user, database)) = &ended.who {
+                    fields["user"] = user.as_str().into();
+                    fields["database"] = database.as_str().into();
+                }
+                app.audit.event("refused", id, fields).await;
                 let mut out = BytesMut::new();
                 err.encode(&mut out);
                 let _ = stream.send(&out).await;
@@ -151,6 +236,7 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: Peer, mode: PoolMode, id
     }
     run(&app, &mut client, &mut relay).await;
     relay.meter.flush();
+    (ended.bytes_in, ended.bytes_out) = relay.meter.bytes();
     finish(&app, client, relay).await;
 }
 

@@ -29,6 +29,9 @@ pub struct Meter {
     sinks: Option<Sinks>,
     received: u64,
     sent: u64,
+    /// The connection's whole life, never flushed (the audit log's disconnected line).
+    total_received: u64,
+    total_sent: u64,
     queries: u64,
     query_us: u64,
     xacts: u64,
@@ -66,10 +69,17 @@ impl Meter {
 
     pub fn received(&mut self, n: usize) {
         self.received += n as u64;
+        self.total_received += n as u64;
     }
 
     pub fn sent(&mut self, n: usize) {
         self.sent += n as u64;
+        self.total_sent += n as u64;
+    }
+
+    /// Bytes from and to the client over the connection's life.
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.total_received, self.total_sent)
     }
 
     /// A message that asks the server for work (Query, Parse, Bind, Execute, FunctionCall).

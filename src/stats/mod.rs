@@ -36,6 +36,21 @@ pub fn format_time(micros: u64) -> String {
     )
 }
 
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (RFC 3339, UTC) for a Unix-microsecond time: the audit
+/// log's timestamps.
+pub fn format_rfc3339(micros: u64) -> String {
+    let secs = micros / 1_000_000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        micros % 1_000_000
+    )
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
