@@ -26,6 +26,8 @@ pub struct App {
     pub queries: Arc<crate::stats::queries::QueryStats>,
     /// One JSON line per connection event (`[audit]`).
     pub audit: crate::audit::Audit,
+    /// Users looked up by auth_query, for auth_cache_ttl.
+    pub auth_cache: crate::auth::passthrough::AuthCache,
     /// Per-address limits: open connections, attempt rate, lockouts.
     pub limits: crate::admission::limits::Limits,
     /// Client-facing TLS (certificate reloaded when its files change).
@@ -68,6 +70,7 @@ impl App {
             activity,
             tls,
             limits: Default::default(),
+            auth_cache: Default::default(),
             audit,
             pools,
             clients,
@@ -206,6 +209,7 @@ impl App {
             .load(new.tls.as_ref().and_then(|t| t.files()).as_ref())
             .map_err(|e| e.to_string())?;
         self.queries.set_max(new.general.query_stats_max);
+        self.auth_cache.clear();
         self.pools.reload(&new);
         self.config.store(Arc::new(new));
         Ok(())
@@ -316,7 +320,10 @@ async fn watch_certificates(app: std::sync::Weak<App>) {
         if app.is_shutting_down() {
             return;
         }
-        app.limits.prune(&app.config.load().limits);
+        let config = app.config.load();
+        app.limits.prune(&config.limits);
+        app.auth_cache
+            .prune(config.general.auth_cache_ttl.duration());
         match app.tls.reload_if_changed() {
             Ok(true) => tracing::info!("TLS certificate reloaded from its files"),
             Ok(false) => {}

@@ -153,6 +153,7 @@ async fn readiness(app: &App) -> (bool, serde_json::Value) {
             user: String::new(),
             password: None,
             tls: None,
+            passthrough: None,
         };
         let ok = matches!(
             tokio::time::timeout(PROBE_TIMEOUT, probe.open_socket()).await,

@@ -3,6 +3,7 @@
 
 pub mod hba;
 pub mod md5;
+pub mod passthrough;
 pub mod scram;
 
 use crate::config::AuthType;

@@ -159,8 +159,9 @@ impl Exchange {
         &self.server_first
     }
 
-    /// Checks the client-final-message; returns the server-final-message (`v=...`).
-    pub fn finish(self, client_final: &[u8]) -> Result<String, ScramError> {
+    /// Checks the client-final-message; returns the server-final-message (`v=...`) and the
+    /// ClientKey the proof revealed (what SCRAM passthrough logs in upstream with).
+    pub fn finish(self, client_final: &[u8]) -> Result<(String, [u8; 32]), ScramError> {
         let text =
             std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let (without_proof, proof) = text
@@ -202,7 +203,112 @@ impl Exchange {
             return Err(ScramError::BadProof);
         }
         let server_signature = hmac(&self.verifier.server_key, auth_message.as_bytes());
-        Ok(format!("v={}", B64.encode(server_signature)))
+        Ok((format!("v={}", B64.encode(server_signature)), client_key))
+    }
+}
+
+/// The client side of SCRAM-SHA-256 from keys instead of a password (SCRAM passthrough, as
+/// PgBouncer and Supavisor do it): the ClientKey recovered from a client's own exchange and
+/// the verifier proves the same identity to the upstream, whose salt and iteration count
+/// must be the verifier's.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyClient {
+    pub client_key: [u8; 32],
+    pub verifier: Verifier,
+}
+
+impl std::fmt::Debug for KeyClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyClient")
+    }
+}
+
+/// One client-side exchange in progress.
+pub struct KeyExchange {
+    keys: KeyClient,
+    client_first_bare: String,
+    nonce: String,
+    auth_message: Option<String>,
+}
+
+impl KeyClient {
+    /// The client-first-message (`n,,n=,r=<nonce>`; PostgreSQL takes the user from the
+    /// startup packet).
+    pub fn start(&self, nonce: &[u8]) -> (KeyExchange, String) {
+        let nonce = B64.encode(nonce);
+        let bare = format!("n=,r={nonce}");
+        let first = format!("n,,{bare}");
+        (
+            KeyExchange {
+                keys: self.clone(),
+                client_first_bare: bare,
+                nonce,
+                auth_message: None,
+            },
+            first,
+        )
+    }
+}
+
+impl KeyExchange {
+    /// Answers the server-first-message with the client-final-message.
+    pub fn respond(&mut self, server_first: &[u8]) -> Result<String, ScramError> {
+        let text =
+            std::str::from_utf8(server_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let (mut nonce, mut salt, mut iterations) = (None, None, None);
+        for attr in text.split(',') {
+            if let Some(v) = attr.strip_prefix("r=") {
+                nonce = Some(v);
+            } else if let Some(v) = attr.strip_prefix("s=") {
+                salt = Some(v);
+            } else if let Some(v) = attr.strip_prefix("i=") {
+                iterations = Some(v);
+            }
+        }
+        let nonce = nonce.ok_or(ScramError::Malformed("missing nonce"))?;
+        if !nonce.starts_with(&self.nonce) {
+            return Err(ScramError::Malformed("server nonce does not extend ours"));
+        }
+        let salt = B64
+            .decode(salt.ok_or(ScramError::Malformed("missing salt"))?)
+            .map_err(|_| ScramError::Malformed("bad salt"))?;
+        let iterations: u32 = iterations
+            .and_then(|i| i.parse().ok())
+            .ok_or(ScramError::Malformed("bad iteration count"))?;
+        let v = &self.keys.verifier;
+        if salt != v.salt || iterations != v.iterations {
+            // The password changed upstream since this verifier was read.
+            return Err(ScramError::BadProof);
+        }
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{text},{without_proof}", self.client_first_bare);
+        let signature = hmac(&v.stored_key, auth_message.as_bytes());
+        let mut proof = [0u8; 32];
+        for (i, p) in proof.iter_mut().enumerate() {
+            *p = self.keys.client_key[i] ^ signature[i];
+        }
+        self.auth_message = Some(auth_message);
+        Ok(format!("{without_proof},p={}", B64.encode(proof)))
+    }
+
+    /// Checks the server-final-message (`v=<ServerSignature>`).
+    pub fn verify(&self, server_final: &[u8]) -> Result<(), ScramError> {
+        let text =
+            std::str::from_utf8(server_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let sig = text
+            .strip_prefix("v=")
+            .and_then(|s| B64.decode(s).ok())
+            .ok_or(ScramError::Malformed("bad server-final-message"))?;
+        let auth = self
+            .auth_message
+            .as_deref()
+            .ok_or(ScramError::Malformed("server-final before server-first"))?;
+        let want = hmac(&self.keys.verifier.server_key, auth.as_bytes());
+        if bool::from(want.ct_eq(&sig[..])) {
+            Ok(())
+        } else {
+            Err(ScramError::BadProof)
+        }
     }
 }
 
@@ -219,10 +325,45 @@ mod tests {
         client
             .update(ex.server_first().as_bytes())
             .map_err(|_| ScramError::Malformed("client"))?;
-        let server_final = ex.finish(client.message())?;
+        let (server_final, _) = ex.finish(client.message())?;
         client
             .finish(server_final.as_bytes())
             .map_err(|_| ScramError::Malformed("server signature rejected"))
+    }
+
+    #[test]
+    fn passthrough_proves_the_same_identity_with_the_recovered_key() {
+        // A client logs in to us with its password; we recover its ClientKey ...
+        let v = Verifier::from_password("pencil", b"salt-salt-salt-2", 4096);
+        let mut client = ScramSha256::new(b"pencil", ChannelBinding::unsupported());
+        let ex = Exchange::start(v.clone(), client.message(), b"nonce-nonce-nonce-nonce!").unwrap();
+        client.update(ex.server_first().as_bytes()).unwrap();
+        let (_, client_key) = ex.finish(client.message()).unwrap();
+        // ... and log in to another server holding the same verifier with it.
+        let keys = KeyClient {
+            client_key,
+            verifier: v.clone(),
+        };
+        let (mut kx, first) = keys.start(b"client-nonce-xyz");
+        let upstream =
+            Exchange::start(v.clone(), first.as_bytes(), b"upstream-nonce-upstream!").unwrap();
+        let final_msg = kx.respond(upstream.server_first().as_bytes()).unwrap();
+        let (server_final, key_again) = upstream.finish(final_msg.as_bytes()).unwrap();
+        assert_eq!(key_again, client_key);
+        assert_eq!(kx.verify(server_final.as_bytes()), Ok(()));
+        assert!(
+            kx.verify(b"v=AAAA").is_err(),
+            "a wrong server signature is caught"
+        );
+        // A verifier with another salt (the password changed upstream) is refused.
+        let other = Verifier::from_password("pencil", b"another-salt-123", 4096);
+        let up2 =
+            Exchange::start(other, keys.start(b"n2").1.as_bytes(), b"upstream-nonce-2").unwrap();
+        let (mut kx2, _) = keys.start(b"n2");
+        assert_eq!(
+            kx2.respond(up2.server_first().as_bytes()),
+            Err(ScramError::BadProof)
+        );
     }
 
     #[test]

@@ -26,6 +26,27 @@ pub struct Upstream {
     pub password: Option<String>,
     /// TLS to this server (None: sslmode=disable).
     pub tls: Option<TlsTarget>,
+    /// Without a password: what logs in instead (the stored md5 hash, or SCRAM keys).
+    pub passthrough: Option<Passthrough>,
+}
+
+/// Logging in upstream without the plaintext password.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Passthrough {
+    /// md5's stored hash is all md5 authentication needs.
+    Md5([u8; 16]),
+    /// The ClientKey a client's SCRAM exchange revealed, with the verifier.
+    Scram(crate::auth::scram::KeyClient),
+}
+
+impl Upstream {
+    /// The SCRAM ClientKey this upstream logs in with, if any (kept across RELOAD).
+    pub fn client_key(&self) -> Option<[u8; 32]> {
+        match &self.passthrough {
+            Some(Passthrough::Scram(k)) => Some(k.client_key),
+            _ => None,
+        }
+    }
 }
 
 /// An upstream's TLS: what the config asked for, and the rustls configuration built from it.
@@ -83,6 +104,8 @@ pub enum ConnectError {
     NoPassword,
     #[error("TLS to server: {0}")]
     Tls(String),
+    #[error("SCRAM passthrough: {0} (the password may have changed upstream)")]
+    Passthrough(String),
 }
 
 impl ConnectError {
@@ -165,6 +188,7 @@ async fn establish_inner(up: &Upstream) -> Result<Established, ConnectError> {
     stream.send(&out).await?;
     let mut buf = BytesMut::with_capacity(1024);
     let mut scram: Option<ScramSha256> = None;
+    let mut by_keys: Option<crate::auth::scram::KeyExchange> = None;
     let (mut pid, mut secret) = (0, 0);
     let mut params = SessionParams::default();
     loop {
@@ -182,12 +206,17 @@ async fn establish_inner(up: &Upstream) -> Result<Established, ConnectError> {
                     );
                 }
                 views::AuthRequest::Md5(salt) => {
-                    let pw = up.password.as_deref().ok_or(ConnectError::NoPassword)?;
-                    let hash = postgres_protocol::authentication::md5_hash(
-                        up.user.as_bytes(),
-                        pw.as_bytes(),
-                        salt,
-                    );
+                    let hash = match (&up.password, &up.passthrough) {
+                        (Some(pw), _) => postgres_protocol::authentication::md5_hash(
+                            up.user.as_bytes(),
+                            pw.as_bytes(),
+                            salt,
+                        ),
+                        (None, Some(Passthrough::Md5(stored))) => {
+                            crate::auth::md5::expected_response(stored, salt)
+                        }
+                        _ => return Err(ConnectError::NoPassword),
+                    };
                     emit::password(&mut out, &hash);
                 }
                 views::AuthRequest::Sasl(mechs) => {
@@ -196,10 +225,40 @@ async fn establish_inner(up: &Upstream) -> Result<Established, ConnectError> {
                             "server offers no SASL mechanism we support",
                         ));
                     }
-                    let pw = up.password.as_deref().ok_or(ConnectError::NoPassword)?;
-                    let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
-                    emit::sasl_initial_response(&mut out, "SCRAM-SHA-256", s.message());
-                    scram = Some(s);
+                    match (&up.password, &up.passthrough) {
+                        (Some(pw), _) => {
+                            let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
+                            emit::sasl_initial_response(&mut out, "SCRAM-SHA-256", s.message());
+                            scram = Some(s);
+                        }
+                        (None, Some(Passthrough::Scram(keys))) => {
+                            let nonce: [u8; 18] = rand::random();
+                            let (kx, first) = keys.start(&nonce);
+                            emit::sasl_initial_response(
+                                &mut out,
+                                "SCRAM-SHA-256",
+                                first.as_bytes(),
+                            );
+                            by_keys = Some(kx);
+                        }
+                        _ => return Err(ConnectError::NoPassword),
+                    }
+                }
+                views::AuthRequest::SaslContinue(data) if by_keys.is_some() => {
+                    let kx = by_keys
+                        .as_mut()
+                        .ok_or(ConnectError::Protocol("unexpected SASL continue"))?;
+                    let reply = kx
+                        .respond(data)
+                        .map_err(|e| ConnectError::Passthrough(e.to_string()))?;
+                    emit::sasl_response(&mut out, reply.as_bytes());
+                }
+                views::AuthRequest::SaslFinal(data) if by_keys.is_some() => {
+                    let kx = by_keys
+                        .take()
+                        .ok_or(ConnectError::Protocol("unexpected SASL final"))?;
+                    kx.verify(data)
+                        .map_err(|_| ConnectError::Protocol("server SCRAM signature is wrong"))?;
                 }
                 views::AuthRequest::SaslContinue(data) => {
                     let mut s = scram

@@ -2,7 +2,7 @@
 //! background task that keeps each within its idle, lifetime and min_pool_size rules; and
 //! the console's operations over many pools (RELOAD, PAUSE, RESUME, RECONNECT).
 
-use super::connect::{TlsTarget, Upstream};
+use super::connect::{Passthrough, TlsTarget, Upstream};
 use super::pool::{DbLimit, Pool, PoolKey, PoolSettings};
 use crate::config::{Config, Database, User};
 use crate::net::tls::UpstreamTls;
@@ -44,12 +44,31 @@ fn key_of(db: &Database, user: &User) -> PoolKey {
     }
 }
 
+/// How to log in upstream without a password: the stored md5 hash, or SCRAM keys when a
+/// client's exchange revealed its ClientKey (`client_key`).
+fn passthrough(user: &User, client_key: Option<[u8; 32]>) -> Option<Passthrough> {
+    if user.server_password.is_some() {
+        return None;
+    }
+    match crate::auth::Secret::parse(&user.password) {
+        crate::auth::Secret::Md5(h) => Some(Passthrough::Md5(h)),
+        crate::auth::Secret::Scram(verifier) => client_key.map(|client_key| {
+            Passthrough::Scram(crate::auth::scram::KeyClient {
+                client_key,
+                verifier,
+            })
+        }),
+        crate::auth::Secret::Plain(_) => None,
+    }
+}
+
 /// What a pool for `user` on `db` is under `config`; `tls` built by [`Pools::tls_for`].
 fn plan(
     config: &Config,
     db: &Database,
     user: &User,
     tls: Option<TlsTarget>,
+    client_key: Option<[u8; 32]>,
 ) -> (PoolKey, Upstream, PoolSettings) {
     let key = key_of(db, user);
     let role = &*key.role;
@@ -69,6 +88,7 @@ fn plan(
                     .map(str::to_owned)
             }),
         tls,
+        passthrough: passthrough(user, client_key),
     };
     let settings = PoolSettings {
         size: db.pool_size.unwrap_or(g.default_pool_size),
@@ -91,11 +111,28 @@ fn plan(
 
 impl Pools {
     /// The pool for `user` on `db`, created (and its maintenance started) on first use.
-    pub fn pool_for(&self, config: &Config, db: &Database, user: &User) -> Arc<Pool> {
+    /// `client_key`: the SCRAM ClientKey the client's login revealed, for SCRAM passthrough
+    /// when the configuration holds no upstream password for the user.
+    pub fn pool_for(
+        &self,
+        config: &Config,
+        db: &Database,
+        user: &User,
+        client_key: Option<[u8; 32]>,
+    ) -> Arc<Pool> {
         if let Some(p) = self.pools.get(&key_of(db, user)) {
-            return p.clone();
+            let p = p.clone();
+            let up = p.upstream();
+            if client_key.is_some() && up.password.is_none() && up.client_key() != client_key {
+                // The first passthrough login of this role, or its password changed.
+                let (_, upstream, settings) =
+                    plan(config, db, user, self.tls_for(config, db), client_key);
+                p.apply(upstream, settings);
+            }
+            return p;
         }
-        let (key, upstream, settings) = plan(config, db, user, self.tls_for(config, db));
+        let (key, upstream, settings) =
+            plan(config, db, user, self.tls_for(config, db), client_key);
         let limit = self
             .limits
             .entry(key.database.clone())
@@ -161,7 +198,8 @@ impl Pools {
                 .map(|u| u.get_ref())
                 .find(|u| u.server_user.as_deref().unwrap_or(&u.name) == &*pool.key.role);
             let Some(user) = user else { continue };
-            let (_, upstream, settings) = plan(config, db, user, self.tls_for(config, db));
+            let key = pool.upstream().client_key();
+            let (_, upstream, settings) = plan(config, db, user, self.tls_for(config, db), key);
             pool.apply(upstream, settings);
         }
     }

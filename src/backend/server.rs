@@ -111,6 +111,24 @@ impl ServerConn {
         query_pairs(&mut self.stream, sql, timeout).await
     }
 
+    /// Runs `sql` with text parameters through the extended protocol (no quoting, so no
+    /// injection) and returns its rows' first two columns as text.
+    pub async fn query_pairs_with(
+        &mut self,
+        sql: &str,
+        params: &[&str],
+        timeout: Duration,
+    ) -> Result<Vec<(String, Option<String>)>, InternalError> {
+        let mut out = BytesMut::with_capacity(sql.len() + 64);
+        emit::parse_unnamed(&mut out, sql);
+        emit::bind_text(&mut out, params);
+        emit::execute_unnamed(&mut out);
+        emit::sync(&mut out);
+        tokio::time::timeout(timeout, read_rows(&mut self.stream, &out))
+            .await
+            .map_err(|_| InternalError::Io(io::Error::new(io::ErrorKind::TimedOut, "timed out")))?
+    }
+
     /// Sends Terminate so the server ends the backend at once, then drops the socket.
     pub async fn terminate(mut self) {
         let mut out = BytesMut::with_capacity(5);
@@ -125,36 +143,42 @@ pub async fn query_pairs(
     sql: &str,
     timeout: Duration,
 ) -> Result<Vec<(String, Option<String>)>, InternalError> {
-    tokio::time::timeout(timeout, async {
-        let mut out = BytesMut::with_capacity(sql.len() + 8);
-        emit::query(&mut out, sql);
-        stream.send(&out).await?;
-        let mut buf = BytesMut::with_capacity(1024);
-        let mut rows = Vec::new();
-        let mut failure = None;
-        loop {
-            let (tag, body) = read_message(stream, &mut buf, MAX_INTERNAL_MESSAGE).await?;
-            match tag {
-                b'D' => {
-                    if let Some((a, b)) = views::two_text_columns(&body) {
-                        rows.push((a.to_owned(), b.map(str::to_owned)));
-                    }
+    let mut out = BytesMut::with_capacity(sql.len() + 8);
+    emit::query(&mut out, sql);
+    tokio::time::timeout(timeout, read_rows(stream, &out))
+        .await
+        .map_err(|_| InternalError::Io(io::Error::new(io::ErrorKind::TimedOut, "timed out")))?
+}
+
+/// Sends `request` and reads two-text-column rows until ReadyForQuery.
+async fn read_rows(
+    stream: &mut Stream,
+    request: &[u8],
+) -> Result<Vec<(String, Option<String>)>, InternalError> {
+    stream.send(request).await?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut rows = Vec::new();
+    let mut failure = None;
+    loop {
+        let (tag, body) = read_message(stream, &mut buf, MAX_INTERNAL_MESSAGE).await?;
+        match tag {
+            b'D' => {
+                if let Some((a, b)) = views::two_text_columns(&body) {
+                    rows.push((a.to_owned(), b.map(str::to_owned)));
                 }
-                b'E' => {
-                    let f = views::error_fields(&body).unwrap_or_default();
-                    failure = Some(ClientError::upstream(
-                        emit::Severity::Error,
-                        f.code,
-                        f.message,
-                    ));
-                }
-                b'Z' => return failure.map_or(Ok(rows), |e| Err(InternalError::Server(e))),
-                _ => {}
             }
+            b'E' => {
+                let f = views::error_fields(&body).unwrap_or_default();
+                failure = Some(ClientError::upstream(
+                    emit::Severity::Error,
+                    f.code,
+                    f.message,
+                ));
+            }
+            b'Z' => return failure.map_or(Ok(rows), |e| Err(InternalError::Server(e))),
+            _ => {}
         }
-    })
-    .await
-    .map_err(|_| InternalError::Io(io::Error::new(io::ErrorKind::TimedOut, "timed out")))?
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -119,6 +119,24 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if let Some(u) = &g.auth_user {
+            if self.user(u).is_none() {
+                return Err((
+                    0..0,
+                    "general.auth_user",
+                    format!("\"{u}\" must be a [[users]] entry (its server_password logs in)"),
+                ));
+            }
+        }
+        if let Some(d) = &g.auth_dbname {
+            if self.database(d).is_none() {
+                return Err((
+                    0..0,
+                    "general.auth_dbname",
+                    format!("no [[databases]] named \"{d}\""),
+                ));
+            }
+        }
         if let Some(tls) = &self.tls {
             if tls.mode != ClientTlsMode::Disable {
                 for (key, v) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
@@ -183,20 +201,8 @@ impl Config {
                     format!("user {:?} is defined twice", user.name.as_str()),
                 ));
             }
-            if user.server_password.is_none()
-                && crate::auth::Secret::parse(&user.password)
-                    .plaintext()
-                    .is_none()
-            {
-                return Err((
-                    u.span(),
-                    "server_password",
-                    format!(
-                        "user {:?} stores a hashed password, so server_password is required to log in upstream",
-                        user.name.as_str()
-                    ),
-                ));
-            }
+            // A hashed password without server_password logs in upstream by passthrough:
+            // the md5 hash itself, or the ClientKey of the client's SCRAM exchange.
         }
         for name in self.admin.users.iter().chain(&self.admin.stats_users) {
             if !users.contains(name.as_str()) {
@@ -326,12 +332,19 @@ password = "admin-pw"
     }
 
     #[test]
-    fn hashed_password_needs_server_password() {
+    fn hashed_password_without_server_password_logs_in_by_passthrough() {
         let src = MINIMAL.replace(
             "password = \"admin-pw\"",
             "password = \"md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"",
         );
-        let e = parse(&src).unwrap_err();
-        assert_eq!(e.key.as_deref(), Some("server_password"), "{e}");
+        let c = parse(&src).unwrap();
+        let u = c.user("pgsluice_admin").unwrap();
+        assert!(u.server_password.is_none());
+        // Debug never shows a password.
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("aaaaaaaa") && !shown.contains("pg-pw"),
+            "{shown}"
+        );
     }
 }

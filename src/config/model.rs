@@ -97,6 +97,14 @@ pub struct General {
     pub auth_failure_lockout: Seconds,
     /// Addresses the per-address limits do not apply to (loopback: a sidecar's clients).
     pub limits_exempt: Vec<Cidr>,
+    /// auth_query passthrough (PgBouncer's names): users not in `[[users]]` are looked up
+    /// upstream with `auth_query` through a connection logged in as `auth_user` (a
+    /// `[[users]]` entry), in `auth_dbname` (default: the database the client asks for).
+    pub auth_user: Option<Text>,
+    pub auth_query: Text,
+    pub auth_dbname: Option<Text>,
+    /// How long a looked-up secret (or its absence) is trusted.
+    pub auth_cache_ttl: Seconds,
 }
 
 impl General {
@@ -155,6 +163,10 @@ impl Default for General {
             auth_failure_limit: 10,
             auth_failure_window: Seconds(60.0),
             auth_failure_lockout: Seconds(300.0),
+            auth_user: None,
+            auth_query: Text::new("SELECT usename, passwd FROM pg_shadow WHERE usename = $1"),
+            auth_dbname: None,
+            auth_cache_ttl: Seconds(60.0),
             limits_exempt: ["127.0.0.0/8", "::1/128"]
                 .iter()
                 .filter_map(|s| Cidr::try_from((*s).to_owned()).ok())
@@ -227,13 +239,23 @@ impl std::fmt::Display for ListenAddr {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Http {
     pub addr: SocketAddr,
     /// When set, every endpoint but /health needs `Authorization: Bearer <token>`.
     #[serde(default)]
     pub token: Option<Text>,
+}
+
+impl std::fmt::Debug for Http {
+    /// The token stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 /// `[audit]`: one JSON line per connection event.
@@ -366,7 +388,7 @@ fn default_port() -> u16 {
     5432
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
     pub name: Text,
@@ -384,6 +406,18 @@ pub struct User {
     pub allow_addresses: Vec<Cidr>,
     #[serde(default)]
     pub deny_addresses: Vec<Cidr>,
+}
+
+impl std::fmt::Debug for User {
+    /// Everything but the passwords.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("server_user", &self.server_user)
+            .field("allow_addresses", &self.allow_addresses)
+            .field("deny_addresses", &self.deny_addresses)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A duration written as seconds (integer or fraction); 0 means "off" where a key says so.

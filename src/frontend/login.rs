@@ -21,6 +21,13 @@ pub enum LoginError {
     Refused(ClientError),
 }
 
+/// What a successful exchange proved.
+pub struct Proof {
+    pub method: Method,
+    /// SCRAM's ClientKey, for logging in upstream without the password.
+    pub client_key: Option<[u8; 32]>,
+}
+
 /// Runs the exchange; on success AuthenticationOk has been queued in `out`.
 pub async fn authenticate(
     app: &App,
@@ -29,7 +36,8 @@ pub async fn authenticate(
     user: &str,
     secret: Option<&Secret>,
     preferred: crate::config::AuthType,
-) -> Result<Method, LoginError> {
+) -> Result<Proof, LoginError> {
+    let mut client_key = None;
     let method = match secret {
         Some(s) => Method::choose(s, preferred),
         None => Method::choose(&Secret::Plain(String::new()), preferred),
@@ -42,7 +50,7 @@ pub async fn authenticate(
                 Some(Secret::Plain(p)) => app.verifier_for(user, p).await,
                 _ => scram::Verifier::decoy(user, &app.instance_secret),
             };
-            scram_exchange(stream, out, verifier).await?
+            scram_exchange(stream, out, verifier, &mut client_key).await?
         }
     };
     let result = if ok && secret.is_some() {
@@ -64,7 +72,7 @@ pub async fn authenticate(
         )));
     }
     emit::auth_ok(out);
-    Ok(method)
+    Ok(Proof { method, client_key })
 }
 
 fn method_label(m: Method) -> &'static str {
@@ -127,6 +135,7 @@ async fn scram_exchange(
     stream: &mut Stream,
     out: &mut BytesMut,
     verifier: scram::Verifier,
+    key: &mut Option<[u8; 32]>,
 ) -> Result<bool, LoginError> {
     emit::auth_sasl(out, &[scram::MECHANISM]);
     send(stream, out).await?;
@@ -146,8 +155,9 @@ async fn scram_exchange(
     send(stream, out).await?;
     let body = read_password_message(stream).await?;
     match exchange.finish(&body) {
-        Ok(server_final) => {
+        Ok((server_final, client_key)) => {
             emit::auth_sasl_final(out, server_final.as_bytes());
+            *key = Some(client_key);
             Ok(true)
         }
         Err(scram::ScramError::BadProof) => Ok(false),

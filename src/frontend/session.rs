@@ -411,8 +411,22 @@ async fn login(
         Ok(c) => c,
         Err(e) => return refuse(e),
     };
-    let user = config.user(&startup.user);
+    // Not in [[users]]: maybe upstream knows it (auth_query).
+    let looked_up = match (
+        config.user(&startup.user),
+        config.database(&startup.database),
+    ) {
+        (None, Some(db)) if !crate::admin::is_console(&startup.database) => {
+            match crate::auth::passthrough::lookup(app, &config, db, &startup.user).await {
+                Ok(u) => u,
+                Err(e) => return refuse(e),
+            }
+        }
+        _ => None,
+    };
+    let user = config.user(&startup.user).or(looked_up.as_ref());
     let secret = user.map(|u| crate::auth::Secret::parse(&u.password));
+    let mut client_key = None;
     let proved = match check {
         access::Check::Password(preferred) => {
             match login::authenticate(
@@ -425,7 +439,10 @@ async fn login(
             )
             .await
             {
-                Ok(m) => Ok(m.as_str()),
+                Ok(p) => {
+                    client_key = p.client_key;
+                    Ok(p.method.as_str())
+                }
                 Err(LoginError::Gone) => {
                     tracing::debug!(conn = id, %peer, user = %startup.user, "client left during authentication");
                     return Ok(None);
@@ -489,7 +506,7 @@ async fn login(
     let Some(db) = config.database(&startup.database) else {
         return refuse(ClientError::unknown_database(&startup.database));
     };
-    let pool = app.pools.pool_for(&config, db, user);
+    let pool = app.pools.pool_for(&config, db, user, client_key);
     let mut params = SessionParams::from_startup(&startup.params);
     if config.general.application_name_add_host {
         let name = params

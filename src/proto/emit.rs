@@ -127,6 +127,42 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
     message(buf, b'Q', |b| cstr(b, sql));
 }
 
+/// Parse of the unnamed statement, parameter types left to the server.
+pub fn parse_unnamed(buf: &mut BytesMut, sql: &str) {
+    message(buf, b'P', |b| {
+        b.put_u8(0);
+        cstr(b, sql);
+        b.put_i16(0);
+    });
+}
+
+/// Bind of the unnamed portal to the unnamed statement, every parameter as text.
+pub fn bind_text(buf: &mut BytesMut, params: &[&str]) {
+    message(buf, b'B', |b| {
+        b.put_u8(0);
+        b.put_u8(0);
+        b.put_i16(0);
+        b.put_i16(params.len() as i16);
+        for p in params {
+            b.put_i32(p.len() as i32);
+            b.put_slice(p.as_bytes());
+        }
+        b.put_i16(0);
+    });
+}
+
+/// Execute of the unnamed portal, all rows.
+pub fn execute_unnamed(buf: &mut BytesMut) {
+    message(buf, b'E', |b| {
+        b.put_u8(0);
+        b.put_i32(0);
+    });
+}
+
+pub fn sync(buf: &mut BytesMut) {
+    message(buf, b'S', |_| {});
+}
+
 /// SSLRequest (protocol 53.7): length 8, code 80877103.
 pub fn ssl_request(buf: &mut BytesMut) {
     buf.put_i32(8);
