@@ -28,6 +28,8 @@ pub fn table(app: &App) -> Table {
         ("free_servers", free),
         ("used_servers", used),
         ("query_fingerprints", app.queries.len()),
+        ("locked_out_addresses", app.limits.locked_out()),
+        ("auth_cache", app.auth_cache.len()),
     ] {
         t.push(vec![name.into(), n.into()]);
     }
