@@ -297,7 +297,8 @@ impl Relay {
                     tracing::warn!(server = srv.id, error = %e, "server broke the protocol");
                     return Poll::Ready(Event::ServerGone);
                 }
-                if self.transaction_mode && self.server_reusable() {
+                // Not while a message the client started is still arriving (need > 0).
+                if self.transaction_mode && self.need == 0 && self.server_reusable() {
                     let clean = self.s.buf.len() == self.s.pos;
                     self.s.buf.truncate(self.s.pos);
                     let resync = std::mem::take(&mut self.session_dirty);
@@ -394,6 +395,14 @@ impl Relay {
                         return Some(Event::Listen(cmd));
                     }
                 }
+                // Ask for a server only once the part of the message that will be read with
+                // it attached is here: a server given for a message still arriving would be
+                // idle and handed back at once, over and over.
+                let want = self.bytes_needed(&h);
+                if self.c.buf.len() < want {
+                    self.need = want;
+                    break;
+                }
                 return Some(Event::NeedServer);
             };
             if !self.meter_message(&h) {
@@ -475,6 +484,7 @@ impl Relay {
                 break; // the message needs more bytes
             }
             self.metered = false;
+            self.need = 0;
         }
         if self.discard != Discard::No {
             self.c.discard_walked();
@@ -483,6 +493,23 @@ impl Relay {
             }
         }
         None
+    }
+
+    /// How much of the buffer must hold `h` before it can be handled with a server attached:
+    /// the whole of a message the relay reads whole, the names of a Bind it rewrites, else
+    /// the header.
+    fn bytes_needed(&self, h: &Header) -> usize {
+        let body = h.start + 5;
+        let whole = body + h.body_len;
+        let rewrite = self.max_prepared > 0;
+        let fingerprinted = self.meter.tracks_queries() && h.body_len <= MAX_FINGERPRINTED;
+        match h.tag {
+            b'Q' if self.transaction_mode && h.body_len <= MAX_SCANNED_QUERY => whole,
+            b'Q' | b'P' if fingerprinted => whole,
+            b'P' | b'D' | b'C' if rewrite => whole,
+            b'B' if rewrite => body + h.body_len.min(MAX_NAMES),
+            _ => body,
+        }
     }
 
     /// Counts a message that asks for work and reads what names the statement: a Query's or
