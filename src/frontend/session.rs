@@ -727,7 +727,9 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                 let fatal = relay.server_sent_fatal();
                 c.server = None;
                 c.cancel.handle.detach();
-                if !fatal {
+                // A message the server was in the middle of is never completed with other
+                // bytes: then the client sees the connection end, as with PostgreSQL itself.
+                if !fatal && !relay.server_mid_message() {
                     relay.queue_for_client(|b| ClientError::server_lost().encode(b));
                 }
                 let _ = relay.flush_client(&mut c.stream).await;

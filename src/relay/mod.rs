@@ -186,6 +186,11 @@ impl Relay {
             && self.discard == Discard::No
     }
 
+    /// Part of a server message has gone to the client and the rest has not come.
+    pub fn server_mid_message(&self) -> bool {
+        self.s.framer.mid_message()
+    }
+
     pub fn server_sent_fatal(&self) -> bool {
         self.server_fatal
     }

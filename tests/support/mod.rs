@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod certs;
+pub mod faults;
 pub mod raw;
 
 use pgsluice::app::Running;
