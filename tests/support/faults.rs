@@ -76,7 +76,7 @@ impl FaultRelay {
 
 async fn pump(client: TcpStream, upstream_port: u16, fault: Fault) {
     if fault == Fault::Reset {
-        let _ = client.set_linger(Some(Duration::ZERO));
+        let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
         drop(client);
         return;
     }
