@@ -314,16 +314,7 @@ fn accepts_the_shared_minimal_contract() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/contract/minimal.toml");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|_| include_str!("data/minimal.toml").to_owned());
-    let filled = text
-        .replace("@SESSION_PORT@", "55432")
-        .replace("@TXN_PORT@", "56543")
-        .replace("@HTTP_PORT@", "59930")
-        .replace("@PG_PORT@", "5432")
-        .replace("@PG_DB@", "postgres")
-        .replace("@AGENT_PASSWORD@", "agent-pw")
-        .replace("@PG_USER@", "postgres")
-        .replace("@PG_PASSWORD@", "pg-pw")
-        .replace("@ADMIN_PASSWORD@", "admin-pw");
+    let filled = fill_contract(&text);
     let c = pgsluice::config::Config::parse(&filled, &path).unwrap();
     assert_eq!(c.listeners[0].get_ref().mode, PoolMode::Session);
     assert_eq!(c.listeners[1].get_ref().mode, PoolMode::Transaction);

@@ -103,28 +103,7 @@ async fn dashboard_and_rules_use_only_exported_metrics() {
     );
     assert!(proxy.running.app.reload().is_err());
     // One TLS handshake (SSLRequest, then rustls), for the pgsluice_tls_* families.
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port(PoolMode::Session)))
-        .await
-        .unwrap();
-    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-        .await
-        .unwrap();
-    assert_eq!(tcp.read_u8().await.unwrap(), b'S');
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::pem::PemObject;
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(&pki.ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let _tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
+    let _tls = support::certs::tls_connect(proxy.port(PoolMode::Session), &pki.ca, false, &[])
         .await
         .unwrap();
     // One pg_stat_activity sample, for the pgsluice_upstream_* families.

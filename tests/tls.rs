@@ -7,7 +7,6 @@ mod support;
 
 use pgsluice::config::PoolMode;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 use support::certs::{self, Pki};
 use support::*;
@@ -156,25 +155,6 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     )
 }
 
-/// A rustls client trusting `ca`, offering `alpn`.
-fn client_config(ca: &Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    Arc::new(config)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_tls_with_alpn_postgresql() {
     let pg = start_postgres();
@@ -184,21 +164,11 @@ async fn direct_tls_with_alpn_postgresql() {
     let port = proxy.port(PoolMode::Transaction);
 
     // TLS from the first byte (sslnegotiation=direct), then the protocol inside it.
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let tls = certs::tls_connect(port, &pki.ca, true, &[b"postgresql"])
         .await
         .unwrap();
-    let connector = tokio_rustls::TlsConnector::from(client_config(&pki.ca, &[b"postgresql"]));
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = connector.connect(name, tcp).await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"postgresql"[..]));
-    let (client, conn) = tokio_postgres::Config::new()
-        .user(AGENT.0)
-        .password(AGENT.1)
-        .dbname("app")
-        .connect_raw(tls, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = certs::postgres_over(tls).await.unwrap();
     let v: i32 = client.query_one("SELECT 7 * 6", &[]).await.unwrap().get(0);
     assert_eq!(v, 42);
     let clients = console(&pg, &proxy, ADMIN, "SHOW CLIENTS").unwrap();
@@ -208,20 +178,9 @@ async fn direct_tls_with_alpn_postgresql() {
     );
 
     // Direct TLS without ALPN "postgresql" gets no session.
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let connector = tokio_rustls::TlsConnector::from(client_config(&pki.ca, &[]));
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let refused = match connector.connect(name, tcp).await {
+    let refused = match certs::tls_connect(port, &pki.ca, true, &[]).await {
         Err(_) => true,
-        Ok(tls) => tokio_postgres::Config::new()
-            .user(AGENT.0)
-            .password(AGENT.1)
-            .dbname("app")
-            .connect_raw(tls, tokio_postgres::NoTls)
-            .await
-            .is_err(),
+        Ok(tls) => certs::postgres_over(tls).await.is_err(),
     };
     assert!(refused, "direct TLS without ALPN must be refused");
 
@@ -314,7 +273,13 @@ async fn certificate_rotation_keeps_clients() {
         )
     };
     // A long-lived client on the first certificate.
-    let tls = tokio_postgres_tls(&proxy, &first.ca).await;
+    let tls = certs::postgres_over(
+        certs::tls_connect(proxy.port(PoolMode::Transaction), &first.ca, false, &[])
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     let v: i32 = tls.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(v, 1);
 
@@ -340,30 +305,6 @@ async fn certificate_rotation_keeps_clients() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// tokio-postgres over TLS (SSLRequest) to the transaction port, trusting `ca`.
-async fn tokio_postgres_tls(proxy: &Proxy, ca: &Path) -> tokio_postgres::Client {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port(PoolMode::Transaction)))
-        .await
-        .unwrap();
-    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-        .await
-        .unwrap();
-    assert_eq!(tcp.read_u8().await.unwrap(), b'S');
-    let connector = tokio_rustls::TlsConnector::from(client_config(ca, &[]));
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = connector.connect(name, tcp).await.unwrap();
-    let (client, conn) = tokio_postgres::Config::new()
-        .user(AGENT.0)
-        .password(AGENT.1)
-        .dbname("app")
-        .connect_raw(tls, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-}
-
 #[test]
 fn accepts_the_agents_contract_tls_section() {
     let contract = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/contract");
@@ -380,16 +321,7 @@ fn accepts_the_agents_contract_tls_section() {
     let end = rest[1..].find("\n[").map_or(rest.len(), |i| i + 1);
     let dir = tmpdir("contract");
     let pki = certs::make(&dir, "", "contract");
-    let text = format!("{minimal}\n{}", &rest[..end])
-        .replace("@SESSION_PORT@", "55432")
-        .replace("@TXN_PORT@", "56543")
-        .replace("@HTTP_PORT@", "59930")
-        .replace("@PG_PORT@", "5432")
-        .replace("@PG_DB@", "postgres")
-        .replace("@AGENT_PASSWORD@", "agent-pw")
-        .replace("@PG_USER@", "postgres")
-        .replace("@PG_PASSWORD@", "pg-pw")
-        .replace("@ADMIN_PASSWORD@", "admin-pw")
+    let text = fill_contract(&format!("{minimal}\n{}", &rest[..end]))
         .replace("@TLS_CERT@", &pki.server_cert.display().to_string())
         .replace("@TLS_KEY@", &pki.server_key.display().to_string());
     let c = pgsluice::config::Config::parse(&text, Path::new("agents.toml")).unwrap();

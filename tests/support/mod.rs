@@ -281,3 +281,16 @@ pub fn console_columns(pg: &DevDb, proxy: &Proxy, sql: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// The shared contract files' placeholders filled in as outside tools would.
+pub fn fill_contract(text: &str) -> String {
+    text.replace("@SESSION_PORT@", "55432")
+        .replace("@TXN_PORT@", "56543")
+        .replace("@HTTP_PORT@", "59930")
+        .replace("@PG_PORT@", "5432")
+        .replace("@PG_DB@", "postgres")
+        .replace("@AGENT_PASSWORD@", "agent-pw")
+        .replace("@PG_USER@", "postgres")
+        .replace("@PG_PASSWORD@", "pg-pw")
+        .replace("@ADMIN_PASSWORD@", "admin-pw")
+}
