@@ -70,20 +70,23 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: Peer, mode: PoolMode, id
     // Counted until the audit line of its end is queued, so shutdown's flush includes it.
     let over_limit = !app.admit_client();
     let _count = scopeguard(&app);
-    let (addr, port) = match &peer {
-        Peer::Tcp(a) => (a.ip().to_string(), a.port()),
-        Peer::Unix => ("unix".to_owned(), 0),
+    // Nothing of the audit log is built when it is off: this runs per connection.
+    let audit = app.audit.enabled();
+    let (addr, port) = match (&peer, audit) {
+        (_, false) => (String::new(), 0),
+        (Peer::Tcp(a), true) => (a.ip().to_string(), a.port()),
+        (Peer::Unix, true) => ("unix".to_owned(), 0),
     };
-    app.audit
-        .event(
-            "accepted",
-            id,
-            serde_json::json!({ "addr": addr, "port": port, "listener": mode.as_str() }),
-        )
-        .await;
-    let mut ended = Ended::default();
+    if audit {
+        let fields = serde_json::json!({ "addr": addr, "port": port, "listener": mode.as_str() });
+        app.audit.event("accepted", id, fields).await;
+    }
+    let mut ended = Ended {
+        audit,
+        ..Ended::default()
+    };
     serve_inner(&app, stream, &peer, mode, id, over_limit, &mut ended).await;
-    if app.audit.enabled() {
+    if audit {
         let mut fields = serde_json::json!({
             "addr": addr,
             "duration_ms": started.elapsed().as_millis() as u64,
@@ -101,6 +104,8 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: Peer, mode: PoolMode, id
 /// What the audit log's `disconnected` line reports.
 #[derive(Default)]
 struct Ended {
+    /// The audit log is on: fill in the rest.
+    audit: bool,
     /// (user, database) from the startup packet, once read.
     who: Option<(String, String)>,
     bytes_in: u64,
@@ -140,7 +145,7 @@ async fn serve_inner(
             handshake::read_hello(stream, app.tls.config(), &app.metrics, &mut out).await;
         // None: a failed TLS handshake consumed the socket.
         let mut stream = stream?;
-        if let Some(t) = &tls {
+        if let (Some(t), true) = (&tls, ended.audit) {
             let fields = serde_json::json!({
                 "version": stream.tls_description(),
                 "sni": t.sni,
@@ -148,7 +153,7 @@ async fn serve_inner(
             });
             app.audit.event("tls", id, fields).await;
         }
-        if let Ok(Hello::Startup(s)) = &hello {
+        if let (Ok(Hello::Startup(s)), true) = (&hello, ended.audit) {
             ended.who = Some((s.user.clone(), s.database.clone()));
         }
         let arrival = Arrival {
@@ -171,7 +176,7 @@ async fn serve_inner(
     let Some((mut stream, result)) = outcome else {
         return;
     };
-    if let Ok(Some(logged_in)) = &result {
+    if let (Ok(Some(logged_in)), true) = (&result, ended.audit) {
         let fields = match logged_in {
             LoggedIn::Console(c) => serde_json::json!({
                 "user": c.user, "database": crate::ADMIN_DATABASE, "console": true,
