@@ -344,10 +344,8 @@ async fn accept_loop(app: Arc<App>, bound: Bound, mode: PoolMode) {
                     let id = app.conn_ids.fetch_add(1, Ordering::Relaxed);
                     // Every log line of the connection carries its id (the audit log's too).
                     let span = tracing::info_span!("conn", id, mode = mode.as_str());
-                    tokio::spawn(
-                        crate::frontend::session::serve(app.clone(), stream, peer, mode, id)
-                            .instrument(span),
-                    );
+                    let serve = crate::frontend::session::serve(app.clone(), stream, peer, mode, id);
+                    tokio::spawn(crate::net::isolate::isolated(id, serve).instrument(span));
                 }
                 Err(e) => {
                     // Out of descriptors and similar: back off instead of spinning.
