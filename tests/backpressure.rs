@@ -1,7 +1,8 @@
 //! A client that never reads its results: the proxy stops reading from its server once
 //! 64 KiB wait for the client, so the proxy's memory stays flat (measured as this process's
 //! RSS: this file holds one test, so no other test shares the process), everyone else is
-//! served, and when the client leaves its query is canceled.
+//! served, and after client_stall_timeout the proxy closes the client and cancels its
+//! statement.
 
 mod support;
 
@@ -13,7 +14,12 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_holds_back_only_its_server() {
     let pg = start_postgres();
-    let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 2")).await;
+    let proxy = Proxy::start(&config_text(
+        &pg,
+        "client_stall_timeout = 4",
+        "pool_size = 2",
+    ))
+    .await;
     let rss = || -> u64 {
         let s = std::fs::read_to_string("/proc/self/status").unwrap();
         s.lines()
@@ -41,8 +47,9 @@ async fn a_client_that_never_reads_holds_back_only_its_server() {
     let c = proxy.connect(PoolMode::Transaction).await;
     let v: i32 = c.query_one("SELECT 5", &[]).await.unwrap().get(0);
     assert_eq!(v, 5);
-    // The stuck client leaves: its server is canceled and closed, no backend left busy.
-    drop(r);
+    // After client_stall_timeout the proxy cuts the stuck client off by itself (it is still
+    // connected on its side, reading nothing): its statement is canceled and its server
+    // closed, no backend left busy.
     let mut gone = false;
     for _ in 0..50 {
         let n = pg
@@ -56,6 +63,13 @@ async fn a_client_that_never_reads_holds_back_only_its_server() {
     }
     assert!(
         gone,
-        "the stuck query must be canceled when its client leaves"
+        "the stuck query must be canceled once the client stalls"
     );
+    let clients = console(&pg, &proxy, ADMIN, "SHOW CLIENTS").unwrap();
+    assert_eq!(
+        clients.len(),
+        1,
+        "only the other client is left: {clients:?}"
+    );
+    drop(r);
 }

@@ -105,6 +105,9 @@ pub struct General {
     pub auth_dbname: Option<Text>,
     /// How long a looked-up secret (or its absence) is trusted.
     pub auth_cache_ttl: Seconds,
+    /// A client that takes none of its waiting results for this long is closed (its
+    /// statement canceled); 0: never. The proxy buffers at most 64 KiB for it meanwhile.
+    pub client_stall_timeout: Seconds,
 }
 
 impl General {
@@ -167,6 +170,7 @@ impl Default for General {
             auth_query: Text::new("SELECT usename, passwd FROM pg_shadow WHERE usename = $1"),
             auth_dbname: None,
             auth_cache_ttl: Seconds(60.0),
+            client_stall_timeout: Seconds(300.0),
             limits_exempt: ["127.0.0.0/8", "::1/128"]
                 .iter()
                 .filter_map(|s| Cidr::try_from((*s).to_owned()).ok())

@@ -636,6 +636,7 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
     let idle_tx = general.idle_transaction_timeout.enabled();
     let query_timeout = general.query_timeout.enabled();
     relay.watch_phase = client_idle.is_some() || idle_tx.is_some() || query_timeout.is_some();
+    relay.stall_timeout = general.client_stall_timeout.enabled();
     let mut phase = Phase::Idle;
     let timer = sleep_until(Instant::now());
     let mut timer = pin!(timer);
@@ -721,6 +722,16 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
             Event::ClientGone if c.reg.info.was_killed() => {
                 tracing::info!(conn = c.id, "client killed from the admin console");
                 tell_and_close(app, c, relay, ClientError::admin_shutdown()).await;
+                return;
+            }
+            Event::ClientStalled => {
+                // It cannot be told (it reads nothing); the log, the metric and the audit
+                // line say why, and its statement is canceled as it goes.
+                tracing::warn!(
+                    conn = c.id,
+                    "client took none of its results for client_stall_timeout: closing it"
+                );
+                app.metrics.client_error("08006");
                 return;
             }
             Event::ClientTerminated | Event::ClientGone => {

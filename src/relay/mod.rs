@@ -25,6 +25,7 @@ use bytes::BytesMut;
 use half::Half;
 use pipeline::{Action, Entry, Kind, Pipeline, Synthetic};
 use prepared::{ClientStatements, ServerStatements, Statement};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -60,6 +61,8 @@ pub enum Event {
     ClientTerminated,
     /// The client closed its socket or a write to it failed.
     ClientGone,
+    /// The client has taken none of its results for client_stall_timeout.
+    ClientStalled,
     /// The server closed its socket or failed.
     ServerGone,
     /// The client broke the protocol.
@@ -137,6 +140,9 @@ pub struct Relay {
     pub max_prepared: usize,
     /// Report phase changes (only when a timeout needs them).
     pub watch_phase: bool,
+    /// client_stall_timeout, and its timer while the client takes nothing.
+    pub stall_timeout: Option<std::time::Duration>,
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
     reported_phase: Phase,
     /// The client's counters and query fingerprints (stats, SHOW QUERIES).
     pub meter: Meter,
@@ -165,6 +171,8 @@ impl Relay {
             reported_phase: Phase::Idle,
             meter: Meter::default(),
             metered: false,
+            stall_timeout: None,
+            stall: None,
         }
     }
 
@@ -313,8 +321,25 @@ impl Relay {
 
             // Proxy -> client.
             match write_out(cx, client, &mut self.s) {
-                Ok(wrote) => progress |= wrote,
+                Ok(true) => {
+                    progress = true;
+                    self.stall = None;
+                }
+                Ok(false) => {}
                 Err(()) => return Poll::Ready(Event::ClientGone),
+            }
+            // A client that takes nothing while its results wait: after stall_timeout it
+            // is cut off (the timer exists only while it is stalled).
+            if let Some(limit) = self.stall_timeout {
+                if self.s.buf.len() >= MAX_BUFFERED {
+                    let timer = self
+                        .stall
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        self.stall = None;
+                        return Poll::Ready(Event::ClientStalled);
+                    }
+                }
             }
 
             if self.watch_phase {

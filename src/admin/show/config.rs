@@ -51,6 +51,7 @@ fn entries(g: &General) -> Vec<(&'static str, String)> {
         ("query_stats_max", g.query_stats_max.to_string()),
         ("log_level", g.log_level.to_string()),
         ("activity_sample_interval", secs(g.activity_sample_interval)),
+        ("client_stall_timeout", secs(g.client_stall_timeout)),
     ]
 }
 
