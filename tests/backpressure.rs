@@ -51,7 +51,7 @@ async fn a_client_that_never_reads_holds_back_only_its_server() {
     // connected on its side, reading nothing): its statement is canceled and its server
     // closed, no backend left busy.
     let mut gone = false;
-    for _ in 0..50 {
+    for _ in 0..100 {
         let n = pg
             .psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT repeat%' AND state = 'active'")
             .unwrap();
