@@ -143,8 +143,9 @@ async fn slowloris_and_half_open_connections_are_bounded() {
     let start = Instant::now();
     let c = proxy.connect(PoolMode::Transaction).await;
     c.simple_query("SELECT 1").await.unwrap();
+    // Well inside the login timeout the half-open connections are waiting out.
     assert!(
-        start.elapsed() < Duration::from_secs(1),
+        start.elapsed() < Duration::from_secs(3),
         "{:?}",
         start.elapsed()
     );
