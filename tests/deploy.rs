@@ -108,7 +108,15 @@ async fn dashboard_and_rules_use_only_exported_metrics() {
         .unwrap();
     // One pg_stat_activity sample, for the pgsluice_upstream_* families.
     let start = std::time::Instant::now();
-    while proxy.running.app.activity.all().is_empty() && start.elapsed().as_secs() < 10 {
+    let sampled = |p: &Proxy| {
+        p.running
+            .app
+            .activity
+            .all()
+            .iter()
+            .any(|(_, s)| !s.groups.is_empty())
+    };
+    while !sampled(&proxy) && start.elapsed().as_secs() < 10 {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 
