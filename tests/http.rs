@@ -41,6 +41,15 @@ async fn get_with(addr: std::net::SocketAddr, path: &str, authorization: &str) -
     (status, body.to_owned())
 }
 
+/// `text` with an `[http]` section on a free port (`extra` lines added to it).
+fn with_http(text: &str, extra: &str) -> String {
+    text.replacen(
+        "[admin]",
+        &format!("[http]\naddr = \"127.0.0.1:0\"\n{extra}\n[admin]"),
+        1,
+    )
+}
+
 /// The value of one sample line, `name{labels} value`.
 fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics
@@ -53,11 +62,7 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_ready_pools_and_metrics() {
     let mut pg = start_postgres();
-    let text = config_text(&pg, "", "pool_size = 3").replacen(
-        "[admin]",
-        "[http]\naddr = \"127.0.0.1:0\"\n\n[admin]",
-        1,
-    );
+    let text = with_http(&config_text(&pg, "", "pool_size = 3"), "");
     let proxy = Proxy::start(&text).await;
     let http = proxy.running.http.unwrap();
 
@@ -204,11 +209,7 @@ async fn health_ready_pools_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_token_guards_everything_but_health() {
     let pg = start_postgres();
-    let text = config_text(&pg, "", "").replacen(
-        "[admin]",
-        "[http]\naddr = \"127.0.0.1:0\"\ntoken = \"s3cret-token\"\n\n[admin]",
-        1,
-    );
+    let text = with_http(&config_text(&pg, "", ""), "token = \"s3cret-token\"\n");
     let proxy = Proxy::start(&text).await;
     let http = proxy.running.http.unwrap();
     assert_eq!(get(http, "/health").await.0, 200);
@@ -227,11 +228,7 @@ async fn bearer_token_guards_everything_but_health() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_with_traffic_per_pool() {
     let pg = start_postgres();
-    let text = config_text(&pg, "", "pool_size = 2").replacen(
-        "[admin]",
-        "[http]\naddr = \"127.0.0.1:0\"\n\n[admin]",
-        1,
-    );
+    let text = with_http(&config_text(&pg, "", "pool_size = 2"), "");
     let proxy = Proxy::start(&text).await;
     let http = proxy.running.http.unwrap();
     let c = proxy.connect(PoolMode::Transaction).await;
@@ -283,10 +280,9 @@ async fn metrics_move_with_traffic_per_pool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn circuit_opens_after_a_failed_connect() {
     let mut pg = start_postgres();
-    let text = config_text(&pg, "server_login_retry = 30", "pool_size = 2").replacen(
-        "[admin]",
-        "[http]\naddr = \"127.0.0.1:0\"\n\n[admin]",
-        1,
+    let text = with_http(
+        &config_text(&pg, "server_login_retry = 30", "pool_size = 2"),
+        "",
     );
     let proxy = Proxy::start(&text).await;
     let http = proxy.running.http.unwrap();

@@ -19,34 +19,30 @@ pub fn unix_micros() -> u64 {
         .unwrap_or(0)
 }
 
+/// (year, month, day, hour, minute, second) in UTC of a Unix-microsecond time.
+fn utc(micros: u64) -> (i64, u32, u32, u64, u64, u64) {
+    let secs = micros / 1_000_000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 /// `YYYY-MM-DD HH:MM:SS UTC` for a Unix-microsecond time, as PgBouncer prints times
 /// (empty for 0: never).
 pub fn format_time(micros: u64) -> String {
     if micros == 0 {
         return String::new();
     }
-    let secs = micros / 1_000_000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let (y, m, d, h, mi, s) = utc(micros);
+    format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (RFC 3339, UTC) for a Unix-microsecond time: the audit
 /// log's timestamps.
 pub fn format_rfc3339(micros: u64) -> String {
-    let secs = micros / 1_000_000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
+    let (y, m, d, h, mi, s) = utc(micros);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
+        "{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}Z",
         micros % 1_000_000
     )
 }
