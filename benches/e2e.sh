@@ -1,25 +1,37 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: pgbench directly, through PgBouncer and through pgsluice, against one
-# PostgreSQL started here, in one run, workloads interleaved. Reports tps, average latency and
-# the proxy's CPU microseconds per transaction (utime+stime from /proc/PID/stat).
+# PostgreSQL started here, in one run. Within a round every workload runs on every target in
+# turn (A B A B), rounds repeat, and the summary gives medians and ratios. Reports tps, p50/p99
+# latency (pgbench --log, sampled), the proxy's CPU microseconds per transaction
+# (utime+stime from /proc/PID/stat) and the proxies' RSS.
 #
-#   benches/e2e.sh                      # defaults: 15 s per run, 20 clients, scale 10
-#   DURATION=30 CLIENTS=50 ROUNDS=3 benches/e2e.sh
-#   TRACKING_AB=1 ONLY="select-only simple" benches/e2e.sh   # + pgsluice with query_stats_max = 0
+#   benches/e2e.sh                                   # 8 s per run, 3 rounds, every workload
+#   ONLY="select-only simple,tpcb-like simple" ROUNDS=5 benches/e2e.sh
+#   MODES=transaction DURATION=15 benches/e2e.sh
+#   BASELINE=/path/to/older/pgsluice benches/e2e.sh  # A/B two pgsluice builds in one run
+#   PGBOUNCER2=/path/to/newer/pgbouncer benches/e2e.sh
+#   COUNT=1 benches/e2e.sh                           # + syscalls, context switches per txn
+#   PROFILE=/tmp/prof benches/e2e.sh                 # + perf record of each proxy per run
 #
 # Needs PostgreSQL's server binaries and pgbench; PgBouncer (Debian's `pgbouncer`, or
-# PGBOUNCER=/path/to/newer) is measured when present. Auth is md5 on both hops, pool size 20.
+# PGBOUNCER=/path) is measured when present. Auth is md5 on both hops (the `-C scram` workload
+# uses SCRAM-SHA-256 from client to proxy), pool size 20, 20 clients, 2 pgbench threads.
 set -euo pipefail
-DURATION=${DURATION:-15}
+DURATION=${DURATION:-8}
 CLIENTS=${CLIENTS:-20}
 SCALE=${SCALE:-10}
-ROUNDS=${ROUNDS:-1}
+ROUNDS=${ROUNDS:-3}
 POOL=${POOL:-20}
+MODES=${MODES:-transaction session}
+ONLY=${ONLY:-}
+SAMPLING=${SAMPLING:-0.1}   # share of transactions logged for the latency percentiles
+COUNT=${COUNT:-0}
+PROFILE=${PROFILE:-}
+BASELINE=${BASELINE:-}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PGBIN=${PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
 PGBOUNCER=${PGBOUNCER:-$(command -v pgbouncer || echo /usr/sbin/pgbouncer)}
-TRACKING_AB=${TRACKING_AB:-0}
-ONLY=${ONLY:-}
+PGBOUNCER2=${PGBOUNCER2:-}
 CLK_TCK=$(getconf CLK_TCK)
 
 (cd "$ROOT" && cargo build --release -q)
@@ -39,14 +51,14 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); SLUICE_PORT=$(free_port); NOTRACK_PORT=$(free_port)
+PG_PORT=$(free_port)
 
 as_pg "$PGBIN/initdb" -D "$WORK/data" -U postgres -A trust -N --locale=C -E UTF8 >/dev/null
 cat >> "$WORK/data/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '$WORK'
-max_connections = 300
+max_connections = 400
 password_encryption = 'md5'
 fsync = off
 synchronous_commit = off
@@ -56,98 +68,200 @@ echo "host all all 127.0.0.1/32 md5" > "$WORK/data/pg_hba.conf"
 echo "local all all trust" >> "$WORK/data/pg_hba.conf"
 as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w start >/dev/null
 psql -h "$WORK" -p "$PG_PORT" -U postgres -qc "CREATE ROLE bench LOGIN PASSWORD 'bench'" postgres
+psql -h "$WORK" -p "$PG_PORT" -U postgres -qc "CREATE ROLE bench_scram LOGIN PASSWORD 'bench' IN ROLE bench" postgres
 psql -h "$WORK" -p "$PG_PORT" -U postgres -qc "CREATE DATABASE bench OWNER bench" postgres
 PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U bench -i -q -s "$SCALE" bench >/dev/null 2>&1
+psql -h "$WORK" -p "$PG_PORT" -U postgres -qc "GRANT ALL ON ALL TABLES IN SCHEMA public TO bench_scram" bench
 
-cat > "$WORK/sluice.toml" <<CONF
+# Both poolers: md5 for `bench`, SCRAM-SHA-256 for `bench_scram` (one hba file, same syntax).
+printf 'host all bench_scram 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 md5\n' > "$WORK/hba.conf"
+
+# start_sluice name binary: a transaction-mode and a session-mode listener.
+declare -A TX_PORT SE_PORT PID DBNAME
+start_sluice() {
+  local name=$1 bin=$2
+  TX_PORT[$name]=$(free_port); SE_PORT[$name]=$(free_port)
+  cat > "$WORK/$name.toml" <<CONF
 [general]
 auth_type = "md5"
+auth_hba_file = "$WORK/hba.conf"
 default_pool_size = $POOL
+max_client_conn = 20000
 [[listeners]]
-addr = "127.0.0.1:$SLUICE_PORT"
+addr = "127.0.0.1:${TX_PORT[$name]}"
 mode = "transaction"
+[[listeners]]
+addr = "127.0.0.1:${SE_PORT[$name]}"
+mode = "session"
 [[databases]]
 name = "bench"
 port = $PG_PORT
 [[users]]
 name = "bench"
 password = "bench"
+[[users]]
+name = "bench_scram"
+password = "bench"
 CONF
-"$SLUICE" --config "$WORK/sluice.toml" --log-format json 2>"$WORK/sluice.log" &
-SLUICE_PID=$!; PIDS+=("$SLUICE_PID")
-NOTRACK_PID=""
-if [ "$TRACKING_AB" = 1 ]; then
-  # The same proxy with query fingerprinting off: what tracking costs, A/B in one run.
-  sed -e "s/^default_pool_size = .*/&\nquery_stats_max = 0/" -e "s/127.0.0.1:$SLUICE_PORT/127.0.0.1:$NOTRACK_PORT/" \
-    "$WORK/sluice.toml" > "$WORK/notrack.toml"
-  "$SLUICE" --config "$WORK/notrack.toml" --log-format json 2>"$WORK/notrack.log" &
-  NOTRACK_PID=$!; PIDS+=("$NOTRACK_PID")
-fi
-
-BOUNCER_PID=""
-if [ -x "$PGBOUNCER" ]; then
-  MD5=$(printf '%s' "benchbench" | md5sum | cut -d' ' -f1)
-  echo "\"bench\" \"md5$MD5\"" > "$WORK/userlist.txt"
-  cat > "$WORK/pgbouncer.ini" <<CONF
-[databases]
-bench = host=127.0.0.1 port=$PG_PORT dbname=bench
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-unix_socket_dir =
-auth_type = md5
-auth_file = $WORK/userlist.txt
-pool_mode = transaction
-default_pool_size = $POOL
-max_client_conn = 10000
-logfile = $WORK/pgbouncer.log
-ignore_startup_parameters = extra_float_digits
-CONF
-  [ "$(id -u)" = 0 ] && chown postgres "$WORK"/pgbouncer.ini "$WORK"/userlist.txt
-  as_pg "$PGBOUNCER" "$WORK/pgbouncer.ini" >"$WORK/pgbouncer.out" 2>&1 &
-  sleep 0.5
-  BOUNCER_PID=$(pgrep -n -f "pgbouncer $WORK/pgbouncer.ini" || true)
-  [ -n "$BOUNCER_PID" ] && PIDS+=("$BOUNCER_PID")
-fi
-sleep 0.5
-
-cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
-
-run() { # name port pid args...
-  local name=$1 port=$2 pid=$3; shift 3
-  local before after out tps lat txns failed cpu
-  before=$(cpu_ticks "$pid")
-  out=$(PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n -T "$DURATION" -c "$CLIENTS" -j 2 "$@" bench 2>&1) || true
-  after=$(cpu_ticks "$pid")
-  tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | tail -1)
-  lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
-  txns=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
-  failed=$(echo "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p')
-  if [ -n "$pid" ] && [ -n "$txns" ] && [ "$txns" -gt 0 ]; then
-    cpu=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$txns" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
-  else
-    cpu="-"
-  fi
-  printf '| %-22s | %-9s | %10s | %8s | %8s | %6s |\n' "$WORKLOAD" "$name" "${tps:-error}" "${lat:--}" "$cpu" "${failed:-?}"
+  "$bin" --config "$WORK/$name.toml" --log-format json 2>"$WORK/$name.log" &
+  PID[$name]=$!; PIDS+=("${PID[$name]}")
+  DBNAME[$name]=bench
 }
 
-echo "pgbench ${DURATION}s, $CLIENTS clients, scale $SCALE, pool $POOL, $(nproc) cores, $(date -u +%Y-%m-%d)"
-echo "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), $("$PGBOUNCER" --version 2>/dev/null | head -1 || echo 'no PgBouncer'), pgsluice $("$SLUICE" --version | awk '{print $2}')"
-echo
-echo "| workload               | target    |        tps | lat (ms) | proxy CPU us/txn | failed |"
-echo "|------------------------|-----------|-----------:|---------:|---------:|-------:|"
-WORKLOADS=("select-only simple|-S -M simple" "select-only extended|-S -M extended" "select-only prepared|-S -M prepared" "tpcb-like simple|-M simple" "select-only -C|-S -C")
+# start_bouncer name binary: database bench_tx in transaction mode, bench_se in session mode.
+start_bouncer() {
+  local name=$1 bin=$2 port
+  port=$(free_port)
+  TX_PORT[$name]=$port; SE_PORT[$name]=$port
+  MD5=$(printf '%s' "benchbench" | md5sum | cut -d' ' -f1)
+  printf '"bench" "md5%s"\n"bench_scram" "bench"\n' "$MD5" > "$WORK/userlist.txt"
+  cat > "$WORK/$name.ini" <<CONF
+[databases]
+bench_tx = host=127.0.0.1 port=$PG_PORT dbname=bench pool_mode=transaction
+bench_se = host=127.0.0.1 port=$PG_PORT dbname=bench pool_mode=session
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = hba
+auth_hba_file = $WORK/hba.conf
+auth_file = $WORK/userlist.txt
+default_pool_size = $POOL
+max_client_conn = 20000
+logfile = $WORK/$name.log
+pidfile = $WORK/$name.pid
+ignore_startup_parameters = extra_float_digits
+CONF
+  [ "$(id -u)" = 0 ] && chown postgres "$WORK/$name.ini" "$WORK/userlist.txt" "$WORK/hba.conf"
+  as_pg "$bin" "$WORK/$name.ini" >"$WORK/$name.out" 2>&1 &
+  for _ in $(seq 50); do [ -s "$WORK/$name.pid" ] && break; sleep 0.1; done
+  PID[$name]=$(cat "$WORK/$name.pid"); PIDS+=("${PID[$name]}")
+  DBNAME[$name]=bench_tx
+}
+
+TARGETS=(direct)
+TX_PORT[direct]=$PG_PORT; SE_PORT[direct]=$PG_PORT; PID[direct]=""; DBNAME[direct]=bench
+if [ -x "$PGBOUNCER" ]; then start_bouncer pgbouncer "$PGBOUNCER"; TARGETS+=(pgbouncer); fi
+if [ -n "$PGBOUNCER2" ]; then start_bouncer pgbouncer2 "$PGBOUNCER2"; TARGETS+=(pgbouncer2); fi
+start_sluice pgsluice "$SLUICE"; TARGETS+=(pgsluice)
+if [ -n "$BASELINE" ]; then start_sluice baseline "$BASELINE"; TARGETS+=(baseline); fi
+sleep 1
+
+cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+version() { "$1" --version 2>/dev/null | head -1 | awk '{print $NF}'; }
+
+RESULTS="$WORK/results.tsv"
+: > "$RESULTS"
+
+# run target mode workload pgbench-args...
+run() {
+  local target=$1 mode=$2 workload=$3; shift 3
+  local port pid db user=bench before after out tps txns failed cpu p50 p99 stat_pid="" perf_pid=""
+  port=${TX_PORT[$target]}; [ "$mode" = session ] && port=${SE_PORT[$target]}
+  pid=${PID[$target]}
+  db=${DBNAME[$target]}
+  [ "$mode" = session ] && [ "$db" = bench_tx ] && db=bench_se
+  [ "$workload" = "select-only -C scram" ] && user=bench_scram
+  local tag="$target.$mode.$(echo "$workload" | tr ' ' '_')"
+  rm -f "$WORK"/lat.*
+  if [ "$COUNT" = 1 ] && [ -n "$pid" ]; then
+    perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$pid" -o "$WORK/stat" >/dev/null 2>&1 &
+    stat_pid=$!
+  fi
+  if [ -n "$PROFILE" ] && [ -n "$pid" ]; then
+    # cpu-clock sampling: works without access to the PMU.
+    perf record -e cpu-clock -F 4999 -g -p "$pid" -o "$PROFILE.$tag" >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
+  before=$(cpu_ticks "$pid")
+  out=$(cd "$WORK" && PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U "$user" -n \
+    -T "$DURATION" -c "$CLIENTS" -j 2 --log --log-prefix=lat --sampling-rate="$SAMPLING" "$@" "$db" 2>&1) || true
+  after=$(cpu_ticks "$pid")
+  [ -n "$stat_pid" ] && { kill -INT "$stat_pid"; wait "$stat_pid" || true; }
+  [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
+  tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | tail -1)
+  txns=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
+  failed=$(echo "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p')
+  if [ -z "$txns" ] || [ "$txns" = 0 ]; then
+    echo "pgbench failed on $tag:" >&2; echo "$out" | tail -5 >&2
+    return
+  fi
+  cpu=-
+  [ -n "$pid" ] && cpu=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$txns" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
+  # pgbench log: field 3 is the transaction's latency in microseconds.
+  read -r p50 p99 < <(cat "$WORK"/lat.* 2>/dev/null | awk '{print $3}' | sort -n |
+    awk '{ v[NR] = $1 } END { if (NR == 0) { print "- -"; exit }
+      i = int(NR * 0.99) + 1; if (i > NR) i = NR
+      printf "%.3f %.3f\n", v[int(NR * 0.50) + 1] / 1000, v[i] / 1000 }')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$mode" "$target" "$tps" "$p50" "$p99" "$cpu" "${failed:-0}" >> "$RESULTS"
+  local extra=""
+  if [ -n "$stat_pid" ]; then
+    extra=$(awk -F, -v n="$txns" '$3 ~ /sys_enter/ { s = $1 / n } $3 ~ /context-switches/ { c = $1 / n }
+      END { printf "  syscalls/txn %.2f, switches/txn %.2f", s, c }' "$WORK/stat")
+  fi
+  printf '  %-24s %-11s %-10s tps %9.0f  p50 %6s  p99 %6s ms  cpu %6s us/txn  failed %s%s\n' \
+    "$workload" "$mode" "$target" "$tps" "$p50" "$p99" "$cpu" "${failed:-0}" "$extra" >&2
+}
+
+echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
+echo "# PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'); pgbouncer $( [ -x "$PGBOUNCER" ] && version "$PGBOUNCER" || echo absent)${PGBOUNCER2:+; pgbouncer2 $(version "$PGBOUNCER2")}; pgsluice $(version "$SLUICE")"
+echo "# pgbench ${DURATION}s x $ROUNDS rounds, $CLIENTS clients, -j 2, scale $SCALE, pool $POOL, md5"
+WORKLOADS=(
+  "select-only simple|-S -M simple"
+  "select-only extended|-S -M extended"
+  "select-only prepared|-S -M prepared"
+  "tpcb-like simple|-M simple"
+  "tpcb-like extended|-M extended"
+  "tpcb-like prepared|-M prepared"
+  "select-only -C|-S -C"
+  "select-only -C scram|-S -C"
+)
 for round in $(seq 1 "$ROUNDS"); do
-  for w in "${WORKLOADS[@]}"; do
-    WORKLOAD=${w%%|*}
-    [ -n "$ONLY" ] && [ "$WORKLOAD" != "$ONLY" ] && continue
-    # shellcheck disable=SC2206
-    ARGS=(${w#*|})
-    run direct "$PG_PORT" "" "${ARGS[@]}"
-    [ -n "$BOUNCER_PID" ] && run pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" "${ARGS[@]}"
-    run pgsluice "$SLUICE_PORT" "$SLUICE_PID" "${ARGS[@]}"
-    [ -n "$NOTRACK_PID" ] && run "pgsluice-nq" "$NOTRACK_PORT" "$NOTRACK_PID" "${ARGS[@]}"
+  echo "round $round" >&2
+  for mode in $MODES; do
+    for w in "${WORKLOADS[@]}"; do
+      workload=${w%%|*}
+      if [ -n "$ONLY" ] && ! [[ ",$ONLY," == *",$workload,"* ]]; then continue; fi
+      # Connection-per-transaction is a transaction-mode workload.
+      [[ "$workload" == *-C* ]] && [ "$mode" = session ] && continue
+      # shellcheck disable=SC2206
+      args=(${w#*|})
+      for target in "${TARGETS[@]}"; do
+        run "$target" "$mode" "$workload" "${args[@]}"
+      done
+    done
   done
 done
+
 echo
-echo "pgsluice RSS at end: $(awk '/VmRSS/ {print $2, $3}' /proc/$SLUICE_PID/status)"
+echo "| workload | mode | target | tps | p50 ms | p99 ms | proxy CPU us/txn | CPU vs pgbouncer | tps vs direct | failed |"
+echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+# Medians per (workload, mode, target), then ratios against PgBouncer's CPU and direct's tps.
+awk -F'\t' '
+  function median(key,   n, i, j, a, t) {
+    n = split(vals[key], a, " ")
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  {
+    k = $1 SUBSEP $2 SUBSEP $3
+    if (!(k in seen)) { seen[k] = 1; order[++n] = k }
+    for (f = 4; f <= 8; f++) vals[k SUBSEP f] = vals[k SUBSEP f] " " $f
+  }
+  END {
+    for (i = 1; i <= n; i++) {
+      split(order[i], p, SUBSEP)
+      d = p[1] SUBSEP p[2] SUBSEP "direct"; b = p[1] SUBSEP p[2] SUBSEP "pgbouncer"
+      tps = median(order[i] SUBSEP 4); cpu = median(order[i] SUBSEP 7)
+      dt = (d in seen) ? median(d SUBSEP 4) : 0
+      bc = (b in seen) ? median(b SUBSEP 7) : 0
+      cr = (p[3] != "direct" && bc > 0) ? sprintf("%.2f", cpu / bc) : "-"
+      tr = (p[3] != "direct" && dt > 0) ? sprintf("%.2f", tps / dt) : "-"
+      printf "| %s | %s | %s | %.0f | %.3f | %.3f | %s | %s | %s | %d |\n", p[1], p[2], p[3], tps,
+        median(order[i] SUBSEP 5), median(order[i] SUBSEP 6), p[3] == "direct" ? "-" : sprintf("%.1f", cpu), cr, tr, median(order[i] SUBSEP 8)
+    }
+  }' "$RESULTS"
+echo
+for t in "${TARGETS[@]}"; do
+  [ -n "${PID[$t]}" ] && echo "$t RSS at end: $(awk '/VmRSS/ {print $2, $3}' "/proc/${PID[$t]}/status")"
+done
