@@ -148,6 +148,7 @@ if [ -n "$BASELINE" ]; then start_sluice baseline "$BASELINE"; TARGETS+=(baselin
 sleep 1
 
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+user_ticks() { [ -n "$1" ] && awk '{print $14}' "/proc/$1/stat" || echo 0; }
 version() { "$1" --version 2>/dev/null | head -1 | awk '{print $NF}'; }
 
 RESULTS="$WORK/results.tsv"
@@ -173,10 +174,10 @@ run() {
     perf record -e cpu-clock -F 4999 -g -p "$pid" -o "$PROFILE.$tag" >/dev/null 2>&1 &
     perf_pid=$!
   fi
-  before=$(cpu_ticks "$pid")
+  before=$(cpu_ticks "$pid"); local ubefore; ubefore=$(user_ticks "$pid")
   out=$(cd "$WORK" && PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U "$user" -n \
     -T "$DURATION" -c "$CLIENTS" -j 2 --log --log-prefix=lat --sampling-rate="$SAMPLING" "$@" "$db" 2>&1) || true
-  after=$(cpu_ticks "$pid")
+  after=$(cpu_ticks "$pid"); local uafter; uafter=$(user_ticks "$pid")
   [ -n "$stat_pid" ] && { kill -INT "$stat_pid"; wait "$stat_pid" || true; }
   [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
   tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | tail -1)
@@ -195,9 +196,10 @@ run() {
       printf "%.3f %.3f\n", v[int(NR * 0.50) + 1] / 1000, v[i] / 1000 }')
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$mode" "$target" "$tps" "$p50" "$p99" "$cpu" "${failed:-0}" >> "$RESULTS"
   local extra=""
+  [ -n "$pid" ] && extra=$(awk -v t=$((uafter - ubefore)) -v hz="$CLK_TCK" -v n="$txns" 'BEGIN { printf "  (user %.1f)", t * 1e6 / hz / n }')
   if [ -n "$stat_pid" ]; then
     extra=$(awk -F, -v n="$txns" '$3 ~ /sys_enter/ { s = $1 / n } $3 ~ /context-switches/ { c = $1 / n }
-      END { printf "  syscalls/txn %.2f, switches/txn %.2f", s, c }' "$WORK/stat")
+      END { printf "  syscalls/txn %.2f, switches/txn %.2f", s, c }' "$WORK/stat")$extra
   fi
   printf '  %-24s %-11s %-10s tps %9.0f  p50 %6s  p99 %6s ms  cpu %6s us/txn  failed %s%s\n' \
     "$workload" "$mode" "$target" "$tps" "$p50" "$p99" "$cpu" "${failed:-0}" "$extra" >&2

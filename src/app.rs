@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
-use tracing::Instrument;
 
 pub struct App {
     pub config: ArcSwap<Config>,
@@ -342,10 +341,10 @@ async fn accept_loop(app: Arc<App>, bound: Bound, mode: PoolMode) {
             r = bound.accept(keepalive) => match r {
                 Ok((stream, peer)) => {
                     let id = app.conn_ids.fetch_add(1, Ordering::Relaxed);
-                    // Every log line of the connection carries its id (the audit log's too).
-                    let span = tracing::info_span!("conn", id, mode = mode.as_str());
+                    // The connection's log lines carry its id: the `conn` span (entered by
+                    // serve outside the relay loop) or a `conn` field.
                     let serve = crate::frontend::session::serve(app.clone(), stream, peer, mode, id);
-                    tokio::spawn(crate::net::isolate::isolated(id, serve).instrument(span));
+                    tokio::spawn(crate::net::isolate::isolated(id, serve));
                 }
                 Err(e) => {
                     // Out of descriptors and similar: back off instead of spinning.

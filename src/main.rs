@@ -113,10 +113,13 @@ fn main() -> ExitCode {
         .to_owned();
     let log_reloader = init_logging(cli.log_format.as_deref(), &level);
     raise_fd_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.as_ref().map(|c| c.general.worker_threads) {
+        if n > 0 {
+            builder.worker_threads(n);
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

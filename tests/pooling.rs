@@ -324,3 +324,50 @@ async fn server_terminated_under_a_session_client() {
         4
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_servers_terminated_behind_the_pool_are_never_handed_out() {
+    let pg = start_postgres();
+    // No check query: only the idle-connection probe can notice the dead servers.
+    let proxy = Proxy::start(&config_text(
+        &pg,
+        "server_check_query = \"\"",
+        "pool_size = 3",
+    ))
+    .await;
+    let c = proxy.connect(PoolMode::Transaction).await;
+    // Three servers in the pool, all idle afterwards.
+    let mut holders = Vec::new();
+    for _ in 0..3 {
+        let h = proxy.connect(PoolMode::Transaction).await;
+        h.batch_execute("BEGIN").await.unwrap();
+        holders.push(h);
+    }
+    for h in &holders {
+        h.batch_execute("COMMIT").await.unwrap();
+    }
+    drop(holders);
+    for round in 0..3 {
+        // Every server of the pool ends while idle (waiting until each has exited).
+        let killed = pg
+            .psql(
+                "SELECT count(*) FROM (SELECT pid FROM pg_stat_activity \
+                 WHERE datname = 'appdb' AND pid <> pg_backend_pid() \
+                 AND backend_type = 'client backend' OFFSET 0) s \
+                 WHERE pg_terminate_backend(pid, 5000)",
+            )
+            .unwrap();
+        assert_ne!(
+            killed.trim(),
+            "0",
+            "round {round}: no pooled server was running"
+        );
+        // The next transaction gets a fresh server, not one of the dead ones.
+        let n: i32 = c
+            .query_one("SELECT $1::int + 1", &[&round])
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"))
+            .get(0);
+        assert_eq!(n, round + 1);
+    }
+}

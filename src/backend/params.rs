@@ -79,6 +79,11 @@ impl SessionParams {
 /// set_config takes values exactly as a startup packet or postgresql.conf writes them, so
 /// list-valued settings such as search_path survive unchanged.
 pub fn sync_statement(client: &SessionParams, server: &SessionParams) -> Option<String> {
+    // The usual case on every checkout: a server that already matches (a client's reported
+    // list starts as a copy of a server's, so equal lists compare in order).
+    if client == server {
+        return None;
+    }
     let mut sets = Vec::new();
     for name in SETTABLE_REPORTED {
         if let Some(want) = client.reported.get(name) {

@@ -394,7 +394,7 @@ impl Pool {
         mut cancel: Pin<&mut Notified<'_>>,
     ) -> Result<ServerConn, CheckoutError> {
         let start = tokio::time::Instant::now();
-        let settings = self.settings();
+        let settings = self.settings.load();
         let deadline = settings.wait_timeout.map(|t| start + t);
         if self.is_paused() {
             self.wait_resumed(&mut cancel, deadline).await?;
@@ -420,7 +420,7 @@ impl Pool {
         loop {
             let mut ticket = match self.next_step() {
                 Step::Idle(conn) => {
-                    if let Some(conn) = self.vet(conn).await {
+                    if let Some(conn) = self.vet(conn, settings).await {
                         return Ok(conn);
                     }
                     continue;
@@ -460,7 +460,7 @@ impl Pool {
             ticket.rx = None;
             match grant {
                 Some(Grant::Conn(conn)) => {
-                    if let Some(conn) = self.vet(conn).await {
+                    if let Some(conn) = self.vet(conn, settings).await {
                         return Ok(conn);
                     }
                 }
@@ -509,16 +509,45 @@ impl Pool {
         Some(slot)
     }
 
+    /// The usual checkout without a future or a wait: the most recently used idle connection,
+    /// when it passes [`Pool::vet`]'s checks without any I/O (same upstream, within
+    /// server_lifetime, nothing arrived while idle, no check query due). None: use
+    /// [`Pool::checkout`], which handles everything else (and finds that connection again).
+    pub fn try_idle(&self) -> Option<ServerConn> {
+        if self.is_paused() {
+            return None;
+        }
+        let settings = self.settings.load();
+        let conn = lock(&self.state).idle.pop()?;
+        let now = Instant::now();
+        let ready = Arc::ptr_eq(&conn.upstream, &self.upstream.load())
+            && settings
+                .lifetime
+                .is_none_or(|l| now.saturating_duration_since(conn.created) < l)
+            && (settings.check_query.is_none()
+                || now.saturating_duration_since(conn.last_used) < settings.check_delay)
+            && !conn.stream.has_pending_input_or_eof();
+        if !ready {
+            // Back where it was: checkout's full path deals with it.
+            lock(&self.state).idle.push(conn);
+            return None;
+        }
+        conn.info.set_state(ServerState::Active);
+        self.stats.assigned(0);
+        Some(conn)
+    }
+
     /// Checks an idle connection before use: age, stray input or EOF, and the check query.
-    async fn vet(&self, mut conn: ServerConn) -> Option<ServerConn> {
-        let settings = self.settings();
+    async fn vet(&self, mut conn: ServerConn, settings: &PoolSettings) -> Option<ServerConn> {
         if !Arc::ptr_eq(&conn.upstream, &self.upstream.load()) {
             conn.terminate().await;
             return None;
         }
+        // One clock read for both ages: this runs on every checkout.
+        let now = Instant::now();
         if settings
             .lifetime
-            .is_some_and(|l| conn.created.elapsed() >= l)
+            .is_some_and(|l| now.saturating_duration_since(conn.created) >= l)
         {
             tracing::debug!(pool = %self.key, server = conn.id, "closing server past server_lifetime");
             conn.terminate().await;
@@ -529,7 +558,7 @@ impl Pool {
             return None;
         }
         if let Some(q) = &settings.check_query {
-            if conn.last_used.elapsed() >= settings.check_delay {
+            if now.saturating_duration_since(conn.last_used) >= settings.check_delay {
                 conn.info.set_state(ServerState::Tested);
                 if let Err(e) = conn.run_internal(q, settings.connect_timeout).await {
                     tracing::info!(pool = %self.key, server = conn.id, error = %e, "server_check_query failed: evicted");
@@ -615,13 +644,15 @@ impl Pool {
                 }
             }
         }
+        if self.db.max == 0 {
+            // No database cap to share: back to idle under the same lock (every transaction).
+            st.idle.push(conn);
+            return;
+        }
         drop(st);
         // At the database cap, an idle connection here would starve another pool's waiters:
         // close it so its place goes to them.
-        if self.db.max > 0
-            && self.db.open.load(Ordering::Acquire) >= self.db.max
-            && self.db.other_pool_waiting(self)
-        {
+        if self.db.open.load(Ordering::Acquire) >= self.db.max && self.db.other_pool_waiting(self) {
             tracing::debug!(pool = %self.key, server = conn.id, "max_db_connections: giving this place to another pool");
             drop(conn);
             return;

@@ -44,6 +44,8 @@ pub struct Config {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct General {
+    /// Threads that run connections; 0: one per core. Read at startup only.
+    pub worker_threads: usize,
     pub max_client_conn: usize,
     pub default_pool_size: usize,
     pub min_pool_size: usize,
@@ -127,6 +129,7 @@ impl Default for General {
     fn default() -> Self {
         General {
             // Agent fleets open thousands of connections; PgBouncer's 100 is a classic outage.
+            worker_threads: 0,
             max_client_conn: 10_000,
             default_pool_size: 20,
             min_pool_size: 0,

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::time::{Instant, sleep_until};
+use tracing::Instrument;
 
 /// How long the proxy's own statements (reset, parameter sync) may take.
 const INTERNAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,7 +86,18 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: Peer, mode: PoolMode, id
         audit,
         ..Ended::default()
     };
-    serve_inner(&app, stream, &peer, mode, id, over_limit, &mut ended).await;
+    let span = tracing::info_span!("conn", id, mode = mode.as_str());
+    let ready = serve_inner(&app, stream, &peer, mode, id, over_limit, &mut ended)
+        .instrument(span.clone())
+        .await;
+    if let Some((mut client, mut relay)) = ready {
+        // The relay loop runs outside the span: entering it on every poll cost more than the
+        // rest of a transaction's bookkeeping. Its log lines carry `conn` as a field.
+        run(&app, &mut client, &mut relay).await;
+        relay.meter.flush();
+        (ended.bytes_in, ended.bytes_out) = relay.meter.bytes();
+        finish(&app, client, relay).instrument(span).await;
+    }
     if audit {
         let mut fields = serde_json::json!({
             "addr": addr,
@@ -120,7 +132,7 @@ async fn serve_inner(
     id: u64,
     over_limit: bool,
     ended: &mut Ended,
-) {
+) -> Option<(Client, Relay)> {
     // Address rules and per-address limits first, before any TLS or SCRAM work is spent.
     let _address_slot = match admit_address(app, peer) {
         Ok(slot) => slot,
@@ -133,7 +145,7 @@ async fn serve_inner(
             let mut out = BytesMut::new();
             e.encode(&mut out);
             let _ = stream.send(&out).await;
-            return;
+            return None;
         }
     };
     let app = app.clone();
@@ -173,9 +185,7 @@ async fn serve_inner(
         }),
         None => login.await,
     };
-    let Some((mut stream, result)) = outcome else {
-        return;
-    };
+    let (mut stream, result) = outcome?;
     if let (Ok(Some(logged_in)), true) = (&result, ended.audit) {
         let fields = match logged_in {
             LoggedIn::Console(c) => serde_json::json!({
@@ -191,10 +201,10 @@ async fn serve_inner(
         };
         app.audit.event("authenticated", id, fields).await;
     }
-    let mut client = match result {
+    let client = match result {
         Ok(Some(LoggedIn::Console(console))) => {
             crate::admin::serve(&app, &mut stream, console, id).await;
-            return;
+            return None;
         }
         Ok(Some(LoggedIn::Pooled(l))) => Client {
             reg: l.reg,
@@ -212,7 +222,7 @@ async fn serve_inner(
             server: l.server,
             id,
         },
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(err) => {
             if let Some(err) = err {
                 app.metrics.client_error(&err.code);
@@ -226,7 +236,7 @@ async fn serve_inner(
                 err.encode(&mut out);
                 let _ = stream.send(&out).await;
             }
-            return;
+            return None;
         }
     };
     let max_prepared = app.config.load().general.max_prepared_statements;
@@ -239,10 +249,7 @@ async fn serve_inner(
     if let Some(server) = &client.server {
         link(&client, server);
     }
-    run(&app, &mut client, &mut relay).await;
-    relay.meter.flush();
-    (ended.bytes_in, ended.bytes_out) = relay.meter.bytes();
-    finish(&app, client, relay).await;
+    Some((client, relay))
 }
 
 /// Who logged in, for [`register`].
@@ -646,7 +653,10 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
         timer_armed = true;
     }
     loop {
+        // biased: no random branch order per poll (a relay event never starves the timer: the
+        // timer is polled whenever the relay waits).
         let event = tokio::select! {
+            biased;
             ev = poll_fn(|cx| relay.poll_relay(cx, &mut c.stream, c.server.as_mut(), &mut c.state)) => ev,
             Some(n) = next_notification(&mut c.notify_rx) => {
                 // PostgreSQL delivers notifications between transactions; so does the hub.
@@ -858,7 +868,9 @@ async fn read_back_settings(c: &mut Client, server: &mut ServerConn, touched: Ve
 /// Transaction mode: gets a server for the client's next transaction, waiting in the pool's
 /// queue while watching for the client leaving or canceling. False when the client is done.
 async fn attach(app: &App, c: &mut Client, relay: &mut Relay) -> bool {
-    let result = {
+    let result = if let Some(server) = c.pool.try_idle() {
+        Some(Ok(server))
+    } else {
         let handle = c.cancel.handle.clone();
         let mut notified = pin!(handle.wake.notified());
         notified.as_mut().enable();
@@ -866,6 +878,7 @@ async fn attach(app: &App, c: &mut Client, relay: &mut Relay) -> bool {
         let checkout = c.pool.checkout(notified);
         let buffered = relay.client_buffer();
         tokio::select! {
+            biased;
             r = checkout => Some(r),
             _ = client_left(&mut c.stream, buffered) => None,
         }

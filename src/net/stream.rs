@@ -95,9 +95,21 @@ impl Stream {
     }
 
     /// True when the peer has closed or sent bytes nobody asked for: an idle server
-    /// connection in either state must not be handed out. One non-blocking MSG_PEEK; tokio's
-    /// own try_read would trust cached readiness and could miss a close that just happened.
+    /// connection in either state must not be handed out. This runs on every checkout, so
+    /// the reactor's readiness is asked first, without a syscall: tokio clears it when a read
+    /// drains the socket and sets it when anything (a FIN too) arrives. Only when it is set
+    /// does a non-blocking MSG_PEEK decide (it may be left over from a read that filled the
+    /// buffer exactly). Under TLS the peek always decides: rustls may hold a record.
     pub fn has_pending_input_or_eof(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let quiet = match self {
+            Stream::Tcp(s) => s.poll_read_ready(&mut cx).is_pending(),
+            Stream::Unix(s) => s.poll_read_ready(&mut cx).is_pending(),
+            _ => false,
+        };
+        if quiet {
+            return false;
+        }
         let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         // Under TLS the raw socket is peeked: any record (an alert, close_notify) counts.
         let r = match (self, self.tcp()) {

@@ -20,6 +20,7 @@ use crate::backend::params::SessionParams;
 use crate::error::ClientError;
 use crate::net::Stream;
 use crate::proto::{FrameError, Header, MAX_MESSAGE_LEN, emit, views};
+use crate::sql::session::Mentions;
 use crate::stats::meter::{MAX_FINGERPRINTED, Meter};
 use bytes::BytesMut;
 use half::Half;
@@ -419,10 +420,12 @@ impl Relay {
                     }
                     self.need = 0;
                     let body = &self.c.buf[h.start + 5..h.start + 5 + h.body_len];
-                    let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
-                    if let Some(cmd) = crate::sql::session::listen_statement(&text) {
-                        self.drop_message(&h);
-                        return Some(Event::Listen(cmd));
+                    if crate::sql::session::may_be_listen(body) && Mentions::of(body).listen {
+                        let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
+                        if let Some(cmd) = crate::sql::session::listen_statement(&text) {
+                            self.drop_message(&h);
+                            return Some(Event::Listen(cmd));
+                        }
                     }
                 }
                 // Ask for a server only once the part of the message that will be read with
@@ -446,11 +449,13 @@ impl Relay {
                         false
                     } else {
                         self.need = 0;
-                        if rewrite && self.deallocate_here(&h, state) {
+                        let body = &self.c.buf[h.start + 5..h.start + 5 + h.body_len];
+                        let mentions = Mentions::of(body);
+                        if rewrite && mentions.deallocate && self.deallocate_here(&h, state) {
                             self.metered = false;
                             continue;
                         }
-                        match self.note_settings(h.start + 5, h.body_len) {
+                        match self.note_settings(h.start + 5, h.body_len, mentions) {
                             Ok(_) => self.forward(&h, Entry::pass(Kind::Query)),
                             Err(Unsupported::Listen) => {
                                 // Answered here as PostgreSQL answers a refused query.
@@ -751,9 +756,10 @@ impl Relay {
         &mut self,
         at: usize,
         len: usize,
+        mentions: Mentions,
     ) -> Result<Option<Box<[String]>>, Unsupported> {
         let text = &self.c.buf[at..at + len];
-        if !crate::sql::session::may_touch(text) {
+        if !mentions.may_touch() {
             return Ok(None);
         }
         let text = String::from_utf8_lossy(text.strip_suffix(&[0]).unwrap_or(text));
@@ -773,11 +779,7 @@ impl Relay {
     /// transaction mode, so the proxy answers it as PostgreSQL would.
     fn deallocate_here(&mut self, h: &Header, state: &mut ClientState) -> bool {
         let body = &self.c.buf[h.start + 5..h.start + 5 + h.body_len];
-        if body.len() > 200
-            || !body
-                .windows(10)
-                .any(|w| w.eq_ignore_ascii_case(b"deallocate"))
-        {
+        if body.len() > 200 {
             return false;
         }
         let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
@@ -806,7 +808,9 @@ impl Relay {
             .iter()
             .position(|&b| b == 0)
             .unwrap_or(0);
-        self.note_settings(h.start + 5 + name_end + 1, query_len)
+        let at = h.start + 5 + name_end + 1;
+        let mentions = Mentions::of(&self.c.buf[at..at + query_len]);
+        self.note_settings(at, query_len, mentions)
     }
 
     fn mark_settings(&mut self, names: &[String]) {

@@ -18,11 +18,58 @@ pub struct Touched {
     pub listen: bool,
 }
 
+/// Which of the words the relay looks for a text contains anywhere, found in one pass over
+/// its bytes: most statements contain none, and then the text is never tokenized.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mentions {
+    /// "set": SET, RESET, set_config.
+    pub set: bool,
+    /// "listen": LISTEN, UNLISTEN.
+    pub listen: bool,
+    pub deallocate: bool,
+}
+
+impl Mentions {
+    pub fn of(text: &[u8]) -> Mentions {
+        // Three bytes at a time, lowercased by `| 0x20` (which maps no other byte onto a
+        // lowercase letter), compared as one integer; the longer words are checked whole
+        // only where their first three letters are.
+        const fn word3(w: &[u8; 3]) -> u32 {
+            w[0] as u32 | (w[1] as u32) << 8 | (w[2] as u32) << 16
+        }
+        const SET: u32 = word3(b"set");
+        const LIS: u32 = word3(b"lis");
+        const DEA: u32 = word3(b"dea");
+        let mut m = Mentions::default();
+        for (i, w) in text.windows(3).enumerate() {
+            if !matches!(w[0] | 0x20, b's' | b'l' | b'd') {
+                continue;
+            }
+            let w = (u32::from(w[0]) | u32::from(w[1]) << 8 | u32::from(w[2]) << 16) | 0x20_2020;
+            let rest = |word: &[u8]| {
+                text.get(i..i + word.len())
+                    .is_some_and(|t| t.eq_ignore_ascii_case(word))
+            };
+            match w {
+                SET => m.set = true,
+                LIS if rest(b"listen") => m.listen = true,
+                DEA if rest(b"deallocate") => m.deallocate = true,
+                _ => {}
+            }
+        }
+        m
+    }
+
+    /// Every statement that may change a session setting or LISTEN contains one of these.
+    pub fn may_touch(self) -> bool {
+        self.set || self.listen
+    }
+}
+
 /// Cheap filter: every statement of interest contains "set" (SET, RESET, set_config) or
 /// "listen".
 pub fn may_touch(text: &[u8]) -> bool {
-    text.windows(3).any(|w| w.eq_ignore_ascii_case(b"set"))
-        || text.windows(6).any(|w| w.eq_ignore_ascii_case(b"listen"))
+    Mentions::of(text).may_touch()
 }
 
 fn word(t: &Token<'_>) -> Option<String> {
@@ -149,6 +196,13 @@ pub fn deallocate_name(text: &str) -> Option<String> {
         name = it.next().as_ref().and_then(word)?;
     }
     (name != "all" && it.next().is_none()).then_some(name)
+}
+
+/// Whether `text` can be a LISTEN or UNLISTEN statement: it starts (after blanks) with one,
+/// or with a comment. Checked on every transaction's first Query, so it reads a few bytes.
+pub fn may_be_listen(text: &[u8]) -> bool {
+    let start = text.iter().position(|b| !b.is_ascii_whitespace());
+    start.is_some_and(|i| matches!(text[i] | 0x20, b'l' | b'u' | b'-' | b'/'))
 }
 
 /// A LISTEN or UNLISTEN that is the whole text.

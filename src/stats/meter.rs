@@ -3,11 +3,13 @@
 //! ReadyForQuery reports idle. So a query costs a few field updates and a clock read, and a
 //! transaction a handful of relaxed atomic adds.
 
+use super::KeyHasher;
 use super::queries::{QueryStats, Sample};
 use super::totals::PoolStats;
 use crate::backend::pool::PoolKey;
 use crate::sql::fingerprint;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -48,7 +50,9 @@ pub struct Meter {
     rows: u64,
     error: bool,
     /// Normalized texts by fingerprint, so a repeated statement allocates nothing.
-    texts: HashMap<u64, Arc<str>>,
+    texts: HashMap<u64, Arc<str>, BuildHasherDefault<KeyHasher>>,
+    /// Fingerprints by a hash of the raw text, so a repeated text is not tokenized again.
+    by_raw: HashMap<u64, u64, BuildHasherDefault<KeyHasher>>,
     /// Fingerprints of the client's prepared statements by name ("" is the unnamed one).
     named: HashMap<Box<[u8]>, u64>,
     samples: Vec<Sample>,
@@ -149,15 +153,30 @@ impl Meter {
             return 0;
         }
         let text = text.strip_suffix(&[0]).unwrap_or(text);
-        let text = String::from_utf8_lossy(text);
+        // Drivers send the same texts over and over (the extended protocol re-Parses its
+        // unnamed statement every time): a hash of the raw bytes finds the fingerprint
+        // without tokenizing. A 64-bit collision would only misfile one query's timing.
+        let mut raw = KeyHasher::default();
+        raw.write(text);
+        let raw = raw.finish();
+        if let Some(&fp) = self.by_raw.get(&raw) {
+            return fp;
+        }
+        let text = utf8(text);
         let fp = fingerprint::fingerprint(&text);
+        if self.by_raw.len() >= CLIENT_CACHE {
+            self.by_raw.clear();
+        }
+        self.by_raw.insert(raw, fp);
         self.remember(fp, || fingerprint::normalize(&text))
     }
 
     fn remember(&mut self, fp: u64, text: impl FnOnce() -> String) -> u64 {
         if !self.texts.contains_key(&fp) {
             if self.texts.len() >= CLIENT_CACHE {
+                // by_raw points into texts: a fingerprint found there must have its text.
                 self.texts.clear();
+                self.by_raw.clear();
             }
             self.texts.insert(fp, Arc::from(text()));
         }
@@ -247,5 +266,14 @@ impl Meter {
         if !self.samples.is_empty() {
             s.queries.record(&s.key, &mut self.samples);
         }
+    }
+}
+
+/// Text as UTF-8, replacing invalid bytes only when there are any: the check alone is much
+/// cheaper than the lossy conversion, and statement texts are nearly always valid.
+pub fn utf8(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
     }
 }

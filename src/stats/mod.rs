@@ -76,3 +76,26 @@ mod tests {
         );
     }
 }
+
+/// The stats tables' hasher: keys are fingerprints (already hashes) and short names, looked up
+/// on every transaction, so SipHash's DoS resistance
+/// buys nothing here (clients cannot choose fingerprints that collide on purpose any more
+/// cheaply than they can add distinct statements, which the table's bound handles).
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn finish(&self) -> u64 {
+        // Mixes low bits into the high ones dashmap picks its shard with.
+        let x = self.0 ^ (self.0 >> 33);
+        x.wrapping_mul(0xff51_afd7_ed55_8ccd) ^ (x >> 29)
+    }
+}

@@ -3,8 +3,10 @@
 //! full, the entries that cost least in total are dropped (a tenth at a time, so a stream of
 //! one-off statements costs one sweep per hundred, not one per statement).
 
+use super::KeyHasher;
 use crate::backend::pool::PoolKey;
 use dashmap::DashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -54,7 +56,7 @@ impl QueryRow {
 #[derive(Debug)]
 pub struct QueryStats {
     max: AtomicUsize,
-    map: DashMap<(u64, PoolKey), Entry>,
+    map: DashMap<(u64, PoolKey), Entry, BuildHasherDefault<KeyHasher>>,
     /// Entries dropped to stay within `max`.
     evicted: AtomicU64,
 }
@@ -63,7 +65,7 @@ impl QueryStats {
     pub fn new(max: usize) -> QueryStats {
         QueryStats {
             max: AtomicUsize::new(max),
-            map: DashMap::new(),
+            map: DashMap::default(),
             evicted: AtomicU64::new(0),
         }
     }
