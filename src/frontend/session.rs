@@ -32,6 +32,8 @@ const INTERNAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A logged-in client, ready for the relay.
 struct Client {
+    /// Its place in the per-address connection count, held until it leaves.
+    _address_slot: crate::admission::limits::AddressSlot,
     /// Its entry in SHOW CLIENTS. First, so it is dropped (and KILL_CLIENT forgets the
     /// descriptor) before `stream` closes the socket.
     reg: Registered,
@@ -87,16 +89,21 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: Peer, mode: PoolMode, id
         ..Ended::default()
     };
     let span = tracing::info_span!("conn", id, mode = mode.as_str());
-    let ready = serve_inner(&app, stream, &peer, mode, id, over_limit, &mut ended)
-        .instrument(span.clone())
-        .await;
-    if let Some((mut client, mut relay)) = ready {
+    // The login's state (TLS, SCRAM, the startup packet) is boxed so it is freed after login
+    // instead of sizing every client's task; so is the ending.
+    let ready = Box::pin(
+        serve_inner(&app, stream, &peer, mode, id, over_limit, &mut ended).instrument(span.clone()),
+    )
+    .await;
+    if let Some(mut conn) = ready {
         // The relay loop runs outside the span: entering it on every poll cost more than the
         // rest of a transaction's bookkeeping. Its log lines carry `conn` as a field.
-        run(&app, &mut client, &mut relay).await;
+        let (client, relay) = &mut *conn;
+        run(&app, client, relay).await;
         relay.meter.flush();
         (ended.bytes_in, ended.bytes_out) = relay.meter.bytes();
-        finish(&app, client, relay).instrument(span).await;
+        let (client, relay) = *conn;
+        Box::pin(finish(&app, client, relay).instrument(span)).await;
     }
     if audit {
         let mut fields = serde_json::json!({
@@ -132,9 +139,9 @@ async fn serve_inner(
     id: u64,
     over_limit: bool,
     ended: &mut Ended,
-) -> Option<(Client, Relay)> {
+) -> Option<Box<(Client, Relay)>> {
     // Address rules and per-address limits first, before any TLS or SCRAM work is spent.
-    let _address_slot = match admit_address(app, peer) {
+    let address_slot = match admit_address(app, peer) {
         Ok(slot) => slot,
         Err(e) => {
             app.metrics.client_error(&e.code);
@@ -207,6 +214,7 @@ async fn serve_inner(
             return None;
         }
         Ok(Some(LoggedIn::Pooled(l))) => Client {
+            _address_slot: address_slot,
             reg: l.reg,
             stream,
             state: ClientState {
@@ -249,7 +257,8 @@ async fn serve_inner(
     if let Some(server) = &client.server {
         link(&client, server);
     }
-    Some((client, relay))
+    // Boxed: the task then holds a pointer, never a second copy of what it moves.
+    Some(Box::new((client, relay)))
 }
 
 /// Who logged in, for [`register`].
@@ -623,7 +632,7 @@ async fn sync(server: &mut ServerConn, want: &SessionParams) -> Result<(), Clien
     let Some(sql) = sync_statement(want, &server.params) else {
         return Ok(());
     };
-    match server.run_internal(&sql, INTERNAL_TIMEOUT).await {
+    match Box::pin(server.run_internal(&sql, INTERNAL_TIMEOUT)).await {
         Ok(()) => {
             server.params.unreported = want.unreported.clone();
             Ok(())
@@ -671,16 +680,16 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                 timer_armed = false;
                 match phase {
                     Phase::Idle => {
-                        tell_and_close(app, c, relay, ClientError::client_idle_timeout()).await;
+                        Box::pin(tell_and_close(app, c, relay, ClientError::client_idle_timeout())).await;
                         return;
                     }
                     Phase::InTransaction => {
-                        tell_and_close(app, c, relay, ClientError::idle_transaction_timeout()).await;
+                        Box::pin(tell_and_close(app, c, relay, ClientError::idle_transaction_timeout())).await;
                         return;
                     }
                     Phase::Busy => {
                         tracing::info!(conn = c.id, "query_timeout: canceling the running statement");
-                        c.cancel.handle.fire().await;
+                        Box::pin(c.cancel.handle.fire()).await;
                         continue;
                     }
                 }
@@ -700,38 +709,37 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                 }
             }
             Event::NeedServer => {
-                if !attach(app, c, relay).await {
+                // The usual case awaits nothing: an idle server that already carries the
+                // client's settings. Waiting, syncing and failing are boxed, so their state
+                // is not part of every client's task.
+                let attached = match c.pool.try_idle() {
+                    Some(server) if sync_statement(&c.state.params, &server.params).is_none() => {
+                        install(c, relay, server);
+                        true
+                    }
+                    idle => Box::pin(attach(app, c, relay, idle)).await,
+                };
+                if !attached {
                     return;
                 }
             }
             Event::Release { clean, resync } => {
-                if let Some(mut server) = c.server.take() {
+                if let Some(server) = c.server.take() {
                     relay.reset_server_side();
                     let no_cancel_in_flight = c.cancel.handle.detach();
-                    let mut reusable = clean && no_cancel_in_flight;
+                    let reusable = clean && no_cancel_in_flight;
                     if reusable && resync {
-                        reusable = read_back_settings(c, &mut server, relay.take_touched()).await;
-                    }
-                    for n in c.held.drain(..) {
-                        relay.queue_for_client(|b| b.extend_from_slice(&n));
-                    }
-                    c.reg.info.linked(0);
-                    if reusable {
-                        c.pool.release(server);
+                        // Boxed with the server it owns: not part of every client's task.
+                        Box::pin(release_after_read_back(c, relay, server)).await;
                     } else {
-                        tracing::debug!(
-                            conn = c.id,
-                            server = server.id,
-                            clean,
-                            "closing server instead of returning it"
-                        );
+                        give_back(c, relay, server, reusable);
                     }
                 }
             }
-            Event::Listen(cmd) => listen(app, c, relay, cmd).await,
+            Event::Listen(cmd) => Box::pin(listen(app, c, relay, cmd)).await,
             Event::ClientGone if c.reg.info.was_killed() => {
                 tracing::info!(conn = c.id, "client killed from the admin console");
-                tell_and_close(app, c, relay, ClientError::admin_shutdown()).await;
+                Box::pin(tell_and_close(app, c, relay, ClientError::admin_shutdown())).await;
                 return;
             }
             Event::ClientStalled => {
@@ -758,12 +766,12 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                 if !fatal && !relay.server_mid_message() {
                     relay.queue_for_client(|b| ClientError::server_lost().encode(b));
                 }
-                let _ = relay.flush_client(&mut c.stream).await;
+                let _ = Box::pin(relay.flush_client(&mut c.stream)).await;
                 return;
             }
             Event::Protocol(e) => {
                 tracing::info!(conn = c.id, error = %e, "client protocol violation");
-                tell_and_close(app, c, relay, e).await;
+                Box::pin(tell_and_close(app, c, relay, e)).await;
                 return;
             }
         }
@@ -867,21 +875,10 @@ async fn read_back_settings(c: &mut Client, server: &mut ServerConn, touched: Ve
 
 /// Transaction mode: gets a server for the client's next transaction, waiting in the pool's
 /// queue while watching for the client leaving or canceling. False when the client is done.
-async fn attach(app: &App, c: &mut Client, relay: &mut Relay) -> bool {
-    let result = if let Some(server) = c.pool.try_idle() {
-        Some(Ok(server))
-    } else {
-        let handle = c.cancel.handle.clone();
-        let mut notified = pin!(handle.wake.notified());
-        notified.as_mut().enable();
-        c.reg.info.waiting(crate::stats::unix_micros());
-        let checkout = c.pool.checkout(notified);
-        let buffered = relay.client_buffer();
-        tokio::select! {
-            biased;
-            r = checkout => Some(r),
-            _ = client_left(&mut c.stream, buffered) => None,
-        }
+async fn attach(app: &App, c: &mut Client, relay: &mut Relay, idle: Option<ServerConn>) -> bool {
+    let result = match idle {
+        Some(server) => Some(Ok(server)),
+        None => wait_for_server(c, relay).await,
     };
     let Some(result) = result else { return false };
     match result {
@@ -894,10 +891,7 @@ async fn attach(app: &App, c: &mut Client, relay: &mut Relay) -> bool {
                 relay.refuse_request(&e);
                 return true;
             }
-            relay.reset_server_side();
-            c.cancel.handle.attach(server.cancel_target());
-            link(c, &server);
-            c.server = Some(server);
+            install(c, relay, server);
             true
         }
         Err(e) => {
@@ -905,7 +899,7 @@ async fn attach(app: &App, c: &mut Client, relay: &mut Relay) -> bool {
             let err = e.to_client();
             tracing::info!(conn = c.id, pool = %c.pool.key, error = %e, "no server for client");
             if err.is_fatal() && !matches!(e, crate::backend::CheckoutError::Connect(_)) {
-                tell_and_close(app, c, relay, err).await;
+                Box::pin(tell_and_close(app, c, relay, err)).await;
                 return false;
             }
             app.metrics.client_error(&err.code);
@@ -915,6 +909,55 @@ async fn attach(app: &App, c: &mut Client, relay: &mut Relay) -> bool {
             });
             true
         }
+    }
+}
+
+/// Transaction mode, at a transaction's end: the server goes back to the pool (or is closed)
+/// and notifications held during the transaction go to the client.
+fn give_back(c: &mut Client, relay: &mut Relay, server: ServerConn, reusable: bool) {
+    for n in c.held.drain(..) {
+        relay.queue_for_client(|b| b.extend_from_slice(&n));
+    }
+    c.reg.info.linked(0);
+    if reusable {
+        c.pool.release(server);
+    } else {
+        tracing::debug!(
+            conn = c.id,
+            server = server.id,
+            "closing server instead of returning it"
+        );
+    }
+}
+
+async fn release_after_read_back(c: &mut Client, relay: &mut Relay, mut server: ServerConn) {
+    let reusable = read_back_settings(c, &mut server, relay.take_touched()).await;
+    give_back(c, relay, server, reusable);
+}
+
+/// Makes `server` the client's for its transaction.
+fn install(c: &mut Client, relay: &mut Relay, server: ServerConn) {
+    relay.reset_server_side();
+    c.cancel.handle.attach(server.cancel_target());
+    link(c, &server);
+    c.server = Some(server);
+}
+
+/// The pool's queue, watching for the client leaving (None) or canceling.
+async fn wait_for_server(
+    c: &mut Client,
+    relay: &mut Relay,
+) -> Option<Result<ServerConn, crate::backend::CheckoutError>> {
+    let handle = c.cancel.handle.clone();
+    let mut notified = pin!(handle.wake.notified());
+    notified.as_mut().enable();
+    c.reg.info.waiting(crate::stats::unix_micros());
+    let checkout = c.pool.checkout(notified);
+    let buffered = relay.client_buffer();
+    tokio::select! {
+        biased;
+        r = checkout => Some(r),
+        _ = client_left(&mut c.stream, buffered) => None,
     }
 }
 

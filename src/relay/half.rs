@@ -5,6 +5,37 @@
 
 use crate::proto::Framer;
 use bytes::{Buf, BytesMut};
+use std::cell::RefCell;
+
+/// Empty buffers kept per worker thread for the next client that reads: a client between
+/// queries holds no buffer memory, and an active one takes a buffer without allocating.
+const SPARE_MAX: usize = 64;
+/// Larger buffers (grown by a big result) are freed instead of kept.
+const SPARE_CAPACITY_MAX: usize = 128 * 1024;
+
+thread_local! {
+    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer with room for `want` bytes, reused when one is spare.
+pub fn spare_buffer(want: usize) -> BytesMut {
+    let mut b = SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+    // An empty buffer that is not shared gets its whole allocation back here, without copying.
+    b.reserve(want);
+    b
+}
+
+fn give_back(b: &mut BytesMut) {
+    let b = std::mem::take(b);
+    if b.capacity() <= SPARE_CAPACITY_MAX {
+        SPARE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARE_MAX {
+                s.push(b);
+            }
+        });
+    }
+}
 
 #[derive(Default)]
 pub struct Half {
@@ -43,6 +74,7 @@ impl Half {
     /// Moves the walked bytes before `upto` into `out`, so a change can be made at `upto`.
     /// Copies only when the stream is being changed.
     pub fn cut_at(&mut self, upto: usize) {
+        self.out_ready(upto);
         if upto > 0 {
             self.out.extend_from_slice(&self.buf[..upto]);
             self.buf.advance(upto);
@@ -56,6 +88,13 @@ impl Half {
         self.pos = self.pos.saturating_sub(n);
     }
 
+    /// `out` released while waiting takes a spare buffer back before it is written to.
+    fn out_ready(&mut self, want: usize) {
+        if self.out.capacity() == 0 {
+            self.out = spare_buffer(want.max(1024));
+        }
+    }
+
     /// Adds the proxy's own bytes at the walked boundary.
     pub fn insert(&mut self, f: impl FnOnce(&mut BytesMut)) {
         let at = self.pos;
@@ -67,6 +106,17 @@ impl Half {
     pub fn discard_walked(&mut self) {
         self.buf.advance(self.pos);
         self.pos = 0;
+    }
+
+    /// Returns the buffers' memory while they hold nothing (the relay is about to wait).
+    pub fn release_empty(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            give_back(&mut self.buf);
+            self.pos = 0;
+        }
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            give_back(&mut self.out);
+        }
     }
 
     pub fn is_idle(&self) -> bool {

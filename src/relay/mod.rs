@@ -351,6 +351,10 @@ impl Relay {
                 }
             }
             if !progress {
+                // Waiting: buffers with nothing in them go back, so an idle client costs
+                // its state, not 16 KiB or more of buffers per direction.
+                self.c.release_empty();
+                self.s.release_empty();
                 return Poll::Pending;
             }
         }
@@ -1103,7 +1107,9 @@ fn read_into(
     stream: &mut Stream,
     buf: &mut BytesMut,
 ) -> Poll<std::io::Result<usize>> {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+    if buf.capacity() == 0 {
+        *buf = half::spare_buffer(READ_CHUNK);
+    } else if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
     }
     let n = ready!(poll_read_buf(Pin::new(stream), cx, buf))?;

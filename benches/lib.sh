@@ -1,0 +1,124 @@
+# Shared by the end-to-end benchmarks: builds pgsluice, starts one PostgreSQL and the poolers
+# in a scratch directory, and cleans everything up on exit. Sourced, not run.
+#   needs: ROOT, PGBIN, POOL, SCALE set by the caller.
+(cd "$ROOT" && cargo build --release -q)
+SLUICE="$ROOT/target/release/pgsluice"
+
+WORK=$(mktemp -d /tmp/pgsluice-bench.XXXXXX)
+chmod 755 "$WORK"
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+[ "$(id -u)" = 0 ] && chown postgres "$WORK"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PG_PORT=$(free_port)
+
+as_pg "$PGBIN/initdb" -D "$WORK/data" -U postgres -A trust -N --locale=C -E UTF8 >/dev/null
+cat >> "$WORK/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$WORK'
+max_connections = 400
+password_encryption = 'md5'
+fsync = off
+synchronous_commit = off
+shared_buffers = 128MB
+CONF
+echo "host all all 127.0.0.1/32 md5" > "$WORK/data/pg_hba.conf"
+echo "local all all trust" >> "$WORK/data/pg_hba.conf"
+as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w start >/dev/null
+psql -h "$WORK" -p "$PG_PORT" -U postgres -qc "CREATE ROLE bench LOGIN PASSWORD 'bench'" postgres
+psql -h "$WORK" -p "$PG_PORT" -U postgres -qc "CREATE ROLE bench_scram LOGIN PASSWORD 'bench' IN ROLE bench" postgres
+psql -h "$WORK" -p "$PG_PORT" -U postgres -qc "CREATE DATABASE bench OWNER bench" postgres
+PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U bench -i -q -s "$SCALE" bench >/dev/null 2>&1
+psql -h "$WORK" -p "$PG_PORT" -U postgres -qc "GRANT ALL ON ALL TABLES IN SCHEMA public TO bench_scram" bench
+
+# Both poolers: md5 for `bench`, SCRAM-SHA-256 for `bench_scram` (one hba file, same syntax).
+printf 'host all bench_scram 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 md5\n' > "$WORK/hba.conf"
+
+# start_sluice name binary: a transaction-mode and a session-mode listener.
+declare -A TX_PORT SE_PORT PID DBNAME
+start_sluice() {
+  local name=$1 bin=$2
+  TX_PORT[$name]=$(free_port); SE_PORT[$name]=$(free_port)
+  cat > "$WORK/$name.toml" <<CONF
+[general]
+auth_type = "md5"
+auth_hba_file = "$WORK/hba.conf"
+default_pool_size = $POOL
+max_client_conn = 20000
+[[listeners]]
+addr = "127.0.0.1:${TX_PORT[$name]}"
+mode = "transaction"
+[[listeners]]
+addr = "127.0.0.1:${SE_PORT[$name]}"
+mode = "session"
+[[databases]]
+name = "bench"
+port = $PG_PORT
+[[users]]
+name = "bench"
+password = "bench"
+[[users]]
+name = "bench_scram"
+password = "bench"
+CONF
+  "$bin" --config "$WORK/$name.toml" --log-format json 2>"$WORK/$name.log" &
+  PID[$name]=$!; PIDS+=("${PID[$name]}")
+  DBNAME[$name]=bench
+}
+
+# start_bouncer name binary: database bench_tx in transaction mode, bench_se in session mode.
+start_bouncer() {
+  local name=$1 bin=$2 port
+  port=$(free_port)
+  TX_PORT[$name]=$port; SE_PORT[$name]=$port
+  MD5=$(printf '%s' "benchbench" | md5sum | cut -d' ' -f1)
+  printf '"bench" "md5%s"\n"bench_scram" "bench"\n' "$MD5" > "$WORK/userlist.txt"
+  cat > "$WORK/$name.ini" <<CONF
+[databases]
+bench_tx = host=127.0.0.1 port=$PG_PORT dbname=bench pool_mode=transaction
+bench_se = host=127.0.0.1 port=$PG_PORT dbname=bench pool_mode=session
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = hba
+auth_hba_file = $WORK/hba.conf
+auth_file = $WORK/userlist.txt
+default_pool_size = $POOL
+max_client_conn = 20000
+logfile = $WORK/$name.log
+pidfile = $WORK/$name.pid
+ignore_startup_parameters = extra_float_digits
+listen_backlog = 4096
+CONF
+  [ "$(id -u)" = 0 ] && chown postgres "$WORK/$name.ini" "$WORK/userlist.txt" "$WORK/hba.conf"
+  # runuser applies the login limits: give it as many descriptors as pgsluice takes.
+  as_pg sh -c 'ulimit -n "$1"; shift; exec "$@"' sh "$(ulimit -Hn)" "$bin" "$WORK/$name.ini" >"$WORK/$name.out" 2>&1 &
+  for _ in $(seq 50); do [ -s "$WORK/$name.pid" ] && break; sleep 0.1; done
+  PID[$name]=$(cat "$WORK/$name.pid"); PIDS+=("${PID[$name]}")
+  DBNAME[$name]=bench_tx
+}
+
+# Every target: direct, PgBouncer (and PGBOUNCER2) when present, pgsluice (and BASELINE).
+start_targets() {
+  TARGETS=(direct)
+  TX_PORT[direct]=$PG_PORT; SE_PORT[direct]=$PG_PORT; PID[direct]=""; DBNAME[direct]=bench
+  if [ -x "$PGBOUNCER" ]; then start_bouncer pgbouncer "$PGBOUNCER"; TARGETS+=(pgbouncer); fi
+  if [ -n "$PGBOUNCER2" ]; then start_bouncer pgbouncer2 "$PGBOUNCER2"; TARGETS+=(pgbouncer2); fi
+  start_sluice pgsluice "$SLUICE"; TARGETS+=(pgsluice)
+  if [ -n "$BASELINE" ]; then start_sluice baseline "$BASELINE"; TARGETS+=(baseline); fi
+  sleep 1
+}
+
+cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+user_ticks() { [ -n "$1" ] && awk '{print $14}' "/proc/$1/stat" || echo 0; }
+version() { "$1" --version 2>/dev/null | head -1 | awk '{print $NF}'; }
