@@ -6,11 +6,12 @@ use crate::app::App;
 use crate::config::{AuthType, General, Seconds};
 
 /// Keys a RELOAD does not apply to a running proxy (the listeners, too, need a restart).
-const RESTART_ONLY: [&str; 2] = ["max_prepared_statements", "tcp_keepalive"];
+const RESTART_ONLY: [&str; 3] = ["max_prepared_statements", "tcp_keepalive", "worker_threads"];
 
 fn entries(g: &General) -> Vec<(&'static str, String)> {
     let secs = |s: Seconds| format!("{}", s.0);
     vec![
+        ("worker_threads", g.worker_threads.to_string()),
         ("max_client_conn", g.max_client_conn.to_string()),
         ("default_pool_size", g.default_pool_size.to_string()),
         ("min_pool_size", g.min_pool_size.to_string()),
