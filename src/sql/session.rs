@@ -308,4 +308,27 @@ mod tests {
         assert!(!may_touch(b"SELECT 1"));
         assert!(may_touch(b"select OFFSET 1"));
     }
+
+    #[test]
+    fn mentions_finds_each_word_in_any_case_and_nothing_else() {
+        let m = |t: &str| Mentions::of(t.as_bytes());
+        assert_eq!(
+            m("SELECT abalance FROM t WHERE aid = 1"),
+            Mentions::default()
+        );
+        assert!(m("reSeT ALL").set && !m("reSeT ALL").listen);
+        assert!(m("UNLISTEN *").listen);
+        assert!(m("x DeAllocate p").deallocate);
+        // Bytes that `| 0x20` maps onto other punctuation never match a letter.
+        assert_eq!(
+            m("\x13\x05\x14 @SET"),
+            Mentions {
+                set: true,
+                ..Default::default()
+            }
+        );
+        assert!(!m("se").set && !m("listn").listen && !m("dealloc").deallocate);
+        assert!(may_be_listen(b"  LISTEN x") && may_be_listen(b"/* c */ listen x"));
+        assert!(may_be_listen(b"unlisten *") && !may_be_listen(b"SELECT 1"));
+    }
 }
