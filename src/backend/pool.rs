@@ -394,7 +394,9 @@ impl Pool {
         mut cancel: Pin<&mut Notified<'_>>,
     ) -> Result<ServerConn, CheckoutError> {
         let start = tokio::time::Instant::now();
-        let settings = self.settings.load();
+        // An owned snapshot, not a guard: this may wait for a long time (the fast path is
+        // try_idle).
+        let settings = self.settings();
         let deadline = settings.wait_timeout.map(|t| start + t);
         if self.is_paused() {
             self.wait_resumed(&mut cancel, deadline).await?;

@@ -732,7 +732,7 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                         // Boxed with the server it owns: not part of every client's task.
                         Box::pin(release_after_read_back(c, relay, server)).await;
                     } else {
-                        give_back(c, relay, server, reusable);
+                        return_server(c, relay, server, reusable);
                     }
                 }
             }
@@ -914,7 +914,7 @@ async fn attach(app: &App, c: &mut Client, relay: &mut Relay, idle: Option<Serve
 
 /// Transaction mode, at a transaction's end: the server goes back to the pool (or is closed)
 /// and notifications held during the transaction go to the client.
-fn give_back(c: &mut Client, relay: &mut Relay, server: ServerConn, reusable: bool) {
+fn return_server(c: &mut Client, relay: &mut Relay, server: ServerConn, reusable: bool) {
     for n in c.held.drain(..) {
         relay.queue_for_client(|b| b.extend_from_slice(&n));
     }
@@ -932,7 +932,7 @@ fn give_back(c: &mut Client, relay: &mut Relay, server: ServerConn, reusable: bo
 
 async fn release_after_read_back(c: &mut Client, relay: &mut Relay, mut server: ServerConn) {
     let reusable = read_back_settings(c, &mut server, relay.take_touched()).await;
-    give_back(c, relay, server, reusable);
+    return_server(c, relay, server, reusable);
 }
 
 /// Makes `server` the client's for its transaction.
