@@ -343,7 +343,8 @@ async fn accept_loop(app: Arc<App>, bound: Bound, mode: PoolMode) {
                     let id = app.conn_ids.fetch_add(1, Ordering::Relaxed);
                     // The connection's log lines carry its id: the `conn` span (entered by
                     // serve outside the relay loop) or a `conn` field.
-                    let serve = crate::frontend::session::serve(app.clone(), stream, peer, mode, id);
+                    let accepted = Box::new((stream, peer));
+                    let serve = crate::frontend::session::serve(app.clone(), accepted, mode, id);
                     tokio::spawn(crate::net::isolate::isolated(id, serve));
                 }
                 Err(e) => {

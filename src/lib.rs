@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod net;
 pub mod proto;
 pub mod relay;
+pub mod spare;
 pub mod sql;
 pub mod stats;
 

@@ -70,7 +70,12 @@ pub async fn run(app: &App, cmd: Command) -> Result<&'static str, ClientError> {
             // New clients wait (as after PAUSE) until RESUME; everyone on it now goes.
             app.pools.pause(Some(&db));
             let mut killed = 0;
-            for c in app.clients.all().iter().filter(|c| c.facts.database == db) {
+            for c in app
+                .clients
+                .all()
+                .iter()
+                .filter(|c| *c.facts.database == *db)
+            {
                 killed += usize::from(c.kill());
             }
             for pool in app.pools.of(Some(&db)) {

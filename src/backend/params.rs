@@ -1,36 +1,68 @@
 //! Session parameters: what a server connection has, what a client expects, and the fewest
 //! statements that make the first match the second before the client's work runs there.
 
-/// Name/value pairs; a handful per connection, so a vector beats a map.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Params(Vec<(Box<str>, Box<str>)>);
+use std::sync::Arc;
+
+/// Name/value pairs; a handful per connection, so a vector beats a map. Shared copy-on-write:
+/// a client's list starts as its pool's or server's and is copied only when one of them
+/// changes, so ten thousand clients with the usual settings hold one list, not ten thousand.
+#[derive(Clone, Debug, Default)]
+pub struct Params(Option<Arc<Vec<Pair>>>);
+
+type Pair = (Box<str>, Box<str>);
+
+impl PartialEq for Params {
+    fn eq(&self, other: &Params) -> bool {
+        self.shares(other) || self.pairs() == other.pairs()
+    }
+}
+
+impl Eq for Params {}
 
 impl Params {
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
+        self.pairs()
             .iter()
             .find(|(k, _)| k.as_ref() == name)
             .map(|(_, v)| v.as_ref())
     }
 
     pub fn set(&mut self, name: &str, value: &str) {
-        match self.0.iter_mut().find(|(k, _)| k.as_ref() == name) {
-            Some((_, v)) if v.as_ref() == value => {}
-            Some((_, v)) => *v = value.into(),
-            None => self.0.push((name.into(), value.into())),
+        // Checked before writing: an unchanged value must not unshare the list.
+        let at = self.pairs().iter().position(|(k, _)| k.as_ref() == name);
+        if at.is_some_and(|i| self.pairs()[i].1.as_ref() == value) {
+            return;
+        }
+        let pairs = Arc::make_mut(self.0.get_or_insert_with(Default::default));
+        match at {
+            Some(i) => pairs[i].1 = value.into(),
+            None => pairs.push((name.into(), value.into())),
         }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
+        self.pairs().iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.pairs().is_empty()
     }
 
     pub fn clear(&mut self) {
-        self.0.clear();
+        self.0 = None;
+    }
+
+    fn pairs(&self) -> &[Pair] {
+        self.0.as_deref().map_or(&[], |v| v.as_slice())
+    }
+
+    /// Whether both hold the very same list (the sharing that makes copies free).
+    pub fn shares(&self, other: &Params) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
     }
 }
 

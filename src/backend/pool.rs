@@ -191,6 +191,8 @@ pub struct Pool {
     /// Parameters a fresh server connection reports, shown to transaction-mode clients.
     defaults: Mutex<Option<SessionParams>>,
     pub stats: Arc<PoolStats>,
+    /// Where its clients' meters add their counts; one for all of them.
+    sinks: std::sync::OnceLock<Arc<crate::stats::meter::Sinks>>,
     /// Open server connections by id (SHOW SERVERS); changed on open and close only.
     servers: Mutex<HashMap<u64, Arc<ServerInfo>>>,
     /// PAUSE: checkouts wait until RESUME.
@@ -249,6 +251,7 @@ impl Pool {
             conn_ids,
             defaults: Mutex::new(None),
             stats: Arc::new(PoolStats::default()),
+            sinks: std::sync::OnceLock::new(),
             servers: Mutex::new(HashMap::new()),
             paused: AtomicBool::new(paused),
             resumed: Notify::new(),
@@ -264,6 +267,22 @@ impl Pool {
             idle: st.idle.len(),
             waiting: st.waiters.len(),
         }
+    }
+
+    /// The meters' sinks: this pool's counters and the query fingerprint table.
+    pub fn sinks(
+        &self,
+        queries: &Arc<crate::stats::queries::QueryStats>,
+    ) -> Arc<crate::stats::meter::Sinks> {
+        self.sinks
+            .get_or_init(|| {
+                Arc::new(crate::stats::meter::Sinks {
+                    key: self.key.clone(),
+                    pool: self.stats.clone(),
+                    queries: queries.clone(),
+                })
+            })
+            .clone()
     }
 
     pub fn settings(&self) -> Arc<PoolSettings> {
@@ -588,13 +607,13 @@ impl Pool {
                     est.pid,
                     upstream.host.clone(),
                     upstream.port,
-                    local_addr,
+                    local_addr.to_string(),
                     local_port,
                     est.stream.tls_description(),
                 ));
                 lock(&self.servers).insert(id, info.clone());
                 slot.server = id;
-                Ok(ServerConn {
+                Ok(Box::new(super::server::Connection {
                     info,
                     stream: est.stream,
                     id,
@@ -606,7 +625,7 @@ impl Pool {
                     last_used: now,
                     upstream,
                     _slot: slot,
-                })
+                }))
             }
             Err(e) => {
                 self.stats.connects_failed.fetch_add(1, Ordering::Relaxed);

@@ -20,7 +20,11 @@ pub struct CancelTarget {
     pub secret: i32,
 }
 
-pub struct ServerConn {
+/// A server connection as the pool and its clients pass it around: boxed, so a checkout moves
+/// a pointer and a client between transactions holds eight bytes, not the whole connection.
+pub type ServerConn = Box<Connection>;
+
+pub struct Connection {
     /// What SHOW SERVERS shows; shared with the pool's list of open connections.
     pub info: Arc<crate::stats::servers::ServerInfo>,
     pub stream: Stream,
@@ -40,7 +44,7 @@ pub struct ServerConn {
 /// Longest message the proxy reads whole from a server outside the relay (its own statements).
 const MAX_INTERNAL_MESSAGE: usize = 1 << 20;
 
-impl ServerConn {
+impl Connection {
     pub fn cancel_target(&self) -> CancelTarget {
         CancelTarget {
             upstream: self.upstream.clone(),

@@ -16,15 +16,15 @@ use crate::net::Stream;
 use crate::net::listener::Peer;
 use crate::proto::emit;
 use crate::relay::{ClientState, Event, Phase, Relay};
-use crate::stats::clients::{ClientFacts, Registered};
-use crate::stats::meter::{Meter, Sinks};
+use crate::stats::clients::{Addr, ClientFacts, Registered};
+use crate::stats::meter::Meter;
 use bytes::BytesMut;
 use std::future::poll_fn;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, Sleep, sleep_until};
 use tracing::Instrument;
 
 /// How long the proxy's own statements (reset, parameter sync) may take.
@@ -39,16 +39,21 @@ struct Client {
     reg: Registered,
     stream: Stream,
     state: ClientState,
-    /// Transaction mode LISTEN: channels, and notifications for this client.
-    channels: Vec<String>,
-    notify_tx: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
-    notify_rx: Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>,
-    /// Notifications that arrived during a transaction, delivered after it.
-    held: Vec<bytes::Bytes>,
+    /// Transaction mode LISTEN; made by the first LISTEN.
+    listening: Option<Box<Listening>>,
     pool: Arc<Pool>,
     cancel: Registration,
     server: Option<ServerConn>,
     id: u64,
+}
+
+/// A transaction-mode client's LISTEN state.
+struct Listening {
+    channels: Vec<String>,
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    /// Notifications that arrived during a transaction, delivered after it.
+    held: Vec<bytes::Bytes>,
 }
 
 /// What login established, before the stream joins it.
@@ -67,81 +72,105 @@ struct Pooled {
 }
 
 /// Serves one accepted connection to its end. Never panics on client input; every refusal is
-/// an ErrorResponse and a log line.
-pub async fn serve(app: Arc<App>, stream: Stream, peer: Peer, mode: PoolMode, id: u64) {
-    let started = std::time::Instant::now();
+/// an ErrorResponse and a log line. The socket and address come boxed: what a task's future
+/// takes as arguments it keeps room for all its life, and login consumes these.
+pub async fn serve(app: Arc<App>, accepted: Box<(Stream, Peer)>, mode: PoolMode, id: u64) {
     // Counted until the audit line of its end is queued, so shutdown's flush includes it.
     let over_limit = !app.admit_client();
     let _count = scopeguard(&app);
-    // Nothing of the audit log is built when it is off: this runs per connection.
-    let audit = app.audit.enabled();
-    let (addr, port) = match (&peer, audit) {
-        (_, false) => (String::new(), 0),
-        (Peer::Tcp(a), true) => (a.ip().to_string(), a.port()),
-        (Peer::Unix, true) => ("unix".to_owned(), 0),
-    };
-    if audit {
-        let fields = serde_json::json!({ "addr": addr, "port": port, "listener": mode.as_str() });
-        app.audit.event("accepted", id, fields).await;
+    // Nothing of the audit log is built when it is off: this runs per connection. Its lines
+    // are written by boxed futures, so they do not size every client's task.
+    let mut ended = Ended::default();
+    if app.audit.enabled() {
+        ended.audit = Some(Box::new(Audited::default()));
+        Box::pin(audit_accepted(&app, &accepted.1, mode, id, &mut ended)).await;
     }
-    let mut ended = Ended {
-        audit,
-        ..Ended::default()
-    };
-    let span = tracing::info_span!("conn", id, mode = mode.as_str());
+    let span = || tracing::info_span!("conn", id, mode = mode.as_str());
     // The login's state (TLS, SCRAM, the startup packet) is boxed so it is freed after login
-    // instead of sizing every client's task; so is the ending.
-    let ready = Box::pin(
-        serve_inner(&app, stream, &peer, mode, id, over_limit, &mut ended).instrument(span.clone()),
-    )
-    .await;
+    // instead of sizing every client's task; so is the ending. The span too is made twice
+    // rather than kept: a live span holds a slot in the log registry for the client's life.
+    let ready =
+        Box::pin(serve_inner(&app, accepted, mode, id, over_limit, &mut ended).instrument(span()))
+            .await;
     if let Some(mut conn) = ready {
         // The relay loop runs outside the span: entering it on every poll cost more than the
         // rest of a transaction's bookkeeping. Its log lines carry `conn` as a field.
         let (client, relay) = &mut *conn;
         run(&app, client, relay).await;
         relay.meter.flush();
-        (ended.bytes_in, ended.bytes_out) = relay.meter.bytes();
-        let (client, relay) = *conn;
-        Box::pin(finish(&app, client, relay).instrument(span)).await;
-    }
-    if audit {
-        let mut fields = serde_json::json!({
-            "addr": addr,
-            "duration_ms": started.elapsed().as_millis() as u64,
-            "bytes_in": ended.bytes_in,
-            "bytes_out": ended.bytes_out,
-        });
-        if let Some((user, database)) = ended.who {
-            fields["user"] = user.into();
-            fields["database"] = database.into();
+        if let Some(a) = &mut ended.audit {
+            (a.bytes_in, a.bytes_out) = relay.meter.bytes();
         }
-        app.audit.event("disconnected", id, fields).await;
+        let (client, relay) = *conn;
+        Box::pin(finish(&app, client, relay).instrument(span())).await;
+    }
+    if let Some(a) = ended.audit {
+        Box::pin(audit_disconnected(&app, id, *a)).await;
     }
 }
 
-/// What the audit log's `disconnected` line reports.
+/// What the audit log reports of a connection; nothing is kept when it is off.
 #[derive(Default)]
 struct Ended {
-    /// The audit log is on: fill in the rest.
-    audit: bool,
+    audit: Option<Box<Audited>>,
+}
+
+#[derive(Default)]
+struct Audited {
+    started: Option<std::time::Instant>,
+    addr: String,
     /// (user, database) from the startup packet, once read.
     who: Option<(String, String)>,
     bytes_in: u64,
     bytes_out: u64,
 }
 
+impl Ended {
+    /// Records the startup packet's user and database for the audit line.
+    fn who(&mut self, user: &str, database: &str) {
+        if let Some(a) = &mut self.audit {
+            a.who = Some((user.to_owned(), database.to_owned()));
+        }
+    }
+}
+
+async fn audit_accepted(app: &App, peer: &Peer, mode: PoolMode, id: u64, ended: &mut Ended) {
+    let Some(a) = &mut ended.audit else { return };
+    let (addr, port) = match peer {
+        Peer::Tcp(a) => (a.ip().to_string(), a.port()),
+        Peer::Unix => ("unix".to_owned(), 0),
+    };
+    a.started = Some(std::time::Instant::now());
+    let fields = serde_json::json!({ "addr": addr, "port": port, "listener": mode.as_str() });
+    a.addr = addr;
+    app.audit.event("accepted", id, fields).await;
+}
+
+async fn audit_disconnected(app: &App, id: u64, a: Audited) {
+    let mut fields = serde_json::json!({
+        "addr": a.addr,
+        "duration_ms": a.started.map_or(0, |t| t.elapsed().as_millis() as u64),
+        "bytes_in": a.bytes_in,
+        "bytes_out": a.bytes_out,
+    });
+    if let Some((user, database)) = a.who {
+        fields["user"] = user.into();
+        fields["database"] = database.into();
+    }
+    app.audit.event("disconnected", id, fields).await;
+}
+
 async fn serve_inner(
     app: &Arc<App>,
-    stream: Stream,
-    peer: &Peer,
+    accepted: Box<(Stream, Peer)>,
     mode: PoolMode,
     id: u64,
     over_limit: bool,
     ended: &mut Ended,
 ) -> Option<Box<(Client, Relay)>> {
+    let (stream, peer) = *accepted;
     // Address rules and per-address limits first, before any TLS or SCRAM work is spent.
-    let address_slot = match admit_address(app, peer) {
+    let address_slot = match admit_address(app, &peer) {
         Ok(slot) => slot,
         Err(e) => {
             app.metrics.client_error(&e.code);
@@ -156,7 +185,6 @@ async fn serve_inner(
         }
     };
     let app = app.clone();
-    let peer = peer.clone();
     let login_timeout = app.config.load().general.client_login_timeout.enabled();
     let login = async {
         let mut out = BytesMut::with_capacity(512);
@@ -164,7 +192,7 @@ async fn serve_inner(
             handshake::read_hello(stream, app.tls.config(), &app.metrics, &mut out).await;
         // None: a failed TLS handshake consumed the socket.
         let mut stream = stream?;
-        if let (Some(t), true) = (&tls, ended.audit) {
+        if let (Some(t), true) = (&tls, ended.audit.is_some()) {
             let fields = serde_json::json!({
                 "version": stream.tls_description(),
                 "sni": t.sni,
@@ -172,8 +200,8 @@ async fn serve_inner(
             });
             app.audit.event("tls", id, fields).await;
         }
-        if let (Ok(Hello::Startup(s)), true) = (&hello, ended.audit) {
-            ended.who = Some((s.user.clone(), s.database.clone()));
+        if let Ok(Hello::Startup(s)) = &hello {
+            ended.who(&s.user, &s.database);
         }
         let arrival = Arrival {
             peer: &peer,
@@ -193,14 +221,14 @@ async fn serve_inner(
         None => login.await,
     };
     let (mut stream, result) = outcome?;
-    if let (Ok(Some(logged_in)), true) = (&result, ended.audit) {
+    if let (Ok(Some(logged_in)), true) = (&result, ended.audit.is_some()) {
         let fields = match logged_in {
             LoggedIn::Console(c) => serde_json::json!({
                 "user": c.user, "database": crate::ADMIN_DATABASE, "console": true,
             }),
             LoggedIn::Pooled(l) => serde_json::json!({
-                "user": l.reg.info.facts.user,
-                "database": l.reg.info.facts.database,
+                "user": &*l.reg.info.facts.user,
+                "database": &*l.reg.info.facts.database,
                 "pool": l.pool.key.to_string(),
                 "method": l.reg.info.facts.auth_method,
                 "mode": mode.as_str(),
@@ -221,10 +249,7 @@ async fn serve_inner(
                 params: l.params,
                 statements: Default::default(),
             },
-            channels: Vec::new(),
-            notify_tx: None,
-            notify_rx: None,
-            held: Vec::new(),
+            listening: None,
             pool: l.pool,
             cancel: l.cancel,
             server: l.server,
@@ -235,7 +260,7 @@ async fn serve_inner(
             if let Some(err) = err {
                 app.metrics.client_error(&err.code);
                 let mut fields = crate::audit::refusal(&err.code, &err.message);
-                if let Some((user, database)) = &ended.who {
+                if let Some((user, database)) = ended.audit.as_ref().and_then(|a| a.who.as_ref()) {
                     fields["user"] = user.as_str().into();
                     fields["database"] = database.as_str().into();
                 }
@@ -249,11 +274,7 @@ async fn serve_inner(
     };
     let max_prepared = app.config.load().general.max_prepared_statements;
     let mut relay = Relay::new(mode == PoolMode::Transaction, max_prepared);
-    relay.meter = Meter::new(Some(Sinks {
-        key: client.pool.key.clone(),
-        pool: client.pool.stats.clone(),
-        queries: app.queries.clone(),
-    }));
+    relay.meter = Meter::new(Some(client.pool.sinks(&app.queries)));
     if let Some(server) = &client.server {
         link(&client, server);
     }
@@ -288,14 +309,17 @@ fn register(
         sni,
     } = who;
     let (addr, port) = match peer {
-        Peer::Tcp(a) => (a.ip().to_string(), a.port()),
-        Peer::Unix => ("unix".to_owned(), 0),
+        Peer::Tcp(a) => (Addr::Ip(a.ip()), a.port()),
+        Peer::Unix => (Addr::Unix, 0),
     };
     let (local_addr, local_port) = stream.local_addr();
     let facts = ClientFacts {
         id,
-        user: user.to_owned(),
-        database: pool.key.database.to_string(),
+        user: match &pool.key.role {
+            r if **r == *user => r.clone(),
+            _ => user.into(),
+        },
+        database: pool.key.database.clone(),
         pool: pool.key.clone(),
         addr,
         port,
@@ -647,18 +671,23 @@ async fn sync(server: &mut ServerConn, want: &SessionParams) -> Result<(), Clien
 
 /// The relay loop with its timers, until the client or its server goes.
 async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
-    let general = &app.config.load().general;
-    let client_idle = general.client_idle_timeout.enabled();
-    let idle_tx = general.idle_transaction_timeout.enabled();
-    let query_timeout = general.query_timeout.enabled();
+    // Read once, and the config guard not kept: the loop lives as long as the client.
+    let (client_idle, idle_tx, query_timeout) = {
+        let general = &app.config.load().general;
+        relay.stall_timeout = general.client_stall_timeout.enabled();
+        (
+            general.client_idle_timeout.enabled(),
+            general.idle_transaction_timeout.enabled(),
+            general.query_timeout.enabled(),
+        )
+    };
     relay.watch_phase = client_idle.is_some() || idle_tx.is_some() || query_timeout.is_some();
-    relay.stall_timeout = general.client_stall_timeout.enabled();
     let mut phase = Phase::Idle;
-    let timer = sleep_until(Instant::now());
-    let mut timer = pin!(timer);
+    // Made only when a timeout is configured: a timer is about a tenth of an idle client.
+    let mut timer: Option<Pin<Box<Sleep>>> = None;
     let mut timer_armed = false;
     if let Some(t) = client_idle {
-        timer.as_mut().reset(Instant::now() + t);
+        arm(&mut timer, t);
         timer_armed = true;
     }
     loop {
@@ -667,16 +696,18 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
         let event = tokio::select! {
             biased;
             ev = poll_fn(|cx| relay.poll_relay(cx, &mut c.stream, c.server.as_mut(), &mut c.state)) => ev,
-            Some(n) = next_notification(&mut c.notify_rx) => {
+            Some(n) = next_notification(&mut c.listening) => {
                 // PostgreSQL delivers notifications between transactions; so does the hub.
                 if c.server.is_none() {
                     relay.queue_for_client(|b| b.extend_from_slice(&n));
                 } else {
-                    c.held.push(n);
+                    if let Some(l) = &mut c.listening {
+                        l.held.push(n);
+                    }
                 }
                 continue;
             }
-            _ = timer.as_mut(), if timer_armed => {
+            _ = fired(&mut timer), if timer_armed => {
                 timer_armed = false;
                 match phase {
                     Phase::Idle => {
@@ -705,7 +736,7 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                 };
                 timer_armed = limit.is_some();
                 if let Some(t) = limit {
-                    timer.as_mut().reset(Instant::now() + t);
+                    arm(&mut timer, t);
                 }
             }
             Event::NeedServer => {
@@ -778,12 +809,27 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
     }
 }
 
+/// Sets the client's timer to go off `after` from now.
+fn arm(timer: &mut Option<Pin<Box<Sleep>>>, after: Duration) {
+    let at = Instant::now() + after;
+    match timer {
+        Some(t) => t.as_mut().reset(at),
+        None => *timer = Some(Box::pin(sleep_until(at))),
+    }
+}
+
+/// The client's timer; only polled while armed, so it exists then.
+async fn fired(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The next notification for a listening client; never resolves for one that is not.
-async fn next_notification(
-    rx: &mut Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>,
-) -> Option<bytes::Bytes> {
-    match rx {
-        Some(rx) => rx.recv().await,
+async fn next_notification(listening: &mut Option<Box<Listening>>) -> Option<bytes::Bytes> {
+    match listening {
+        Some(l) => l.rx.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -794,29 +840,33 @@ async fn listen(app: &App, c: &mut Client, relay: &mut Relay, cmd: crate::sql::s
     let hub = app.notify_hub(&c.pool);
     let result = match cmd {
         ListenCmd::Listen(ch) => {
-            let tx = match &c.notify_tx {
-                Some(tx) => tx.clone(),
-                None => {
-                    let (tx, rx) = tokio::sync::mpsc::channel(crate::backend::notify::CLIENT_QUEUE);
-                    c.notify_rx = Some(rx);
-                    c.notify_tx = Some(tx.clone());
-                    tx
-                }
-            };
-            let r = hub.listen(&ch, c.id, tx).await;
-            if r.is_ok() && !c.channels.contains(&ch) {
-                c.channels.push(ch);
+            let l = c.listening.get_or_insert_with(|| {
+                let (tx, rx) = tokio::sync::mpsc::channel(crate::backend::notify::CLIENT_QUEUE);
+                Box::new(Listening {
+                    channels: Vec::new(),
+                    tx,
+                    rx,
+                    held: Vec::new(),
+                })
+            });
+            let r = hub.listen(&ch, c.id, l.tx.clone()).await;
+            if r.is_ok() && !l.channels.contains(&ch) {
+                l.channels.push(ch);
             }
             r.map(|_| "LISTEN")
         }
         ListenCmd::Unlisten(ch) => {
             hub.unlisten(&ch, c.id);
-            c.channels.retain(|x| *x != ch);
+            if let Some(l) = &mut c.listening {
+                l.channels.retain(|x| *x != ch);
+            }
             Ok("UNLISTEN")
         }
         ListenCmd::UnlistenAll => {
-            hub.unlisten_all(&c.channels, c.id);
-            c.channels.clear();
+            if let Some(l) = &mut c.listening {
+                hub.unlisten_all(&l.channels, c.id);
+                l.channels.clear();
+            }
             Ok("UNLISTEN")
         }
     };
@@ -915,8 +965,10 @@ async fn attach(app: &App, c: &mut Client, relay: &mut Relay, idle: Option<Serve
 /// Transaction mode, at a transaction's end: the server goes back to the pool (or is closed)
 /// and notifications held during the transaction go to the client.
 fn return_server(c: &mut Client, relay: &mut Relay, server: ServerConn, reusable: bool) {
-    for n in c.held.drain(..) {
-        relay.queue_for_client(|b| b.extend_from_slice(&n));
+    if let Some(l) = &mut c.listening {
+        for n in l.held.drain(..) {
+            relay.queue_for_client(|b| b.extend_from_slice(&n));
+        }
     }
     c.reg.info.linked(0);
     if reusable {
@@ -990,8 +1042,8 @@ async fn tell_and_close(app: &App, c: &mut Client, relay: &mut Relay, err: Clien
 /// one mid-transaction or mid-statement is canceled if busy and closed, so PostgreSQL rolls
 /// its transaction back and no `idle in transaction` backend is left behind.
 async fn finish(app: &App, c: Client, mut relay: Relay) {
-    if !c.channels.is_empty() {
-        app.notify_hub(&c.pool).unlisten_all(&c.channels, c.id);
+    if let Some(l) = c.listening.as_ref().filter(|l| !l.channels.is_empty()) {
+        app.notify_hub(&c.pool).unlisten_all(&l.channels, c.id);
     }
     let Client {
         mut server,

@@ -31,13 +31,14 @@ macro_rules! each {
 impl Stream {
     /// This end's address and port, as SHOW CLIENTS/SERVERS print them ("unix", 0 for a
     /// unix socket).
-    pub fn local_addr(&self) -> (String, u16) {
+    pub fn local_addr(&self) -> (crate::stats::clients::Addr, u16) {
+        use crate::stats::clients::Addr;
         match self.tcp() {
             Some(s) => s
                 .local_addr()
-                .map(|a| (a.ip().to_string(), a.port()))
-                .unwrap_or_else(|_| (String::new(), 0)),
-            None => ("unix".into(), 0),
+                .map(|a| (Addr::Ip(a.ip()), a.port()))
+                .unwrap_or((Addr::Unknown, 0)),
+            None => (Addr::Unix, 0),
         }
     }
 

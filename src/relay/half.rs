@@ -14,12 +14,12 @@ const SPARE_MAX: usize = 64;
 const SPARE_CAPACITY_MAX: usize = 128 * 1024;
 
 thread_local! {
-    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static SPARE: crate::spare::List<BytesMut> = const { RefCell::new(Vec::new()) };
 }
 
 /// An empty buffer with room for `want` bytes, reused when one is spare.
 pub fn spare_buffer(want: usize) -> BytesMut {
-    let mut b = SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+    let mut b = crate::spare::take(&SPARE);
     // An empty buffer that is not shared gets its whole allocation back here, without copying.
     b.reserve(want);
     b
@@ -28,12 +28,7 @@ pub fn spare_buffer(want: usize) -> BytesMut {
 fn give_back(b: &mut BytesMut) {
     let b = std::mem::take(b);
     if b.capacity() <= SPARE_CAPACITY_MAX {
-        SPARE.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() < SPARE_MAX {
-                s.push(b);
-            }
-        });
+        crate::spare::give(&SPARE, b, SPARE_MAX);
     }
 }
 

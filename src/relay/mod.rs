@@ -355,6 +355,7 @@ impl Relay {
                 // its state, not 16 KiB or more of buffers per direction.
                 self.c.release_empty();
                 self.s.release_empty();
+                self.pipeline.release_empty();
                 return Poll::Pending;
             }
         }

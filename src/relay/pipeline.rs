@@ -80,6 +80,14 @@ impl Entry {
     }
 }
 
+/// Empty reply queues kept per worker thread (see [`crate::spare`]).
+const SPARE_QUEUES_MAX: usize = 64;
+
+thread_local! {
+    static SPARE_QUEUES: crate::spare::List<VecDeque<Entry>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 #[derive(Default)]
 pub struct Pipeline {
     q: VecDeque<Entry>,
@@ -98,7 +106,17 @@ impl Pipeline {
         self.q.clear();
     }
 
+    /// Gives the queue's memory back while nothing is owed (the relay is about to wait).
+    pub fn release_empty(&mut self) {
+        if self.q.is_empty() && self.q.capacity() > 0 {
+            crate::spare::give(&SPARE_QUEUES, std::mem::take(&mut self.q), SPARE_QUEUES_MAX);
+        }
+    }
+
     pub fn push(&mut self, e: Entry) {
+        if self.q.capacity() == 0 {
+            self.q = crate::spare::take(&SPARE_QUEUES);
+        }
         self.q.push_back(e);
         self.drop_markers();
     }

@@ -36,17 +36,37 @@ pub struct ClientInfo {
     killed: AtomicBool,
 }
 
+/// An address as SHOW CLIENTS prints it; kept as a value, formatted only when shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Addr {
+    Ip(std::net::IpAddr),
+    Unix,
+    /// The socket could not say.
+    Unknown,
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Addr::Ip(ip) => ip.fmt(f),
+            Addr::Unix => f.write_str("unix"),
+            Addr::Unknown => Ok(()),
+        }
+    }
+}
+
 /// What is known of a client once it has logged in.
 #[derive(Debug)]
 pub struct ClientFacts {
     pub id: u64,
-    pub user: String,
-    pub database: String,
+    /// Shared with the pool key where they are equal (they nearly always are).
+    pub user: Arc<str>,
+    pub database: Arc<str>,
     pub pool: PoolKey,
-    /// Client address and port ("unix" and 0 for a unix socket).
-    pub addr: String,
+    /// Client address and port (0 for a unix socket).
+    pub addr: Addr,
     pub port: u16,
-    pub local_addr: String,
+    pub local_addr: Addr,
     pub local_port: u16,
     /// "TLSv1.3/..." when encrypted, empty otherwise.
     pub tls: String,

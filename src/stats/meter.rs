@@ -16,8 +16,44 @@ use std::time::Instant;
 
 /// Statement texts longer than this are counted under one shared fingerprint.
 pub const MAX_FINGERPRINTED: usize = 64 * 1024;
-/// Distinct texts (and statement names) a client remembers; past this it starts over.
+/// Statement names a client remembers; past this it starts over.
 const CLIENT_CACHE: usize = 256;
+/// Distinct texts a worker thread remembers; past this it starts over.
+const THREAD_CACHE: usize = 4096;
+
+/// A statement as the fingerprint table files it.
+type Known = (u64, Arc<str>);
+
+/// Fingerprints and normalized texts, kept per worker thread rather than per client: clients
+/// run the same few statements, and an idle client then holds none of it. Tasks may move
+/// between threads; each thread's cache gives the same answers.
+#[derive(Default)]
+struct Texts {
+    /// By a hash of the raw text, so a repeated text is not tokenized again.
+    by_raw: HashMap<u64, Known, BuildHasherDefault<KeyHasher>>,
+    /// By fingerprint, so texts that differ only in constants share one normalized text.
+    by_fingerprint: HashMap<u64, Arc<str>, BuildHasherDefault<KeyHasher>>,
+}
+
+impl Texts {
+    fn known(&mut self, fp: u64, text: impl FnOnce() -> String) -> Arc<str> {
+        if self.by_fingerprint.len() >= THREAD_CACHE {
+            self.by_fingerprint.clear();
+        }
+        self.by_fingerprint
+            .entry(fp)
+            .or_insert_with(|| Arc::from(text()))
+            .clone()
+    }
+}
+
+thread_local! {
+    static TEXTS: std::cell::RefCell<Texts> = std::cell::RefCell::new(Texts::default());
+    static SPARE_SAMPLES: crate::spare::List<Vec<Sample>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+/// Empty sample lists kept per worker thread.
+const SPARE_SAMPLES_MAX: usize = 64;
 
 /// Where a meter adds its counts.
 pub struct Sinks {
@@ -28,7 +64,8 @@ pub struct Sinks {
 
 #[derive(Default)]
 pub struct Meter {
-    sinks: Option<Sinks>,
+    /// Shared by the pool's clients (see `Pool::sinks`).
+    sinks: Option<Arc<Sinks>>,
     received: u64,
     sent: u64,
     /// The connection's whole life, never flushed (the audit log's disconnected line).
@@ -45,21 +82,21 @@ pub struct Meter {
     prepared_evictions: u64,
     query_start: Option<Instant>,
     xact_start: Option<Instant>,
-    /// The fingerprint of what runs now (0: none known).
-    current: u64,
+    /// What runs now, when known.
+    current: Option<Known>,
     rows: u64,
     error: bool,
-    /// Normalized texts by fingerprint, so a repeated statement allocates nothing.
-    texts: HashMap<u64, Arc<str>, BuildHasherDefault<KeyHasher>>,
-    /// Fingerprints by a hash of the raw text, so a repeated text is not tokenized again.
-    by_raw: HashMap<u64, u64, BuildHasherDefault<KeyHasher>>,
-    /// Fingerprints of the client's prepared statements by name ("" is the unnamed one).
-    named: HashMap<Box<[u8]>, u64>,
+    /// The unnamed prepared statement: most drivers use only that one, and need no map.
+    unnamed: Option<Known>,
+    /// The client's named prepared statements; made by the first one (boxed: the empty map
+    /// would be 48 bytes of every client).
+    #[allow(clippy::box_collection)]
+    named: Option<Box<HashMap<Box<[u8]>, Known>>>,
     samples: Vec<Sample>,
 }
 
 impl Meter {
-    pub fn new(sinks: Option<Sinks>) -> Meter {
+    pub fn new(sinks: Option<Arc<Sinks>>) -> Meter {
         Meter {
             sinks,
             ..Meter::default()
@@ -103,7 +140,11 @@ impl Meter {
     /// A Query or Parse whose text is longer than MAX_FINGERPRINTED (not read).
     pub fn long_statement(&mut self) {
         if self.tracks_queries() {
-            self.current = self.remember(1, || "(statement longer than 64 KiB)".into());
+            let text = TEXTS.with(|t| {
+                t.borrow_mut()
+                    .known(1, || "(statement longer than 64 KiB)".into())
+            });
+            self.current = Some((1, text));
         }
     }
 
@@ -121,18 +162,28 @@ impl Meter {
 
     /// The text of a Parse of statement `name`.
     pub fn parse_text(&mut self, name: &[u8], text: &[u8]) {
-        let fp = self.fingerprint(text);
-        if self.named.len() >= CLIENT_CACHE && !self.named.contains_key(name) {
-            self.named.clear();
+        self.current = self.fingerprint(text);
+        let Some(known) = &self.current else { return };
+        if name.is_empty() {
+            self.unnamed = Some(known.clone());
+            return;
         }
-        self.named.insert(name.into(), fp);
-        self.current = fp;
+        let named = self.named.get_or_insert_with(Default::default);
+        if named.len() >= CLIENT_CACHE && !named.contains_key(name) {
+            named.clear();
+        }
+        named.insert(name.into(), known.clone());
     }
 
     /// The statement a Bind names (None: its name was not readable).
     pub fn bind_name(&mut self, name: Option<&[u8]>) {
-        if let Some(fp) = name.and_then(|n| self.named.get(n)) {
-            self.current = *fp;
+        let known = match name {
+            Some([]) => self.unnamed.as_ref(),
+            Some(n) => self.named.as_ref().and_then(|m| m.get(n)),
+            None => None,
+        };
+        if let Some(k) = known {
+            self.current = Some(k.clone());
         }
     }
 
@@ -148,9 +199,9 @@ impl Meter {
         self.prepared_evictions += 1;
     }
 
-    fn fingerprint(&mut self, text: &[u8]) -> u64 {
+    fn fingerprint(&mut self, text: &[u8]) -> Option<Known> {
         if !self.tracks_queries() {
-            return 0;
+            return None;
         }
         let text = text.strip_suffix(&[0]).unwrap_or(text);
         // Drivers send the same texts over and over (the extended protocol re-Parses its
@@ -159,28 +210,20 @@ impl Meter {
         let mut raw = KeyHasher::default();
         raw.write(text);
         let raw = raw.finish();
-        if let Some(&fp) = self.by_raw.get(&raw) {
-            return fp;
-        }
-        let text = utf8(text);
-        let fp = fingerprint::fingerprint(&text);
-        if self.by_raw.len() >= CLIENT_CACHE {
-            self.by_raw.clear();
-        }
-        self.by_raw.insert(raw, fp);
-        self.remember(fp, || fingerprint::normalize(&text))
-    }
-
-    fn remember(&mut self, fp: u64, text: impl FnOnce() -> String) -> u64 {
-        if !self.texts.contains_key(&fp) {
-            if self.texts.len() >= CLIENT_CACHE {
-                // by_raw points into texts: a fingerprint found there must have its text.
-                self.texts.clear();
-                self.by_raw.clear();
+        TEXTS.with(|t| {
+            let mut t = t.borrow_mut();
+            if let Some(k) = t.by_raw.get(&raw) {
+                return Some(k.clone());
             }
-            self.texts.insert(fp, Arc::from(text()));
-        }
-        fp
+            let text = utf8(text);
+            let fp = fingerprint::fingerprint(&text);
+            let known = (fp, t.known(fp, || fingerprint::normalize(&text)));
+            if t.by_raw.len() >= THREAD_CACHE {
+                t.by_raw.clear();
+            }
+            t.by_raw.insert(raw, known.clone());
+            Some(known)
+        })
     }
 
     /// A CommandComplete: its row count, where the tag has one.
@@ -216,18 +259,18 @@ impl Meter {
         if let Some(s) = &self.sinks {
             s.pool.query_latency.observe_us(us);
         }
-        if self.current != 0 {
-            if let Some(text) = self.texts.get(&self.current) {
-                self.samples.push(Sample {
-                    fingerprint: self.current,
-                    text: text.clone(),
-                    us,
-                    rows: self.rows,
-                    error: self.error,
-                });
+        if let Some((fingerprint, text)) = self.current.take() {
+            if self.samples.capacity() == 0 {
+                self.samples = crate::spare::take(&SPARE_SAMPLES);
             }
+            self.samples.push(Sample {
+                fingerprint,
+                text,
+                us,
+                rows: self.rows,
+                error: self.error,
+            });
         }
-        self.current = 0;
         self.rows = 0;
         self.error = false;
         if status == b'I' {
@@ -265,6 +308,9 @@ impl Meter {
         add(&s.pool.prepared_evictions, &mut self.prepared_evictions);
         if !self.samples.is_empty() {
             s.queries.record(&s.key, &mut self.samples);
+            // Between transactions the list goes back: an idle client holds none.
+            let list = std::mem::take(&mut self.samples);
+            crate::spare::give(&SPARE_SAMPLES, list, SPARE_SAMPLES_MAX);
         }
     }
 }

@@ -26,7 +26,7 @@ pub fn table(app: &App) -> Table {
             .filter(|p| &*p.key.role == role)
             .map(|p| p.counts().open)
             .sum();
-        let client_count = clients.iter().filter(|c| c.facts.user == *u.name).count();
+        let client_count = clients.iter().filter(|c| *c.facts.user == *u.name).count();
         t.push(vec![
             u.name.as_str().into(),
             crate::admin::table::Value::Null,
