@@ -31,6 +31,7 @@ pub mod devdb;
 pub mod error;
 pub mod frontend;
 pub mod http;
+pub mod log;
 pub mod metrics;
 pub mod net;
 pub mod proto;

@@ -5,6 +5,12 @@ use pgsluice::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+// jemalloc: measured against glibc's malloc in docs/benchmarks.md (memory per idle client,
+// CPU per transaction and per connection).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "pgsluice",
@@ -53,7 +59,12 @@ fn init_logging(format: Option<&str>, level: &str) -> pgsluice::app::LogReloader
     let registry = tracing_subscriber::registry().with(filter);
     if json {
         registry
-            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .event_format(pgsluice::log::Json)
+                    .fmt_fields(pgsluice::log::JsonFields)
+                    .with_writer(std::io::stderr),
+            )
             .init();
     } else {
         registry

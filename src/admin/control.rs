@@ -74,7 +74,7 @@ pub async fn run(app: &App, cmd: Command) -> Result<&'static str, ClientError> {
                 .clients
                 .all()
                 .iter()
-                .filter(|c| *c.facts.database == *db)
+                .filter(|c| c.facts.database() == db)
             {
                 killed += usize::from(c.kill());
             }

@@ -161,6 +161,23 @@ pub fn sync_statement(client: &SessionParams, server: &SessionParams) -> Option<
     Some(sql)
 }
 
+/// Whether a server given `want` would report exactly `want`'s values, so a login need not
+/// ask one: `want` differs from `base` (what the pool's servers report) only in an
+/// application_name PostgreSQL keeps as sent (printable ASCII, shorter than NAMEDATALEN;
+/// others it truncates or rewrites to '?').
+pub fn reported_verbatim(want: &SessionParams, base: &SessionParams) -> bool {
+    let kept = |v: &str| v.len() < 64 && v.bytes().all(|b| (0x20..0x7f).contains(&b));
+    want.unreported == base.unreported
+        && base
+            .reported
+            .iter()
+            .all(|(k, _)| want.reported.get(k).is_some())
+        && want
+            .reported
+            .iter()
+            .all(|(k, v)| base.reported.get(k) == Some(v) || (k == "application_name" && kept(v)))
+}
+
 /// The query that reads back a session's settings after a client changed them: every
 /// setting PostgreSQL reports as set in this session, plus `names` (custom settings and
 /// `role`, which pg_settings does not list).
@@ -220,6 +237,35 @@ fn push_identifier(sql: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn application_name_alone_is_reported_verbatim() {
+        let mut base = SessionParams::default();
+        base.reported.set("application_name", "");
+        base.reported.set("TimeZone", "UTC");
+        let mut want = base.clone();
+        want.reported.set("application_name", "pgbench");
+        assert!(reported_verbatim(&want, &base));
+        want.reported.set("application_name", "caf\u{e9}");
+        assert!(
+            !reported_verbatim(&want, &base),
+            "non-ASCII is rewritten by the server"
+        );
+        want.reported.set("application_name", &"x".repeat(64));
+        assert!(!reported_verbatim(&want, &base), "64 bytes are truncated");
+        want.reported.set("application_name", "ok");
+        want.reported.set("TimeZone", "utc");
+        assert!(
+            !reported_verbatim(&want, &base),
+            "the server spells TimeZone"
+        );
+        let mut want = base.clone();
+        want.unreported.set("search_path", "a");
+        assert!(
+            !reported_verbatim(&want, &base),
+            "the server must accept the setting"
+        );
+    }
 
     #[test]
     fn splits_startup_parameters() {

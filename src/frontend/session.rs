@@ -7,7 +7,7 @@ use super::handshake::{self, HandshakeError, Hello};
 use super::login::{self, LoginError};
 use crate::app::App;
 use crate::backend::ServerConn;
-use crate::backend::params::{SessionParams, sync_statement};
+use crate::backend::params::{SessionParams, reported_verbatim, sync_statement};
 use crate::backend::pool::Pool;
 use crate::backend::server::InternalError;
 use crate::config::{ClientTlsMode, PoolMode};
@@ -16,7 +16,7 @@ use crate::net::Stream;
 use crate::net::listener::Peer;
 use crate::proto::emit;
 use crate::relay::{ClientState, Event, Phase, Relay};
-use crate::stats::clients::{Addr, ClientFacts, Registered};
+use crate::stats::clients::{Addr, ClientFacts, Registered, TlsFacts};
 use crate::stats::meter::Meter;
 use bytes::BytesMut;
 use std::future::poll_fn;
@@ -85,13 +85,14 @@ pub async fn serve(app: Arc<App>, accepted: Box<(Stream, Peer)>, mode: PoolMode,
         ended.audit = Some(Box::new(Audited::default()));
         Box::pin(audit_accepted(&app, &accepted.1, mode, id, &mut ended)).await;
     }
-    let span = || tracing::info_span!("conn", id, mode = mode.as_str());
+    let span = conn_span;
     // The login's state (TLS, SCRAM, the startup packet) is boxed so it is freed after login
     // instead of sizing every client's task; so is the ending. The span too is made twice
     // rather than kept: a live span holds a slot in the log registry for the client's life.
-    let ready =
-        Box::pin(serve_inner(&app, accepted, mode, id, over_limit, &mut ended).instrument(span()))
-            .await;
+    let ready = Box::pin(
+        serve_inner(&app, accepted, mode, id, over_limit, &mut ended).instrument(span(id, mode)),
+    )
+    .await;
     if let Some(mut conn) = ready {
         // The relay loop runs outside the span: entering it on every poll cost more than the
         // rest of a transaction's bookkeeping. Its log lines carry `conn` as a field.
@@ -102,11 +103,16 @@ pub async fn serve(app: Arc<App>, accepted: Box<(Stream, Peer)>, mode: PoolMode,
             (a.bytes_in, a.bytes_out) = relay.meter.bytes();
         }
         let (client, relay) = *conn;
-        Box::pin(finish(&app, client, relay).instrument(span())).await;
+        Box::pin(finish(&app, client, relay).instrument(span(id, mode))).await;
     }
     if let Some(a) = ended.audit {
         Box::pin(audit_disconnected(&app, id, *a)).await;
     }
+}
+
+/// The span of a connection's login and ending lines.
+fn conn_span(id: u64, mode: PoolMode) -> tracing::Span {
+    tracing::info_span!("conn", id, mode = mode.as_str())
 }
 
 /// What the audit log reports of a connection; nothing is kept when it is off.
@@ -228,7 +234,7 @@ async fn serve_inner(
             }),
             LoggedIn::Pooled(l) => serde_json::json!({
                 "user": &*l.reg.info.facts.user,
-                "database": &*l.reg.info.facts.database,
+                "database": l.reg.info.facts.database(),
                 "pool": l.pool.key.to_string(),
                 "method": l.reg.info.facts.auth_method,
                 "mode": mode.as_str(),
@@ -313,25 +319,25 @@ fn register(
         Peer::Unix => (Addr::Unix, 0),
     };
     let (local_addr, local_port) = stream.local_addr();
+    let description = stream.tls_description();
+    let tls = if description.is_empty() && sni.is_none() {
+        None
+    } else {
+        Some(Box::new(TlsFacts { description, sni }))
+    };
     let facts = ClientFacts {
         id,
         user: match &pool.key.role {
             r if **r == *user => r.clone(),
             _ => user.into(),
         },
-        database: pool.key.database.clone(),
         pool: pool.key.clone(),
         addr,
         port,
         local_addr,
         local_port,
-        tls: stream.tls_description(),
-        sni,
-        application_name: params
-            .reported
-            .get("application_name")
-            .unwrap_or("")
-            .to_owned(),
+        tls,
+        application_name: params.reported.get("application_name").unwrap_or("").into(),
         auth_method: method,
         pool_mode: mode.as_str(),
     };
@@ -609,7 +615,11 @@ async fn login(
                 merged.reported.set(k, v);
             }
             merged.unreported = params.unreported.clone();
-            if sync_statement(&merged, &defaults).is_some() {
+            // Only a server can say how it spells what the client asked for, except for an
+            // application_name it keeps as sent (libpq clients send one on every login).
+            if sync_statement(&merged, &defaults).is_some()
+                && !reported_verbatim(&merged, &defaults)
+            {
                 let mut server = checkout_idle_wait(&pool, &reg).await.map_err(Some)?;
                 if let Err(e) = sync(&mut server, &merged).await {
                     return refuse(e);

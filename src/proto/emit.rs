@@ -14,7 +14,12 @@ pub fn message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
 
 fn cstr(buf: &mut BytesMut, s: &str) {
     // A NUL inside would end the field early on the client; drop any (they cannot be sent).
-    buf.extend(s.bytes().filter(|&b| b != 0));
+    // The usual text has none and is copied whole (a login writes a dozen of these).
+    if s.as_bytes().contains(&0) {
+        buf.extend(s.bytes().filter(|&b| b != 0));
+    } else {
+        buf.extend_from_slice(s.as_bytes());
+    }
     buf.put_u8(0);
 }
 

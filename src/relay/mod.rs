@@ -132,13 +132,14 @@ pub struct Relay {
     /// Transaction mode: the client may have changed session settings on this server.
     session_dirty: bool,
     /// Setting names its statements named (lowercase).
-    touched: Vec<String>,
+    #[allow(clippy::box_collection)]
+    touched: Option<Box<Vec<String>>>,
     /// The server is in COPY FROM STDIN and the client has not ended it: its Syncs are
     /// ignored by the server, so they are owed no reply.
     client_in_copy: bool,
     pub transaction_mode: bool,
     /// Server statements each connection keeps (transaction mode); 0 passes names through.
-    pub max_prepared: usize,
+    pub max_prepared: u32,
     /// Report phase changes (only when a timeout needs them).
     pub watch_phase: bool,
     /// client_stall_timeout, and its timer while the client takes nothing.
@@ -164,10 +165,15 @@ impl Relay {
             skip_pending: false,
             need: 0,
             session_dirty: false,
-            touched: Vec::new(),
+            touched: None,
             client_in_copy: false,
             transaction_mode,
-            max_prepared: if transaction_mode { max_prepared } else { 0 },
+            // More than 4 billion statements per connection is no limit at all.
+            max_prepared: if transaction_mode {
+                u32::try_from(max_prepared).unwrap_or(u32::MAX)
+            } else {
+                0
+            },
             watch_phase: false,
             reported_phase: Phase::Idle,
             meter: Meter::default(),
@@ -714,7 +720,7 @@ impl Relay {
                     &mut self.pipeline,
                     &mut self.meter,
                     &mut srv.statements,
-                    self.max_prepared,
+                    self.max_prepared as usize,
                     &stmt,
                     entry,
                 ) {
@@ -820,16 +826,17 @@ impl Relay {
 
     fn mark_settings(&mut self, names: &[String]) {
         self.session_dirty = true;
+        let touched = self.touched.get_or_insert_with(Default::default);
         for n in names {
-            if !self.touched.contains(n) {
-                self.touched.push(n.clone());
+            if !touched.contains(n) {
+                touched.push(n.clone());
             }
         }
     }
 
     /// Setting names the client's statements touched since the last call.
     pub fn take_touched(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.touched)
+        self.touched.take().map_or_else(Vec::new, |t| *t)
     }
 
     /// Makes sure `srv` has `stmt` before a message that uses it (the proxy's own Parse).
@@ -843,7 +850,7 @@ impl Relay {
             &mut self.pipeline,
             &mut self.meter,
             &mut srv.statements,
-            self.max_prepared,
+            self.max_prepared as usize,
             stmt,
             own,
         );

@@ -32,30 +32,38 @@ impl Statement {
     }
 }
 
-/// The client's statement names.
+type Names = HashMap<Box<[u8]>, Arc<Statement>>;
+
+/// The client's statement names; the map is made by the first one (an empty map would be 48
+/// bytes of every client, and most clients of a pooler never name a statement).
 #[derive(Default, Debug)]
 pub struct ClientStatements {
-    map: HashMap<Box<[u8]>, Arc<Statement>>,
+    #[allow(clippy::box_collection)]
+    map: Option<Box<Names>>,
 }
 
 impl ClientStatements {
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
-        self.map.get(name)
+        self.map.as_ref()?.get(name)
     }
     pub fn insert(&mut self, name: &[u8], s: Arc<Statement>) {
-        self.map.insert(name.into(), s);
+        self.map
+            .get_or_insert_with(Default::default)
+            .insert(name.into(), s);
     }
     pub fn remove(&mut self, name: &[u8]) {
-        self.map.remove(name);
+        if let Some(m) = &mut self.map {
+            m.remove(name);
+        }
     }
     pub fn clear(&mut self) {
-        self.map.clear();
+        self.map = None;
     }
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.as_ref().map_or(0, |m| m.len())
     }
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 }
 

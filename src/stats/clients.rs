@@ -59,22 +59,43 @@ impl std::fmt::Display for Addr {
 #[derive(Debug)]
 pub struct ClientFacts {
     pub id: u64,
-    /// Shared with the pool key where they are equal (they nearly always are).
+    /// Shared with the pool key's role where they are equal (they nearly always are).
     pub user: Arc<str>,
-    pub database: Arc<str>,
+    /// The database is the pool key's.
     pub pool: PoolKey,
     /// Client address and port (0 for a unix socket).
     pub addr: Addr,
     pub port: u16,
     pub local_addr: Addr,
     pub local_port: u16,
-    /// "TLSv1.3/..." when encrypted, empty otherwise.
-    pub tls: String,
-    /// The host name the client sent in TLS SNI.
-    pub sni: Option<String>,
-    pub application_name: String,
+    /// Only for a TLS client: kept out of line, most clients of a sidecar have none.
+    pub tls: Option<Box<TlsFacts>>,
+    pub application_name: Box<str>,
     pub auth_method: &'static str,
     pub pool_mode: &'static str,
+}
+
+#[derive(Debug)]
+pub struct TlsFacts {
+    /// "TLSv1.3/TLS_AES_256_GCM_SHA384", say.
+    pub description: String,
+    /// The host name the client sent in TLS SNI.
+    pub sni: Option<String>,
+}
+
+impl ClientFacts {
+    pub fn database(&self) -> &str {
+        &self.pool.database
+    }
+
+    /// The TLS version and cipher, empty for a plaintext client.
+    pub fn tls_description(&self) -> &str {
+        self.tls.as_ref().map_or("", |t| &t.description)
+    }
+
+    pub fn sni(&self) -> Option<&str> {
+        self.tls.as_ref().and_then(|t| t.sni.as_deref())
+    }
 }
 
 impl ClientInfo {

@@ -80,8 +80,9 @@ pub struct Meter {
     prepared_hits: u64,
     prepared_misses: u64,
     prepared_evictions: u64,
-    query_start: Option<Instant>,
-    xact_start: Option<Instant>,
+    /// When the running query and transaction began ([`clock_us`]; 0: none running).
+    query_start: u64,
+    xact_start: u64,
     /// What runs now, when known.
     current: Option<Known>,
     rows: u64,
@@ -125,10 +126,12 @@ impl Meter {
 
     /// A message that asks the server for work (Query, Parse, Bind, Execute, FunctionCall).
     pub fn request(&mut self) {
-        if self.query_start.is_none() {
-            let now = Instant::now();
-            self.query_start = Some(now);
-            self.xact_start.get_or_insert(now);
+        if self.query_start == 0 {
+            let now = clock_us();
+            self.query_start = now;
+            if self.xact_start == 0 {
+                self.xact_start = now;
+            }
         }
     }
 
@@ -249,11 +252,12 @@ impl Meter {
     /// ReadyForQuery with transaction status `status`: a query ended; at idle a
     /// transaction did too, and the counts go to the shared totals.
     pub fn ready(&mut self, status: u8) {
-        let Some(start) = self.query_start.take() else {
+        let start = std::mem::take(&mut self.query_start);
+        if start == 0 {
             return;
-        };
-        let now = Instant::now();
-        let us = now.duration_since(start).as_micros() as u64;
+        }
+        let now = clock_us();
+        let us = now - start;
         self.queries += 1;
         self.query_us += us;
         if let Some(s) = &self.sinks {
@@ -274,8 +278,9 @@ impl Meter {
         self.rows = 0;
         self.error = false;
         if status == b'I' {
-            if let Some(x) = self.xact_start.take() {
-                let xact_us = now.duration_since(x).as_micros() as u64;
+            let x = std::mem::take(&mut self.xact_start);
+            if x != 0 {
+                let xact_us = now - x;
                 self.xacts += 1;
                 self.xact_us += xact_us;
                 if let Some(s) = &self.sinks {
@@ -313,6 +318,14 @@ impl Meter {
             crate::spare::give(&SPARE_SAMPLES, list, SPARE_SAMPLES_MAX);
         }
     }
+}
+
+/// Microseconds on the monotonic clock since the process first read it, plus one (so 0 can
+/// mean "not started"): half the size of an `Option<Instant>` in every client's meter.
+fn clock_us() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    epoch.elapsed().as_micros() as u64 + 1
 }
 
 /// Text as UTF-8, replacing invalid bytes only when there are any: the check alone is much

@@ -40,8 +40,16 @@ pub fn format_time(micros: u64) -> String {
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (RFC 3339, UTC) for a Unix-microsecond time: the audit
 /// log's timestamps.
 pub fn format_rfc3339(micros: u64) -> String {
+    let mut s = String::with_capacity(27);
+    let _ = write_rfc3339(&mut s, micros);
+    s
+}
+
+/// [`format_rfc3339`] into a writer (a log line, without a String of its own).
+pub fn write_rfc3339(w: &mut impl std::fmt::Write, micros: u64) -> std::fmt::Result {
     let (y, m, d, h, mi, s) = utc(micros);
-    format!(
+    write!(
+        w,
         "{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}Z",
         micros % 1_000_000
     )

@@ -27,7 +27,7 @@ pub fn table(app: &App) -> Table {
         t.push(vec![
             "C".into(),
             c.facts.user.as_ref().into(),
-            c.facts.database.as_ref().into(),
+            c.facts.database().into(),
             "none".into(),
             state.into(),
             c.facts.addr.to_string().into(),
@@ -42,15 +42,15 @@ pub fn table(app: &App) -> Table {
             ptr(c.facts.id).into(),
             ptr(c.link()).into(),
             c.remote_pid().into(),
-            c.facts.tls.as_str().into(),
-            c.facts.application_name.as_str().into(),
+            c.facts.tls_description().into(),
+            c.facts.application_name.as_ref().into(),
             c.facts.id.into(),
             c.facts.pool.role.as_ref().into(),
             c.facts.user.as_ref().into(),
             "normal".into(),
             c.facts.auth_method.into(),
             c.facts.pool_mode.into(),
-            c.facts.sni.as_deref().into(),
+            c.facts.sni().into(),
         ]);
     }
     t

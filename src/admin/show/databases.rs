@@ -35,7 +35,7 @@ pub fn table(app: &App) -> Table {
             .sum();
         let client_count = clients
             .iter()
-            .filter(|c| *c.facts.database == *db.name)
+            .filter(|c| c.facts.database() == &*db.name)
             .count();
         t.push(vec![
             db.name.as_str().into(),
