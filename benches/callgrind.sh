@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Instructions pgsluice executes per workload, counted by valgrind's callgrind: the counts do
+# not depend on how busy the machine is, so two builds compare exactly where timings cannot.
+# Transaction mode, md5, pool 20; each run is a 200-transaction warm-up, then the workload.
+#
+#   benches/callgrind.sh                                   # this build
+#   BASELINE=/path/to/other/pgsluice benches/callgrind.sh  # and another one, same workloads
+#   KEEP=/tmp/cg benches/callgrind.sh                      # keep the callgrind.out files
+#
+# Needs valgrind (callgrind_annotate), PostgreSQL's server binaries and pgbench.
+set -euo pipefail
+SCALE=${SCALE:-10}
+POOL=${POOL:-20}
+BASELINE=${BASELINE:-}
+KEEP=${KEEP:-}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PGBIN=${PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
+
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
+
+# count name binary pgbench-args...: prints the instruction total of one run.
+count() {
+  local name=$1 bin=$2 wrap out total
+  shift 2
+  wrap="$WORK/$name.valgrind"
+  out="$WORK/$name.callgrind"
+  printf '#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file=%s %s "$@"\n' "$out" "$bin" > "$wrap"
+  chmod +x "$wrap"
+  start_sluice "$name" "$wrap"
+  local port=${TX_PORT[$name]}
+  for _ in $(seq 120); do
+    PGPASSWORD=bench psql -h 127.0.0.1 -p "$port" -U bench -qtAc "SELECT 1" bench >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n -S -c 4 -j 2 -t 50 bench >/dev/null 2>&1
+  PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n "$@" bench > "$WORK/$name.pgbench" 2>&1 ||
+    { echo "pgbench failed through $name:" >&2; tail -5 "$WORK/$name.pgbench" >&2; }
+  kill -INT "${PID[$name]}"
+  wait "${PID[$name]}" 2>/dev/null || true
+  total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+  [ -n "$KEEP" ] && mkdir -p "$KEEP" && cp "$out" "$KEEP/"
+  echo "${total:-0}"
+}
+
+BUILDS=(pgsluice)
+declare -A BIN=([pgsluice]=$SLUICE)
+if [ -n "$BASELINE" ]; then BUILDS+=(baseline); BIN[baseline]=$BASELINE; fi
+
+echo "# $(date -u +%Y-%m-%dT%H:%MZ), valgrind $(valgrind --version | sed 's/valgrind-//'); pgsluice $(version "$SLUICE")"
+echo
+printf '| workload |'; for b in "${BUILDS[@]}"; do printf ' %s |' "$b"; done
+[ -n "$BASELINE" ] && printf ' change |'
+echo
+printf '|---|'; for _ in "${BUILDS[@]}"; do printf -- '---:|'; done
+[ -n "$BASELINE" ] && printf -- '---:|'
+echo
+while IFS='|' read -r label args; do
+  declare -A got=()
+  for b in "${BUILDS[@]}"; do
+    # shellcheck disable=SC2086
+    got[$b]=$(count "$b-${label// /-}" "${BIN[$b]}" $args)
+  done
+  printf '| %s |' "$label"
+  for b in "${BUILDS[@]}"; do awk -v n="${got[$b]}" 'BEGIN { printf " %.1f M |", n / 1e6 }'; done
+  if [ -n "$BASELINE" ]; then
+    awk -v a="${got[pgsluice]}" -v b="${got[baseline]}" 'BEGIN { if (b > 0) printf " %+.1f%% |", (a - b) * 100 / b; else printf " - |" }'
+  fi
+  echo
+  unset got
+done <<'WORKLOADS'
+select-only simple, 10,000 txns|-S -M simple -c 4 -j 2 -t 2500
+select-only extended, 10,000 txns|-S -M extended -c 4 -j 2 -t 2500
+select-only prepared, 10,000 txns|-S -M prepared -c 4 -j 2 -t 2500
+select-only -C, 1,000 connections|-S -C -c 4 -j 2 -t 250
+WORKLOADS
