@@ -166,7 +166,15 @@ impl Meter {
     /// The text of a Parse of statement `name`.
     pub fn parse_text(&mut self, name: &[u8], text: &[u8]) {
         self.current = self.fingerprint(text);
-        let Some(known) = &self.current else { return };
+        let Some(known) = &self.current else {
+            // Not tracked now: a later Bind must not find what an earlier Parse was.
+            if name.is_empty() {
+                self.unnamed = None;
+            } else if let Some(named) = &mut self.named {
+                named.remove(name);
+            }
+            return;
+        };
         if name.is_empty() {
             self.unnamed = Some(known.clone());
             return;
