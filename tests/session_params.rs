@@ -179,3 +179,53 @@ async fn listen_and_notify_in_both_modes() {
         8
     );
 }
+
+/// Transaction mode: the greeting reports what a direct connection would. An application_name
+/// is reported as sent (without asking a server); a setting the server spells its own way
+/// (TimeZone `utc` -> `UTC`) is reported as the server spells it; and the session then has
+/// exactly those values on whichever server runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_greeting_reports_what_the_server_would() {
+    use support::raw::Raw;
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 1")).await;
+    let port = proxy.port(PoolMode::Transaction);
+    let check = "SELECT current_setting('application_name') || '|' || current_setting('TimeZone')";
+
+    let mut named = Raw::open(port).await;
+    let extra = [("application_name", "agent-7")];
+    named
+        .login_with(196608, "agent", "agent-pw", "app", &extra)
+        .await
+        .unwrap();
+    assert_eq!(named.param("application_name"), Some("agent-7"));
+    let tz = named.param("TimeZone").unwrap().to_owned();
+    assert_eq!(named.query(check).await, Ok(vec![format!("agent-7|{tz}")]));
+
+    let mut zoned = Raw::open(port).await;
+    let extra = [("application_name", "agent-8"), ("TimeZone", "utc")];
+    zoned
+        .login_with(196608, "agent", "agent-pw", "app", &extra)
+        .await
+        .unwrap();
+    assert_eq!(zoned.param("TimeZone"), Some("UTC"));
+    assert_eq!(zoned.param("application_name"), Some("agent-8"));
+    assert_eq!(zoned.query(check).await, Ok(vec!["agent-8|UTC".to_owned()]));
+
+    // Non-ASCII: PostgreSQL rewrites it, so the greeting must carry the server's version.
+    let mut odd = Raw::open(port).await;
+    let extra = [("application_name", "caf\u{e9}")];
+    odd.login_with(196608, "agent", "agent-pw", "app", &extra)
+        .await
+        .unwrap();
+    let shown = odd.param("application_name").unwrap().to_owned();
+    assert_ne!(shown, "caf\u{e9}", "the server replaces non-ASCII bytes");
+    assert!(shown.starts_with("caf"), "{shown}");
+    assert_eq!(
+        odd.query("SELECT current_setting('application_name')")
+            .await,
+        Ok(vec![shown])
+    );
+    // The first client's session is untouched by the others on the one server.
+    assert_eq!(named.query(check).await, Ok(vec![format!("agent-7|{tz}")]));
+}

@@ -607,7 +607,7 @@ impl Pool {
                     est.pid,
                     upstream.host.clone(),
                     upstream.port,
-                    local_addr.to_string(),
+                    local_addr,
                     local_port,
                     est.stream.tls_description(),
                 ));

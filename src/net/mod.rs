@@ -6,4 +6,4 @@ pub mod listener;
 pub mod stream;
 pub mod tls;
 
-pub use stream::Stream;
+pub use stream::{Addr, Stream};

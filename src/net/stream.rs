@@ -7,6 +7,26 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
+/// A socket's address as SHOW CLIENTS/SERVERS print it; kept as a value, formatted only when
+/// shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Addr {
+    Ip(std::net::IpAddr),
+    Unix,
+    /// The socket could not say.
+    Unknown,
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Addr::Ip(ip) => ip.fmt(f),
+            Addr::Unix => f.write_str("unix"),
+            Addr::Unknown => Ok(()),
+        }
+    }
+}
+
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
@@ -31,8 +51,7 @@ macro_rules! each {
 impl Stream {
     /// This end's address and port, as SHOW CLIENTS/SERVERS print them ("unix", 0 for a
     /// unix socket).
-    pub fn local_addr(&self) -> (crate::stats::clients::Addr, u16) {
-        use crate::stats::clients::Addr;
+    pub fn local_addr(&self) -> (Addr, u16) {
         match self.tcp() {
             Some(s) => s
                 .local_addr()

@@ -2,6 +2,7 @@
 //! after login and leaves when its task ends; per transaction it only stores atomics.
 
 use crate::backend::pool::PoolKey;
+use crate::net::Addr;
 use dashmap::DashMap;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering};
@@ -34,25 +35,6 @@ pub struct ClientInfo {
     /// descriptor cannot be closed (and reused) between the check and the shutdown.
     socket: Mutex<Option<RawFd>>,
     killed: AtomicBool,
-}
-
-/// An address as SHOW CLIENTS prints it; kept as a value, formatted only when shown.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Addr {
-    Ip(std::net::IpAddr),
-    Unix,
-    /// The socket could not say.
-    Unknown,
-}
-
-impl std::fmt::Display for Addr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Addr::Ip(ip) => ip.fmt(f),
-            Addr::Unix => f.write_str("unix"),
-            Addr::Unknown => Ok(()),
-        }
-    }
 }
 
 /// What is known of a client once it has logged in.

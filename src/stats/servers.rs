@@ -30,7 +30,7 @@ pub struct ServerInfo {
     pub pid: i32,
     pub addr: String,
     pub port: u16,
-    pub local_addr: String,
+    pub local_addr: crate::net::Addr,
     pub local_port: u16,
     pub connect_time: u64,
     /// "TLSv1.3/..." when encrypted, empty otherwise.
@@ -47,7 +47,7 @@ impl ServerInfo {
         pid: i32,
         addr: String,
         port: u16,
-        local_addr: String,
+        local_addr: crate::net::Addr,
         local_port: u16,
         tls: String,
     ) -> ServerInfo {

@@ -87,6 +87,14 @@ impl Raw {
     }
 
     /// Reads one raw byte (the answer to SSLRequest).
+    /// The value of a ParameterStatus the greeting reported.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub async fn recv_byte(&mut self) -> u8 {
         self.stream.read_u8().await.unwrap()
     }
@@ -100,11 +108,21 @@ impl Raw {
         password: &str,
         db: &str,
     ) -> Result<Vec<u8>, String> {
-        self.send(&startup_packet(
-            version,
-            &[("user", user), ("database", db)],
-        ))
-        .await;
+        self.login_with(version, user, password, db, &[]).await
+    }
+
+    /// `login` with more startup parameters; ParameterStatus values land in `params`.
+    pub async fn login_with(
+        &mut self,
+        version: i32,
+        user: &str,
+        password: &str,
+        db: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Vec<u8>, String> {
+        let mut pairs = vec![("user", user), ("database", db)];
+        pairs.extend_from_slice(extra);
+        self.send(&startup_packet(version, &pairs)).await;
         let mut seen = Vec::new();
         let mut scram: Option<ScramSha256> = None;
         loop {

@@ -17,7 +17,7 @@ pub fn table(app: &App) -> Table {
                 s.state().as_str().into(),
                 s.addr.as_str().into(),
                 s.port.into(),
-                s.local_addr.as_str().into(),
+                s.local_addr.to_string().into(),
                 s.local_port.into(),
                 format_time(s.connect_time).into(),
                 format_time(s.request_time()).into(),
