@@ -89,9 +89,21 @@ enum Unsupported {
     Listen,
 }
 
+const LOST_COUNT: &str = "a COPY failed with Sync messages inside it and more work queued behind it: which replies are whose can no longer be told; reconnect";
 const LISTEN_REFUSED: &str = "LISTEN in transaction mode must be a statement of its own, outside a transaction block (or use the session-mode port)";
 /// LISTEN/UNLISTEN texts longer than this are not looked at.
 const MAX_LISTEN_TEXT: usize = 1024;
+
+/// COPY FROM STDIN on the attached server, for counting the replies it owes.
+#[derive(Clone, Copy, Debug, Default)]
+struct CopyIn {
+    /// CopyInResponse seen, and no CommandComplete or ErrorResponse since.
+    running: bool,
+    /// The client has not sent its CopyDone or CopyFail: its Syncs are ignored by the server.
+    client_open: bool,
+    /// Some client Sync was counted as ignored during this COPY.
+    syncs_ignored: bool,
+}
 
 /// Dropping a refused request's messages (never forwarded to any server).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,9 +146,14 @@ pub struct Relay {
     /// Setting names its statements named (lowercase).
     #[allow(clippy::box_collection)]
     touched: Option<Box<Vec<String>>>,
-    /// The server is in COPY FROM STDIN and the client has not ended it: its Syncs are
-    /// ignored by the server, so they are owed no reply.
-    client_in_copy: bool,
+    /// COPY FROM STDIN on the attached server.
+    copy_in: CopyIn,
+    /// The server may owe replies the proxy cannot count (a failed COPY with Syncs inside
+    /// it). Invariant: such a server is never reused; at the transaction's end it is closed.
+    unaccounted: bool,
+    /// Transaction mode, with `unaccounted`: the client had more work in flight behind the
+    /// COPY, whose replies cannot be told from the stray ones; the client is closed.
+    lost_count: bool,
     pub transaction_mode: bool,
     /// Server statements each connection keeps (transaction mode); 0 passes names through.
     pub max_prepared: u32,
@@ -166,7 +183,9 @@ impl Relay {
             need: 0,
             session_dirty: false,
             touched: None,
-            client_in_copy: false,
+            copy_in: CopyIn::default(),
+            unaccounted: false,
+            lost_count: false,
             transaction_mode,
             // More than 4 billion statements per connection is no limit at all.
             max_prepared: if transaction_mode {
@@ -193,12 +212,19 @@ impl Relay {
         }
     }
 
-    /// The server owes the client nothing and holds no transaction: it may serve someone else.
-    pub fn server_reusable(&self) -> bool {
+    /// The client's transaction is over: the server owes it nothing the proxy counts, and
+    /// holds no transaction.
+    fn transaction_over(&self) -> bool {
         self.phase() == Phase::Idle
             && self.c.is_idle()
             && !self.s.framer.mid_message()
             && self.discard == Discard::No
+    }
+
+    /// The transaction is over and every reply the server owes is accounted for: it may
+    /// serve someone else.
+    pub fn server_reusable(&self) -> bool {
+        self.transaction_over() && !self.unaccounted
     }
 
     /// Part of a server message has gone to the client and the rest has not come.
@@ -215,7 +241,9 @@ impl Relay {
         self.s.framer = Default::default();
         self.pipeline.clear();
         self.unsynced = false;
-        self.client_in_copy = false;
+        self.copy_in = CopyIn::default();
+        self.unaccounted = false;
+        self.lost_count = false;
         self.skip_pending = false;
         self.session_dirty = false;
         self.status = b'I';
@@ -318,8 +346,11 @@ impl Relay {
                     return Poll::Ready(Event::ServerGone);
                 }
                 // Not while a message the client started is still arriving (need > 0).
-                if self.transaction_mode && self.need == 0 && self.server_reusable() {
-                    let clean = self.s.buf.len() == self.s.pos;
+                if self.transaction_mode && self.need == 0 && self.transaction_over() {
+                    if self.lost_count {
+                        return Poll::Ready(Event::Protocol(ClientError::protocol(LOST_COUNT)));
+                    }
+                    let clean = self.s.buf.len() == self.s.pos && !self.unaccounted;
                     self.s.buf.truncate(self.s.pos);
                     let resync = std::mem::take(&mut self.session_dirty);
                     return Poll::Ready(Event::Release { clean, resync });
@@ -389,6 +420,11 @@ impl Relay {
                 self.discard = Discard::No;
                 continue;
             }
+            if self.unaccounted && self.transaction_mode && server.is_some() {
+                // Nothing more goes to a server whose replies can no longer be counted: the
+                // client's next messages wait for the server it gets next.
+                break;
+            }
             match h.tag {
                 b'X' => return Some(Event::ClientTerminated),
                 b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'H' | b'S' | b'F' | b'd' | b'c'
@@ -439,6 +475,13 @@ impl Relay {
                         }
                     }
                 }
+                if self.transaction_mode && matches!(h.tag, b'd' | b'c' | b'f') {
+                    // COPY data after its COPY ended (the server failed it and was let go):
+                    // PostgreSQL ignores these outside COPY, so no server is taken for them.
+                    self.c.framer.pass(&h, &mut self.c.pos);
+                    self.discard = Discard::Tail;
+                    continue;
+                }
                 // Ask for a server only once the part of the message that will be read with
                 // it attached is here: a server given for a message still arriving would be
                 // idle and handed back at once, over and over.
@@ -482,7 +525,10 @@ impl Relay {
                     }
                 }
                 b'Q' | b'F' => self.forward(&h, Entry::pass(Kind::Query)),
-                b'S' if self.client_in_copy => {
+                b'S' if self.copy_in.client_open => {
+                    // Ignored by the server while its COPY runs: owed no reply, unless the
+                    // COPY fails before the server reads it.
+                    self.copy_in.syncs_ignored = true;
                     self.c.framer.pass(&h, &mut self.c.pos);
                     true
                 }
@@ -491,8 +537,8 @@ impl Relay {
                     self.forward(&h, Entry::pass(Kind::Sync))
                 }
                 b'c' | b'f' => {
-                    if self.client_in_copy {
-                        self.client_in_copy = false;
+                    if self.copy_in.client_open {
+                        self.copy_in.client_open = false;
                     } else {
                         self.pipeline.push(Entry::pass(Kind::CopyEnd));
                     }
@@ -910,6 +956,9 @@ impl Relay {
             else {
                 return Ok(());
             };
+            if self.copy_in.running && matches!(h.tag, b'C' | b'E') {
+                self.copy_ended(h.tag == b'E');
+            }
             match h.tag {
                 b'1' | b'2' | b'3' => {
                     let Some(_) = self.s.framer.take(&h, &self.s.buf, &mut self.s.pos) else {
@@ -935,7 +984,7 @@ impl Relay {
                             self.meter.ready(self.status);
                             self.pipeline.complete(b'Z');
                             self.emit_ready_answers();
-                            if self.transaction_mode && self.server_reusable() {
+                            if self.transaction_mode && self.transaction_over() {
                                 // The transaction is over: what follows is not this client's.
                                 return Ok(());
                             }
@@ -971,8 +1020,13 @@ impl Relay {
                     }
                 }
                 _ => {
-                    if h.tag == b'G' && self.pipeline.copy_in_started() {
-                        self.client_in_copy = true;
+                    if h.tag == b'G' {
+                        let start = self.pipeline.copy_in_started();
+                        self.copy_in = CopyIn {
+                            running: true,
+                            client_open: start.end_pending,
+                            syncs_ignored: start.syncs_dropped,
+                        };
                     }
                     if h.tag == b'E' {
                         self.meter.error("");
@@ -986,6 +1040,19 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// The server's COPY FROM STDIN ended (CommandComplete, or an error). A failed COPY
+    /// stops reading at a point the proxy cannot see: Syncs the client sent inside it that
+    /// the server had not read yet are each answered after all, so how many ReadyForQuery
+    /// it owes is unknown, and the server is never handed to anyone else. (Idempotent: a
+    /// header walked again when its body was incomplete changes nothing.)
+    fn copy_ended(&mut self, failed: bool) {
+        if failed && self.copy_in.syncs_ignored {
+            self.unaccounted = true;
+            self.lost_count = self.transaction_mode && self.pipeline.work_after_head();
+        }
+        self.copy_in.running = false;
     }
 
     /// An ErrorResponse from the server: in the extended protocol it ends the current

@@ -88,6 +88,16 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// What [`Pipeline::copy_in_started`] found behind the COPY.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyStart {
+    /// The client has not sent its CopyDone or CopyFail yet: its Syncs stay ignored until it does.
+    pub end_pending: bool,
+    /// Syncs were taken off the queue as ignored. Should the COPY fail, the server may not
+    /// have read them yet and answer each after all: the count is then uncertain.
+    pub syncs_dropped: bool,
+}
+
 #[derive(Default)]
 pub struct Pipeline {
     q: VecDeque<Entry>,
@@ -129,23 +139,37 @@ impl Pipeline {
     }
 
     /// The server entered COPY FROM STDIN for the head entry: the Syncs the client sent
-    /// before its CopyDone/CopyFail are ignored. Returns true if that end has not been sent
-    /// yet (the client's Syncs stay ignored until it is).
-    pub fn copy_in_started(&mut self) -> bool {
+    /// before its CopyDone/CopyFail are ignored by the server while the COPY runs
+    /// (copyfromparse.c), so they are taken off the queue here.
+    pub fn copy_in_started(&mut self) -> CopyStart {
+        let mut start = CopyStart {
+            end_pending: true,
+            syncs_dropped: false,
+        };
         let mut i = 1;
         while i < self.q.len() {
             match self.q[i].kind {
                 Kind::CopyEnd => {
                     self.q.remove(i);
-                    return false;
+                    start.end_pending = false;
+                    return start;
                 }
                 Kind::Sync => {
                     self.q.remove(i);
+                    start.syncs_dropped = true;
                 }
                 _ => i += 1,
             }
         }
-        true
+        start
+    }
+
+    /// Messages behind the head that do work (not just Syncs or COPY ends).
+    pub fn work_after_head(&self) -> bool {
+        self.q
+            .iter()
+            .skip(1)
+            .any(|e| !matches!(e.kind, Kind::Sync | Kind::CopyEnd))
     }
 
     pub fn head(&self) -> Option<&Entry> {
@@ -234,13 +258,21 @@ mod tests {
             p.push(Entry::pass(k));
         }
         assert!(p.complete(b'2').is_some());
-        assert!(!p.copy_in_started(), "CopyDone already sent");
+        let start = p.copy_in_started();
+        assert!(!start.end_pending, "CopyDone already sent");
+        assert!(start.syncs_dropped, "the Sync before CopyDone is ignored");
         assert!(p.complete(b'C').is_some());
         assert!(p.complete(b'Z').is_some());
         assert!(p.is_empty());
         // CopyInResponse before the client finished: its later Syncs are ignored too.
         p.push(Entry::pass(Kind::Query));
-        assert!(p.copy_in_started());
+        assert_eq!(
+            p.copy_in_started(),
+            CopyStart {
+                end_pending: true,
+                syncs_dropped: false
+            }
+        );
     }
 
     #[test]

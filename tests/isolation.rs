@@ -1,0 +1,279 @@
+//! Isolation under attack: a hostile or buggy client on a small transaction-mode pool tries
+//! to make another client see its replies, its settings or its statements. Each test runs the
+//! attack, then checks every victim's exact results.
+
+mod support;
+
+use pgsluice::config::PoolMode;
+use support::raw::{Raw, ext, message};
+use support::*;
+use tokio::task::JoinHandle;
+
+fn query_msg(sql: &str) -> Vec<u8> {
+    let mut b = sql.as_bytes().to_vec();
+    b.push(0);
+    message(b'Q', &b)
+}
+
+fn copy_data(data: &[u8]) -> Vec<u8> {
+    message(b'd', data)
+}
+
+fn copy_done() -> Vec<u8> {
+    message(b'c', &[])
+}
+
+fn copy_fail() -> Vec<u8> {
+    message(b'f', b"client gave up\0")
+}
+
+async fn login(port: u16) -> Raw {
+    let mut r = Raw::open(port).await;
+    r.login(196608, AGENT.0, AGENT.1, "app").await.unwrap();
+    r
+}
+
+/// Reads until a message with `tag` arrives; returns the tags seen before it.
+async fn until_tag(r: &mut Raw, tag: u8) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let (t, body) = r.recv().await.expect("connection ended or stalled");
+        if t == tag {
+            return seen;
+        }
+        seen.push(support::raw::summarize(t, &body));
+    }
+}
+
+/// A victim queued behind the attacker: sends its statements now, and checks later that it got
+/// exactly its own replies.
+fn victim(
+    port: u16,
+    label: &'static str,
+) -> (JoinHandle<Vec<String>>, tokio::sync::oneshot::Sender<()>) {
+    let (go, ready) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut r = login(port).await;
+        let _ = ready.await;
+        // Its own setting, then a query that reads it and its own constant.
+        let mut b = query_msg(&format!("SET application_name = '{label}'"));
+        b.extend(query_msg(&format!(
+            "SELECT '{label}:' || current_setting('application_name')"
+        )));
+        r.send(&b).await;
+        r.replies_until_ready(2).await
+    });
+    (task, go)
+}
+
+fn expected(label: &str) -> Vec<String> {
+    [
+        "C:SET",
+        "Z:I",
+        "T",
+        &format!("D:{label}:{label}"),
+        "C:SELECT 1",
+        "Z:I",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// After its attack the attacker gets its own results (stray replies of its own attack may
+/// come first), or, where the proxy could no longer tell its replies apart, a clear 08P01
+/// and the end of its connection.
+async fn attacker_recovers(a: &mut Raw) {
+    a.send(&query_msg("SELECT 'attacker-after'")).await;
+    let mut seen = Vec::new();
+    loop {
+        let Some((t, body)) = a.recv().await else {
+            assert!(
+                seen.last().is_some_and(|s| s == "E:08P01"),
+                "attacker cut off silently after {seen:?}"
+            );
+            return;
+        };
+        let s = support::raw::summarize(t, &body);
+        if s == "D:attacker-after" {
+            break;
+        }
+        seen.push(s);
+    }
+    let rest = a.replies_until_ready(1).await;
+    assert_eq!(rest, ["C:SELECT 1", "Z:I"], "after {seen:?}");
+}
+
+/// One COPY attack on a pool of one: `start` takes the only server (the attacker waits for
+/// CopyInResponse when `wait_copy`), two victims queue behind it, then `rest` goes out. Every
+/// victim must get exactly its own replies, and the attacker must keep working.
+async fn copy_attack(name: &str, port: u16, start: Vec<u8>, wait_copy: bool, rest: Vec<u8>) {
+    eprintln!("attack: {name}");
+    let mut a = login(port).await;
+    a.send(&start).await;
+    if wait_copy {
+        let before = until_tag(&mut a, b'G').await;
+        assert!(
+            before.iter().all(|s| s != "Z:I" && !s.starts_with("E:")),
+            "{before:?}"
+        );
+    }
+    let (b, go_b) = victim(port, "victim_b");
+    let (c, go_c) = victim(port, "victim_c");
+    let _ = go_b.send(());
+    let _ = go_c.send(());
+    // The victims' queries are queued behind the attacker's server before the attack goes on.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    a.send(&rest).await;
+    // The attacker reads its own replies meanwhile (a 20 MB row comes back in its error).
+    let (b, c, ()) = tokio::join!(b, c, attacker_recovers(&mut a));
+    assert_eq!(b.unwrap(), expected("victim_b"), "{name}");
+    assert_eq!(c.unwrap(), expected("victim_c"), "{name}");
+}
+
+async fn copy_setup() -> (pgsluice::devdb::DevDb, Proxy) {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 1")).await;
+    let setup = proxy.connect(PoolMode::Transaction).await;
+    // tb fails every COPY right after CopyInResponse, before reading anything from the client.
+    setup
+        .batch_execute(
+            "CREATE TABLE t (x int);
+             CREATE TABLE tb (x int);
+             CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS
+               $$BEGIN PERFORM pg_sleep(0.05); RAISE EXCEPTION 'boom'; END$$;
+             CREATE TRIGGER tb_boom BEFORE INSERT ON tb FOR EACH STATEMENT EXECUTE FUNCTION boom();",
+        )
+        .await
+        .unwrap();
+    (pg, proxy)
+}
+
+fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+    parts.concat()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_copy_never_hands_its_replies_to_the_next_client() {
+    let (pg, proxy) = copy_setup().await;
+    let port = proxy.port(PoolMode::Transaction);
+    let big_row = {
+        let mut v = vec![b'x'; 20 << 20];
+        v.push(b'\n');
+        v
+    };
+    // Read by a server only after its COPY failed: the Syncs around it are answered apart.
+    let junk = vec![b'7'; 4 << 20];
+    for round in 0..3 {
+        // Simple protocol: a bad row, Syncs inside the COPY, more data, CopyDone, Sync.
+        copy_attack(
+            "simple, bad row, Syncs inside",
+            port,
+            query_msg("COPY t FROM STDIN"),
+            true,
+            cat(&[
+                copy_data(b"1\nbad\n"),
+                ext::sync(),
+                ext::sync(),
+                copy_data(b"2\n"),
+                copy_done(),
+                ext::sync(),
+            ]),
+        )
+        .await;
+        // Simple protocol, everything at once, and the COPY fails before reading any of it.
+        copy_attack(
+            "simple, all at once, fails before reading, data between Syncs",
+            port,
+            cat(&[
+                query_msg("COPY tb FROM STDIN"),
+                ext::sync(),
+                copy_data(&junk),
+                ext::sync(),
+                copy_done(),
+                ext::sync(),
+            ]),
+            false,
+            Vec::new(),
+        )
+        .await;
+        // Extended protocol as tokio-postgres sends it, failing before reading anything.
+        copy_attack(
+            "extended, fails before reading, data between Syncs",
+            port,
+            cat(&[
+                ext::parse("", "COPY tb FROM STDIN"),
+                ext::bind("", "", &[]),
+                ext::execute("", 0),
+                ext::sync(),
+                copy_data(&junk),
+                ext::sync(),
+            ]),
+            true,
+            cat(&[copy_data(b"1\n"), copy_done(), ext::sync()]),
+        )
+        .await;
+        // Extended protocol with a bad row and Syncs on both sides of it.
+        copy_attack(
+            "extended, bad row, Syncs both sides",
+            port,
+            cat(&[
+                ext::parse("", "COPY t FROM STDIN"),
+                ext::bind("", "", &[]),
+                ext::execute("", 0),
+                ext::sync(),
+            ]),
+            true,
+            cat(&[
+                copy_data(b"bad\n"),
+                ext::sync(),
+                copy_data(b"3\n"),
+                copy_done(),
+                ext::sync(),
+                ext::sync(),
+            ]),
+        )
+        .await;
+        // CopyFail with Syncs before and after it.
+        copy_attack(
+            "CopyFail between Syncs",
+            port,
+            query_msg("COPY t FROM STDIN"),
+            true,
+            cat(&[copy_data(b"4\n"), ext::sync(), copy_fail(), ext::sync()]),
+        )
+        .await;
+        // A 20 MB row that fails, then Syncs.
+        if round == 0 {
+            copy_attack(
+                "20 MB bad row",
+                port,
+                query_msg("COPY t FROM STDIN"),
+                true,
+                cat(&[copy_data(&big_row), ext::sync(), copy_done(), ext::sync()]),
+            )
+            .await;
+        }
+        // COPY OUT with Syncs behind it: every Sync is answered, in order.
+        copy_attack(
+            "COPY OUT with Syncs",
+            port,
+            cat(&[
+                query_msg("COPY (SELECT g FROM generate_series(1, 3) g) TO STDOUT"),
+                ext::sync(),
+            ]),
+            false,
+            ext::sync(),
+        )
+        .await;
+    }
+    // Nothing the failed COPYs sent was stored, and the pool still serves.
+    let c = proxy.connect(PoolMode::Transaction).await;
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    drop(pg);
+}
