@@ -277,3 +277,126 @@ async fn a_failed_copy_never_hands_its_replies_to_the_next_client() {
     assert_eq!(n, 0);
     drop(pg);
 }
+
+/// A second client user on the same upstream role as AGENT: the two share one pool.
+const AGENT2: (&str, &str) = ("agent2", "agent2-pw");
+
+/// Two users mapped to one upstream role, on a transaction pool of `pool_size`.
+async fn shared_pool(pool_size: usize, general: &str) -> (pgsluice::devdb::DevDb, Proxy) {
+    let pg = start_postgres();
+    let text = format!(
+        "{}\n[[users]]\nname = \"{}\"\npassword = \"{}\"\nserver_user = \"{SCRAM_ROLE}\"\nserver_password = \"{ROLE_PASSWORD}\"\n",
+        config_text(&pg, general, &format!("pool_size = {pool_size}")),
+        AGENT2.0,
+        AGENT2.1
+    );
+    let proxy = Proxy::start(&text).await;
+    (pg, proxy)
+}
+
+async fn login_as(port: u16, user: (&str, &str)) -> Raw {
+    let mut r = Raw::open(port).await;
+    r.login(196608, user.0, user.1, "app").await.unwrap();
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_client_can_replace_or_read_another_clients_statements() {
+    let (_pg, proxy) = shared_pool(1, "").await;
+    let port = proxy.port(PoolMode::Transaction);
+    let victim = connect(&proxy.url(PoolMode::Transaction, AGENT, "app"))
+        .await
+        .unwrap();
+    victim
+        .batch_execute("CREATE TABLE IF NOT EXISTS loot (v int)")
+        .await
+        .unwrap();
+    let stmt = victim.prepare("SELECT $1::int + 1").await.unwrap();
+    let v: i32 = victim.query_one(&stmt, &[&41]).await.unwrap().get(0);
+    assert_eq!(v, 42);
+
+    // The attacker shares the only server: it can read the statement's server-side name.
+    let mut a = login_as(port, AGENT2).await;
+    let names = a
+        .query("SELECT name FROM pg_prepared_statements WHERE statement = 'SELECT $1::int + 1'")
+        .await
+        .unwrap();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let name = &names[0];
+    assert!(name.starts_with("pgsluice_"), "{name}");
+
+    // Replacing it by name in SQL is refused, and the attacker keeps working.
+    let replace = format!("DEALLOCATE {name}; PREPARE {name}(int) AS SELECT $1 * 0 + 666");
+    assert_eq!(a.query(&replace).await, Err("42501".to_string()));
+    for sql in [
+        format!("EXECUTE {name}(1)"),
+        format!("PREPARE {name}(int) AS SELECT 666"),
+    ] {
+        assert_eq!(a.query(&sql).await, Err("42501".to_string()), "{sql}");
+    }
+    assert_eq!(
+        a.query("SELECT 'still here'").await.unwrap(),
+        ["still here"]
+    );
+    // The name spelled so that no scan sees it: the server that ran it is closed, not reused.
+    let spelled: String = name
+        .chars()
+        .map(|c| format!("\\{:04x}", c as u32))
+        .collect();
+    let replace =
+        format!("DEALLOCATE U&\"{spelled}\"; PREPARE U&\"{spelled}\"(int) AS SELECT $1 * 0 + 666");
+    assert_eq!(a.query(&replace).await.unwrap(), Vec::<String>::new());
+
+    // The victim's statement still means what it prepared.
+    for x in [1, 2, 3] {
+        let v: i32 = victim.query_one(&stmt, &[&x]).await.unwrap().get(0);
+        assert_eq!(v, x + 1);
+    }
+
+    // SQL-level PREPARE in transaction mode does not reach the next client on that server.
+    assert_eq!(
+        a.query("PREPARE secret_stmt AS SELECT 'attacker secret'")
+            .await
+            .unwrap(),
+        Vec::<String>::new()
+    );
+    let err = victim
+        .simple_query("EXECUTE secret_stmt")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "26000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unnamed_statement_of_another_client_cannot_be_bound_or_described() {
+    let (_pg, proxy) = shared_pool(1, "").await;
+    let port = proxy.port(PoolMode::Transaction);
+    let mut a = login_as(port, AGENT).await;
+    // The previous client leaves its unnamed statement, with a literal it meant to keep.
+    let mut b = ext::parse("", "SELECT 'secret of a' || $1::text");
+    b.extend(ext::sync());
+    a.send(&b).await;
+    assert_eq!(a.replies_until_ready(1).await, ["1", "Z:I"]);
+
+    let mut v = login_as(port, AGENT2).await;
+    let mut b = ext::bind("", "", &[Some("!")]);
+    b.extend(ext::execute("", 0));
+    b.extend(ext::sync());
+    v.send(&b).await;
+    assert_eq!(v.replies_until_ready(1).await, ["E:26000", "Z:I"]);
+    let mut b = ext::describe(b'S', "");
+    b.extend(ext::sync());
+    v.send(&b).await;
+    assert_eq!(v.replies_until_ready(1).await, ["E:26000", "Z:I"]);
+
+    // Its own unnamed statement works as ever, in one pipeline or across Syncs.
+    let mut b = ext::parse("", "SELECT 'mine' || $1::text");
+    b.extend(ext::bind("", "", &[Some("!")]));
+    b.extend(ext::execute("", 0));
+    b.extend(ext::sync());
+    v.send(&b).await;
+    assert_eq!(
+        v.replies_until_ready(1).await,
+        ["1", "2", "D:mine!", "C:SELECT 1", "Z:I"]
+    );
+}

@@ -84,10 +84,23 @@ pub enum Phase {
     Busy,
 }
 
-/// What transaction mode cannot do yet.
+/// What transaction mode refuses in a statement text.
 enum Unsupported {
     Listen,
+    /// SQL-level PREPARE/EXECUTE/DEALLOCATE of the proxy's own statement names.
+    ReservedName,
 }
+
+impl Unsupported {
+    fn error(&self) -> Synthetic {
+        match self {
+            Unsupported::Listen => Synthetic::Error("0A000", LISTEN_REFUSED.into()),
+            Unsupported::ReservedName => Synthetic::Error("42501", RESERVED_REFUSED.into()),
+        }
+    }
+}
+
+const RESERVED_REFUSED: &str = "prepared statement names beginning with \"pgsluice_\" belong to the proxy and cannot be prepared, executed or deallocated in SQL";
 
 const LOST_COUNT: &str = "a COPY failed with Sync messages inside it and more work queued behind it: which replies are whose can no longer be told; reconnect";
 const LISTEN_REFUSED: &str = "LISTEN in transaction mode must be a statement of its own, outside a transaction block (or use the session-mode port)";
@@ -154,6 +167,13 @@ pub struct Relay {
     /// Transaction mode, with `unaccounted`: the client had more work in flight behind the
     /// COPY, whose replies cannot be told from the stray ones; the client is closed.
     lost_count: bool,
+    /// The server holds session state the proxy cannot vouch for (SQL-level PREPARE or
+    /// DEALLOCATE): closed at the transaction's end, never reused.
+    retire: bool,
+    /// Transaction mode: the client sent a Parse of the unnamed statement to the attached
+    /// server. Invariant: a client may address the unnamed statement only then; otherwise it
+    /// would be the previous client's (its text, its parameters).
+    unnamed_parsed: bool,
     pub transaction_mode: bool,
     /// Server statements each connection keeps (transaction mode); 0 passes names through.
     pub max_prepared: u32,
@@ -186,6 +206,8 @@ impl Relay {
             copy_in: CopyIn::default(),
             unaccounted: false,
             lost_count: false,
+            retire: false,
+            unnamed_parsed: false,
             transaction_mode,
             // More than 4 billion statements per connection is no limit at all.
             max_prepared: if transaction_mode {
@@ -224,7 +246,7 @@ impl Relay {
     /// The transaction is over and every reply the server owes is accounted for: it may
     /// serve someone else.
     pub fn server_reusable(&self) -> bool {
-        self.transaction_over() && !self.unaccounted
+        self.transaction_over() && !self.unaccounted && !self.retire
     }
 
     /// Part of a server message has gone to the client and the rest has not come.
@@ -244,6 +266,8 @@ impl Relay {
         self.copy_in = CopyIn::default();
         self.unaccounted = false;
         self.lost_count = false;
+        self.retire = false;
+        self.unnamed_parsed = false;
         self.skip_pending = false;
         self.session_dirty = false;
         self.status = b'I';
@@ -350,7 +374,7 @@ impl Relay {
                     if self.lost_count {
                         return Poll::Ready(Event::Protocol(ClientError::protocol(LOST_COUNT)));
                     }
-                    let clean = self.s.buf.len() == self.s.pos && !self.unaccounted;
+                    let clean = self.s.buf.len() == self.s.pos && !self.unaccounted && !self.retire;
                     self.s.buf.truncate(self.s.pos);
                     let resync = std::mem::take(&mut self.session_dirty);
                     return Poll::Ready(Event::Release { clean, resync });
@@ -511,13 +535,10 @@ impl Relay {
                         }
                         match self.note_settings(h.start + 5, h.body_len, mentions) {
                             Ok(_) => self.forward(&h, Entry::pass(Kind::Query)),
-                            Err(Unsupported::Listen) => {
+                            Err(refused) => {
                                 // Answered here as PostgreSQL answers a refused query.
                                 self.drop_message(&h);
-                                self.answer(
-                                    Kind::Query,
-                                    Synthetic::Error("0A000", LISTEN_REFUSED.into()),
-                                );
+                                self.answer(Kind::Query, refused.error());
                                 self.answer(Kind::Query, Synthetic::Ready);
                                 true
                             }
@@ -678,10 +699,15 @@ impl Relay {
                 return Ok(false);
             };
             self.need = 0;
-            if name.is_empty() {
+            if name.is_empty() && self.unnamed_parsed {
                 return Ok(self.forward(h, Entry::pass(Kind::Bind)));
             }
-            let Some(stmt) = state.statements.get(name).cloned() else {
+            let Some(stmt) = state
+                .statements
+                .get(name)
+                .cloned()
+                .filter(|_| !name.is_empty())
+            else {
                 let msg = no_such_statement(name);
                 self.c.cut_at(h.start);
                 // After the cut the message starts at 0; its bytes are dropped as they come.
@@ -724,9 +750,10 @@ impl Relay {
         let settings = match kind {
             Kind::Parse => match self.note_parse_settings(h) {
                 Ok(s) => s,
-                Err(Unsupported::Listen) => {
+                Err(refused) => {
                     self.drop_message(h);
-                    self.refuse_in_pipeline(Kind::Parse, "0A000", LISTEN_REFUSED.into());
+                    self.answer(Kind::Parse, refused.error());
+                    self.discard = Discard::UntilSync;
                     return Ok(true);
                 }
             },
@@ -739,6 +766,7 @@ impl Relay {
                     return Err(ClientError::protocol("invalid Parse message"));
                 };
                 if name.is_empty() {
+                    self.unnamed_parsed = true;
                     return Ok(self.forward(h, Entry::pass(Kind::Parse)));
                 }
                 if state.statements.get(name).is_some() {
@@ -780,8 +808,13 @@ impl Relay {
                 else {
                     return Err(ClientError::protocol("invalid Describe or Close message"));
                 };
-                if target != b'S' || name.is_empty() {
+                if target != b'S' || (name.is_empty() && self.unnamed_parsed) {
                     return Ok(self.forward(h, Entry::pass(kind)));
+                }
+                if name.is_empty() && kind == Kind::Describe {
+                    self.drop_message(h);
+                    self.refuse_in_pipeline(Kind::Describe, "26000", no_such_statement(b""));
+                    return Ok(true);
                 }
                 if kind == Kind::Close {
                     // The server keeps the statement for whoever prepares the same text next.
@@ -816,6 +849,9 @@ impl Relay {
         mentions: Mentions,
     ) -> Result<Option<Box<[String]>>, Unsupported> {
         let text = &self.c.buf[at..at + len];
+        if mentions.reserved && crate::sql::session::addresses_statements(text) {
+            return Err(Unsupported::ReservedName);
+        }
         if !mentions.may_touch() {
             return Ok(None);
         }
@@ -1004,6 +1040,14 @@ impl Relay {
                             if matches!(body, b"SET\0" | b"RESET\0" | b"DISCARD ALL\0") {
                                 self.session_dirty = true;
                             }
+                            if self.transaction_mode
+                                && matches!(body, b"PREPARE\0" | b"DEALLOCATE\0")
+                            {
+                                // SQL-level statements: one the next client must not find,
+                                // or one of the proxy's changed behind its back. The server's
+                                // statement set is no longer known: it is closed, not reused.
+                                self.retire = true;
+                            }
                             self.pipeline.complete(b'C');
                             self.emit_ready_answers();
                         }
@@ -1122,6 +1166,9 @@ fn ensure_on_server(
 
 /// PostgreSQL's words for a statement name it does not know (26000).
 fn no_such_statement(name: &[u8]) -> String {
+    if name.is_empty() {
+        return "unnamed prepared statement does not exist".into();
+    }
     format!(
         "prepared statement \"{}\" does not exist",
         String::from_utf8_lossy(name)

@@ -21,7 +21,10 @@ pub struct Statement {
 
 impl Statement {
     pub fn new(tail: &[u8]) -> Statement {
-        let digest = Sha256::digest(tail);
+        let digest = Sha256::new()
+            .chain_update(*NAME_KEY)
+            .chain_update(tail)
+            .finalize();
         // 96 bits of SHA-256: distinct statements never share a name in practice.
         let name = format!("pgsluice_{}", hex::encode(&digest[..12]));
         Statement {
@@ -31,6 +34,11 @@ impl Statement {
         }
     }
 }
+
+/// Keys the server-side names, so that no client can compute the name of another client's
+/// statement from its text (and replace it under that name). One per process: every pool of
+/// the process shares servers' statement caches by the same names.
+static NAME_KEY: std::sync::LazyLock<[u8; 32]> = std::sync::LazyLock::new(rand::random);
 
 type Names = HashMap<Box<[u8]>, Arc<Statement>>;
 

@@ -27,6 +27,8 @@ pub struct Mentions {
     /// "listen": LISTEN, UNLISTEN.
     pub listen: bool,
     pub deallocate: bool,
+    /// "pgsluice_": the prefix of the proxy's server-side statement names.
+    pub reserved: bool,
 }
 
 impl Mentions {
@@ -40,9 +42,10 @@ impl Mentions {
         const SET: u32 = word3(b"set");
         const LIS: u32 = word3(b"lis");
         const DEA: u32 = word3(b"dea");
+        const PGS: u32 = word3(b"pgs");
         let mut m = Mentions::default();
         for (i, w) in text.windows(3).enumerate() {
-            if !matches!(w[0] | 0x20, b's' | b'l' | b'd') {
+            if !matches!(w[0] | 0x20, b's' | b'l' | b'd' | b'p') {
                 continue;
             }
             let w = (u32::from(w[0]) | u32::from(w[1]) << 8 | u32::from(w[2]) << 16) | 0x20_2020;
@@ -54,6 +57,7 @@ impl Mentions {
                 SET => m.set = true,
                 LIS if rest(b"listen") => m.listen = true,
                 DEA if rest(b"deallocate") => m.deallocate = true,
+                PGS if rest(b"pgsluice_") => m.reserved = true,
                 _ => {}
             }
         }
@@ -64,6 +68,17 @@ impl Mentions {
     pub fn may_touch(self) -> bool {
         self.set || self.listen
     }
+}
+
+/// Whether a text that names "pgsluice_" could address prepared statements with it: it has
+/// the word PREPARE, EXECUTE or DEALLOCATE (as a keyword, not inside a name or a string).
+pub fn addresses_statements(text: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(text);
+    Lexer::new(&text).any(|t| {
+        matches!(t, Token::Word(w) if ["prepare", "execute", "deallocate"]
+            .iter()
+            .any(|k| w.eq_ignore_ascii_case(k)))
+    })
 }
 
 /// Cheap filter: every statement of interest contains "set" (SET, RESET, set_config) or
@@ -228,6 +243,16 @@ pub fn listen_statement(text: &str) -> Option<ListenCmd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statement_commands_found_as_words_only() {
+        assert!(addresses_statements(b"deallocate pgsluice_ab; select 1"));
+        assert!(addresses_statements(b"EXECUTE pgsluice_ab(1)"));
+        assert!(!addresses_statements(
+            b"SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'pgsluice_%'"
+        ));
+        assert!(!addresses_statements(b"SELECT 'execute pgsluice_x'"));
+    }
 
     fn names(s: &str) -> Vec<String> {
         scan(s).names
