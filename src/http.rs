@@ -66,10 +66,19 @@ fn authorized(app: &App, req: &Request<Incoming>) -> bool {
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .unwrap_or("");
     use subtle::ConstantTimeEq;
     presented.as_bytes().ct_eq(token.as_str().as_bytes()).into()
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 9110, 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
 }
 
 /// The console table behind a JSON endpoint: `/pools` is SHOW POOLS, and so on.

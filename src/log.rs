@@ -138,6 +138,72 @@ impl<W: Write> Visit for Members<'_, W> {
     }
 }
 
+/// Field formatting for the text format: `name=value` as tracing-subscriber writes them, with
+/// control characters escaped, so a value a client chose (a user name with a newline, an
+/// ANSI escape) cannot forge or hide log lines.
+pub struct TextFields;
+
+impl<'w> FormatFields<'w> for TextFields {
+    fn format_fields<R: RecordFields>(&self, mut w: Writer<'w>, fields: R) -> fmt::Result {
+        let mut v = TextVisitor {
+            w: &mut w,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut v);
+        v.result
+    }
+}
+
+struct TextVisitor<'a, W: Write> {
+    w: &'a mut W,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl<W: Write> Visit for TextVisitor<'_, W> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = (|| {
+            if !std::mem::take(&mut self.first) {
+                self.w.write_char(' ')?;
+            }
+            if field.name() != "message" {
+                write!(self.w, "{}=", field.name())?;
+            }
+            write!(Controls(&mut *self.w), "{value:?}")
+        })();
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        // As the default text format: quoted, with Debug's escapes, except the message.
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+}
+
+/// Escapes control characters (`\n`, `\u{1b}`, ...) in what goes through it.
+struct Controls<'a, W: Write + ?Sized>(&'a mut W);
+
+impl<W: Write + ?Sized> Write for Controls<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut plain = 0;
+        for (i, c) in s.char_indices() {
+            if c.is_control() {
+                self.0.write_str(&s[plain..i])?;
+                write!(self.0, "{}", c.escape_default())?;
+                plain = i + c.len_utf8();
+            }
+        }
+        self.0.write_str(&s[plain..])
+    }
+}
+
 /// A JSON string literal.
 fn string<W: Write + ?Sized>(w: &mut W, s: &str) -> fmt::Result {
     w.write_char('"')?;
@@ -191,6 +257,30 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn text_lines_escape_control_characters() {
+        let out = Lines::default();
+        let writer = out.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .fmt_fields(TextFields)
+            .with_ansi(false)
+            .with_writer(move || writer.clone());
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let user = "mallory\n2026-12-02T00:00:00Z  INFO forged line\u{1b}[2J";
+            tracing::info!(user = %user, name = "a\rb", n = 3u64, "client logged in");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            text.contains(
+                r"client logged in user=mallory\n2026-12-02T00:00:00Z  INFO forged line\u{1b}[2J"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"name="a\rb" n=3"#), "{text}");
     }
 
     #[test]

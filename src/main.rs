@@ -68,7 +68,11 @@ fn init_logging(format: Option<&str>, level: &str) -> pgsluice::app::LogReloader
             .init();
     } else {
         registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .fmt_fields(pgsluice::log::TextFields)
+                    .with_writer(std::io::stderr),
+            )
             .init();
     }
     Box::new(move |directives: &str| {
@@ -155,6 +159,7 @@ fn main() -> ExitCode {
                     .await
                     .map_err(|e| e.to_string())?;
                 running.app.set_log_reloader(log_reloader);
+                reload_on_sighup(running.app.clone());
                 tokio::select! {
                     _ = wait_for_signal() => {}
                     _ = running.app.shutdown_requested() => {}
@@ -172,6 +177,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// SIGHUP (`kill -HUP`, `systemctl reload`) reloads the configuration as the console's
+/// RELOAD does; without a handler it would end the process.
+fn reload_on_sighup(app: std::sync::Arc<pgsluice::app::App>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGHUP: reload with the console's RELOAD");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            // reload() logs the outcome; a failed one keeps the running configuration.
+            let _ = app.reload();
+        }
+    });
 }
 
 async fn wait_for_signal() {

@@ -1,5 +1,5 @@
 //! The `pgsluice` binary as an operator runs it: RELOAD from the admin console changes the log
-//! level of the running process, and SHUTDOWN stops accepting, lets the connected client
+//! level of the running process, SIGHUP reloads too, and SHUTDOWN stops accepting, lets the connected client
 //! finish, and exits 0.
 
 mod support;
@@ -95,6 +95,20 @@ async fn reload_changes_log_level_and_shutdown_exits() {
         wait_for(&log, "client logged in", Duration::from_secs(5)),
         "RELOAD to log_level info must show logins"
     );
+
+    // SIGHUP reloads as RELOAD does, and drops nobody.
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    assert!(
+        wait_for(&log, "configuration reloaded", Duration::from_secs(5)),
+        "SIGHUP must reload the configuration"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the process"
+    );
+    let v: i32 = c.query_one("SELECT 4", &[]).await.unwrap().get(0);
+    assert_eq!(v, 4);
 
     // SHUTDOWN: no new connections, the connected client keeps working, then exit 0.
     let (ok, _, err) = psql(&pg, &url(ADMIN, "pgsluice"), &["-c", "SHUTDOWN"]);

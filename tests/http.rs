@@ -222,6 +222,10 @@ async fn bearer_token_guards_everything_but_health() {
         );
         let (status, body) = get_with(http, path, "Bearer s3cret-token").await;
         assert_eq!(status, 200, "{path}: {body}");
+        // The scheme is case-insensitive (RFC 9110); the token is not.
+        let (status, body) = get_with(http, path, "bearer s3cret-token").await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(get_with(http, path, "BEARER S3CRET-TOKEN").await.0, 401);
     }
 }
 

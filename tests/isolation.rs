@@ -400,3 +400,121 @@ async fn the_unnamed_statement_of_another_client_cannot_be_bound_or_described() 
         ["1", "2", "D:mine!", "C:SELECT 1", "Z:I"]
     );
 }
+
+/// A protocol FunctionCall of set_config(name, value, false) by its OID (2078), text format.
+fn function_call_set_config(name: &str, value: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&2078i32.to_be_bytes());
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&3i16.to_be_bytes());
+    for arg in [name, value, "false"] {
+        b.extend_from_slice(&(arg.len() as i32).to_be_bytes());
+        b.extend_from_slice(arg.as_bytes());
+    }
+    b.extend_from_slice(&0i16.to_be_bytes());
+    message(b'F', &b)
+}
+
+/// What the victim's session looks like: the settings an attacker would want to plant.
+const VICTIM_VIEW: &str = "SELECT current_setting('search_path') || '|' || current_setting('statement_timeout') || '|' || current_setting('default_transaction_read_only') || '|' || current_user || '|' || current_setting('application_name')";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_changed_out_of_sight_never_reach_another_client() {
+    let (pg, proxy) = shared_pool(1, "").await;
+    pg.psql(&format!(
+        "CREATE ROLE lowpriv; GRANT lowpriv TO {SCRAM_ROLE};"
+    ))
+    .unwrap();
+    let port = proxy.port(PoolMode::Transaction);
+    let clean = format!("\"$user\", public|0|off|{SCRAM_ROLE}|");
+    let mut v = login_as(port, AGENT).await;
+    assert_eq!(
+        v.query(VICTIM_VIEW).await.unwrap(),
+        std::slice::from_ref(&clean)
+    );
+
+    let mut a = login_as(port, AGENT2).await;
+    let attacks = [
+        "SELECT U&\"s\\0065t_config\"('search_path', 'evil', false)".to_string(),
+        "DO $$BEGIN PERFORM set_config('statement_timeout', '1', false); EXECUTE 'SET default_transaction_read_only = on'; END$$".to_string(),
+        "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS $$SELECT 1 FROM set_config('application_name', 'planted', false)$$; SELECT pg_temp.f()".to_string(),
+        "SELECT U&\"s\\0065t_config\"('role', 'lowpriv', false)".to_string(),
+    ];
+    for attack in &attacks {
+        a.query(attack).await.unwrap();
+        // The victim, on the same (only) server, sees none of it; and neither does a
+        // setting it reads back after a SET of its own.
+        assert_eq!(
+            v.query(VICTIM_VIEW).await.unwrap(),
+            std::slice::from_ref(&clean),
+            "{attack}"
+        );
+        v.query("SET work_mem = '5MB'").await.unwrap();
+        assert_eq!(
+            v.query(VICTIM_VIEW).await.unwrap(),
+            std::slice::from_ref(&clean),
+            "{attack}"
+        );
+        v.query("RESET work_mem").await.unwrap();
+    }
+    // set_config through a protocol FunctionCall.
+    a.send(&function_call_set_config("search_path", "evil2"))
+        .await;
+    let replies = a.replies_until_ready(1).await;
+    assert_eq!(
+        replies.last().map(String::as_str),
+        Some("Z:I"),
+        "{replies:?}"
+    );
+    assert_eq!(
+        v.query(VICTIM_VIEW).await.unwrap(),
+        std::slice::from_ref(&clean)
+    );
+    // The attacker's own settings stay its own: it set them where the proxy could not see, so
+    // they are gone when its next transaction lands after another client.
+    a.query("SELECT set_config('search_path', 'evil3', false)")
+        .await
+        .unwrap();
+    // A session-mode login on the same pool starts clean too.
+    let s = connect(&proxy.url(PoolMode::Session, AGENT, "app"))
+        .await
+        .unwrap();
+    let row = s.simple_query(VICTIM_VIEW).await.unwrap();
+    let tokio_postgres::SimpleQueryMessage::Row(r) = &row[1] else {
+        panic!("{row:?}")
+    };
+    assert_eq!(r.get(0), Some(clean.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_objects_of_one_client_never_reach_the_next() {
+    let (pg, proxy) = shared_pool(1, "").await;
+    let port = proxy.port(PoolMode::Transaction);
+    let mut a = login_as(port, AGENT2).await;
+    let mut v = login_as(port, AGENT).await;
+    a.query("CREATE TEMP TABLE secrets AS SELECT 'attacker row'::text AS v")
+        .await
+        .unwrap();
+    a.query("BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT 'attacker cursor'; COMMIT")
+        .await
+        .unwrap();
+    a.query("SELECT pg_advisory_lock(4242)").await.unwrap();
+    // The victim takes the server next: none of it is there.
+    assert_eq!(
+        v.query("SELECT v FROM pg_temp.secrets").await,
+        Err("42P01".to_string())
+    );
+    assert_eq!(
+        v.query("FETCH ALL FROM held").await,
+        Err("34000".to_string())
+    );
+    // The lock was let go: another session can take it.
+    assert_eq!(pg.psql("SELECT pg_try_advisory_lock(4242)").unwrap(), "t");
+    // The victim's own temp table lives for its transaction, as transaction mode allows.
+    assert_eq!(
+        v.query("BEGIN; CREATE TEMP TABLE mine AS SELECT 1 AS x; SELECT x FROM mine; COMMIT")
+            .await
+            .unwrap(),
+        ["1"]
+    );
+}

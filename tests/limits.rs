@@ -7,13 +7,6 @@ use pgsluice::config::PoolMode;
 use std::time::{Duration, Instant};
 use support::*;
 
-fn backends(pg: &pgsluice::devdb::DevDb) -> i64 {
-    pg.psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app_scram'")
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_wait_timeout_and_reserve_pool() {
     let pg = start_postgres();
@@ -37,7 +30,7 @@ async fn query_wait_timeout_and_reserve_pool() {
     holder.batch_execute("COMMIT").await.unwrap();
 
     // With a reserve, the waiter gets an extra connection after reserve_pool_timeout instead.
-    let before = backends(&pg);
+    let before = role_backends(&pg);
     let proxy = Proxy::start(&config_text(
         &pg,
         "reserve_pool_timeout = 0.3",
@@ -56,7 +49,7 @@ async fn query_wait_timeout_and_reserve_pool() {
         "waited {waited:?}"
     );
     assert_eq!(
-        backends(&pg) - before,
+        role_backends(&pg) - before,
         2,
         "pool_size 1 plus one reserve connection"
     );
@@ -131,7 +124,7 @@ async fn lifetimes_warm_pool_and_idle_retirement() {
         .get(0);
     // min_pool_size: the pool warms to 2 connections on its own.
     let deadline = Instant::now() + Duration::from_secs(3);
-    while backends(&pg) < 2 {
+    while role_backends(&pg) < 2 {
         assert!(
             Instant::now() < deadline,
             "pool did not warm to min_pool_size"
@@ -147,9 +140,9 @@ async fn lifetimes_warm_pool_and_idle_retirement() {
             .map(|c| c.simple_query("SELECT pg_sleep(0.3)")),
     )
     .await;
-    assert_eq!(backends(&pg), 4);
+    assert_eq!(role_backends(&pg), 4);
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let n = backends(&pg);
+    let n = role_backends(&pg);
     assert!(n <= 2, "idle connections above min_pool_size retire: {n}");
     // server_lifetime: the first connection has been replaced.
     let pid2: i32 = c

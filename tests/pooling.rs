@@ -371,3 +371,71 @@ async fn idle_servers_terminated_behind_the_pool_are_never_handed_out() {
         assert_eq!(n, round + 1);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_servers_retire_under_steady_traffic() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(
+        &pg,
+        "server_idle_timeout = 1.5",
+        "pool_size = 3",
+    ))
+    .await;
+    // Three servers open for three transactions at once.
+    let clients: Vec<_> =
+        futures_util::future::join_all((0..3).map(|_| proxy.connect(PoolMode::Transaction))).await;
+    futures_util::future::join_all(
+        clients
+            .iter()
+            .map(|c| c.simple_query("SELECT pg_sleep(0.2)")),
+    )
+    .await;
+    assert_eq!(role_backends(&pg), 3);
+    // Then one transaction at a time, every 100 ms: one server is enough, and the other two
+    // stay idle past server_idle_timeout and are closed.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut n = 3;
+    while Instant::now() < deadline && n > 1 {
+        clients[0].simple_query("SELECT 1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        n = role_backends(&pg);
+    }
+    assert_eq!(n, 1, "idle servers kept alive by rotation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_while_idle_leaves_the_lists_without_a_checkout() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 2")).await;
+    let c = proxy.connect(PoolMode::Transaction).await;
+    // The process's very first server connection.
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let servers = console(&pg, &proxy, ADMIN, "SHOW SERVERS").unwrap();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    pg.psql(&format!("SELECT pg_terminate_backend({pid})"))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let servers = console(&pg, &proxy, ADMIN, "SHOW SERVERS").unwrap();
+        let pools = console(&pg, &proxy, ADMIN, "SHOW POOLS").unwrap();
+        let idle: Vec<&str> = pools
+            .iter()
+            .filter(|p| p["database"] == "app")
+            .map(|p| p["sv_idle"].as_str())
+            .collect();
+        if servers.is_empty() && idle == ["0"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a dead idle server is still listed: {servers:?} {idle:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let v: i32 = c.query_one("SELECT 7", &[]).await.unwrap().get(0);
+    assert_eq!(v, 7);
+}

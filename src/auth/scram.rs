@@ -88,6 +88,9 @@ pub enum ScramError {
     Malformed(&'static str),
     #[error("channel binding is not supported on this connection")]
     ChannelBinding,
+    /// PostgreSQL's words and code (0A000) for a gs2 header with `a=` (auth-scram.c).
+    #[error("client uses authorization identity, but it is not supported")]
+    AuthorizationIdentity,
     #[error("SCRAM proof does not match")]
     BadProof,
 }
@@ -126,7 +129,10 @@ impl Exchange {
             c if c.starts_with("p=") => return Err(ScramError::ChannelBinding),
             _ => return Err(ScramError::Malformed("bad channel binding flag")),
         }
-        if !authzid.is_empty() && !authzid.starts_with("a=") {
+        if authzid.starts_with("a=") {
+            return Err(ScramError::AuthorizationIdentity);
+        }
+        if !authzid.is_empty() {
             return Err(ScramError::Malformed("bad authzid"));
         }
         let mut client_nonce = None;
@@ -400,6 +406,11 @@ mod tests {
         assert_eq!(
             Exchange::start(v.clone(), b"p=tls-server-end-point,,n=,r=abc", b"n").err(),
             Some(ScramError::ChannelBinding)
+        );
+        // PostgreSQL refuses an authorization identity rather than ignoring it.
+        assert_eq!(
+            Exchange::start(v.clone(), b"n,a=admin,n=,r=abc", b"n").err(),
+            Some(ScramError::AuthorizationIdentity)
         );
         let ex = Exchange::start(v, b"n,,n=,r=abc", b"n").unwrap();
         assert!(ex.finish(b"c=biws,r=wrong,p=AAAA").is_err());

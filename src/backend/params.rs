@@ -161,6 +161,16 @@ pub fn sync_statement(client: &SessionParams, server: &SessionParams) -> Option<
     Some(sql)
 }
 
+/// Whether `client` and `server` differ in application_name alone (a setting no value makes
+/// fail, so it may be set ahead of the client's work without a round trip).
+pub fn differs_only_in_application_name(client: &SessionParams, server: &SessionParams) -> bool {
+    client.unreported == server.unreported
+        && client
+            .reported
+            .iter()
+            .all(|(k, v)| k == "application_name" || server.reported.get(k) == Some(v))
+}
+
 /// Whether a server given `want` would report exactly `want`'s values, so a login need not
 /// ask one: `want` differs from `base` (what the pool's servers report) only in an
 /// application_name PostgreSQL keeps as sent (printable ASCII, shorter than NAMEDATALEN;

@@ -599,7 +599,8 @@ impl Pool {
                 lock(&self.state).last_failure = None;
                 *lock(&self.defaults) = Some(est.params.clone());
                 let now = Instant::now();
-                let id = self.conn_ids.fetch_add(1, Ordering::Relaxed);
+                // From 1: 0 means "no server" in SHOW CLIENTS and the slot's bookkeeping.
+                let id = self.conn_ids.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::debug!(pool = %self.key, server = id, pid = est.pid, "server connection opened");
                 let (local_addr, local_port) = est.stream.local_addr();
                 let info = Arc::new(ServerInfo::new(
@@ -619,7 +620,10 @@ impl Pool {
                     id,
                     pid: est.pid,
                     secret: est.secret,
+                    baseline: est.params.clone(),
                     params: est.params,
+                    last_client: 0,
+                    reset_pending: false,
                     statements: Default::default(),
                     created: now,
                     last_used: now,
@@ -745,14 +749,18 @@ impl Pool {
             for c in st.idle.drain(..) {
                 let too_old = s.lifetime.is_some_and(|l| c.created.elapsed() >= l);
                 let idle_long = s.idle_timeout.is_some_and(|t| c.last_used.elapsed() >= t);
-                if too_old || (idle_long && open - retired.len() > s.min_size) {
+                // Closed (or talking) while idle: gone from the counts now, not at its next
+                // checkout.
+                let dead = c.stream.has_pending_input_or_eof();
+                if too_old || dead || (idle_long && open - retired.len() > s.min_size) {
                     retired.push(c);
                 } else {
                     keep.push(c);
                 }
             }
-            // Most recently used last: checkout pops from the end, so busy connections stay warm.
-            keep.reverse();
+            // Least recently used first, most recently used last: checkout pops from the end,
+            // so steady traffic keeps reusing the warmest servers and the rest can go idle
+            // long enough for server_idle_timeout.
             st.idle = keep;
             retired
         };

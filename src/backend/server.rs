@@ -32,6 +32,12 @@ pub struct Connection {
     pub pid: i32,
     pub secret: i32,
     pub params: SessionParams,
+    /// What the server had at login: where the hand-over reset brings it back to.
+    pub baseline: SessionParams,
+    /// The client whose transaction ran here last (0: none yet).
+    pub last_client: u64,
+    /// The hand-over reset is due before the next client's work (see [`Connection::hand_to`]).
+    pub reset_pending: bool,
     /// Prepared statements this connection has, by server name (transaction mode).
     pub statements: crate::relay::prepared::ServerStatements,
     pub created: Instant,
@@ -44,7 +50,27 @@ pub struct Connection {
 /// Longest message the proxy reads whole from a server outside the relay (its own statements).
 const MAX_INTERNAL_MESSAGE: usize = 1 << 20;
 
+/// Brings a server's session back to its login state before another client's transaction:
+/// role and session authorization, every setting (also those changed where the proxy cannot
+/// see it: inside functions, DO blocks, set_config under another spelling), WITH HOLD
+/// cursors, LISTEN, session advisory locks, temporary tables and sequence state. Prepared
+/// statements stay: the proxy keeps track of those. Statements that cannot fail on an idle
+/// server, so it can run ahead of the client's first message.
+pub const HANDOVER_RESET: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+
 impl Connection {
+    /// The server is about to run work of client `client`. Invariant: no client's work runs
+    /// on session state another client left, so when the server changes hands (and `reset`
+    /// is on) the hand-over reset is due and the server's parameters are taken to be its
+    /// login ones from here.
+    pub fn hand_to(&mut self, client: u64, reset: bool) {
+        if reset && self.last_client != 0 && self.last_client != client {
+            self.params = self.baseline.clone();
+            self.reset_pending = true;
+        }
+        self.last_client = client;
+    }
+
     pub fn cancel_target(&self) -> CancelTarget {
         CancelTarget {
             upstream: self.upstream.clone(),

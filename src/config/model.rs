@@ -65,6 +65,9 @@ pub struct General {
     pub query_timeout: Seconds,
     pub query_wait_timeout: Seconds,
     pub application_name_add_host: bool,
+    /// Transaction mode: reset a server's session state (settings, role, cursors, temp
+    /// tables, advisory locks) before another client's transaction runs on it.
+    pub handover_reset: bool,
     pub max_prepared_statements: usize,
     pub auth_type: AuthType,
     pub tcp_keepalive: bool,
@@ -149,6 +152,7 @@ impl Default for General {
             query_timeout: Seconds(0.0),
             query_wait_timeout: Seconds(120.0),
             application_name_add_host: false,
+            handover_reset: true,
             max_prepared_statements: 200,
             auth_type: AuthType::ScramSha256,
             tcp_keepalive: true,

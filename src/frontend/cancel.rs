@@ -74,11 +74,21 @@ impl Drop for Registration {
     }
 }
 
+/// Linux never gives a process an id above this (PID_MAX_LIMIT, 2^22); other systems stay
+/// lower still.
+const MAX_REAL_PID: i32 = 1 << 22;
+
+/// A transaction-mode client's backend pid: one no server process can have, so a client
+/// that calls pg_terminate_backend or pg_cancel_backend on its reported pid hits nothing.
+pub fn fake_pid() -> i32 {
+    rand::random_range(MAX_REAL_PID + 1..=i32::MAX)
+}
+
 impl Cancels {
     /// Registers a client under `pid` (its server's real pid in session mode) or a fresh one.
     pub fn register(self: &Arc<Self>, pid: Option<i32>) -> Registration {
         loop {
-            let pid = pid.unwrap_or_else(|| rand::random::<i32>() & 0x7fff_ffff);
+            let pid = pid.unwrap_or_else(fake_pid);
             let secret = rand::random::<i32>();
             let handle = Arc::new(CancelHandle::default());
             match self.map.entry((pid, secret)) {
@@ -111,6 +121,19 @@ impl Cancels {
                 true
             }
             None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fake_pids_are_never_real_ones() {
+        for _ in 0..100_000 {
+            let pid = fake_pid();
+            assert!(pid > MAX_REAL_PID, "{pid}");
         }
     }
 }

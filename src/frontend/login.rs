@@ -149,8 +149,12 @@ async fn scram_exchange(
         )));
     }
     let nonce: [u8; 18] = rand::random();
-    let exchange = scram::Exchange::start(verifier, client_first, &nonce)
-        .map_err(|e| LoginError::Refused(ClientError::protocol(e.to_string())))?;
+    let exchange = scram::Exchange::start(verifier, client_first, &nonce).map_err(|e| {
+        LoginError::Refused(match e {
+            scram::ScramError::AuthorizationIdentity => ClientError::unsupported(e.to_string()),
+            e => ClientError::protocol(e.to_string()),
+        })
+    })?;
     emit::auth_sasl_continue(out, exchange.server_first().as_bytes());
     send(stream, out).await?;
     let body = read_password_message(stream).await?;

@@ -7,8 +7,11 @@ use super::handshake::{self, HandshakeError, Hello};
 use super::login::{self, LoginError};
 use crate::app::App;
 use crate::backend::ServerConn;
-use crate::backend::params::{SessionParams, reported_verbatim, sync_statement};
+use crate::backend::params::{
+    SessionParams, differs_only_in_application_name, reported_verbatim, sync_statement,
+};
 use crate::backend::pool::Pool;
+use crate::backend::server::HANDOVER_RESET;
 use crate::backend::server::InternalError;
 use crate::config::{ClientTlsMode, PoolMode};
 use crate::error::ClientError;
@@ -592,6 +595,7 @@ async fn login(
     let (server, cancel) = match mode {
         PoolMode::Session => {
             let mut server = checkout_idle_wait(&pool, &reg).await.map_err(Some)?;
+            server.hand_to(id, config.general.handover_reset);
             if let Err(e) = sync(&mut server, &params).await {
                 return refuse(e);
             }
@@ -621,6 +625,7 @@ async fn login(
                 && !reported_verbatim(&merged, &defaults)
             {
                 let mut server = checkout_idle_wait(&pool, &reg).await.map_err(Some)?;
+                server.hand_to(id, config.general.handover_reset);
                 if let Err(e) = sync(&mut server, &merged).await {
                     return refuse(e);
                 }
@@ -660,11 +665,16 @@ async fn checkout_idle_wait(pool: &Arc<Pool>, reg: &Registered) -> Result<Server
     r
 }
 
-/// Makes `server` carry the client's session parameters. A server that failed is dropped by
-/// the caller (via the error path), so it never carries half-applied settings.
+/// Makes `server` carry the client's session parameters, after the hand-over reset when it is
+/// due (in the same round trip). A server that failed is dropped by the caller (via the error
+/// path), so it never carries half-applied settings.
 async fn sync(server: &mut ServerConn, want: &SessionParams) -> Result<(), ClientError> {
-    let Some(sql) = sync_statement(want, &server.params) else {
-        return Ok(());
+    let set = sync_statement(want, &server.params);
+    let sql = match (std::mem::take(&mut server.reset_pending), set) {
+        (false, None) => return Ok(()),
+        (false, Some(set)) => set,
+        (true, None) => HANDOVER_RESET.to_string(),
+        (true, Some(set)) => format!("{HANDOVER_RESET}; {set}"),
     };
     match Box::pin(server.run_internal(&sql, INTERNAL_TIMEOUT)).await {
         Ok(()) => {
@@ -685,6 +695,7 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
     let (client_idle, idle_tx, query_timeout) = {
         let general = &app.config.load().general;
         relay.stall_timeout = general.client_stall_timeout.enabled();
+        relay.handover_reset = general.handover_reset;
         (
             general.client_idle_timeout.enabled(),
             general.idle_transaction_timeout.enabled(),
@@ -753,8 +764,12 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                 // The usual case awaits nothing: an idle server that already carries the
                 // client's settings. Waiting, syncing and failing are boxed, so their state
                 // is not part of every client's task.
-                let attached = match c.pool.try_idle() {
-                    Some(server) if sync_statement(&c.state.params, &server.params).is_none() => {
+                let mut idle = c.pool.try_idle();
+                let ready = idle
+                    .as_mut()
+                    .is_some_and(|s| ready_in_pipeline(c, relay, s));
+                let attached = match idle {
+                    Some(server) if ready => {
                         install(c, relay, server);
                         true
                     }
@@ -943,6 +958,7 @@ async fn attach(app: &App, c: &mut Client, relay: &mut Relay, idle: Option<Serve
     let Some(result) = result else { return false };
     match result {
         Ok(mut server) => {
+            server.hand_to(c.id, relay.handover_reset);
             if let Err(e) = sync(&mut server, &c.state.params).await {
                 let e = ClientError {
                     severity: emit::Severity::Error,
@@ -997,9 +1013,28 @@ async fn release_after_read_back(c: &mut Client, relay: &mut Relay, mut server: 
     return_server(c, relay, server, reusable);
 }
 
-/// Makes `server` the client's for its transaction.
-fn install(c: &mut Client, relay: &mut Relay, server: ServerConn) {
+/// Whether `server` can run the client's work with nothing but what the relay sends ahead of
+/// it: its parameters already match, or the hand-over reset is due and at most
+/// application_name (which no value makes fail) is set after it.
+fn ready_in_pipeline(c: &Client, relay: &Relay, server: &mut ServerConn) -> bool {
+    server.hand_to(c.id, relay.handover_reset);
+    if server.reset_pending {
+        differs_only_in_application_name(&c.state.params, &server.params)
+    } else {
+        sync_statement(&c.state.params, &server.params).is_none()
+    }
+}
+
+/// Makes `server` the client's for its transaction; a hand-over reset still due goes ahead
+/// of the client's first message.
+fn install(c: &mut Client, relay: &mut Relay, mut server: ServerConn) {
     relay.reset_server_side();
+    if std::mem::take(&mut server.reset_pending) {
+        match sync_statement(&c.state.params, &server.params) {
+            Some(set) => relay.send_own_query(&format!("{HANDOVER_RESET}; {set}")),
+            None => relay.send_own_query(HANDOVER_RESET),
+        }
+    }
     c.cancel.handle.attach(server.cancel_target());
     link(c, &server);
     c.server = Some(server);

@@ -102,7 +102,7 @@ impl Unsupported {
 
 const RESERVED_REFUSED: &str = "prepared statement names beginning with \"pgsluice_\" belong to the proxy and cannot be prepared, executed or deallocated in SQL";
 
-const LOST_COUNT: &str = "a COPY failed with Sync messages inside it and more work queued behind it: which replies are whose can no longer be told; reconnect";
+const LOST_COUNT: &str = "a COPY failed with Sync messages inside it and a query queued behind it: which replies are whose can no longer be told; reconnect";
 const LISTEN_REFUSED: &str = "LISTEN in transaction mode must be a statement of its own, outside a transaction block (or use the session-mode port)";
 /// LISTEN/UNLISTEN texts longer than this are not looked at.
 const MAX_LISTEN_TEXT: usize = 1024;
@@ -164,8 +164,8 @@ pub struct Relay {
     /// The server may owe replies the proxy cannot count (a failed COPY with Syncs inside
     /// it). Invariant: such a server is never reused; at the transaction's end it is closed.
     unaccounted: bool,
-    /// Transaction mode, with `unaccounted`: the client had more work in flight behind the
-    /// COPY, whose replies cannot be told from the stray ones; the client is closed.
+    /// Transaction mode, with `unaccounted`: the client had a simple query in flight behind
+    /// the COPY, whose replies cannot be told from the stray ones; the client is closed.
     lost_count: bool,
     /// The server holds session state the proxy cannot vouch for (SQL-level PREPARE or
     /// DEALLOCATE): closed at the transaction's end, never reused.
@@ -179,6 +179,8 @@ pub struct Relay {
     pub max_prepared: u32,
     /// Report phase changes (only when a timeout needs them).
     pub watch_phase: bool,
+    /// handover_reset: servers are reset when they change hands.
+    pub handover_reset: bool,
     /// client_stall_timeout, and its timer while the client takes nothing.
     pub stall_timeout: Option<std::time::Duration>,
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -216,6 +218,7 @@ impl Relay {
                 0
             },
             watch_phase: false,
+            handover_reset: true,
             reported_phase: Phase::Idle,
             meter: Meter::default(),
             metered: false,
@@ -272,6 +275,17 @@ impl Relay {
         self.session_dirty = false;
         self.status = b'I';
         self.server_fatal = false;
+    }
+
+    /// Sends the proxy's own simple query to the server ahead of the client's next message.
+    /// Its replies never reach the client; ParameterStatus still updates the server's
+    /// parameters, and an error closes the server after the transaction.
+    pub fn send_own_query(&mut self, sql: &str) {
+        self.c.insert(|b| emit::query(b, sql));
+        self.pipeline.push(Entry {
+            action: Action::Swallow,
+            ..Entry::pass(Kind::Query)
+        });
     }
 
     /// Queues the proxy's own messages for the client, after everything walked so far.
@@ -992,6 +1006,16 @@ impl Relay {
             else {
                 return Ok(());
             };
+            if self
+                .pipeline
+                .head()
+                .is_some_and(|e| e.kind == Kind::Query && e.action == Action::Swallow)
+            {
+                if !self.swallow_own_reply(&h, srv)? {
+                    return Ok(());
+                }
+                continue;
+            }
             if self.copy_in.running && matches!(h.tag, b'C' | b'E') {
                 self.copy_ended(h.tag == b'E');
             }
@@ -1086,6 +1110,49 @@ impl Relay {
         }
     }
 
+    /// One message of the reply to the proxy's own query: dropped from the client's stream.
+    /// False when its body has not all arrived.
+    fn swallow_own_reply(&mut self, h: &Header, srv: &mut ServerConn) -> Result<bool, FrameError> {
+        if h.body_len > INSPECT_LIMIT {
+            // Nothing the proxy's own statements answer is this long.
+            return Err(FrameError::BadLength {
+                tag: h.tag as char,
+                len: h.body_len as i64,
+            });
+        }
+        let Some(body) = self.s.framer.take(h, &self.s.buf, &mut self.s.pos) else {
+            return Ok(false);
+        };
+        match h.tag {
+            b'S' => {
+                if let Some((k, v)) = views::parameter_status(body) {
+                    srv.params.reported.set(k, v);
+                }
+            }
+            b'E' => {
+                let f = views::error_fields(body).unwrap_or_default();
+                tracing::warn!(
+                    server = srv.id,
+                    code = f.code,
+                    message = f.message,
+                    "the proxy's own statement failed: closing the server after this transaction"
+                );
+                self.retire = true;
+            }
+            b'Z' => {
+                self.pipeline.complete(b'Z');
+            }
+            _ => {}
+        }
+        self.s.pos = h.start;
+        self.s.cut_at(h.start);
+        self.s.drop_front(5 + h.body_len);
+        if h.tag == b'Z' {
+            self.emit_ready_answers();
+        }
+        Ok(true)
+    }
+
     /// The server's COPY FROM STDIN ended (CommandComplete, or an error). A failed COPY
     /// stops reading at a point the proxy cannot see: Syncs the client sent inside it that
     /// the server had not read yet are each answered after all, so how many ReadyForQuery
@@ -1094,7 +1161,7 @@ impl Relay {
     fn copy_ended(&mut self, failed: bool) {
         if failed && self.copy_in.syncs_ignored {
             self.unaccounted = true;
-            self.lost_count = self.transaction_mode && self.pipeline.work_after_head();
+            self.lost_count = self.transaction_mode && self.pipeline.query_after_head();
         }
         self.copy_in.running = false;
     }

@@ -164,12 +164,14 @@ impl Pipeline {
         start
     }
 
-    /// Messages behind the head that do work (not just Syncs or COPY ends).
-    pub fn work_after_head(&self) -> bool {
+    /// A simple Query or FunctionCall of the client's behind the head. Only such messages
+    /// (ended by ReadyForQuery, with rows before it) can be taken as answered by a stray
+    /// ReadyForQuery; every other reply is matched by its own tag.
+    pub fn query_after_head(&self) -> bool {
         self.q
             .iter()
             .skip(1)
-            .any(|e| !matches!(e.kind, Kind::Sync | Kind::CopyEnd))
+            .any(|e| e.kind == Kind::Query && e.action == Action::Pass)
     }
 
     pub fn head(&self) -> Option<&Entry> {

@@ -202,6 +202,16 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }
 
+/// Upstream backends of the role the proxy's `agent` logs in as.
+pub fn role_backends(pg: &DevDb) -> i64 {
+    pg.psql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = '{SCRAM_ROLE}'"
+    ))
+    .unwrap()
+    .parse()
+    .unwrap()
+}
+
 /// Runs psql from PostgreSQL's bindir; returns (success, stdout, stderr).
 pub fn psql(pg: &DevDb, conninfo: &str, args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(pg.bindir.join("psql"))

@@ -34,6 +34,7 @@ fn entries(g: &General) -> Vec<(&'static str, String)> {
             "application_name_add_host",
             u8::from(g.application_name_add_host).to_string(),
         ),
+        ("handover_reset", u8::from(g.handover_reset).to_string()),
         (
             "max_prepared_statements",
             g.max_prepared_statements.to_string(),
