@@ -3,12 +3,12 @@
 //! and BackendKeyData until the first ReadyForQuery (protocol 53.2.1).
 
 use super::params::SessionParams;
+use super::upstream_auth::Login;
 use crate::error::ClientError;
 use crate::net::Stream;
 use crate::net::stream::read_message;
 use crate::proto::{emit, views};
 use bytes::BytesMut;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -187,107 +187,23 @@ async fn establish_inner(up: &Upstream) -> Result<Established, ConnectError> {
     emit::startup(&mut out, &[("user", &up.user), ("database", &up.dbname)]);
     stream.send(&out).await?;
     let mut buf = BytesMut::with_capacity(1024);
-    let mut scram: Option<ScramSha256> = None;
-    let mut by_keys: Option<crate::auth::scram::KeyExchange> = None;
+    let mut login = Login::Start;
     let (mut pid, mut secret) = (0, 0);
     let mut params = SessionParams::default();
     loop {
         let (tag, body) = read_message(&mut stream, &mut buf, 1 << 20).await?;
         out.clear();
+        if !login.is_done() && matches!(tag, b'S' | b'K' | b'Z') {
+            return Err(ConnectError::Protocol(
+                "server sent session data before authentication finished",
+            ));
+        }
         match tag {
-            b'R' => match views::auth_request(&body)
-                .ok_or(ConnectError::Protocol("bad authentication request"))?
-            {
-                views::AuthRequest::Ok => {}
-                views::AuthRequest::Cleartext => {
-                    emit::password(
-                        &mut out,
-                        up.password.as_deref().ok_or(ConnectError::NoPassword)?,
-                    );
-                }
-                views::AuthRequest::Md5(salt) => {
-                    let hash = match (&up.password, &up.passthrough) {
-                        (Some(pw), _) => postgres_protocol::authentication::md5_hash(
-                            up.user.as_bytes(),
-                            pw.as_bytes(),
-                            salt,
-                        ),
-                        (None, Some(Passthrough::Md5(stored))) => {
-                            crate::auth::md5::expected_response(stored, salt)
-                        }
-                        _ => return Err(ConnectError::NoPassword),
-                    };
-                    emit::password(&mut out, &hash);
-                }
-                views::AuthRequest::Sasl(mechs) => {
-                    if !mechs.contains(&"SCRAM-SHA-256") {
-                        return Err(ConnectError::Protocol(
-                            "server offers no SASL mechanism we support",
-                        ));
-                    }
-                    match (&up.password, &up.passthrough) {
-                        (Some(pw), _) => {
-                            let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
-                            emit::sasl_initial_response(&mut out, "SCRAM-SHA-256", s.message());
-                            scram = Some(s);
-                        }
-                        (None, Some(Passthrough::Scram(keys))) => {
-                            let nonce: [u8; 18] = rand::random();
-                            let (kx, first) = keys.start(&nonce);
-                            emit::sasl_initial_response(
-                                &mut out,
-                                "SCRAM-SHA-256",
-                                first.as_bytes(),
-                            );
-                            by_keys = Some(kx);
-                        }
-                        _ => return Err(ConnectError::NoPassword),
-                    }
-                }
-                views::AuthRequest::SaslContinue(data) if by_keys.is_some() => {
-                    let kx = by_keys
-                        .as_mut()
-                        .ok_or(ConnectError::Protocol("unexpected SASL continue"))?;
-                    let reply = kx
-                        .respond(data)
-                        .map_err(|e| ConnectError::Passthrough(e.to_string()))?;
-                    emit::sasl_response(&mut out, reply.as_bytes());
-                }
-                views::AuthRequest::SaslFinal(data) if by_keys.is_some() => {
-                    let kx = by_keys
-                        .take()
-                        .ok_or(ConnectError::Protocol("unexpected SASL final"))?;
-                    kx.verify(data)
-                        .map_err(|_| ConnectError::Protocol("server SCRAM signature is wrong"))?;
-                }
-                views::AuthRequest::SaslContinue(data) => {
-                    let mut s = scram
-                        .take()
-                        .ok_or(ConnectError::Protocol("unexpected SASL continue"))?;
-                    let data = data.to_vec();
-                    // PBKDF2 runs thousands of HMACs: keep it off the reactor threads.
-                    let s = tokio::task::spawn_blocking(move || s.update(&data).map(|_| s))
-                        .await
-                        .map_err(|_| ConnectError::Protocol("SCRAM task failed"))?
-                        .map_err(|_| {
-                            ConnectError::Protocol("invalid SCRAM server-first-message")
-                        })?;
-                    emit::sasl_response(&mut out, s.message());
-                    scram = Some(s);
-                }
-                views::AuthRequest::SaslFinal(data) => {
-                    let mut s = scram
-                        .take()
-                        .ok_or(ConnectError::Protocol("unexpected SASL final"))?;
-                    s.finish(data)
-                        .map_err(|_| ConnectError::Protocol("server SCRAM signature is wrong"))?;
-                }
-                views::AuthRequest::Other(_) => {
-                    return Err(ConnectError::Protocol(
-                        "server asks for an unsupported authentication method",
-                    ));
-                }
-            },
+            b'R' => {
+                let req = views::auth_request(&body)
+                    .ok_or(ConnectError::Protocol("bad authentication request"))?;
+                login = login.step(req, up, &mut out).await?;
+            }
             b'S' => {
                 if let Some((k, v)) = views::parameter_status(&body) {
                     params.reported.set(k, v);

@@ -7,6 +7,7 @@ pub mod params;
 pub mod pool;
 pub mod pools;
 pub mod server;
+pub mod upstream_auth;
 
 pub use pool::{CheckoutError, Pool, PoolKey};
 pub use server::ServerConn;

@@ -78,6 +78,21 @@ pub enum AuthRequest<'a> {
     Other(i32),
 }
 
+impl AuthRequest<'_> {
+    /// The request's name in the protocol documentation, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuthRequest::Ok => "AuthenticationOk",
+            AuthRequest::Cleartext => "AuthenticationCleartextPassword",
+            AuthRequest::Md5(_) => "AuthenticationMD5Password",
+            AuthRequest::Sasl(_) => "AuthenticationSASL",
+            AuthRequest::SaslContinue(_) => "AuthenticationSASLContinue",
+            AuthRequest::SaslFinal(_) => "AuthenticationSASLFinal",
+            AuthRequest::Other(_) => "an unsupported authentication request",
+        }
+    }
+}
+
 pub fn auth_request(body: &[u8]) -> Option<AuthRequest<'_>> {
     let mut b = Body(body);
     Some(match b.i32()? {
