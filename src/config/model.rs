@@ -69,6 +69,8 @@ pub struct General {
     /// tables, advisory locks) before another client's transaction runs on it.
     pub handover_reset: bool,
     pub max_prepared_statements: usize,
+    /// Transaction mode: the most named prepared statements one client may keep.
+    pub max_client_prepared_statements: usize,
     pub auth_type: AuthType,
     pub tcp_keepalive: bool,
     pub shutdown_timeout: Seconds,
@@ -154,6 +156,7 @@ impl Default for General {
             application_name_add_host: false,
             handover_reset: true,
             max_prepared_statements: 200,
+            max_client_prepared_statements: 10_000,
             auth_type: AuthType::ScramSha256,
             tcp_keepalive: true,
             shutdown_timeout: Seconds(30.0),

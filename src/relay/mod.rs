@@ -11,7 +11,9 @@
 //! Reads stop while a direction holds [`MAX_BUFFERED`] bytes the other side has not taken, so
 //! a client that does not read its results holds back the server, not the proxy's memory.
 
+pub mod facts;
 pub mod half;
+pub mod held;
 pub mod pipeline;
 pub mod prepared;
 
@@ -23,6 +25,7 @@ use crate::proto::{FrameError, Header, MAX_MESSAGE_LEN, emit, views};
 use crate::sql::session::Mentions;
 use crate::stats::meter::{MAX_FINGERPRINTED, Meter};
 use bytes::BytesMut;
+use facts::{Fact, Facts};
 use half::Half;
 use pipeline::{Action, Entry, Kind, Pipeline, Synthetic};
 use prepared::{ClientStatements, ServerStatements, Statement};
@@ -45,6 +48,13 @@ const INSPECT_LIMIT: usize = 8 * 1024;
 const MAX_SCANNED_QUERY: usize = 1 << 20;
 /// Statement and portal names must end within this many bytes of a Bind body.
 const MAX_NAMES: usize = 4096;
+/// PostgreSQL's limit for the messages it reads with PQ_SMALL_MESSAGE_LIMIT (postgres.c,
+/// SocketBackend; copyfromparse.c): longer ones are a protocol violation there too.
+const SMALL_MESSAGE_LIMIT: usize = 10_000;
+/// Replies one client may have outstanding before the relay stops reading from it (as it
+/// stops when its results go unread): a client sending Syncs and never reading costs a
+/// bounded queue, not memory without end.
+pub const MAX_OUTSTANDING: usize = 8192;
 
 /// Why the relay stopped and needs the session to act.
 #[derive(Debug, PartialEq, Eq)]
@@ -107,17 +117,6 @@ const LISTEN_REFUSED: &str = "LISTEN in transaction mode must be a statement of 
 /// LISTEN/UNLISTEN texts longer than this are not looked at.
 const MAX_LISTEN_TEXT: usize = 1024;
 
-/// COPY FROM STDIN on the attached server, for counting the replies it owes.
-#[derive(Clone, Copy, Debug, Default)]
-struct CopyIn {
-    /// CopyInResponse seen, and no CommandComplete or ErrorResponse since.
-    running: bool,
-    /// The client has not sent its CopyDone or CopyFail: its Syncs are ignored by the server.
-    client_open: bool,
-    /// Some client Sync was counted as ignored during this COPY.
-    syncs_ignored: bool,
-}
-
 /// Dropping a refused request's messages (never forwarded to any server).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Discard {
@@ -154,26 +153,17 @@ pub struct Relay {
     skip_pending: bool,
     /// Bytes the client buffer must hold before the current message can be handled.
     need: usize,
+    /// What `need` holds beyond a normal buffer, reserved from the process budget ([`held`]).
+    held: u32,
+    /// Transaction mode: the most named statements one client may keep.
+    pub max_client_statements: u32,
     /// Transaction mode: the client may have changed session settings on this server.
     session_dirty: bool,
     /// Setting names its statements named (lowercase).
     #[allow(clippy::box_collection)]
     touched: Option<Box<Vec<String>>>,
-    /// COPY FROM STDIN on the attached server.
-    copy_in: CopyIn,
-    /// The server may owe replies the proxy cannot count (a failed COPY with Syncs inside
-    /// it). Invariant: such a server is never reused; at the transaction's end it is closed.
-    unaccounted: bool,
-    /// Transaction mode, with `unaccounted`: the client had a simple query in flight behind
-    /// the COPY, whose replies cannot be told from the stray ones; the client is closed.
-    lost_count: bool,
-    /// The server holds session state the proxy cannot vouch for (SQL-level PREPARE or
-    /// DEALLOCATE): closed at the transaction's end, never reused.
-    retire: bool,
-    /// Transaction mode: the client sent a Parse of the unnamed statement to the attached
-    /// server. Invariant: a client may address the unnamed statement only then; otherwise it
-    /// would be the previous client's (its text, its parameters).
-    unnamed_parsed: bool,
+    /// COPY state, and what makes the server unfit for reuse (see [`Fact`]).
+    facts: Facts,
     pub transaction_mode: bool,
     /// Server statements each connection keeps (transaction mode); 0 passes names through.
     pub max_prepared: u32,
@@ -203,13 +193,11 @@ impl Relay {
             discard: Discard::No,
             skip_pending: false,
             need: 0,
+            held: 0,
+            max_client_statements: u32::MAX,
             session_dirty: false,
             touched: None,
-            copy_in: CopyIn::default(),
-            unaccounted: false,
-            lost_count: false,
-            retire: false,
-            unnamed_parsed: false,
+            facts: Facts::default(),
             transaction_mode,
             // More than 4 billion statements per connection is no limit at all.
             max_prepared: if transaction_mode {
@@ -249,7 +237,7 @@ impl Relay {
     /// The transaction is over and every reply the server owes is accounted for: it may
     /// serve someone else.
     pub fn server_reusable(&self) -> bool {
-        self.transaction_over() && !self.unaccounted && !self.retire
+        self.transaction_over() && !self.facts.retire()
     }
 
     /// Part of a server message has gone to the client and the rest has not come.
@@ -266,11 +254,7 @@ impl Relay {
         self.s.framer = Default::default();
         self.pipeline.clear();
         self.unsynced = false;
-        self.copy_in = CopyIn::default();
-        self.unaccounted = false;
-        self.lost_count = false;
-        self.retire = false;
-        self.unnamed_parsed = false;
+        self.facts = Facts::default();
         self.skip_pending = false;
         self.session_dirty = false;
         self.status = b'I';
@@ -341,8 +325,17 @@ impl Relay {
         loop {
             let mut progress = false;
 
-            // Client -> proxy: read while the queue has room (or a whole Parse needs more).
-            if self.c.buf.len() < MAX_BUFFERED.max(self.need) {
+            // Client -> proxy: read while the queue has room (or a whole message needs more)
+            // and the replies it waits for are bounded.
+            if !held::resize(&mut self.held, self.need.saturating_sub(MAX_BUFFERED)) {
+                return Poll::Ready(Event::Protocol(ClientError::limit(
+                    "54000",
+                    "message too large to hold whole, or the proxy's memory for such messages is in use",
+                )));
+            }
+            if self.c.buf.len() < MAX_BUFFERED.max(self.need)
+                && self.pipeline.len() < MAX_OUTSTANDING
+            {
                 match read_into(cx, client, &mut self.c.buf) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(Event::ClientGone);
@@ -385,10 +378,10 @@ impl Relay {
                 }
                 // Not while a message the client started is still arriving (need > 0).
                 if self.transaction_mode && self.need == 0 && self.transaction_over() {
-                    if self.lost_count {
+                    if self.facts.has(Fact::LostCount) {
                         return Poll::Ready(Event::Protocol(ClientError::protocol(LOST_COUNT)));
                     }
-                    let clean = self.s.buf.len() == self.s.pos && !self.unaccounted && !self.retire;
+                    let clean = self.s.buf.len() == self.s.pos && !self.facts.retire();
                     self.s.buf.truncate(self.s.pos);
                     let resync = std::mem::take(&mut self.session_dirty);
                     return Poll::Ready(Event::Release { clean, resync });
@@ -452,13 +445,21 @@ impl Relay {
                 Ok(None) => break,
                 Err(e) => return Some(Event::Protocol(ClientError::protocol(e.to_string()))),
             };
+            if h.body_len > SMALL_MESSAGE_LIMIT
+                && matches!(h.tag, b'C' | b'D' | b'E' | b'H' | b'S' | b'X' | b'c' | b'f')
+            {
+                return Some(Event::Protocol(ClientError::protocol(format!(
+                    "invalid message length {} for message type {:?}",
+                    h.body_len, h.tag as char
+                ))));
+            }
             if self.discard == Discard::Tail {
                 // The dropped message is fully gone: back to normal.
                 self.c.discard_walked();
                 self.discard = Discard::No;
                 continue;
             }
-            if self.unaccounted && self.transaction_mode && server.is_some() {
+            if self.facts.has(Fact::Unaccounted) && self.transaction_mode && server.is_some() {
                 // Nothing more goes to a server whose replies can no longer be counted: the
                 // client's next messages wait for the server it gets next.
                 break;
@@ -560,10 +561,10 @@ impl Relay {
                     }
                 }
                 b'Q' | b'F' => self.forward(&h, Entry::pass(Kind::Query)),
-                b'S' if self.copy_in.client_open => {
+                b'S' if self.facts.has(Fact::CopyClientOpen) => {
                     // Ignored by the server while its COPY runs: owed no reply, unless the
                     // COPY fails before the server reads it.
-                    self.copy_in.syncs_ignored = true;
+                    self.facts.set(Fact::CopySyncsIgnored, true);
                     self.c.framer.pass(&h, &mut self.c.pos);
                     true
                 }
@@ -572,8 +573,8 @@ impl Relay {
                     self.forward(&h, Entry::pass(Kind::Sync))
                 }
                 b'c' | b'f' => {
-                    if self.copy_in.client_open {
-                        self.copy_in.client_open = false;
+                    if self.facts.has(Fact::CopyClientOpen) {
+                        self.facts.set(Fact::CopyClientOpen, false);
                     } else {
                         self.pipeline.push(Entry::pass(Kind::CopyEnd));
                     }
@@ -633,6 +634,10 @@ impl Relay {
         match h.tag {
             b'Q' if self.transaction_mode && h.body_len <= MAX_SCANNED_QUERY => whole,
             b'Q' | b'P' if fingerprinted => whole,
+            // A Parse too long to hold is read as far as its statement name.
+            b'P' if rewrite && h.body_len > held::MAX_HELD_MESSAGE => {
+                body + h.body_len.min(MAX_NAMES)
+            }
             b'P' | b'D' | b'C' if rewrite => whole,
             b'B' if rewrite => body + h.body_len.min(MAX_NAMES),
             _ => body,
@@ -713,7 +718,7 @@ impl Relay {
                 return Ok(false);
             };
             self.need = 0;
-            if name.is_empty() && self.unnamed_parsed {
+            if name.is_empty() && self.facts.has(Fact::UnnamedParsed) {
                 return Ok(self.forward(h, Entry::pass(Kind::Bind)));
             }
             let Some(stmt) = state
@@ -755,6 +760,9 @@ impl Relay {
             return Ok(true);
         }
 
+        if kind == Kind::Parse && h.body_len > held::MAX_HELD_MESSAGE {
+            return self.oversized_parse(h);
+        }
         // Parse, Describe and Close: handled whole.
         if self.c.buf.len() < h.start + total {
             self.need = h.start + total;
@@ -780,8 +788,21 @@ impl Relay {
                     return Err(ClientError::protocol("invalid Parse message"));
                 };
                 if name.is_empty() {
-                    self.unnamed_parsed = true;
+                    self.facts.set(Fact::UnnamedParsed, true);
                     return Ok(self.forward(h, Entry::pass(Kind::Parse)));
+                }
+                let full = state.statements.len() >= self.max_client_statements as usize
+                    || state.statements.bytes() + tail.len() > prepared::MAX_CLIENT_STATEMENT_BYTES;
+                if full {
+                    let msg = format!(
+                        "this client keeps {} prepared statements ({} bytes of text), the most transaction mode allows (max_client_prepared_statements, {} MiB): deallocate some first",
+                        state.statements.len(),
+                        state.statements.bytes(),
+                        prepared::MAX_CLIENT_STATEMENT_BYTES >> 20
+                    );
+                    self.drop_message(h);
+                    self.refuse_in_pipeline(Kind::Parse, "54000", msg);
+                    return Ok(true);
                 }
                 if state.statements.get(name).is_some() {
                     let msg = format!(
@@ -822,7 +843,7 @@ impl Relay {
                 else {
                     return Err(ClientError::protocol("invalid Describe or Close message"));
                 };
-                if target != b'S' || (name.is_empty() && self.unnamed_parsed) {
+                if target != b'S' || (name.is_empty() && self.facts.has(Fact::UnnamedParsed)) {
                     return Ok(self.forward(h, Entry::pass(kind)));
                 }
                 if name.is_empty() && kind == Kind::Describe {
@@ -852,6 +873,38 @@ impl Relay {
             }
             _ => Ok(self.forward(h, Entry::pass(kind))),
         }
+    }
+
+    /// A Parse longer than the relay holds whole: an unnamed one goes through unread (its
+    /// text unscanned; a SET in it is still seen by its CommandComplete), a named one cannot
+    /// be kept for the client's other servers and is refused (54000).
+    fn oversized_parse(&mut self, h: &Header) -> Result<bool, ClientError> {
+        let at = h.start + 5;
+        let end = (at + MAX_NAMES).min(self.c.buf.len());
+        let Some(name_len) = self.c.buf[at..end].iter().position(|&b| b == 0) else {
+            if end - at >= MAX_NAMES {
+                return Err(ClientError::protocol("invalid Parse message"));
+            }
+            self.need = at + MAX_NAMES;
+            return Ok(false);
+        };
+        self.need = 0;
+        if name_len == 0 {
+            self.facts.set(Fact::UnnamedParsed, true);
+            return Ok(self.forward(h, Entry::pass(Kind::Parse)));
+        }
+        let msg = format!(
+            "a named prepared statement of {} bytes is over the {} MiB transaction mode keeps per statement",
+            h.body_len,
+            held::MAX_HELD_MESSAGE >> 20
+        );
+        self.c.cut_at(h.start);
+        // After the cut the message starts at 0; its bytes are dropped as they come.
+        self.c
+            .framer
+            .pass(&Header { start: 0, ..*h }, &mut self.c.pos);
+        self.refuse_in_pipeline(Kind::Parse, "54000", msg);
+        Ok(true)
     }
 
     /// Transaction mode: notes the settings a Query or Parse text may change (the lexer runs
@@ -1016,7 +1069,7 @@ impl Relay {
                 }
                 continue;
             }
-            if self.copy_in.running && matches!(h.tag, b'C' | b'E') {
+            if self.facts.has(Fact::CopyRunning) && matches!(h.tag, b'C' | b'E') {
                 self.copy_ended(h.tag == b'E');
             }
             match h.tag {
@@ -1070,7 +1123,7 @@ impl Relay {
                                 // SQL-level statements: one the next client must not find,
                                 // or one of the proxy's changed behind its back. The server's
                                 // statement set is no longer known: it is closed, not reused.
-                                self.retire = true;
+                                self.facts.set(Fact::Retire, true);
                             }
                             self.pipeline.complete(b'C');
                             self.emit_ready_answers();
@@ -1090,11 +1143,9 @@ impl Relay {
                 _ => {
                     if h.tag == b'G' {
                         let start = self.pipeline.copy_in_started();
-                        self.copy_in = CopyIn {
-                            running: true,
-                            client_open: start.end_pending,
-                            syncs_ignored: start.syncs_dropped,
-                        };
+                        self.facts.set(Fact::CopyRunning, true);
+                        self.facts.set(Fact::CopyClientOpen, start.end_pending);
+                        self.facts.set(Fact::CopySyncsIgnored, start.syncs_dropped);
                     }
                     if h.tag == b'E' {
                         self.meter.error("");
@@ -1137,7 +1188,7 @@ impl Relay {
                     message = f.message,
                     "the proxy's own statement failed: closing the server after this transaction"
                 );
-                self.retire = true;
+                self.facts.set(Fact::Retire, true);
             }
             b'Z' => {
                 self.pipeline.complete(b'Z');
@@ -1159,11 +1210,12 @@ impl Relay {
     /// it owes is unknown, and the server is never handed to anyone else. (Idempotent: a
     /// header walked again when its body was incomplete changes nothing.)
     fn copy_ended(&mut self, failed: bool) {
-        if failed && self.copy_in.syncs_ignored {
-            self.unaccounted = true;
-            self.lost_count = self.transaction_mode && self.pipeline.query_after_head();
+        if failed && self.facts.has(Fact::CopySyncsIgnored) {
+            self.facts.set(Fact::Unaccounted, true);
+            let lost = self.transaction_mode && self.pipeline.query_after_head();
+            self.facts.set(Fact::LostCount, lost);
         }
-        self.copy_in.running = false;
+        self.facts.set(Fact::CopyRunning, false);
     }
 
     /// An ErrorResponse from the server: in the extended protocol it ends the current
@@ -1199,6 +1251,12 @@ impl Relay {
             }
         }
         self.emit_ready_answers();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        held::resize(&mut self.held, 0);
     }
 }
 

@@ -82,6 +82,8 @@ impl Entry {
 
 /// Empty reply queues kept per worker thread (see [`crate::spare`]).
 const SPARE_QUEUES_MAX: usize = 64;
+/// Larger queues are freed instead of kept.
+const SPARE_QUEUE_CAPACITY_MAX: usize = 256;
 
 thread_local! {
     static SPARE_QUEUES: crate::spare::List<VecDeque<Entry>> =
@@ -119,7 +121,11 @@ impl Pipeline {
     /// Gives the queue's memory back while nothing is owed (the relay is about to wait).
     pub fn release_empty(&mut self) {
         if self.q.is_empty() && self.q.capacity() > 0 {
-            crate::spare::give(&SPARE_QUEUES, std::mem::take(&mut self.q), SPARE_QUEUES_MAX);
+            let q = std::mem::take(&mut self.q);
+            // A queue grown by a long pipeline is freed, not kept at its peak.
+            if q.capacity() <= SPARE_QUEUE_CAPACITY_MAX {
+                crate::spare::give(&SPARE_QUEUES, q, SPARE_QUEUES_MAX);
+            }
         }
     }
 

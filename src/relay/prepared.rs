@@ -42,33 +42,50 @@ static NAME_KEY: std::sync::LazyLock<[u8; 32]> = std::sync::LazyLock::new(rand::
 
 type Names = HashMap<Box<[u8]>, Arc<Statement>>;
 
+/// The most statement text one client may keep named, over all its statements.
+pub const MAX_CLIENT_STATEMENT_BYTES: usize = 64 << 20;
+
 /// The client's statement names; the map is made by the first one (an empty map would be 48
 /// bytes of every client, and most clients of a pooler never name a statement).
 #[derive(Default, Debug)]
 pub struct ClientStatements {
-    #[allow(clippy::box_collection)]
-    map: Option<Box<Names>>,
+    map: Option<Box<Named>>,
+}
+
+#[derive(Default, Debug)]
+struct Named {
+    names: Names,
+    /// The texts' bytes, for [`MAX_CLIENT_STATEMENT_BYTES`].
+    bytes: usize,
 }
 
 impl ClientStatements {
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
-        self.map.as_ref()?.get(name)
+        self.map.as_ref()?.names.get(name)
     }
     pub fn insert(&mut self, name: &[u8], s: Arc<Statement>) {
-        self.map
-            .get_or_insert_with(Default::default)
-            .insert(name.into(), s);
+        let m = self.map.get_or_insert_with(Default::default);
+        m.bytes += s.tail.len();
+        if let Some(old) = m.names.insert(name.into(), s) {
+            m.bytes -= old.tail.len();
+        }
     }
     pub fn remove(&mut self, name: &[u8]) {
         if let Some(m) = &mut self.map {
-            m.remove(name);
+            if let Some(old) = m.names.remove(name) {
+                m.bytes -= old.tail.len();
+            }
         }
     }
     pub fn clear(&mut self) {
         self.map = None;
     }
     pub fn len(&self) -> usize {
-        self.map.as_ref().map_or(0, |m| m.len())
+        self.map.as_ref().map_or(0, |m| m.names.len())
+    }
+    /// Bytes of statement text held for this client.
+    pub fn bytes(&self) -> usize {
+        self.map.as_ref().map_or(0, |m| m.bytes)
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -40,6 +40,10 @@ fn entries(g: &General) -> Vec<(&'static str, String)> {
             g.max_prepared_statements.to_string(),
         ),
         (
+            "max_client_prepared_statements",
+            g.max_client_prepared_statements.to_string(),
+        ),
+        (
             "auth_type",
             match g.auth_type {
                 AuthType::ScramSha256 => "scram-sha-256",
