@@ -1,6 +1,7 @@
 # Shared by the end-to-end benchmarks: builds pgsluice, starts one PostgreSQL and the poolers
 # in a scratch directory, and cleans everything up on exit. Sourced, not run.
 #   needs: ROOT, PGBIN, POOL, SCALE set by the caller.
+#   SLUICE_GENERAL: extra lines for pgsluice's [general] (e.g. "handover_reset = false").
 (cd "$ROOT" && cargo build --release -q)
 SLUICE="$ROOT/target/release/pgsluice"
 
@@ -54,6 +55,7 @@ auth_type = "md5"
 auth_hba_file = "$WORK/hba.conf"
 default_pool_size = $POOL
 max_client_conn = 20000
+${SLUICE_GENERAL:-}
 [[listeners]]
 addr = "127.0.0.1:${TX_PORT[$name]}"
 mode = "transaction"

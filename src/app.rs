@@ -335,11 +335,13 @@ async fn watch_certificates(app: std::sync::Weak<App>) {
 
 async fn accept_loop(app: Arc<App>, bound: Bound, mode: PoolMode) {
     let mut stop = app.shutdown.subscribe();
+    let mut backoff = crate::net::listener::AcceptBackoff::new(mode.as_str());
     loop {
         let keepalive = app.config.load().general.tcp_keepalive;
         tokio::select! {
             r = bound.accept(keepalive) => match r {
                 Ok((stream, peer)) => {
+                    backoff.reset();
                     let id = app.conn_ids.fetch_add(1, Ordering::Relaxed);
                     // The connection's log lines carry its id: the `conn` span (entered by
                     // serve outside the relay loop) or a `conn` field.
@@ -347,10 +349,9 @@ async fn accept_loop(app: Arc<App>, bound: Bound, mode: PoolMode) {
                     let serve = crate::frontend::session::serve(app.clone(), accepted, mode, id);
                     tokio::spawn(crate::net::isolate::isolated(id, serve));
                 }
+                // Out of descriptors and similar: back off instead of spinning.
                 Err(e) => {
-                    // Out of descriptors and similar: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    backoff.failed(&e).await;
                 }
             },
             _ = async { let _ = stop.wait_for(|s| *s).await.map(|_| ()); } => return,

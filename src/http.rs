@@ -20,25 +20,48 @@ use tokio::net::TcpListener;
 /// How long /ready waits for each database's TCP connect.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Accepts HTTP connections: at most `max_connections` at once (more are closed on arrival,
+/// so unauthenticated sockets cannot use up the process's descriptors), one request each,
+/// within `request_timeout` from accept to the end of the response.
 pub async fn serve(app: Arc<App>, listener: TcpListener) {
+    let (limit, timeout) = match app.config.load().http.as_ref() {
+        Some(h) => (h.max_connections.max(1), h.request_timeout.duration()),
+        None => return,
+    };
+    let permits = Arc::new(tokio::sync::Semaphore::new(limit));
+    let mut backoff = crate::net::listener::AcceptBackoff::new("http");
+    let mut refused_logged: Option<std::time::Instant> = None;
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "http accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                backoff.failed(&e).await;
                 continue;
             }
+        };
+        backoff.reset();
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if refused_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                tracing::warn!(limit, "http: too many connections, closing new ones");
+                refused_logged = Some(std::time::Instant::now());
+            }
+            drop(stream);
+            continue;
         };
         let app = app.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| handle(app.clone(), req));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "http connection ended with an error");
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(timeout)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(timeout, conn).await {
+                Ok(Err(e)) => tracing::debug!(error = %e, "http connection ended with an error"),
+                Err(_) => tracing::debug!("http connection timed out"),
+                Ok(Ok(())) => {}
             }
+            drop(permit);
         });
     }
 }

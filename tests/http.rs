@@ -311,3 +311,39 @@ async fn circuit_opens_after_a_failed_connect() {
     assert_eq!(sqlstate(&e), "57P03", "{e}");
     assert!(start.elapsed() < std::time::Duration::from_secs(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_cannot_exhaust_the_http_port() {
+    use tokio::io::AsyncReadExt;
+    let pg = start_postgres();
+    let text = with_http(
+        &config_text(&pg, "", ""),
+        "max_connections = 8\nrequest_timeout = 1",
+    );
+    let proxy = Proxy::start(&text).await;
+    let http = proxy.running.http.unwrap();
+    // Fifty sockets that never send a byte, and one that sends half a header.
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        silent.push(tokio::net::TcpStream::connect(http).await.unwrap());
+    }
+    let mut slow = tokio::net::TcpStream::connect(http).await.unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // PostgreSQL clients are served meanwhile.
+    let c = proxy.connect(PoolMode::Transaction).await;
+    let v: i32 = c.query_one("SELECT 3", &[]).await.unwrap().get(0);
+    assert_eq!(v, 3);
+    // Within the timeout (and a margin for a loaded machine) the proxy has closed them all.
+    for s in silent.iter_mut().chain(std::iter::once(&mut slow)) {
+        let mut b = [0u8; 64];
+        let r = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut b)).await;
+        assert!(
+            matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+            "a silent socket is still open: {r:?}"
+        );
+    }
+    // And the endpoint answers again.
+    assert_eq!(get(http, "/health").await.0, 200);
+}

@@ -260,6 +260,21 @@ pub struct Http {
     /// When set, every endpoint but /health needs `Authorization: Bearer <token>`.
     #[serde(default)]
     pub token: Option<Text>,
+    /// Connections served at once; more are closed as they arrive.
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a connection may take to send its request headers (and, since each connection
+    /// serves one request, to be served); slower ones are closed.
+    #[serde(default = "default_http_timeout")]
+    pub request_timeout: Seconds,
+}
+
+fn default_http_max_connections() -> usize {
+    64
+}
+
+fn default_http_timeout() -> Seconds {
+    Seconds(10.0)
 }
 
 impl std::fmt::Debug for Http {
@@ -268,6 +283,8 @@ impl std::fmt::Debug for Http {
         f.debug_struct("Http")
             .field("addr", &self.addr)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("max_connections", &self.max_connections)
+            .field("request_timeout", &self.request_timeout)
             .finish()
     }
 }

@@ -120,10 +120,79 @@ impl Bound {
     }
 }
 
+/// What an accept loop does after a failed accept (out of descriptors, most often): waits,
+/// longer each time in a row, and logs at most once per [`AcceptBackoff::LOG_EVERY`] with the
+/// number of failures meanwhile, instead of spinning and logging dozens of lines a second.
+pub struct AcceptBackoff {
+    delay: Duration,
+    failures: u64,
+    logged: Option<tokio::time::Instant>,
+    what: &'static str,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(20);
+    const LONGEST: Duration = Duration::from_secs(1);
+    pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+    pub fn new(what: &'static str) -> Self {
+        AcceptBackoff {
+            delay: Self::FIRST,
+            failures: 0,
+            logged: None,
+            what,
+        }
+    }
+
+    /// An accept succeeded: the next failure starts over.
+    pub fn reset(&mut self) {
+        self.delay = Self::FIRST;
+    }
+
+    /// An accept failed: logs if due (true when it did), then waits.
+    pub async fn failed(&mut self, e: &io::Error) -> bool {
+        self.failures += 1;
+        let log = self.logged.is_none_or(|t| t.elapsed() >= Self::LOG_EVERY);
+        if log {
+            tracing::warn!(listener = self.what, error = %e, failures = self.failures, "accept failed: backing off");
+            self.logged = Some(tokio::time::Instant::now());
+            self.failures = 0;
+        }
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Self::LONGEST);
+        log
+    }
+}
+
 impl Drop for Bound {
     fn drop(&mut self) {
         if let Bound::Unix(_, path) = self {
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn accept_failures_back_off_and_log_rarely() {
+        let mut b = AcceptBackoff::new("test");
+        let e = io::Error::from_raw_os_error(libc::EMFILE);
+        let start = tokio::time::Instant::now();
+        let mut logged = 0;
+        for _ in 0..200 {
+            logged += u32::from(b.failed(&e).await);
+        }
+        let elapsed = start.elapsed();
+        // 200 failures take minutes, not a spin; one line per ten seconds at most.
+        assert!(elapsed >= Duration::from_secs(150), "{elapsed:?}");
+        let most = elapsed.as_secs() / AcceptBackoff::LOG_EVERY.as_secs() + 1;
+        assert!(u64::from(logged) <= most, "{logged} lines in {elapsed:?}");
+        b.reset();
+        let t = tokio::time::Instant::now();
+        let _ = b.failed(&e).await;
+        assert!(t.elapsed() < Duration::from_millis(100));
     }
 }
