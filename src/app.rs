@@ -35,6 +35,8 @@ pub struct App {
     pub activity: Arc<crate::backend::activity::Activity>,
     /// Connections counted against max_client_conn (logging in or logged in).
     open_clients: AtomicUsize,
+    /// The same, per pool mode (session, transaction): for the reserve in `admit_client`.
+    open_by_mode: [AtomicUsize; 2],
     conn_ids: AtomicU64,
     /// SCRAM verifiers derived from plaintext passwords, keyed by (user, password).
     verifiers: DashMap<(String, String), Verifier>,
@@ -76,6 +78,7 @@ impl App {
             queries,
             cancels: Arc::new(Cancels::default()),
             open_clients: AtomicUsize::new(0),
+            open_by_mode: Default::default(),
             conn_ids: AtomicU64::new(1),
             verifiers: DashMap::new(),
             instance_secret: rand::random(),
@@ -86,15 +89,21 @@ impl App {
     }
 
     /// Counts a new client; false when that goes past max_client_conn (it is still counted,
-    /// and must be refused and released).
-    pub fn admit_client(&self) -> bool {
+    /// and must be refused and released). With listeners of both modes, one mode may take at
+    /// most nine tenths of max_client_conn: a flood on one port cannot starve the other.
+    pub fn admit_client(&self, mode: PoolMode) -> bool {
         let n = self.open_clients.fetch_add(1, Ordering::AcqRel) + 1;
+        let m = self.open_by_mode[mode as usize].fetch_add(1, Ordering::AcqRel) + 1;
         self.metrics.clients.inc();
-        n <= self.config.load().general.max_client_conn
+        let config = self.config.load();
+        let max = config.general.max_client_conn;
+        let both = config.listeners.iter().any(|l| l.get_ref().mode != mode);
+        n <= max && (!both || m <= max - max / 10)
     }
 
-    pub fn release_client(&self) {
+    pub fn release_client(&self, mode: PoolMode) {
         self.open_clients.fetch_sub(1, Ordering::AcqRel);
+        self.open_by_mode[mode as usize].fetch_sub(1, Ordering::AcqRel);
         self.metrics.clients.dec();
     }
 

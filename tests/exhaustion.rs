@@ -45,7 +45,7 @@ async fn oversized_messages_get_errors_not_memory() {
         let mut r = login(port).await;
         let mut m = vec![b'D'];
         m.extend_from_slice(&(300_000_004i32).to_be_bytes());
-        m.extend_from_slice(&[b'S'; 1 << 20]);
+        m.extend_from_slice(&[b'S'; 1024]);
         r.send(&m).await;
         clients.push(r);
     }
@@ -135,5 +135,27 @@ async fn one_clients_named_statements_are_capped() {
     assert_eq!(
         r.replies_until_ready(1).await,
         ["3", "1", "2", "D:50", "C:SELECT 1", "Z:I"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_one_port_leaves_room_on_the_other() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "max_client_conn = 20", "pool_size = 2")).await;
+    // Twenty connections on the transaction port: it takes at most 18 of max_client_conn.
+    let mut flood = Vec::new();
+    for _ in 0..20 {
+        let mut r = Raw::open(proxy.port(PoolMode::Transaction)).await;
+        let ok = r.login(196608, AGENT.0, AGENT.1, "app").await.is_ok();
+        flood.push(ok.then_some(r));
+    }
+    // The session port still logs in and serves.
+    let mut s = Raw::open(proxy.port(PoolMode::Session)).await;
+    s.login(196608, AGENT.0, AGENT.1, "app").await.unwrap();
+    assert_eq!(s.query("SELECT 'session'").await.unwrap(), ["session"]);
+    let refused = flood.iter().filter(|r| r.is_none()).count();
+    assert_eq!(
+        refused, 2,
+        "the transaction port keeps a tenth for the other"
     );
 }

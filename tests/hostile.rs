@@ -1,6 +1,7 @@
-//! Hostile clients: lengths of 0, negative and 1 GiB; messages split at every byte; a
-//! slowloris startup; two thousand half-open connections; unknown message types and protocol switches mid-stream; a cancel with a wrong
-//! key. Each gets a clear answer (or is cut off in bounded time) and nobody else notices.
+//! Hostile clients: lengths of 0, negative and 1 GiB (a startup packet's closed silently);
+//! messages split at every byte; a slowloris startup; two thousand half-open connections;
+//! unknown message types and protocol switches mid-stream; a cancel with a wrong key. Each
+//! gets a clear answer (or is cut off in bounded time) and nobody else notices.
 
 mod support;
 
@@ -38,11 +39,17 @@ async fn lengths_zero_negative_and_one_gib() {
     let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 2")).await;
     for mode in [PoolMode::Session, PoolMode::Transaction] {
         let port = proxy.port(mode);
-        // In the startup packet.
+        // In the startup packet: closed without a word, as PostgreSQL does (a reply here is
+        // what node-postgres's connect-then-end race turns into an unhandled error).
         for len in [0i32, -1, 1 << 30] {
             let mut r = Raw::open(port).await;
             r.send(&len.to_be_bytes()).await;
-            expect_error_and_close(&mut r, "08P01", &format!("startup length {len}")).await;
+            let start = std::time::Instant::now();
+            assert!(r.recv().await.is_none(), "startup length {len}: a reply");
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "startup length {len}: closed late"
+            );
         }
         // After login: the 1 GiB message is refused at once, not awaited.
         for len in [0i32, 3, -5, 1 << 30] {

@@ -518,3 +518,44 @@ async fn session_objects_of_one_client_never_reach_the_next() {
         ["1"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_application_name_never_sees_another_clients() {
+    let (_pg, proxy) = shared_pool(1, "").await;
+    for first_mode in [PoolMode::Transaction, PoolMode::Session] {
+        let mut a = Raw::open(proxy.port(first_mode)).await;
+        a.login_with(
+            196608,
+            AGENT2.0,
+            AGENT2.1,
+            "app",
+            &[("application_name", "first")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            a.query("SELECT current_setting('application_name')")
+                .await
+                .unwrap(),
+            ["first"]
+        );
+        drop(a);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        for mode in [PoolMode::Session, PoolMode::Transaction] {
+            let mut b = Raw::open(proxy.port(mode)).await;
+            b.login(196608, AGENT.0, AGENT.1, "app").await.unwrap();
+            assert_eq!(
+                b.param("application_name"),
+                Some(""),
+                "{first_mode:?} -> {mode:?}"
+            );
+            assert_eq!(
+                b.query("SELECT current_setting('application_name')")
+                    .await
+                    .unwrap(),
+                [""],
+                "{first_mode:?} -> {mode:?}"
+            );
+        }
+    }
+}

@@ -232,17 +232,18 @@ async fn garbage_after_startup_gets_08p01_and_others_go_on() {
             assert_eq!(raw::error_code(&body), "08P01", "{mode:?} {garbage:?}");
             assert!(raw.recv().await.is_none(), "then the connection closes");
         }
-        // Garbage instead of a startup packet: a bad length is 08P01, an unknown protocol
-        // version 0A000, as PostgreSQL answers them.
-        for (packet, code) in [
-            (&[0x7f, 0xff, 0xff, 0xff, 0][..], "08P01"),
-            (&[0, 0, 0, 9, 1, 2, 3, 4, 5][..], "0A000"),
-        ] {
-            let mut raw = Raw::open(proxy.port(mode)).await;
-            raw.send(packet).await;
-            let (tag, body) = raw.recv().await.unwrap();
-            assert_eq!((tag, raw::error_code(&body)), (b'E', code.to_owned()));
-        }
+        // Garbage instead of a startup packet, as PostgreSQL answers it: a bad length closes
+        // without a word, an unknown protocol version gets 0A000.
+        let mut raw = Raw::open(proxy.port(mode)).await;
+        raw.send(&[0x7f, 0xff, 0xff, 0xff, 0]).await;
+        assert!(
+            raw.recv().await.is_none(),
+            "a bad startup length gets no reply"
+        );
+        let mut raw = Raw::open(proxy.port(mode)).await;
+        raw.send(&[0, 0, 0, 9, 1, 2, 3, 4, 5]).await;
+        let (tag, body) = raw.recv().await.unwrap();
+        assert_eq!((tag, raw::error_code(&body)), (b'E', "0A000".to_owned()));
     }
     assert_eq!(
         bystander

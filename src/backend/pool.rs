@@ -121,6 +121,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// How many of the most recently used idle connections `try_idle` looks through for the
+/// client's own last one.
+const AFFINITY_SCAN: usize = 8;
+
 /// A place in a pool's count of open connections; frees itself on drop.
 pub struct Slot {
     pool: Weak<Pool>,
@@ -534,12 +538,26 @@ impl Pool {
     /// when it passes [`Pool::vet`]'s checks without any I/O (same upstream, within
     /// server_lifetime, nothing arrived while idle, no check query due). None: use
     /// [`Pool::checkout`], which handles everything else (and finds that connection again).
-    pub fn try_idle(&self) -> Option<ServerConn> {
+    ///
+    /// Among the few most recently used, the one `client` itself used last is preferred: it
+    /// needs no hand-over reset (see [`super::server::Connection::hand_to`]).
+    pub fn try_idle(&self, client: u64) -> Option<ServerConn> {
         if self.is_paused() {
             return None;
         }
         let settings = self.settings.load();
-        let conn = lock(&self.state).idle.pop()?;
+        let conn = {
+            let mut st = lock(&self.state);
+            let n = st.idle.len();
+            let own = st.idle[n.saturating_sub(AFFINITY_SCAN)..]
+                .iter()
+                .rposition(|c| c.last_client == client)
+                .map(|i| i + n.saturating_sub(AFFINITY_SCAN));
+            match own {
+                Some(i) => st.idle.remove(i),
+                None => st.idle.pop()?,
+            }
+        };
         let now = Instant::now();
         let ready = Arc::ptr_eq(&conn.upstream, &self.upstream.load())
             && settings
@@ -597,7 +615,15 @@ impl Pool {
             Ok(est) => {
                 self.stats.connects_ok.fetch_add(1, Ordering::Relaxed);
                 lock(&self.state).last_failure = None;
-                *lock(&self.defaults) = Some(est.params.clone());
+                // Servers that logged in alike share one baseline list, so a client's cached
+                // hand-over statement (frontend::session) matches all of them by pointer.
+                let baseline = {
+                    let mut d = lock(&self.defaults);
+                    let shared = d.as_ref().filter(|p| **p == est.params).cloned();
+                    let b = shared.unwrap_or_else(|| est.params.clone());
+                    *d = Some(b.clone());
+                    b
+                };
                 let now = Instant::now();
                 // From 1: 0 means "no server" in SHOW CLIENTS and the slot's bookkeeping.
                 let id = self.conn_ids.fetch_add(1, Ordering::Relaxed) + 1;
@@ -620,7 +646,7 @@ impl Pool {
                     id,
                     pid: est.pid,
                     secret: est.secret,
-                    baseline: est.params.clone(),
+                    baseline,
                     params: est.params,
                     last_client: 0,
                     reset_pending: false,

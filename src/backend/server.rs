@@ -61,14 +61,26 @@ pub const HANDOVER_RESET: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; 
 impl Connection {
     /// The server is about to run work of client `client`. Invariant: no client's work runs
     /// on session state another client left, so when the server changes hands (and `reset`
-    /// is on) the hand-over reset is due and the server's parameters are taken to be its
-    /// login ones from here.
+    /// is on) the hand-over reset is due: settings go back to their login values, and the
+    /// client's are applied over those ([`Connection::sync_base`]). Reported parameters keep
+    /// their last reported values here: PostgreSQL reports a parameter only when it ends up
+    /// different from its last report, and those reports keep `params.reported` true.
     pub fn hand_to(&mut self, client: u64, reset: bool) {
         if reset && self.last_client != 0 && self.last_client != client {
-            self.params = self.baseline.clone();
+            self.params.unreported = self.baseline.unreported.clone();
             self.reset_pending = true;
         }
         self.last_client = client;
+    }
+
+    /// What parameter statements start from: the login values when the hand-over reset goes
+    /// first, else what the server has.
+    pub fn sync_base(&self) -> &SessionParams {
+        if self.reset_pending {
+            &self.baseline
+        } else {
+            &self.params
+        }
     }
 
     pub fn cancel_target(&self) -> CancelTarget {

@@ -22,6 +22,11 @@ pub enum HandshakeError {
     /// The client left or sent a truncated packet; PostgreSQL closes silently here too.
     #[error("incomplete startup packet")]
     Incomplete,
+    /// A startup packet PostgreSQL refuses without a word (a COMMERROR in
+    /// ProcessStartupPacket): logged, and the connection closed silently. An answer here is
+    /// what some drivers' connect-then-end race turns into an unhandled error.
+    #[error("{0}")]
+    Silent(&'static str),
     #[error("{0}")]
     Refused(ClientError),
 }
@@ -143,9 +148,7 @@ async fn read_packet(stream: &mut Stream) -> Result<Vec<u8>, HandshakeError> {
         .await
         .map_err(|_| HandshakeError::Incomplete)?;
     if len < 8 || len as usize > MAX_STARTUP_LEN {
-        return Err(HandshakeError::Refused(ClientError::protocol(
-            "invalid length of startup packet",
-        )));
+        return Err(HandshakeError::Silent("invalid length of startup packet"));
     }
     let mut body = vec![0u8; len as usize - 4];
     stream

@@ -48,6 +48,8 @@ struct Client {
     cancel: Registration,
     server: Option<ServerConn>,
     id: u64,
+    /// The hand-over statement last built for this client (transaction mode).
+    handover: Option<Box<Handover>>,
 }
 
 /// A transaction-mode client's LISTEN state.
@@ -79,8 +81,8 @@ struct Pooled {
 /// takes as arguments it keeps room for all its life, and login consumes these.
 pub async fn serve(app: Arc<App>, accepted: Box<(Stream, Peer)>, mode: PoolMode, id: u64) {
     // Counted until the audit line of its end is queued, so shutdown's flush includes it.
-    let over_limit = !app.admit_client();
-    let _count = scopeguard(&app);
+    let over_limit = !app.admit_client(mode);
+    let _count = scopeguard(&app, mode);
     // Nothing of the audit log is built when it is off: this runs per connection. Its lines
     // are written by boxed futures, so they do not size every client's task.
     let mut ended = Ended::default();
@@ -263,6 +265,7 @@ async fn serve_inner(
             cancel: l.cancel,
             server: l.server,
             id,
+            handover: None,
         },
         Ok(None) => return None,
         Err(err) => {
@@ -358,14 +361,14 @@ fn link(c: &Client, server: &ServerConn) {
 }
 
 /// Decrements the client count when the connection ends, however it ends.
-fn scopeguard(app: &Arc<App>) -> impl Drop + '_ {
-    struct Guard<'a>(&'a App);
+fn scopeguard(app: &Arc<App>, mode: PoolMode) -> impl Drop + '_ {
+    struct Guard<'a>(&'a App, PoolMode);
     impl Drop for Guard<'_> {
         fn drop(&mut self) {
-            self.0.release_client();
+            self.0.release_client(self.1);
         }
     }
-    Guard(app)
+    Guard(app, mode)
 }
 
 /// The global address lists and the per-address limits, at accept.
@@ -432,6 +435,11 @@ async fn login(
         }
         Err(HandshakeError::Incomplete) => {
             tracing::debug!(conn = id, %peer, "incomplete startup packet");
+            return Ok(None);
+        }
+        Err(HandshakeError::Silent(why)) => {
+            tracing::info!(conn = id, %peer, error = why, "startup refused: closing without a reply, as PostgreSQL does");
+            app.metrics.client_error("08P01");
             return Ok(None);
         }
         Err(HandshakeError::Refused(e)) => {
@@ -673,7 +681,7 @@ async fn checkout_idle_wait(pool: &Arc<Pool>, reg: &Registered) -> Result<Server
 /// due (in the same round trip). A server that failed is dropped by the caller (via the error
 /// path), so it never carries half-applied settings.
 async fn sync(server: &mut ServerConn, want: &SessionParams) -> Result<(), ClientError> {
-    let set = sync_statement(want, &server.params);
+    let set = sync_statement(want, server.sync_base());
     let sql = match (std::mem::take(&mut server.reset_pending), set) {
         (false, None) => return Ok(()),
         (false, Some(set)) => set,
@@ -769,7 +777,7 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                 // The usual case awaits nothing: an idle server that already carries the
                 // client's settings. Waiting, syncing and failing are boxed, so their state
                 // is not part of every client's task.
-                let mut idle = c.pool.try_idle();
+                let mut idle = c.pool.try_idle(c.id);
                 let ready = idle
                     .as_mut()
                     .is_some_and(|s| ready_in_pipeline(c, relay, s));
@@ -963,7 +971,13 @@ async fn attach(app: &App, c: &mut Client, relay: &mut Relay, idle: Option<Serve
     let Some(result) = result else { return false };
     match result {
         Ok(mut server) => {
-            server.hand_to(c.id, relay.handover_reset);
+            // As on the fast path: a reset with nothing but application_name to set goes
+            // ahead of the client's message; anything more is one round trip first.
+            let pipelined = ready_in_pipeline(c, relay, &mut server);
+            if pipelined {
+                install(c, relay, server);
+                return true;
+            }
             if let Err(e) = sync(&mut server, &c.state.params).await {
                 let e = ClientError {
                     severity: emit::Severity::Error,
@@ -1021,24 +1035,62 @@ async fn release_after_read_back(c: &mut Client, relay: &mut Relay, mut server: 
 /// Whether `server` can run the client's work with nothing but what the relay sends ahead of
 /// it: its parameters already match, or the hand-over reset is due and at most
 /// application_name (which no value makes fail) is set after it.
-fn ready_in_pipeline(c: &Client, relay: &Relay, server: &mut ServerConn) -> bool {
+fn ready_in_pipeline(c: &mut Client, relay: &Relay, server: &mut ServerConn) -> bool {
     server.hand_to(c.id, relay.handover_reset);
     if server.reset_pending {
-        differs_only_in_application_name(&c.state.params, &server.params)
+        handover_statement(c, server.sync_base()).is_some()
     } else {
         sync_statement(&c.state.params, &server.params).is_none()
     }
+}
+
+/// A client's hand-over statement against a pool's login parameters, kept while neither
+/// changes: it holds clones of both, so a change to either unshares its list and the
+/// pointers no longer match.
+struct Handover {
+    client: SessionParams,
+    base: SessionParams,
+    /// None: more than application_name to set, which takes a round trip.
+    sql: Option<Arc<str>>,
+}
+
+/// The hand-over reset with the client's application_name after it, or None when the client
+/// needs more settings than that (then `sync` does it in one round trip).
+fn handover_statement(c: &mut Client, base: &SessionParams) -> Option<Arc<str>> {
+    let same = |a: &SessionParams, b: &SessionParams| {
+        a.reported.shares(&b.reported) && a.unreported.shares(&b.unreported)
+    };
+    if let Some(h) = c.handover.as_deref() {
+        if same(&h.client, &c.state.params) && same(&h.base, base) {
+            return h.sql.clone();
+        }
+    }
+    let sql =
+        differs_only_in_application_name(&c.state.params, base).then(|| {
+            match sync_statement(&c.state.params, base) {
+                Some(set) => Arc::from(format!("{HANDOVER_RESET}; {set}")),
+                None => Arc::from(HANDOVER_RESET),
+            }
+        });
+    c.handover = Some(Box::new(Handover {
+        client: c.state.params.clone(),
+        base: base.clone(),
+        sql: sql.clone(),
+    }));
+    sql
 }
 
 /// Makes `server` the client's for its transaction; a hand-over reset still due goes ahead
 /// of the client's first message.
 fn install(c: &mut Client, relay: &mut Relay, mut server: ServerConn) {
     relay.reset_server_side();
-    if std::mem::take(&mut server.reset_pending) {
-        match sync_statement(&c.state.params, &server.params) {
-            Some(set) => relay.send_own_query(&format!("{HANDOVER_RESET}; {set}")),
-            None => relay.send_own_query(HANDOVER_RESET),
-        }
+    if server.reset_pending {
+        // Callers sync first whenever the statement would not do (ready_in_pipeline); the
+        // bare reset is the fallback that still isolates.
+        let sql = handover_statement(c, server.sync_base());
+        debug_assert!(sql.is_some(), "installed a server that needed a round trip");
+        relay.send_own_query(sql.as_deref().unwrap_or(HANDOVER_RESET));
+        server.reset_pending = false;
     }
     c.cancel.handle.attach(server.cancel_target());
     link(c, &server);

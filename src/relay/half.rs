@@ -77,6 +77,20 @@ impl Half {
         }
     }
 
+    /// Removes the whole message of `len` bytes at `start`, already walked (a reply the
+    /// proxy asked for itself). At the front of the buffer with nothing changed before it,
+    /// that is a pointer move; elsewhere what precedes it is moved out first.
+    pub fn remove_walked(&mut self, start: usize, len: usize) {
+        if start == 0 && self.out.is_empty() {
+            self.buf.advance(len);
+            self.pos -= len;
+            return;
+        }
+        self.pos = start;
+        self.cut_at(start);
+        self.drop_front(len);
+    }
+
     /// Drops `n` bytes at the front of `buf` (a message being removed; `cut_at` came first).
     pub fn drop_front(&mut self, n: usize) {
         self.buf.advance(n);
@@ -122,6 +136,31 @@ impl Half {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removing_a_walked_message_keeps_the_rest() {
+        // At the front: the bytes after it stay, unwalked ones too.
+        let mut h = Half::default();
+        h.buf.extend_from_slice(b"MMMMaaabb");
+        h.pos = 7;
+        h.remove_walked(0, 4);
+        assert_eq!(
+            (&h.buf[..], h.pos, h.out.is_empty()),
+            (&b"aaabb"[..], 3, true)
+        );
+        // In the middle: what precedes it goes out first, in order.
+        let mut h = Half::default();
+        h.buf.extend_from_slice(b"aaMMMMbb");
+        h.pos = 6;
+        h.remove_walked(2, 4);
+        let mut sent = Vec::new();
+        while h.has_output() {
+            let n = h.output().len();
+            sent.extend_from_slice(h.output());
+            h.consume_output(n);
+        }
+        assert_eq!((sent, &h.buf[..]), (b"aa".to_vec(), &b"bb"[..]));
+    }
 
     #[test]
     fn changes_keep_order() {

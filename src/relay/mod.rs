@@ -1080,9 +1080,7 @@ impl Relay {
                     if let Some(e) = self.pipeline.complete(h.tag) {
                         if e.action == Action::Swallow {
                             // The reply to the proxy's own Parse or Close.
-                            self.s.pos = h.start;
-                            self.s.cut_at(h.start);
-                            self.s.drop_front(5 + h.body_len);
+                            self.s.remove_walked(h.start, 5 + h.body_len);
                         }
                     }
                     self.emit_ready_answers();
@@ -1195,9 +1193,7 @@ impl Relay {
             }
             _ => {}
         }
-        self.s.pos = h.start;
-        self.s.cut_at(h.start);
-        self.s.drop_front(5 + h.body_len);
+        self.s.remove_walked(h.start, 5 + h.body_len);
         if h.tag == b'Z' {
             self.emit_ready_answers();
         }

@@ -125,6 +125,52 @@ fn glue(prev: &mut Prev, now: Prev, glue_before: bool) -> bool {
     g
 }
 
+/// `SET name = value` / `SET name TO value`: the value is a constant however it is written
+/// (`SET app.secret = hunter2` has no quotes), so all of it becomes one `?`.
+#[derive(Default)]
+struct SetValue {
+    /// 0: at a statement's start; 2: in a SET before its value; 5: right after its `=` or
+    /// `TO`; 3: in the value (its `?` written); 4: in a statement that is not a SET.
+    state: u8,
+}
+
+enum SetStep {
+    Pass,
+    /// The value's first token: one `?` in its place.
+    HideFirst,
+    Hide,
+}
+
+impl SetValue {
+    fn step(&mut self, t: &Token<'_>) -> SetStep {
+        if matches!(t, Token::Semicolon) {
+            self.state = 0;
+            return SetStep::Pass;
+        }
+        match self.state {
+            0 => {
+                let is_set = matches!(t, Token::Word(w) if w.eq_ignore_ascii_case("set"));
+                self.state = if is_set { 2 } else { 4 };
+                SetStep::Pass
+            }
+            2 => {
+                if matches!(t, Token::Punct('='))
+                    || matches!(t, Token::Word(w) if w.eq_ignore_ascii_case("to"))
+                {
+                    self.state = 5;
+                }
+                SetStep::Pass
+            }
+            5 => {
+                self.state = 3;
+                SetStep::HideFirst
+            }
+            3 => SetStep::Hide,
+            _ => SetStep::Pass,
+        }
+    }
+}
+
 fn walk(text: &str, sink: &mut impl Sink) {
     let mut lower = [0u8; 64];
     let mut prev = Prev::Start;
@@ -133,7 +179,16 @@ fn walk(text: &str, sink: &mut impl Sink) {
     let mut after_const_comma = false;
     let mut dollar = false;
     let mut held_comma = false;
+    let mut set = SetValue::default();
     for t in Lexer::new(text) {
+        match set.step(&t) {
+            SetStep::Pass => {}
+            SetStep::Hide => continue,
+            SetStep::HideFirst => {
+                sink.piece("?", glue(&mut prev, Prev::Other, false));
+                continue;
+            }
+        }
         let is_const = matches!(t, Token::Str(_))
             || matches!(t, Token::Number(_)) && !dollar
             || matches!(t, Token::Word(w) if w.eq_ignore_ascii_case("null")
@@ -232,6 +287,23 @@ fn walk(text: &str, sink: &mut impl Sink) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_values_are_constants() {
+        assert_eq!(normalize("SET app.secret = hunter2"), "set app.secret = ?");
+        assert_eq!(
+            normalize("set search_path TO tenant_42, public; select 1"),
+            "set search_path to ?; select ?"
+        );
+        assert_eq!(
+            fingerprint("SET app.secret = 'a'"),
+            fingerprint("SET app.secret = other_value")
+        );
+        let n = normalize("SET x = y");
+        assert_eq!(normalize(&n), n, "idempotent");
+        // SET in an UPDATE is not a SET statement.
+        assert_eq!(normalize("UPDATE t SET a = b"), "update t set a = b");
+    }
 
     #[test]
     fn constants_and_spacing_fold() {
