@@ -391,3 +391,41 @@ async fn pipelining_without_sync_under_backpressure() {
     }
     assert_eq!(replies.last().map(String::as_str), Some("Z:I"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_text_under_two_search_paths_plans_for_each() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 1")).await;
+    let setup = proxy.connect(PoolMode::Transaction).await;
+    setup
+        .batch_execute(
+            "CREATE SCHEMA t_a; CREATE TABLE t_a.items (v int); INSERT INTO t_a.items VALUES (1);
+             CREATE SCHEMA t_b; CREATE TABLE t_b.items (v text); INSERT INTO t_b.items VALUES ('b');",
+        )
+        .await
+        .unwrap();
+    let port = proxy.port(PoolMode::Transaction);
+    // Schema-per-tenant: the same text, prepared by two tenants on one server.
+    for (schema, row) in [("t_a", "D:1"), ("t_b", "D:b"), ("t_a", "D:1")] {
+        let mut c = Raw::open(port).await;
+        c.login_with(
+            196608,
+            AGENT.0,
+            AGENT.1,
+            "app",
+            &[("options", &format!("-c search_path={schema}"))],
+        )
+        .await
+        .unwrap();
+        let mut m = ext::parse("items", "SELECT v FROM items");
+        m.extend(ext::bind("", "items", &[]));
+        m.extend(ext::execute("", 0));
+        m.extend(ext::sync());
+        c.send(&m).await;
+        assert_eq!(
+            c.replies_until_ready(1).await,
+            ["1", "2", row, "C:SELECT 1", "Z:I"],
+            "{schema}"
+        );
+    }
+}

@@ -816,7 +816,15 @@ impl Relay {
                 let client_name: Box<[u8]> = name.into();
                 let stmt = Arc::new(Statement {
                     settings,
-                    ..Statement::new(tail)
+                    ..Statement::new(
+                        tail,
+                        state
+                            .params
+                            .unreported
+                            .get("search_path")
+                            .unwrap_or("")
+                            .as_bytes(),
+                    )
                 });
                 state.statements.insert(&client_name, stmt.clone());
                 self.drop_message(h);

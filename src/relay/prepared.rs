@@ -20,9 +20,14 @@ pub struct Statement {
 }
 
 impl Statement {
-    pub fn new(tail: &[u8]) -> Statement {
+    /// `search_path` is the client's: one text under two search paths names two tables, and
+    /// PostgreSQL, asked to reuse a plan for the other, fails with "cached plan must not
+    /// change result type" where a direct connection would have planned afresh.
+    pub fn new(tail: &[u8], search_path: &[u8]) -> Statement {
         let digest = Sha256::new()
             .chain_update(*NAME_KEY)
+            .chain_update((search_path.len() as u64).to_le_bytes())
+            .chain_update(search_path)
             .chain_update(tail)
             .finalize();
         // 96 bits of SHA-256: distinct statements never share a name in practice.
@@ -230,9 +235,14 @@ mod tests {
 
     #[test]
     fn same_text_same_server_name() {
-        let a = Statement::new(b"select 1\0\0\0");
-        let b = Statement::new(b"select 1\0\0\0");
-        let c = Statement::new(b"select 2\0\0\0");
+        let a = Statement::new(b"select 1\0\0\0", b"");
+        let b = Statement::new(b"select 1\0\0\0", b"");
+        let c = Statement::new(b"select 2\0\0\0", b"");
+        let d = Statement::new(b"select 1\0\0\0", b"tenant_a");
+        assert_ne!(
+            a.server_name, d.server_name,
+            "search_path is part of the name"
+        );
         assert_eq!(a.server_name, b.server_name);
         assert_ne!(a.server_name, c.server_name);
         assert!(a.server_name.len() < 64, "fits NAMEDATALEN");
