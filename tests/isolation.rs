@@ -559,3 +559,79 @@ async fn a_client_without_application_name_never_sees_another_clients() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_replaced_by_dynamic_sql_never_runs_for_its_owner() {
+    let (_pg, proxy) = shared_pool(1, "").await;
+    let url = proxy.url(PoolMode::Transaction, AGENT, "app");
+    let victim = connect(&url).await.unwrap();
+    let stmt = victim.prepare("SELECT $1::int + 1").await.unwrap();
+    let v: i32 = victim.query_one(&stmt, &[&1]).await.unwrap().get(0);
+    assert_eq!(v, 2);
+    // Out of the proxy's sight: every statement of the proxy's replaced under its own name.
+    let mut a = login_as(proxy.port(PoolMode::Transaction), AGENT2).await;
+    a.query(
+        "DO $$DECLARE r record; BEGIN
+           FOR r IN SELECT name FROM pg_prepared_statements WHERE NOT from_sql LOOP
+             EXECUTE format('DEALLOCATE %I', r.name);
+             EXECUTE format('PREPARE %I(int) AS SELECT $1 * 0 + 666', r.name);
+           END LOOP; END$$",
+    )
+    .await
+    .unwrap();
+    // The victim's next execution never runs the replacement: that server ends before
+    // reading it (the victim sees the connection lost), and a new connection works.
+    match victim.query_one(&stmt, &[&5]).await {
+        Ok(row) => assert_eq!(row.get::<_, i32>(0), 6),
+        Err(e) => assert!(e.is_closed() || e.code().is_some(), "{e}"),
+    }
+    let again = connect(&url).await.unwrap();
+    let stmt = again.prepare("SELECT $1::int + 1").await.unwrap();
+    for x in [5, 6] {
+        let v: i32 = again.query_one(&stmt, &[&x]).await.unwrap().get(0);
+        assert_eq!(v, x + 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncs_after_a_failed_copy_are_counted() {
+    let (_pg, proxy) = copy_setup().await;
+    let port = proxy.port(PoolMode::Transaction);
+    let mut a = login(port).await;
+    a.send(&query_msg("COPY t FROM STDIN")).await;
+    until_tag(&mut a, b'G').await;
+    // A bad row, then the first five bytes of another CopyData: the COPY fails while the
+    // attacker is in the middle of a message, so its server stays attached.
+    let mut first = copy_data(b"bad\n");
+    let rest = copy_data(b"123456789\n");
+    first.extend_from_slice(&rest[..5]);
+    a.send(&first).await;
+    assert_eq!(a.replies_until_ready(1).await, ["E:22P02", "Z:I"]);
+    let (b, go_b) = victim(port, "victim_b");
+    let _ = go_b.send(());
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    // The rest of that message, three Syncs the server now answers, and queries behind them.
+    let mut m = rest[5..].to_vec();
+    m.extend(cat(&[ext::sync(), ext::sync(), ext::sync()]));
+    m.extend(query_msg("SELECT pg_sleep(0.3)"));
+    m.extend(query_msg("SELECT 'forged'"));
+    a.send(&m).await;
+    let mine = a.replies_until_ready(5).await;
+    assert_eq!(
+        mine,
+        [
+            "Z:I",
+            "Z:I",
+            "Z:I",
+            "T",
+            "D:",
+            "C:SELECT 1",
+            "Z:I",
+            "T",
+            "D:forged",
+            "C:SELECT 1",
+            "Z:I"
+        ]
+    );
+    assert_eq!(b.await.unwrap(), expected("victim_b"));
+}

@@ -123,7 +123,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// How many of the most recently used idle connections `try_idle` looks through for the
 /// client's own last one.
-const AFFINITY_SCAN: usize = 8;
+const AFFINITY_SCAN: usize = 64;
 
 /// A place in a pool's count of open connections; frees itself on drop.
 pub struct Slot {
@@ -770,8 +770,7 @@ impl Pool {
             let mut retired = Vec::new();
             let open = st.open;
             // Oldest-used first, so the least recently used are retired first.
-            st.idle
-                .sort_by_key(|c| std::cmp::Reverse(c.last_used.elapsed()));
+            st.idle.sort_by_key(|c| c.last_used);
             for c in st.idle.drain(..) {
                 let too_old = s.lifetime.is_some_and(|l| c.created.elapsed() >= l);
                 let idle_long = s.idle_timeout.is_some_and(|t| c.last_used.elapsed() >= t);

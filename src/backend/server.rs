@@ -54,9 +54,15 @@ const MAX_INTERNAL_MESSAGE: usize = 1 << 20;
 /// role and session authorization, every setting (also those changed where the proxy cannot
 /// see it: inside functions, DO blocks, set_config under another spelling), WITH HOLD
 /// cursors, LISTEN, session advisory locks, temporary tables and sequence state. Prepared
-/// statements stay: the proxy keeps track of those. Statements that cannot fail on an idle
-/// server, so it can run ahead of the client's first message.
-pub const HANDOVER_RESET: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+/// statements stay: the proxy keeps track of those. It runs ahead of the client's first
+/// message; an error in it closes the server after that transaction (docs/security.md says
+/// what a reset cancelled from outside leaves open).
+///
+/// It starts by ending the server's session if a statement was prepared in SQL: a visible
+/// PREPARE or DEALLOCATE already closes the server, so one found here was made out of sight
+/// (dynamic SQL in a function or DO block), possibly to replace a statement of the proxy's
+/// under its name. The backend terminates itself before the next client's message is read.
+pub const HANDOVER_RESET: &str = "SELECT pg_catalog.pg_terminate_backend(pg_catalog.pg_backend_pid()) FROM pg_catalog.pg_prepared_statements WHERE from_sql; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
 
 impl Connection {
     /// The server is about to run work of client `client`. Invariant: no client's work runs

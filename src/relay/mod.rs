@@ -112,7 +112,7 @@ impl Unsupported {
 
 const RESERVED_REFUSED: &str = "prepared statement names beginning with \"pgsluice_\" belong to the proxy and cannot be prepared, executed or deallocated in SQL";
 
-const LOST_COUNT: &str = "a COPY failed with Sync messages inside it and a query queued behind it: which replies are whose can no longer be told; reconnect";
+const LOST_COUNT: &str = "a COPY failed with Sync messages inside it and more work queued behind it: which replies are whose can no longer be told; reconnect";
 const LISTEN_REFUSED: &str = "LISTEN in transaction mode must be a statement of its own, outside a transaction block (or use the session-mode port)";
 /// LISTEN/UNLISTEN texts longer than this are not looked at.
 const MAX_LISTEN_TEXT: usize = 1024;
@@ -237,7 +237,7 @@ impl Relay {
     /// The transaction is over and every reply the server owes is accounted for: it may
     /// serve someone else.
     pub fn server_reusable(&self) -> bool {
-        self.transaction_over() && !self.facts.retire()
+        self.transaction_over() && !self.facts.retire() && self.s.pos == self.s.buf.len()
     }
 
     /// Part of a server message has gone to the client and the rest has not come.
@@ -445,7 +445,8 @@ impl Relay {
                 Ok(None) => break,
                 Err(e) => return Some(Event::Protocol(ClientError::protocol(e.to_string()))),
             };
-            if h.body_len > SMALL_MESSAGE_LIMIT
+            // PostgreSQL's limit counts the length word itself (pq_getmessage).
+            if h.body_len + 4 > SMALL_MESSAGE_LIMIT
                 && matches!(h.tag, b'C' | b'D' | b'E' | b'H' | b'S' | b'X' | b'c' | b'f')
             {
                 return Some(Event::Protocol(ClientError::protocol(format!(
@@ -490,6 +491,8 @@ impl Relay {
                     h.start = 0;
                     self.discard = Discard::No;
                 } else {
+                    // Dropped as it streams: nothing of it is held.
+                    self.need = 0;
                     self.c.framer.pass(&h, &mut self.c.pos);
                     if !attached && matches!(h.tag, b'Q' | b'S' | b'F') {
                         self.discard = Discard::Tail;
@@ -561,7 +564,9 @@ impl Relay {
                     }
                 }
                 b'Q' | b'F' => self.forward(&h, Entry::pass(Kind::Query)),
-                b'S' if self.facts.has(Fact::CopyClientOpen) => {
+                b'S' if self.facts.has(Fact::CopyRunning)
+                    && self.facts.has(Fact::CopyClientOpen) =>
+                {
                     // Ignored by the server while its COPY runs: owed no reply, unless the
                     // COPY fails before the server reads it.
                     self.facts.set(Fact::CopySyncsIgnored, true);
@@ -1216,10 +1221,12 @@ impl Relay {
     fn copy_ended(&mut self, failed: bool) {
         if failed && self.facts.has(Fact::CopySyncsIgnored) {
             self.facts.set(Fact::Unaccounted, true);
-            let lost = self.transaction_mode && self.pipeline.query_after_head();
+            let lost = self.transaction_mode && self.pipeline.work_after_head();
             self.facts.set(Fact::LostCount, lost);
         }
+        // The server left COPY: from here on it answers every Sync.
         self.facts.set(Fact::CopyRunning, false);
+        self.facts.set(Fact::CopyClientOpen, false);
     }
 
     /// An ErrorResponse from the server: in the extended protocol it ends the current

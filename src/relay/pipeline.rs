@@ -170,14 +170,14 @@ impl Pipeline {
         start
     }
 
-    /// A simple Query or FunctionCall of the client's behind the head. Only such messages
-    /// (ended by ReadyForQuery, with rows before it) can be taken as answered by a stray
-    /// ReadyForQuery; every other reply is matched by its own tag.
-    pub fn query_after_head(&self) -> bool {
+    /// Work of the client's that went to the server behind the head (not a Sync, not a COPY
+    /// end, not a message the proxy answers itself). A stray ReadyForQuery can complete a
+    /// query early, or end the skipping after an error where the server would not.
+    pub fn work_after_head(&self) -> bool {
         self.q
             .iter()
             .skip(1)
-            .any(|e| e.kind == Kind::Query && e.action == Action::Pass)
+            .any(|e| e.action == Action::Pass && !matches!(e.kind, Kind::Sync | Kind::CopyEnd))
     }
 
     pub fn head(&self) -> Option<&Entry> {
