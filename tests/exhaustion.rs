@@ -9,6 +9,10 @@ use std::time::Duration;
 use support::raw::{Raw, error_code, ext};
 use support::*;
 
+/// Tests that measure RSS run one at a time: the process's memory is shared by every test
+/// running in it.
+static MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn rss_mib() -> i64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
     let pages: i64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -37,6 +41,7 @@ async fn oversized_messages_get_errors_not_memory() {
     let pg = start_postgres();
     let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 2")).await;
     let port = proxy.port(PoolMode::Transaction);
+    let _alone = MEMORY.lock().await;
     let before = rss_mib();
     // Three Describe headers announcing 300 MB each, never finished: PostgreSQL's limit for
     // Describe is 10,000 bytes, so each is refused at its header.
@@ -81,10 +86,11 @@ async fn a_client_that_sends_without_reading_is_held_back() {
     let pg = start_postgres();
     let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 2")).await;
     let port = proxy.port(PoolMode::Transaction);
-    let before = rss_mib();
+    let _alone = MEMORY.lock().await;
     // 11 MB of Syncs (2.2 million of them), and nothing read.
     let mut r = login(port).await;
     let syncs: Vec<u8> = ext::sync().repeat(2_200_000);
+    let before = rss_mib();
     let sender = tokio::spawn(async move {
         // Stops when the proxy stops reading; the socket stays open meanwhile.
         let _ = tokio::time::timeout(Duration::from_secs(5), r.send(&syncs)).await;
