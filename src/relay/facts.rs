@@ -15,8 +15,8 @@ pub enum Fact {
     /// The server may owe replies the proxy cannot count (a failed COPY with Syncs inside
     /// it). Invariant: such a server is never reused; at the transaction's end it is closed.
     Unaccounted = 8,
-    /// Transaction mode, with Unaccounted: the client had more work in flight behind the
-    /// COPY, whose replies cannot be told from the stray ones; the client is closed.
+    /// Transaction mode, with Unaccounted: the client had a simple query in flight behind
+    /// the COPY, whose replies cannot be told from the stray ones; the client is closed.
     LostCount = 16,
     /// The server holds session state the proxy cannot vouch for (SQL-level PREPARE or
     /// DEALLOCATE, a failed reset): closed at the transaction's end, never reused.

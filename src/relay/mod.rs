@@ -112,7 +112,7 @@ impl Unsupported {
 
 const RESERVED_REFUSED: &str = "prepared statement names beginning with \"pgsluice_\" belong to the proxy and cannot be prepared, executed or deallocated in SQL";
 
-const LOST_COUNT: &str = "a COPY failed with Sync messages inside it and more work queued behind it: which replies are whose can no longer be told; reconnect";
+const LOST_COUNT: &str = "a COPY failed with Sync messages inside it and a query queued behind it: which replies are whose can no longer be told; reconnect";
 const LISTEN_REFUSED: &str = "LISTEN in transaction mode must be a statement of its own, outside a transaction block (or use the session-mode port)";
 /// LISTEN/UNLISTEN texts longer than this are not looked at.
 const MAX_LISTEN_TEXT: usize = 1024;
@@ -1221,7 +1221,7 @@ impl Relay {
     fn copy_ended(&mut self, failed: bool) {
         if failed && self.facts.has(Fact::CopySyncsIgnored) {
             self.facts.set(Fact::Unaccounted, true);
-            let lost = self.transaction_mode && self.pipeline.work_after_head();
+            let lost = self.transaction_mode && self.pipeline.query_after_head();
             self.facts.set(Fact::LostCount, lost);
         }
         // The server left COPY: from here on it answers every Sync.

@@ -170,14 +170,16 @@ impl Pipeline {
         start
     }
 
-    /// Work of the client's that went to the server behind the head (not a Sync, not a COPY
-    /// end, not a message the proxy answers itself). A stray ReadyForQuery can complete a
-    /// query early, or end the skipping after an error where the server would not.
-    pub fn work_after_head(&self) -> bool {
+    /// A simple Query or FunctionCall of the client's behind the head. A stray
+    /// ReadyForQuery would complete it before its rows arrive, and they would be lost. Other
+    /// messages are matched by their own reply tags; a stray ReadyForQuery among them reaches
+    /// the client as PostgreSQL sent it (drivers that pipeline the next query behind a
+    /// CopyFail, as tokio-postgres does, must keep working).
+    pub fn query_after_head(&self) -> bool {
         self.q
             .iter()
             .skip(1)
-            .any(|e| e.action == Action::Pass && !matches!(e.kind, Kind::Sync | Kind::CopyEnd))
+            .any(|e| e.kind == Kind::Query && e.action == Action::Pass)
     }
 
     pub fn head(&self) -> Option<&Entry> {
