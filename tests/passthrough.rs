@@ -77,6 +77,18 @@ async fn auth_query_for_users_only_postgres_knows() {
         current_user(&url("only_md5", "md5-only-pw", PoolMode::Transaction)).await,
         Ok("only_md5".to_owned())
     );
+    // The password changed upstream: the cached secret fails once, and the failure makes
+    // the next login look the user up again instead of waiting for auth_cache_ttl.
+    pg.psql("SET password_encryption = 'md5'; ALTER ROLE only_md5 PASSWORD 'changed-pw'")
+        .unwrap();
+    assert_eq!(
+        current_user(&url("only_md5", "changed-pw", PoolMode::Transaction)).await,
+        Err("28P01".to_owned())
+    );
+    assert_eq!(
+        current_user(&url("only_md5", "changed-pw", PoolMode::Transaction)).await,
+        Ok("only_md5".to_owned())
+    );
     // Wrong password and unknown user: the same 28P01.
     assert_eq!(
         current_user(&url("only_in_pg", "guess", PoolMode::Transaction)).await,

@@ -36,6 +36,13 @@ impl AuthCache {
         self.map.retain(|_, (at, _)| at.elapsed() < ttl);
     }
 
+    /// Forgets one user after a failed proof: the secret may have changed upstream
+    /// (`ALTER ROLE ... PASSWORD`), and the next attempt must look it up again rather than
+    /// fail until auth_cache_ttl runs out.
+    pub fn forget(&self, database: &str, user: &str) {
+        self.map.remove(&(database.to_owned(), user.to_owned()));
+    }
+
     pub fn clear(&self) {
         self.map.clear();
     }

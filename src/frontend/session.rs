@@ -532,6 +532,9 @@ async fn login(
         (Ok(m), Some(_)) => m,
         (Err(e), _) => {
             note_auth_failure(app, &config, addr, &startup.user);
+            if looked_up.is_some() {
+                app.auth_cache.forget(&startup.database, &startup.user);
+            }
             return refuse(e);
         }
         (Ok(m), None) => {
