@@ -259,20 +259,29 @@ mod tests {
         }
     }
 
+    /// What `log` writes through a subscriber made of `layer` and a capturing writer.
+    fn captured<L>(layer: impl FnOnce(Lines) -> L, log: impl FnOnce()) -> String
+    where
+        L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync,
+    {
+        let out = Lines::default();
+        let subscriber = tracing_subscriber::registry().with(layer(out.clone()));
+        tracing::subscriber::with_default(subscriber, log);
+        String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
+    }
+
     #[test]
     fn text_lines_escape_control_characters() {
-        let out = Lines::default();
-        let writer = out.clone();
-        let layer = tracing_subscriber::fmt::layer()
-            .fmt_fields(TextFields)
-            .with_ansi(false)
-            .with_writer(move || writer.clone());
-        let subscriber = tracing_subscriber::registry().with(layer);
-        tracing::subscriber::with_default(subscriber, || {
+        let layer = |w: Lines| {
+            tracing_subscriber::fmt::layer()
+                .fmt_fields(TextFields)
+                .with_ansi(false)
+                .with_writer(move || w.clone())
+        };
+        let text = captured(layer, || {
             let user = "mallory\n2026-12-02T00:00:00Z  INFO forged line\u{1b}[2J";
             tracing::info!(user = %user, name = "a\rb", n = 3u64, "client logged in");
         });
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
         assert!(
             text.contains(
@@ -285,14 +294,13 @@ mod tests {
 
     #[test]
     fn lines_are_json_with_fields_and_span() {
-        let out = Lines::default();
-        let writer = out.clone();
-        let layer = tracing_subscriber::fmt::layer()
-            .event_format(Json)
-            .fmt_fields(JsonFields)
-            .with_writer(move || writer.clone());
-        let subscriber = tracing_subscriber::registry().with(layer);
-        tracing::subscriber::with_default(subscriber, || {
+        let layer = |w: Lines| {
+            tracing_subscriber::fmt::layer()
+                .event_format(Json)
+                .fmt_fields(JsonFields)
+                .with_writer(move || w.clone())
+        };
+        let text = captured(layer, || {
             let span = tracing::info_span!("conn", id = 7u64, mode = "session");
             let _e = span.enter();
             let peer = "127.0.0.1:5432";
@@ -300,7 +308,6 @@ mod tests {
             drop(_e);
             tracing::warn!("outside");
         });
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))

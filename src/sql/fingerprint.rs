@@ -127,11 +127,19 @@ fn glue(prev: &mut Prev, now: Prev, glue_before: bool) -> bool {
 
 /// `SET name = value` / `SET name TO value`: the value is a constant however it is written
 /// (`SET app.secret = hunter2` has no quotes), so all of it becomes one `?`.
-#[derive(Default)]
-struct SetValue {
-    /// 0: at a statement's start; 2: in a SET before its value; 5: right after its `=` or
-    /// `TO`; 3: in the value (its `?` written); 4: in a statement that is not a SET.
-    state: u8,
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum SetValue {
+    /// At a statement's start.
+    #[default]
+    Start,
+    /// In a SET, before its `=` or `TO`.
+    Name,
+    /// Right after the `=` or `TO`.
+    ValueNext,
+    /// In the value, its `?` written.
+    Value,
+    /// In a statement that is not a SET (`UPDATE t SET a = b` keeps its names).
+    Other,
 }
 
 enum SetStep {
@@ -143,31 +151,19 @@ enum SetStep {
 
 impl SetValue {
     fn step(&mut self, t: &Token<'_>) -> SetStep {
-        if matches!(t, Token::Semicolon) {
-            self.state = 0;
-            return SetStep::Pass;
-        }
-        match self.state {
-            0 => {
-                let is_set = matches!(t, Token::Word(w) if w.eq_ignore_ascii_case("set"));
-                self.state = if is_set { 2 } else { 4 };
-                SetStep::Pass
-            }
-            2 => {
-                if matches!(t, Token::Punct('='))
-                    || matches!(t, Token::Word(w) if w.eq_ignore_ascii_case("to"))
-                {
-                    self.state = 5;
-                }
-                SetStep::Pass
-            }
-            5 => {
-                self.state = 3;
-                SetStep::HideFirst
-            }
-            3 => SetStep::Hide,
-            _ => SetStep::Pass,
-        }
+        let word = |w: &str| matches!(t, Token::Word(x) if x.eq_ignore_ascii_case(w));
+        let (next, step) = match (*self, t) {
+            (_, Token::Semicolon) => (SetValue::Start, SetStep::Pass),
+            (SetValue::Start, _) if word("set") => (SetValue::Name, SetStep::Pass),
+            (SetValue::Start, _) => (SetValue::Other, SetStep::Pass),
+            (SetValue::Name, Token::Punct('=')) => (SetValue::ValueNext, SetStep::Pass),
+            (SetValue::Name, _) if word("to") => (SetValue::ValueNext, SetStep::Pass),
+            (SetValue::ValueNext, _) => (SetValue::Value, SetStep::HideFirst),
+            (SetValue::Value, _) => (SetValue::Value, SetStep::Hide),
+            (state, _) => (state, SetStep::Pass),
+        };
+        *self = next;
+        step
     }
 }
 
