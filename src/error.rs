@@ -98,6 +98,13 @@ impl ClientError {
     pub fn server_lost() -> Self {
         Self::fatal("08006", "server connection closed unexpectedly")
     }
+    /// 08006: the hand-over reset was interrupted; the client's request did not run.
+    pub fn handover_failed() -> Self {
+        Self::fatal(
+            "08006",
+            "server connection was interrupted while being reset for this client (a cancel from another session); the request did not run",
+        )
+    }
     /// A per-address limit (53300 and friends), FATAL.
     pub fn limit(code: &'static str, message: &'static str) -> Self {
         Self::fatal(code, message)

@@ -635,3 +635,93 @@ async fn syncs_after_a_failed_copy_are_counted() {
     );
     assert_eq!(b.await.unwrap(), expected("victim_b"));
 }
+
+/// Cancels whatever backend `pid` runs, every few milliseconds, until `stop` is set: what a
+/// client sharing the upstream role can do from any other session.
+fn cancel_storm(
+    pg: &pgsluice::devdb::DevDb,
+    pid: i32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> JoinHandle<()> {
+    let url = format!(
+        "host=127.0.0.1 port={} user={SCRAM_ROLE} password={ROLE_PASSWORD} dbname=postgres",
+        pg.port
+    );
+    tokio::spawn(async move {
+        let side = connect(&url).await.unwrap();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            side.execute("SELECT pg_cancel_backend($1)", &[&pid])
+                .await
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_the_handover_reset_never_leaves_the_next_client_on_an_unreset_server() {
+    let (pg, proxy) = shared_pool(1, "").await;
+    let port = proxy.port(PoolMode::Transaction);
+    let mut a = login_as(port, AGENT2).await;
+    let mut caught = 0;
+    for _ in 0..4 {
+        // The attacker leaves a secret temp table behind a thousand others, so that the reset's
+        // DISCARD TEMP takes long enough to be hit, and learns its server's pid.
+        let pid: i32 = a.query("SELECT pg_backend_pid()").await.unwrap()[0]
+            .parse()
+            .unwrap();
+        a.query(
+            "DO $$ BEGIN FOR i IN 1..1000 LOOP EXECUTE format('CREATE TEMP TABLE pad%s (a int)', i); \
+             END LOOP; END $$; CREATE TEMP TABLE secrets AS SELECT 'attacker row'::text AS v",
+        )
+        .await
+        .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let storm = cancel_storm(&pg, pid, stop.clone());
+        let mut v = login_as(port, AGENT).await;
+        let seen = v.query("SELECT v FROM pg_temp.secrets").await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        storm.await.unwrap();
+        match seen {
+            // The reset ran before the victim's query: no such table.
+            Err(code) if code == "42P01" => {}
+            // The cancel reached the victim's own statement.
+            Err(code) if code == "57014" => {}
+            // The reset was interrupted: the victim's query did not run and its connection
+            // ended with a connection-failure error.
+            Err(code) if code == "08006" => caught += 1,
+            other => panic!("the victim ran on the attacker's session: {other:?}"),
+        }
+        drop(v);
+        a = login_as(port, AGENT2).await;
+    }
+    assert!(caught > 0, "no cancel hit a reset: the test did not attack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_that_refuse_a_pipeline_still_run_first_after_a_handover() {
+    let (_pg, proxy) = shared_pool(1, "").await;
+    let port = proxy.port(PoolMode::Transaction);
+    let mut a = login_as(port, AGENT2).await;
+    let mut v = login_as(port, AGENT).await;
+    a.query("CREATE TABLE IF NOT EXISTS handover_t (a int)")
+        .await
+        .unwrap();
+    // Each victim statement comes right after the attacker's, so each one follows a reset.
+    for first in [
+        "VACUUM handover_t",
+        "CREATE INDEX CONCURRENTLY handover_i ON handover_t (a)",
+        "BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT current_setting('transaction_isolation'); COMMIT",
+    ] {
+        a.query("SELECT 1").await.unwrap();
+        let rows = v.query(first).await;
+        assert!(rows.is_ok(), "{first}: {rows:?}");
+    }
+    a.query("SELECT 1").await.unwrap();
+    assert_eq!(
+        v.query("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT current_setting('transaction_isolation'); COMMIT")
+            .await
+            .unwrap(),
+        ["repeatable read"]
+    );
+}

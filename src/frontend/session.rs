@@ -841,6 +841,17 @@ async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                 let _ = Box::pin(relay.flush_client(&mut c.stream)).await;
                 return;
             }
+            Event::HandoverFailed => {
+                tracing::warn!(
+                    conn = c.id,
+                    "hand-over reset interrupted: closing the client and the server"
+                );
+                c.server = None;
+                c.cancel.handle.detach();
+                relay.queue_for_client(|b| ClientError::handover_failed().encode(b));
+                let _ = Box::pin(relay.flush_client(&mut c.stream)).await;
+                return;
+            }
             Event::Protocol(e) => {
                 tracing::info!(conn = c.id, error = %e, "client protocol violation");
                 Box::pin(tell_and_close(app, c, relay, e)).await;
@@ -1092,7 +1103,7 @@ fn install(c: &mut Client, relay: &mut Relay, mut server: ServerConn) {
         // bare reset is the fallback that still isolates.
         let sql = handover_statement(c, server.sync_base());
         debug_assert!(sql.is_some(), "installed a server that needed a round trip");
-        relay.send_own_query(sql.as_deref().unwrap_or(HANDOVER_RESET));
+        relay.send_handover_reset(sql.as_deref().unwrap_or(HANDOVER_RESET));
         server.reset_pending = false;
     }
     c.cancel.handle.attach(server.cancel_target());

@@ -25,6 +25,9 @@ pub enum Fact {
     /// Invariant: a client may address the unnamed statement only then; otherwise it would
     /// be the previous client's (its text, its parameters).
     UnnamedParsed = 64,
+    /// The hand-over reset did not finish (its witness was missing): the server skipped the
+    /// client's messages up to a Sync. Both connections are closed.
+    HandoverFailed = 128,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -13,6 +13,7 @@
 
 pub mod facts;
 pub mod half;
+pub mod handover;
 pub mod held;
 pub mod pipeline;
 pub mod prepared;
@@ -76,6 +77,9 @@ pub enum Event {
     ClientStalled,
     /// The server closed its socket or failed.
     ServerGone,
+    /// Transaction mode: the hand-over reset was interrupted (a cancel from another session
+    /// of the role), so the server skipped the client's messages; neither can go on.
+    HandoverFailed,
     /// The client broke the protocol.
     Protocol(ClientError),
     /// Transaction mode, between transactions: LISTEN/UNLISTEN for the notification hub
@@ -261,15 +265,21 @@ impl Relay {
         self.server_fatal = false;
     }
 
-    /// Sends the proxy's own simple query to the server ahead of the client's next message.
-    /// Its replies never reach the client; ParameterStatus still updates the server's
-    /// parameters, and an error closes the server after the transaction.
-    pub fn send_own_query(&mut self, sql: &str) {
-        self.c.insert(|b| emit::query(b, sql));
-        self.pipeline.push(Entry {
-            action: Action::Swallow,
-            ..Entry::pass(Kind::Query)
-        });
+    /// Sends the hand-over reset `sql` to the server ahead of the client's next message, with
+    /// the witness that stops the client's messages from running should the reset not finish
+    /// (see [`handover`]). Its replies never reach the client; ParameterStatus still updates
+    /// the server's parameters. Invariant: a client's message runs on a handed-over server
+    /// only after the whole reset did; otherwise both connections are closed
+    /// ([`Event::HandoverFailed`]).
+    pub fn send_handover_reset(&mut self, sql: &str) {
+        let witness = handover::new_witness();
+        self.c.insert(|b| handover::write(b, sql, &witness));
+        for kind in [Kind::Query, Kind::Describe, Kind::Close] {
+            self.pipeline.push(Entry {
+                action: Action::Swallow,
+                ..Entry::pass(kind)
+            });
+        }
     }
 
     /// Queues the proxy's own messages for the client, after everything walked so far.
@@ -375,6 +385,9 @@ impl Relay {
                 if let Err(e) = self.walk_server(srv, state) {
                     tracing::warn!(server = srv.id, error = %e, "server broke the protocol");
                     return Poll::Ready(Event::ServerGone);
+                }
+                if self.facts.has(Fact::HandoverFailed) {
+                    return Poll::Ready(Event::HandoverFailed);
                 }
                 // Not while a message the client started is still arriving (need > 0).
                 if self.transaction_mode && self.need == 0 && self.transaction_over() {
@@ -1072,11 +1085,9 @@ impl Relay {
             else {
                 return Ok(());
             };
-            if self
-                .pipeline
-                .head()
-                .is_some_and(|e| e.kind == Kind::Query && e.action == Action::Swallow)
-            {
+            if self.pipeline.head().is_some_and(|e| {
+                matches!(e.kind, Kind::Query | Kind::Describe) && e.action == Action::Swallow
+            }) {
                 if !self.swallow_own_reply(&h, srv)? {
                     return Ok(());
                 }
@@ -1173,7 +1184,7 @@ impl Relay {
     }
 
     /// One message of the reply to the proxy's own query: dropped from the client's stream.
-    /// False when its body has not all arrived.
+    /// False when its body has not all arrived, or when the hand-over failed.
     fn swallow_own_reply(&mut self, h: &Header, srv: &mut ServerConn) -> Result<bool, FrameError> {
         if h.body_len > INSPECT_LIMIT {
             // Nothing the proxy's own statements answer is this long.
@@ -1197,12 +1208,20 @@ impl Relay {
                     server = srv.id,
                     code = f.code,
                     message = f.message,
-                    "the proxy's own statement failed: closing the server after this transaction"
+                    "the hand-over reset failed: the server is closed"
                 );
                 self.facts.set(Fact::Retire, true);
+                if self
+                    .pipeline
+                    .head()
+                    .is_some_and(|e| e.kind == Kind::Describe)
+                {
+                    // The witness is missing: the server now skips up to the next Sync.
+                    self.facts.set(Fact::HandoverFailed, true);
+                }
             }
-            b'Z' => {
-                self.pipeline.complete(b'Z');
+            b'Z' | b'T' | b'n' => {
+                self.pipeline.complete(h.tag);
             }
             _ => {}
         }
@@ -1210,7 +1229,7 @@ impl Relay {
         if h.tag == b'Z' {
             self.emit_ready_answers();
         }
-        Ok(true)
+        Ok(!self.facts.has(Fact::HandoverFailed))
     }
 
     /// The server's COPY FROM STDIN ended (CommandComplete, or an error). A failed COPY

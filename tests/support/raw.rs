@@ -194,7 +194,10 @@ impl Raw {
         let mut rows = Vec::new();
         let mut err = None;
         loop {
-            let (tag, body) = self.recv().await.ok_or("connection closed")?;
+            let Some((tag, body)) = self.recv().await else {
+                // A FATAL error ends the connection without ReadyForQuery.
+                return Err(err.unwrap_or_else(|| "connection closed".into()));
+            };
             match tag {
                 b'D' => {
                     let len = i32::from_be_bytes(body[2..6].try_into().unwrap());
