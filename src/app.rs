@@ -1,6 +1,7 @@
 //! Application state shared by every task (one `Arc<App>`, no process globals, so a test can
 //! run several proxies in one process) and the startup of listeners.
 
+use crate::auth::Secret;
 use crate::auth::scram::{self, Verifier};
 use crate::backend::pools::Pools;
 use crate::config::{Config, ListenAddr, PoolMode};
@@ -39,7 +40,7 @@ pub struct App {
     open_by_mode: [AtomicUsize; 2],
     conn_ids: AtomicU64,
     /// SCRAM verifiers derived from plaintext passwords, keyed by (user, password).
-    verifiers: DashMap<(String, String), Verifier>,
+    verifiers: Arc<DashMap<(String, String), Verifier>>,
     /// Random per process: seeds decoy SCRAM salts for unknown users.
     pub instance_secret: [u8; 32],
     shutdown: watch::Sender<bool>,
@@ -80,7 +81,7 @@ impl App {
             open_clients: AtomicUsize::new(0),
             open_by_mode: Default::default(),
             conn_ids: AtomicU64::new(1),
-            verifiers: DashMap::new(),
+            verifiers: Default::default(),
             instance_secret: rand::random(),
             shutdown: watch::channel(false).0,
             notify_hubs: DashMap::new(),
@@ -109,6 +110,39 @@ impl App {
 
     pub fn client_count(&self) -> usize {
         self.open_clients.load(Ordering::Acquire)
+    }
+
+    /// Derives the SCRAM verifier of every plaintext `[[users]]` password on a blocking
+    /// thread, as PostgreSQL would have it stored: otherwise a known user's first login pays
+    /// for PBKDF2 and an unknown user's (a decoy, no derivation) does not, and the timing
+    /// tells which names exist.
+    pub fn warm_verifiers(&self) {
+        let config = self.config.load_full();
+        let plain: Vec<(String, String)> = config
+            .users
+            .iter()
+            .map(|u| u.get_ref())
+            .filter(|u| matches!(Secret::parse(&u.password), Secret::Plain(_)))
+            .map(|u| (u.name.to_string(), u.password.to_string()))
+            .filter(|k| !self.verifiers.contains_key(k))
+            .collect();
+        if plain.is_empty() {
+            return;
+        }
+        let verifiers = self.verifiers.clone();
+        tokio::task::spawn_blocking(move || {
+            for (user, password) in plain {
+                let salt: [u8; 16] = rand::random();
+                let v = Verifier::from_password(&password, &salt, scram::DEFAULT_ITERATIONS);
+                verifiers.entry((user, password)).or_insert(v);
+            }
+        });
+    }
+
+    /// Whether the verifier of this plaintext password is derived already.
+    pub fn has_verifier(&self, user: &str, password: &str) -> bool {
+        self.verifiers
+            .contains_key(&(user.to_owned(), password.to_owned()))
     }
 
     /// The SCRAM verifier for a plaintext password, derived once off the reactor.
@@ -220,6 +254,7 @@ impl App {
         self.auth_cache.clear();
         self.pools.reload(&new);
         self.config.store(Arc::new(new));
+        self.warm_verifiers();
         Ok(())
     }
 }
@@ -279,6 +314,7 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
     let audit_dest = config.audit.as_ref().map(|a| a.destination());
     let audit = crate::audit::Audit::start(audit_dest.as_ref()).await?;
     let app = App::new(config, audit);
+    app.warm_verifiers();
     let mut bound = Vec::new();
     for spec in &specs {
         let b = listener::bind(&spec.addr).map_err(|e| {

@@ -265,3 +265,32 @@ async fn connections_and_attempts_per_address() {
     assert!(limited > 0, "a fast burst past the limit is refused");
     assert_eq!(ok + limited, 40);
 }
+
+/// A plaintext password's SCRAM verifier is derived at start and after a reload, not at the
+/// user's first login: otherwise that first login is milliseconds slower than an unknown
+/// user's, and the timing tells which names exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_passwords_are_derived_before_anyone_logs_in() {
+    let pg = start_postgres();
+    let dir = std::env::temp_dir().join(format!("pgsluice-warm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pgsluice.toml");
+    std::fs::write(&path, config(&pg, "", "", "")).unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    let app = &proxy.running.app;
+    let warm = |user: &str, pw: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !app.has_verifier(user, pw) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        app.has_verifier(user, pw)
+    };
+    assert!(warm(AGENT.0, AGENT.1));
+    assert!(!app.has_verifier(AGENT.0, "not-the-password"));
+    // A password changed by RELOAD is derived before its first login too.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace(AGENT.1, "changed-pw")).unwrap();
+    app.reload().unwrap();
+    assert!(warm(AGENT.0, "changed-pw"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -77,17 +77,29 @@ async fn auth_query_for_users_only_postgres_knows() {
         current_user(&url("only_md5", "md5-only-pw", PoolMode::Transaction)).await,
         Ok("only_md5".to_owned())
     );
-    // The password changed upstream: the cached secret fails once, and the failure makes
-    // the next login look the user up again instead of waiting for auth_cache_ttl.
+    // The password changed upstream: an md5 answer that fails against the cached secret is
+    // checked against a fresh lookup in the same login, without waiting for auth_cache_ttl.
     pg.psql("SET password_encryption = 'md5'; ALTER ROLE only_md5 PASSWORD 'changed-pw'")
         .unwrap();
     assert_eq!(
         current_user(&url("only_md5", "changed-pw", PoolMode::Transaction)).await,
+        Ok("only_md5".to_owned())
+    );
+    assert_eq!(
+        current_user(&url("only_md5", "md5-only-pw", PoolMode::Transaction)).await,
+        Err("28P01".to_owned())
+    );
+    // A SCRAM proof cannot be checked against a new verifier (its salt changed): the failed
+    // login makes the next one look the user up again.
+    pg.psql("ALTER ROLE only_in_pg PASSWORD 'changed-too'")
+        .unwrap();
+    assert_eq!(
+        current_user(&url("only_in_pg", "changed-too", PoolMode::Transaction)).await,
         Err("28P01".to_owned())
     );
     assert_eq!(
-        current_user(&url("only_md5", "changed-pw", PoolMode::Transaction)).await,
-        Ok("only_md5".to_owned())
+        current_user(&url("only_in_pg", "changed-too", PoolMode::Transaction)).await,
+        Ok("only_in_pg".to_owned())
     );
     // Wrong password and unknown user: the same 28P01.
     assert_eq!(

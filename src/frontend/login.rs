@@ -19,6 +19,28 @@ pub enum LoginError {
     Gone,
     #[error("{0}")]
     Refused(ClientError),
+    /// An md5 response that did not match the secret known: it can be checked again against
+    /// a secret looked up afresh (auth_query, after `ALTER ROLE ... PASSWORD`).
+    #[error("{0}")]
+    Md5Mismatch(ClientError, Md5Answer),
+}
+
+/// What the client answered to an md5 challenge.
+#[derive(Debug)]
+pub struct Md5Answer {
+    salt: [u8; 4],
+    response: Box<[u8]>,
+}
+
+impl Md5Answer {
+    /// Whether the answer proves the password of `secret` (an md5 secret; nothing else can be
+    /// checked against an md5 answer).
+    pub fn proves(&self, secret: &Secret) -> bool {
+        match secret {
+            Secret::Md5(h) => md5::verify(h, self.salt, &self.response),
+            _ => false,
+        }
+    }
 }
 
 /// What a successful exchange proved.
@@ -38,12 +60,24 @@ pub async fn authenticate(
     preferred: crate::config::AuthType,
 ) -> Result<Proof, LoginError> {
     let mut client_key = None;
+    let mut md5_answer = None;
     let method = match secret {
         Some(s) => Method::choose(s, preferred),
         None => Method::choose(&Secret::Plain(String::new()), preferred),
     };
     let ok = match method {
-        Method::Md5 => md5_exchange(stream, out, user, secret).await?,
+        Method::Md5 => {
+            let answer = md5_exchange(stream, out).await?;
+            let ok = match secret {
+                Some(Secret::Md5(h)) => md5::verify(h, answer.salt, &answer.response),
+                Some(Secret::Plain(p)) => {
+                    md5::verify(&md5::stored_hash(p, user), answer.salt, &answer.response)
+                }
+                _ => false,
+            };
+            md5_answer = Some(answer);
+            ok
+        }
         Method::ScramSha256 => {
             let verifier = match secret {
                 Some(Secret::Scram(v)) => v.clone(),
@@ -66,10 +100,11 @@ pub async fn authenticate(
         })
         .inc();
     if !ok || secret.is_none() {
-        return Err(LoginError::Refused(ClientError::auth_failed(
-            user,
-            method_label(method),
-        )));
+        let e = ClientError::auth_failed(user, method_label(method));
+        return Err(match md5_answer {
+            Some(a) => LoginError::Md5Mismatch(e, a),
+            None => LoginError::Refused(e),
+        });
     }
     emit::auth_ok(out);
     Ok(Proof { method, client_key })
@@ -111,24 +146,18 @@ async fn read_password_message(stream: &mut Stream) -> Result<BytesMut, LoginErr
     }
 }
 
-async fn md5_exchange(
-    stream: &mut Stream,
-    out: &mut BytesMut,
-    user: &str,
-    secret: Option<&Secret>,
-) -> Result<bool, LoginError> {
+/// Sends the md5 challenge and reads the answer.
+async fn md5_exchange(stream: &mut Stream, out: &mut BytesMut) -> Result<Md5Answer, LoginError> {
     let salt: [u8; 4] = rand::random();
     emit::auth_md5(out, salt);
     send(stream, out).await?;
     let body = read_password_message(stream).await?;
     let response = views::password(&body)
         .ok_or_else(|| LoginError::Refused(ClientError::protocol("invalid password packet")))?;
-    let stored = match secret {
-        Some(Secret::Md5(h)) => *h,
-        Some(Secret::Plain(p)) => md5::stored_hash(p, user),
-        _ => return Ok(false),
-    };
-    Ok(md5::verify(&stored, salt, response))
+    Ok(Md5Answer {
+        salt,
+        response: response.into(),
+    })
 }
 
 async fn scram_exchange(

@@ -493,6 +493,7 @@ async fn login(
     let user = config.user(&startup.user).or(looked_up.as_ref());
     let secret = user.map(|u| crate::auth::Secret::parse(&u.password));
     let mut client_key = None;
+    let mut relooked = None;
     let proved = match check {
         access::Check::Password(preferred) => {
             match login::authenticate(
@@ -514,6 +515,19 @@ async fn login(
                     return Ok(None);
                 }
                 Err(LoginError::Refused(e)) => Err(e),
+                Err(LoginError::Md5Mismatch(e, answer)) if looked_up.is_some() => {
+                    // The cached secret may be stale: look the user up again before refusing.
+                    app.auth_cache.forget(&startup.database, &startup.user);
+                    relooked = recheck_md5(app, &config, &startup, &answer).await;
+                    match relooked {
+                        Some(_) => {
+                            emit::auth_ok(&mut out);
+                            Ok("md5")
+                        }
+                        None => Err(e),
+                    }
+                }
+                Err(LoginError::Md5Mismatch(e, _)) => Err(e),
             }
         }
         access::Check::Trust => Ok("trust"),
@@ -528,6 +542,7 @@ async fn login(
             }
         }
     };
+    let user = relooked.as_ref().or(user);
     let method = match (proved, user) {
         (Ok(m), Some(_)) => m,
         (Err(e), _) => {
@@ -668,6 +683,24 @@ async fn login(
         server,
         reg,
     }))))
+}
+
+/// An auth_query user's md5 answer checked against its secret looked up afresh; the new
+/// entry when it proves the password.
+async fn recheck_md5(
+    app: &App,
+    config: &crate::config::Config,
+    startup: &crate::proto::startup::Startup,
+    answer: &login::Md5Answer,
+) -> Option<crate::config::User> {
+    let db = config.database(&startup.database)?;
+    let user = crate::auth::passthrough::lookup(app, config, db, &startup.user)
+        .await
+        .ok()
+        .flatten()?;
+    answer
+        .proves(&crate::auth::Secret::parse(&user.password))
+        .then_some(user)
 }
 
 /// Login-time checkout: no cancel key exists yet, so nothing can cancel the wait.
