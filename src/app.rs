@@ -9,6 +9,7 @@ use crate::frontend::cancel::Cancels;
 use crate::net::listener::{self, Bound};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -58,9 +59,6 @@ impl App {
         ));
         let activity = Arc::new(crate::backend::activity::Activity::default());
         let tls = Arc::new(crate::net::tls::Acceptor::default());
-        if let Err(e) = tls.load(config.tls.as_ref().and_then(|t| t.files()).as_ref()) {
-            tracing::error!(error = %e, "TLS certificate not loaded: clients get no TLS");
-        }
         Arc::new(App {
             config: ArcSwap::from_pointee(config),
             metrics: crate::metrics::Metrics::new(
@@ -313,7 +311,13 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
         .collect();
     let audit_dest = config.audit.as_ref().map(|a| a.destination());
     let audit = crate::audit::Audit::start(audit_dest.as_ref()).await?;
+    let tls_files = config.tls.as_ref().and_then(|t| t.files());
     let app = App::new(config, audit);
+    // The files were read when the configuration was; a certificate and key that do not
+    // make a TLS configuration together stop the start here.
+    app.tls
+        .load(tls_files.as_ref())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("TLS: {e}")))?;
     app.warm_verifiers();
     let mut bound = Vec::new();
     for spec in &specs {
@@ -343,7 +347,7 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
     for (b, _, mode) in bound {
         tokio::spawn(accept_loop(app.clone(), b, mode));
     }
-    tokio::spawn(crate::backend::activity::run(Arc::downgrade(&app)));
+    tokio::spawn(sample_activity(Arc::downgrade(&app)));
     tokio::spawn(watch_certificates(Arc::downgrade(&app)));
     Ok(Running {
         app,
@@ -401,5 +405,46 @@ async fn accept_loop(app: Arc<App>, bound: Bound, mode: PoolMode) {
             },
             _ = async { let _ = stop.wait_for(|s| *s).await.map(|_| ()); } => return,
         }
+    }
+}
+
+/// Samples every database with pools every `activity_sample_interval` seconds while the
+/// proxy runs (the setting is read each round, so RELOAD turns it on or off).
+async fn sample_activity(app: std::sync::Weak<App>) {
+    let mut sampler = crate::backend::activity::Sampler::default();
+    loop {
+        let interval = match app.upgrade() {
+            Some(app) => app.config.load().general.activity_sample_interval.enabled(),
+            None => return,
+        };
+        let Some(interval) = interval else {
+            sampler.clear();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let Some(a) = app.upgrade() else { return };
+        if a.is_shutting_down() {
+            return;
+        }
+        let mut targets: BTreeMap<
+            Arc<str>,
+            (Arc<crate::backend::connect::Upstream>, HashSet<i32>),
+        > = BTreeMap::new();
+        for pool in a.pools.all() {
+            let entry = targets
+                .entry(pool.key.database.clone())
+                .or_insert_with(|| (pool.upstream(), HashSet::new()));
+            entry.1.extend(pool.servers().iter().map(|s| s.pid));
+        }
+        let timeout = Duration::from_secs(5).min(interval);
+        drop(a);
+        for (db, (upstream, ours)) in targets {
+            let sample = sampler.sample(&db, upstream, &ours, timeout).await;
+            match app.upgrade() {
+                Some(a) => a.activity.store(db, sample),
+                None => return,
+            }
+        }
+        tokio::time::sleep(interval).await;
     }
 }

@@ -8,7 +8,6 @@
 //! connection setup wait rather than drop a line, and graceful shutdown flushes everything.
 
 use serde_json::{Map, Value, json};
-use std::path::PathBuf;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 
@@ -16,11 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 const QUEUE: usize = 65_536;
 
 /// Where the lines go.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Destination {
-    Stdout,
-    File(PathBuf),
-}
+pub use crate::config::AuditDestination as Destination;
 
 enum Msg {
     Line(String),

@@ -34,6 +34,7 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod net;
+pub mod pool_key;
 pub mod proto;
 pub mod relay;
 pub mod spare;

@@ -2,7 +2,7 @@
 //! names: neither may panic, and a parsed file must match without panicking too.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use pgsluice::auth::hba::{Connection, Hba};
+use pgsluice::config::hba::{Connection, Hba};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -4,33 +4,15 @@
 //! authentications. Addresses in `limits_exempt` (loopback by default: a sidecar's clients
 //! all come from 127.0.0.1) and unix sockets are never limited.
 
-use super::addresses::{Cidr, listed};
+use crate::config::addresses::listed;
 use dashmap::DashMap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// What the limits are (from `[general]`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Settings {
-    /// Open connections per address; 0: no limit.
-    pub max_per_address: usize,
-    /// Connection attempts per second per address (bursts of twice that); 0: no limit.
-    pub attempts_per_second: u32,
-    /// Failed authentications within `failure_window` that start a lockout; 0: never.
-    pub failure_limit: u32,
-    pub failure_window: Duration,
-    pub lockout: Duration,
-    pub exempt: Vec<Cidr>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        crate::config::General::default().limit_settings()
-    }
-}
+pub use crate::config::LimitSettings as Settings;
 
 /// Why an address was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,6 +190,8 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::addresses::Cidr;
+    use std::time::Duration;
 
     fn settings() -> Settings {
         Settings {

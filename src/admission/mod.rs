@@ -1,7 +1,6 @@
-//! Who may connect, before and around authentication: address allow/deny lists (global, per
-//! database, per user), the pg_hba.conf-style rules file, and the limits against abuse
-//! (connections per address, connection attempts per second per address, lockout after
-//! repeated failed passwords).
+//! The limits against abuse, before and around authentication: connections per address,
+//! connection attempts per second per address, lockout after repeated failed passwords.
+//! (Address lists and the pg_hba.conf-style rules are configuration: `config::addresses`,
+//! `config::hba`; `frontend::access` applies them.)
 
-pub mod addresses;
 pub mod limits;

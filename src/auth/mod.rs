@@ -1,7 +1,6 @@
 //! Client authentication: what a user's stored secret is, and the SCRAM-SHA-256 and md5
 //! exchanges that check a client against it.
 
-pub mod hba;
 pub mod md5;
 pub mod passthrough;
 pub mod scram;

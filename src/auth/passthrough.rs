@@ -6,15 +6,9 @@
 //! client then authenticates against that secret, and the proxy logs in upstream as the
 //! user with SCRAM passthrough (or the md5 hash).
 
-use crate::app::App;
-use crate::config::{Config, Database, Text, User};
-use crate::error::ClientError;
+use crate::config::{Text, User};
 use dashmap::DashMap;
-use std::pin::pin;
 use std::time::{Duration, Instant};
-
-/// How long the lookup itself may take.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Users looked up recently, by (database, user): their stored secret, or None.
 #[derive(Default)]
@@ -46,11 +40,25 @@ impl AuthCache {
     pub fn clear(&self) {
         self.map.clear();
     }
+
+    /// The cached lookup of `user` in `database` when younger than `ttl`: its secret, or
+    /// None for a user upstream does not know.
+    pub fn get(&self, database: &str, user: &str, ttl: Duration) -> Option<Option<String>> {
+        let e = self.map.get(&(database.to_owned(), user.to_owned()))?;
+        (e.0.elapsed() < ttl).then(|| e.1.clone())
+    }
+
+    pub fn insert(&self, database: &str, user: &str, secret: Option<String>) {
+        self.map.insert(
+            (database.to_owned(), user.to_owned()),
+            (Instant::now(), secret),
+        );
+    }
 }
 
 /// The configuration entry for a user found by auth_query: the stored secret as its
 /// password, no upstream password (passthrough logs in).
-fn user_entry(name: &str, secret: String) -> User {
+pub fn user_entry(name: &str, secret: String) -> User {
     User {
         name: Text::new(name),
         password: Text::new(secret),
@@ -59,58 +67,4 @@ fn user_entry(name: &str, secret: String) -> User {
         allow_addresses: Vec::new(),
         deny_addresses: Vec::new(),
     }
-}
-
-/// Looks `user` up for `db` when auth_query applies (an `auth_user` is set); Ok(None) when
-/// it does not or the user has no usable secret.
-pub async fn lookup(
-    app: &App,
-    config: &Config,
-    db: &Database,
-    user: &str,
-) -> Result<Option<User>, ClientError> {
-    let g = &config.general;
-    let Some(auth_user) = g.auth_user.as_deref().and_then(|u| config.user(u)) else {
-        return Ok(None);
-    };
-    let ttl = g.auth_cache_ttl.duration();
-    let key = (db.name.to_string(), user.to_owned());
-    if let Some(e) = app.auth_cache.map.get(&key) {
-        if e.0.elapsed() < ttl {
-            return Ok(e.1.clone().map(|s| user_entry(user, s)));
-        }
-    }
-    let auth_db = g
-        .auth_dbname
-        .as_deref()
-        .and_then(|d| config.database(d))
-        .unwrap_or(db);
-    let pool = app.pools.pool_for(config, auth_db, auth_user, None);
-    let never = tokio::sync::Notify::new();
-    let mut server = pool
-        .checkout(pin!(never.notified()))
-        .await
-        .map_err(|e| e.to_client())?;
-    let rows = server
-        .query_pairs_with(g.auth_query.as_str(), &[user], LOOKUP_TIMEOUT)
-        .await;
-    let secret = match rows {
-        Ok(rows) => {
-            pool.release(server);
-            rows.into_iter().next().and_then(|(_, passwd)| passwd)
-        }
-        Err(e) => {
-            tracing::warn!(database = %auth_db.name, error = %e, "auth_query failed");
-            return Err(ClientError::server_unavailable(
-                "server unavailable: pgsluice cannot look up the user",
-            ));
-        }
-    };
-    // A stored secret that is neither md5 nor SCRAM (or none) cannot be checked.
-    let secret =
-        secret.filter(|s| !matches!(crate::auth::Secret::parse(s), crate::auth::Secret::Plain(_)));
-    app.auth_cache
-        .map
-        .insert(key, (Instant::now(), secret.clone()));
-    Ok(secret.map(|s| user_entry(user, s)))
 }

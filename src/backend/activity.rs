@@ -60,7 +60,7 @@ impl Activity {
         v
     }
 
-    fn store(&self, db: Arc<str>, s: Sample) {
+    pub fn store(&self, db: Arc<str>, s: Sample) {
         self.samples.insert(db, Arc::new(s));
     }
 }
@@ -92,41 +92,27 @@ fn summarize(rows: &[(String, Option<String>)], ours: &HashSet<i32>) -> Sample {
     s
 }
 
-/// Samples every database with pools every `activity_sample_interval` seconds while the
-/// proxy runs (the setting is read each round, so RELOAD turns it on or off).
-pub async fn run(app: std::sync::Weak<crate::app::App>) {
-    let mut conns: BTreeMap<Arc<str>, (Arc<Upstream>, Stream)> = BTreeMap::new();
-    loop {
-        let interval = match app.upgrade() {
-            Some(app) => app.config.load().general.activity_sample_interval.enabled(),
-            None => return,
-        };
-        let Some(interval) = interval else {
-            conns.clear();
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        let Some(a) = app.upgrade() else { return };
-        if a.is_shutting_down() {
-            return;
-        }
-        let mut targets: BTreeMap<Arc<str>, (Arc<Upstream>, HashSet<i32>)> = BTreeMap::new();
-        for pool in a.pools.all() {
-            let entry = targets
-                .entry(pool.key.database.clone())
-                .or_insert_with(|| (pool.upstream(), HashSet::new()));
-            entry.1.extend(pool.servers().iter().map(|s| s.pid));
-        }
-        let timeout = Duration::from_secs(5).min(interval);
-        drop(a);
-        for (db, (upstream, ours)) in targets {
-            let sample = sample_one(&mut conns, &db, upstream, &ours, timeout).await;
-            match app.upgrade() {
-                Some(a) => a.activity.store(db, sample),
-                None => return,
-            }
-        }
-        tokio::time::sleep(interval).await;
+/// The sampler's own connections, one per database, kept between rounds.
+#[derive(Default)]
+pub struct Sampler {
+    conns: BTreeMap<Arc<str>, (Arc<Upstream>, Stream)>,
+}
+
+impl Sampler {
+    /// Closes every connection (sampling turned off).
+    pub fn clear(&mut self) {
+        self.conns.clear();
+    }
+
+    /// One sample of `db`'s activity; `ours` are the pids of the proxy's own servers.
+    pub async fn sample(
+        &mut self,
+        db: &Arc<str>,
+        upstream: Arc<Upstream>,
+        ours: &HashSet<i32>,
+        timeout: Duration,
+    ) -> Sample {
+        sample_one(&mut self.conns, db, upstream, ours, timeout).await
     }
 }
 

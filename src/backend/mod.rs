@@ -7,7 +7,9 @@ pub mod params;
 pub mod pool;
 pub mod pools;
 pub mod server;
+pub mod statements;
 pub mod upstream_auth;
 
-pub use pool::{CheckoutError, Pool, PoolKey};
+pub use crate::pool_key::PoolKey;
+pub use pool::{CheckoutError, Pool};
 pub use server::ServerConn;

@@ -22,19 +22,7 @@ use tokio::sync::futures::Notified;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::sleep_until;
 
-/// The pool key: the database clients name, and the upstream role the connections log in as.
-/// Agent identities mapped to the same role share a pool.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct PoolKey {
-    pub database: Arc<str>,
-    pub role: Arc<str>,
-}
-
-impl std::fmt::Display for PoolKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.database, self.role)
-    }
-}
+pub use crate::pool_key::PoolKey;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct PoolSettings {

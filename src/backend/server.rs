@@ -39,7 +39,7 @@ pub struct Connection {
     /// The hand-over reset is due before the next client's work (see [`Connection::hand_to`]).
     pub reset_pending: bool,
     /// Prepared statements this connection has, by server name (transaction mode).
-    pub statements: crate::relay::prepared::ServerStatements,
+    pub statements: super::statements::ServerStatements,
     pub created: Instant,
     pub last_used: Instant,
     pub upstream: Arc<super::connect::Upstream>,

@@ -1,8 +1,11 @@
 //! Configuration: the TOML model, `${ENV}` substitution, and validation that names the file,
 //! line and key of every mistake.
 
+pub mod addresses;
+pub mod hba;
 mod model;
 mod text;
+pub mod tls;
 
 pub use model::*;
 pub use text::{Text, substitute};
@@ -77,7 +80,7 @@ impl Config {
                 key: Some("auth_hba_file".into()),
                 reason: format!("cannot read: {e}"),
             })?;
-            let hba = crate::auth::hba::Hba::parse(&text).map_err(|e| ConfigError {
+            let hba = hba::Hba::parse(&text).map_err(|e| ConfigError {
                 file: hba_path.clone(),
                 line: e.line,
                 column: 1,
@@ -146,13 +149,11 @@ impl Config {
                 }
             }
             if let Some(files) = tls.files() {
-                crate::net::tls::Acceptor::default()
-                    .load(Some(&files))
-                    .map_err(|e| (0..0, "tls", e.to_string()))?;
+                tls::check_server_files(&files).map_err(|e| (0..0, "tls", e.to_string()))?;
             }
         }
         for d in &self.databases {
-            crate::net::tls::client_config(&d.get_ref().upstream_tls(g))
+            tls::check_upstream(&d.get_ref().upstream_tls(g))
                 .map_err(|e| (d.span(), "server_tls_sslmode", e.to_string()))?;
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(g.log_level.as_str()) {

@@ -1,8 +1,8 @@
 //! The TOML model: one struct per section, PgBouncer's key names where PgBouncer has the concept.
 //! Every key is documented in `config.toml.example`.
 
+use super::addresses::Cidr;
 use super::text::Text;
-use crate::admission::addresses::Cidr;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,10 +34,10 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// The rules of `auth_hba_file`, read with the configuration.
     #[serde(skip)]
-    pub hba: Option<crate::auth::hba::Hba>,
+    pub hba: Option<super::hba::Hba>,
     /// The per-address limits, from `[general]`.
     #[serde(skip)]
-    pub limits: crate::admission::limits::Settings,
+    pub limits: LimitSettings,
 }
 
 /// Process-wide knobs, the ones PgBouncer keeps in its `[pgbouncer]` section.
@@ -84,7 +84,7 @@ pub struct General {
     /// Seconds between samples of each upstream's pg_stat_activity (SHOW ACTIVITY); 0: off.
     pub activity_sample_interval: Seconds,
     /// TLS to upstreams (PgBouncer's names; libpq's sslmode values). Per database too.
-    pub server_tls_sslmode: crate::net::tls::SslMode,
+    pub server_tls_sslmode: super::tls::SslMode,
     pub server_tls_ca_file: Option<Text>,
     pub server_tls_cert_file: Option<Text>,
     pub server_tls_key_file: Option<Text>,
@@ -118,8 +118,8 @@ pub struct General {
 }
 
 impl General {
-    pub fn limit_settings(&self) -> crate::admission::limits::Settings {
-        crate::admission::limits::Settings {
+    pub fn limit_settings(&self) -> LimitSettings {
+        LimitSettings {
             max_per_address: self.max_connections_per_address,
             attempts_per_second: self.connection_attempts_per_second,
             failure_limit: self.auth_failure_limit,
@@ -164,7 +164,7 @@ impl Default for General {
             query_stats_max: 1000,
             log_level: Text::new("info"),
             activity_sample_interval: Seconds(0.0),
-            server_tls_sslmode: crate::net::tls::SslMode::Prefer,
+            server_tls_sslmode: super::tls::SslMode::Prefer,
             server_tls_ca_file: None,
             server_tls_cert_file: None,
             server_tls_key_file: None,
@@ -298,10 +298,10 @@ pub struct Audit {
 }
 
 impl Audit {
-    pub fn destination(&self) -> crate::audit::Destination {
+    pub fn destination(&self) -> AuditDestination {
         match self.destination.as_str() {
-            "stdout" | "-" => crate::audit::Destination::Stdout,
-            path => crate::audit::Destination::File(PathBuf::from(path)),
+            "stdout" | "-" => AuditDestination::Stdout,
+            path => AuditDestination::File(PathBuf::from(path)),
         }
     }
 }
@@ -337,11 +337,11 @@ pub enum ClientTlsMode {
 
 impl Tls {
     /// The files to load, or None when TLS is off.
-    pub fn files(&self) -> Option<crate::net::tls::ServerFiles> {
+    pub fn files(&self) -> Option<super::tls::ServerFiles> {
         if self.mode == ClientTlsMode::Disable {
             return None;
         }
-        Some(crate::net::tls::ServerFiles {
+        Some(super::tls::ServerFiles {
             cert: PathBuf::from(self.cert.as_deref()?),
             key: PathBuf::from(self.key.as_deref()?),
             client_ca: self.ca.as_deref().map(PathBuf::from),
@@ -351,13 +351,13 @@ impl Tls {
 
 impl Database {
     /// TLS to this database's server: its own keys, else `[general]`'s.
-    pub fn upstream_tls(&self, g: &General) -> crate::net::tls::UpstreamTls {
+    pub fn upstream_tls(&self, g: &General) -> super::tls::UpstreamTls {
         let path = |own: &Option<Text>, general: &Option<Text>| {
             own.as_ref()
                 .or(general.as_ref())
                 .map(|t| PathBuf::from(t.as_str()))
         };
-        crate::net::tls::UpstreamTls {
+        super::tls::UpstreamTls {
             mode: self.server_tls_sslmode.unwrap_or(g.server_tls_sslmode),
             ca: path(&self.server_tls_ca_file, &g.server_tls_ca_file),
             cert: path(&self.server_tls_cert_file, &g.server_tls_cert_file),
@@ -398,7 +398,7 @@ pub struct Database {
     pub max_db_connections: Option<usize>,
     /// Per-database TLS to the upstream, overriding `[general]`.
     #[serde(default)]
-    pub server_tls_sslmode: Option<crate::net::tls::SslMode>,
+    pub server_tls_sslmode: Option<super::tls::SslMode>,
     #[serde(default)]
     pub server_tls_ca_file: Option<Text>,
     #[serde(default)]
@@ -477,4 +477,31 @@ impl Seconds {
     pub fn enabled(self) -> Option<Duration> {
         (self.0 > 0.0).then(|| self.duration())
     }
+}
+
+/// What the limits are (from `[general]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LimitSettings {
+    /// Open connections per address; 0: no limit.
+    pub max_per_address: usize,
+    /// Connection attempts per second per address (bursts of twice that); 0: no limit.
+    pub attempts_per_second: u32,
+    /// Failed authentications within `failure_window` that start a lockout; 0: never.
+    pub failure_limit: u32,
+    pub failure_window: Duration,
+    pub lockout: Duration,
+    pub exempt: Vec<Cidr>,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        General::default().limit_settings()
+    }
+}
+
+/// Where audit lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuditDestination {
+    Stdout,
+    File(PathBuf),
 }

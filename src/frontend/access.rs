@@ -3,8 +3,8 @@
 //! addresses, never on which users exist), the user's address lists after it (so a refusal
 //! there tells only someone who knew the password), and client certificate checks.
 
-use crate::admission::addresses::permitted;
-use crate::auth::hba::{Connection, HbaMethod};
+use crate::config::addresses::permitted;
+use crate::config::hba::{Connection, HbaMethod};
 use crate::config::{AuthType, Config, User};
 use crate::error::ClientError;
 use crate::net::Stream;

@@ -4,4 +4,5 @@ pub mod access;
 pub mod cancel;
 pub mod handshake;
 pub mod login;
+pub mod passthrough;
 pub mod session;

@@ -379,7 +379,7 @@ fn admit_address(
     let config = app.config.load();
     let g = &config.general;
     let addr = peer.ip();
-    if !crate::admission::addresses::permitted(&g.allow_addresses, &g.deny_addresses, addr) {
+    if !crate::config::addresses::permitted(&g.allow_addresses, &g.deny_addresses, addr) {
         tracing::info!(%peer, "refused by allow_addresses/deny_addresses");
         return Err(ClientError::address_refused());
     }
@@ -483,7 +483,7 @@ async fn login(
         config.database(&startup.database),
     ) {
         (None, Some(db)) if !crate::admin::is_console(&startup.database) => {
-            match crate::auth::passthrough::lookup(app, &config, db, &startup.user).await {
+            match super::passthrough::lookup(app, &config, db, &startup.user).await {
                 Ok(u) => u,
                 Err(e) => return refuse(e),
             }
@@ -694,7 +694,7 @@ async fn recheck_md5(
     answer: &login::Md5Answer,
 ) -> Option<crate::config::User> {
     let db = config.database(&startup.database)?;
-    let user = crate::auth::passthrough::lookup(app, config, db, &startup.user)
+    let user = super::passthrough::lookup(app, config, db, &startup.user)
         .await
         .ok()
         .flatten()?;

@@ -6,48 +6,20 @@
 use arc_swap::ArcSwapOption;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+
+pub use crate::config::tls::{ServerFiles, SslMode, TlsError, UpstreamTls};
+use crate::config::tls::{file_err, load_certs, load_key};
 
 /// The ALPN protocol PostgreSQL 17 requires for direct TLS (`sslnegotiation=direct`).
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("{path}: {reason}")]
-    File { path: PathBuf, reason: String },
-    #[error("TLS configuration: {0}")]
-    Config(String),
-}
-
-fn file_err(path: &Path, reason: impl std::fmt::Display) -> TlsError {
-    TlsError::File {
-        path: path.to_owned(),
-        reason: reason.to_string(),
-    }
-}
-
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_err(path, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| file_err(path, e))?;
-    if certs.is_empty() {
-        return Err(file_err(path, "no PEM certificate in it"));
-    }
-    Ok(certs)
-}
-
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(path, e))
 }
 
 fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
@@ -62,15 +34,6 @@ fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
 fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     Some(parsed.validity().not_after.timestamp())
-}
-
-/// What the client-facing TLS is built from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// CA for client certificates: when set, clients may present one (and it is verified).
-    pub client_ca: Option<PathBuf>,
 }
 
 fn build_server(files: &ServerFiles) -> Result<(ServerConfig, Option<i64>), TlsError> {
@@ -168,43 +131,6 @@ impl Acceptor {
         };
         self.load(Some(&files)).map(|()| true)
     }
-}
-
-/// libpq's sslmode for upstream connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum SslMode {
-    Disable,
-    /// TLS if the server offers it, not verified.
-    #[default]
-    Prefer,
-    /// TLS or fail, not verified.
-    Require,
-    /// TLS, chain verified against the CA bundle.
-    VerifyCa,
-    /// TLS, chain and host name verified.
-    VerifyFull,
-}
-
-impl SslMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SslMode::Disable => "disable",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-            SslMode::VerifyCa => "verify-ca",
-            SslMode::VerifyFull => "verify-full",
-        }
-    }
-}
-
-/// How to reach one upstream over TLS.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct UpstreamTls {
-    pub mode: SslMode,
-    pub ca: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
 }
 
 /// Builds the rustls client configuration for `t` (None for sslmode=disable).

@@ -20,6 +20,7 @@ pub mod prepared;
 
 use crate::backend::ServerConn;
 use crate::backend::params::SessionParams;
+use crate::backend::statements::ServerStatements;
 use crate::error::ClientError;
 use crate::net::Stream;
 use crate::proto::{FrameError, Header, MAX_MESSAGE_LEN, emit, views};
@@ -29,7 +30,7 @@ use bytes::BytesMut;
 use facts::{Fact, Facts};
 use half::Half;
 use pipeline::{Action, Entry, Kind, Pipeline, Synthetic};
-use prepared::{ClientStatements, ServerStatements, Statement};
+use prepared::{ClientStatements, Statement};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A statement as the client prepared it.
@@ -97,77 +97,6 @@ impl ClientStatements {
     }
 }
 
-/// What one server connection has prepared, least recently used first out.
-#[derive(Default, Debug)]
-pub struct ServerStatements {
-    used: HashMap<Arc<str>, u64>,
-    tick: u64,
-    /// Statements whose plan PostgreSQL refused to reuse: closed before they are prepared again.
-    stale: HashSet<Arc<str>>,
-}
-
-impl ServerStatements {
-    /// True if the server has `name`; marks it used.
-    pub fn touch(&mut self, name: &Arc<str>) -> bool {
-        self.tick += 1;
-        match self.used.get_mut(name) {
-            Some(t) => {
-                *t = self.tick;
-                true
-            }
-            None => false,
-        }
-    }
-
-    pub fn add(&mut self, name: Arc<str>) {
-        self.tick += 1;
-        self.used.insert(name, self.tick);
-    }
-
-    pub fn remove(&mut self, name: &str) {
-        self.used.remove(name);
-    }
-
-    /// With `capacity` statements already there, the least recently used to close first.
-    pub fn evict_for_room(&mut self, capacity: usize) -> Option<Arc<str>> {
-        if self.used.len() < capacity.max(1) {
-            return None;
-        }
-        let victim = self
-            .used
-            .iter()
-            .min_by_key(|(_, t)| **t)
-            .map(|(k, _)| k.clone())?;
-        self.used.remove(&victim);
-        Some(victim)
-    }
-
-    pub fn mark_stale(&mut self, name: &Arc<str>) {
-        if self.used.remove(name).is_some() {
-            self.stale.insert(name.clone());
-        }
-    }
-
-    /// True once for a stale statement, which must be closed before it is prepared again.
-    pub fn take_stale(&mut self, name: &str) -> bool {
-        self.stale.remove(name)
-    }
-
-    /// After DISCARD ALL or DEALLOCATE ALL the server has nothing.
-    pub fn clear(&mut self) {
-        self.used.clear();
-        self.stale.clear();
-    }
-
-    pub fn len(&self) -> usize {
-        self.used.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.used.is_empty()
-    }
-}
-
 /// Parse ('P') with a new name.
 pub fn write_parse(out: &mut BytesMut, name: &str, tail: &[u8]) {
     out.put_u8(b'P');
@@ -246,19 +175,6 @@ mod tests {
         assert_eq!(a.server_name, b.server_name);
         assert_ne!(a.server_name, c.server_name);
         assert!(a.server_name.len() < 64, "fits NAMEDATALEN");
-    }
-
-    #[test]
-    fn lru_evicts_least_recent() {
-        let mut s = ServerStatements::default();
-        let names: Vec<Arc<str>> = (0..3).map(|i| Arc::from(format!("s{i}"))).collect();
-        for n in &names {
-            s.add(n.clone());
-        }
-        assert!(s.touch(&names[0]));
-        assert_eq!(s.evict_for_room(3).as_deref(), Some("s1"));
-        assert_eq!(s.evict_for_room(3), None);
-        assert_eq!(s.len(), 2);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The logged-in clients, for SHOW CLIENTS, SHOW POOLS and KILL_CLIENT. A client registers
 //! after login and leaves when its task ends; per transaction it only stores atomics.
 
-use crate::backend::pool::PoolKey;
 use crate::net::Addr;
+use crate::pool_key::PoolKey;
 use dashmap::DashMap;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering};

@@ -6,7 +6,7 @@
 use super::KeyHasher;
 use super::queries::{QueryStats, Sample};
 use super::totals::PoolStats;
-use crate::backend::pool::PoolKey;
+use crate::pool_key::PoolKey;
 use crate::sql::fingerprint;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

@@ -4,7 +4,7 @@
 //! one-off statements costs one sweep per hundred, not one per statement).
 
 use super::KeyHasher;
-use crate::backend::pool::PoolKey;
+use crate::pool_key::PoolKey;
 use dashmap::DashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Address lists in configuration: `allow_addresses` / `deny_addresses` (CIDR blocks or bare
 //! addresses, IPv4 and IPv6). Deny wins; an empty allow list allows everyone.
 
-use crate::auth::hba::canonical;
+use crate::config::hba::canonical;
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::IpAddr;
