@@ -133,6 +133,38 @@ pub struct Established {
     pub params: SessionParams,
 }
 
+/// A connection being opened, boxed so that pools can hold any [`Connector`].
+pub type Opening<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Established, ConnectError>> + Send + 'a>,
+>;
+
+/// What opens server connections for a pool: [`Direct`] connects and logs in; the pool's
+/// unit tests use fakes. Boxed per connection opened, not per message.
+pub trait Connector: Send + Sync {
+    fn establish<'a>(
+        &'a self,
+        up: &'a Upstream,
+        timeout: Duration,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Established, ConnectError>> + Send + 'a>,
+    >;
+}
+
+/// Connects to the upstream over the network and logs in.
+pub struct Direct;
+
+impl Connector for Direct {
+    fn establish<'a>(
+        &'a self,
+        up: &'a Upstream,
+        timeout: Duration,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Established, ConnectError>> + Send + 'a>,
+    > {
+        Box::pin(establish(up, timeout))
+    }
+}
+
 pub async fn establish(up: &Upstream, timeout: Duration) -> Result<Established, ConnectError> {
     tokio::time::timeout(timeout, establish_inner(up))
         .await

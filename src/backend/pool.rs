@@ -5,7 +5,7 @@
 //! Every place in the count is a [`Slot`], owned by the connection that fills it, so the count
 //! cannot drift: dropping a connection anywhere frees its place.
 
-use super::connect::{self, ConnectError, Upstream};
+use super::connect::{self, ConnectError, Connector, Upstream};
 use super::params::SessionParams;
 use super::server::ServerConn;
 use crate::error::ClientError;
@@ -190,6 +190,7 @@ pub struct Pool {
     /// PAUSE: checkouts wait until RESUME.
     paused: AtomicBool,
     resumed: Notify,
+    connector: Arc<dyn Connector>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +235,27 @@ impl Pool {
         conn_ids: Arc<AtomicU64>,
         paused: bool,
     ) -> Arc<Pool> {
+        Pool::with_connector(
+            key,
+            upstream,
+            settings,
+            db,
+            conn_ids,
+            paused,
+            Arc::new(connect::Direct),
+        )
+    }
+
+    /// A pool whose connections `connector` opens.
+    pub fn with_connector(
+        key: PoolKey,
+        upstream: Upstream,
+        settings: PoolSettings,
+        db: Arc<DbLimit>,
+        conn_ids: Arc<AtomicU64>,
+        paused: bool,
+        connector: Arc<dyn Connector>,
+    ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             key,
             upstream: ArcSwap::from_pointee(upstream),
@@ -247,6 +269,7 @@ impl Pool {
             servers: Mutex::new(HashMap::new()),
             paused: AtomicBool::new(paused),
             resumed: Notify::new(),
+            connector,
         });
         lock(&db.pools).push(Arc::downgrade(&pool));
         pool
@@ -599,7 +622,7 @@ impl Pool {
     async fn open(self: &Arc<Self>, mut slot: Slot) -> Result<ServerConn, CheckoutError> {
         let upstream = self.upstream();
         let timeout = self.settings.load().connect_timeout;
-        match connect::establish(&upstream, timeout).await {
+        match self.connector.establish(&upstream, timeout).await {
             Ok(est) => {
                 self.stats.connects_ok.fetch_add(1, Ordering::Relaxed);
                 lock(&self.state).last_failure = None;
@@ -832,3 +855,7 @@ impl Drop for Ticket<'_> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod tests;
