@@ -2,6 +2,8 @@
 
 pub mod activity;
 pub mod connect;
+#[cfg(test)]
+pub mod fake;
 pub mod notify;
 pub mod params;
 pub mod pool;

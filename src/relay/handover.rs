@@ -9,8 +9,10 @@
 //! the Describe fails, and PostgreSQL skips everything up to the next Sync: the client's
 //! messages never run (the relay then closes both ends). A Close drops the witness again.
 //!
-//! Describe and Close open the implicit transaction the client's first message would open
-//! anyway; they take no snapshot and do not mark it as a pipeline, so `BEGIN ISOLATION
+//! A Flush follows, so that the replies come even when no client message does. Describe
+//! and Close open the implicit transaction the client's first message would open anyway (its
+//! ReadyForQuery ends it; if the proxy answered that message itself, the relay ends it with a
+//! Sync of its own before the server can be let go); they take no snapshot and do not mark it as a pipeline, so `BEGIN ISOLATION
 //! LEVEL ...`, VACUUM and CREATE INDEX CONCURRENTLY still work as the client's first
 //! statement. (An Execute would not do: VACUUM then fails with 25001.)
 
@@ -46,6 +48,9 @@ pub fn write(out: &mut BytesMut, sql: &str, witness: &Witness) {
     });
     write_describe_statement(out, name);
     write_close_statement(out, name);
+    // Extended-protocol replies wait in the server's buffer until a Sync or Flush: without
+    // this, a client whose first message the proxy answers itself would wait for them forever.
+    emit::message(out, b'H', |_| {});
 }
 
 #[cfg(test)]
@@ -78,6 +83,6 @@ mod tests {
         assert_eq!(&rest[5..7], b"Sp");
         let close = &rest[1 + 4 + 1 + w.len() + 1..];
         assert_eq!(close[0], b'C');
-        assert_eq!(close.len(), 1 + 4 + 1 + w.len() + 1);
+        assert_eq!(&close[1 + 4 + 1 + w.len() + 1..], b"H\0\0\0\x04");
     }
 }

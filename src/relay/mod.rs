@@ -156,6 +156,9 @@ pub struct Relay {
     /// its next Sync; messages that arrive from now on are dropped here instead of being
     /// tracked as if they would be answered.
     skip_pending: bool,
+    /// The hand-over witness opened an implicit transaction that no ReadyForQuery has ended
+    /// yet: the server is not let go before one has (see [`handover`]).
+    guard_open: bool,
     /// Bytes the client buffer must hold before the current message can be handled.
     need: usize,
     /// What `need` holds beyond a normal buffer, reserved from the process budget ([`held`]).
@@ -197,6 +200,7 @@ impl Relay {
             server_fatal: false,
             discard: Discard::No,
             skip_pending: false,
+            guard_open: false,
             need: 0,
             held: 0,
             max_client_statements: u32::MAX,
@@ -242,7 +246,10 @@ impl Relay {
     /// The transaction is over and every reply the server owes is accounted for: it may
     /// serve someone else.
     pub fn server_reusable(&self) -> bool {
-        self.transaction_over() && !self.facts.retire() && self.s.pos == self.s.buf.len()
+        self.transaction_over()
+            && !self.guard_open
+            && !self.facts.retire()
+            && self.s.pos == self.s.buf.len()
     }
 
     /// Part of a server message has gone to the client and the rest has not come.
@@ -261,6 +268,7 @@ impl Relay {
         self.unsynced = false;
         self.facts = Facts::default();
         self.skip_pending = false;
+        self.guard_open = false;
         self.session_dirty = false;
         self.status = b'I';
         self.server_fatal = false;
@@ -281,6 +289,17 @@ impl Relay {
                 ..Entry::pass(kind)
             });
         }
+        self.guard_open = true;
+    }
+
+    /// Ends the witness's implicit transaction with a Sync of the proxy's own, when the client's
+    /// work never reached the server (the proxy answered it).
+    fn close_guard(&mut self) {
+        self.c.insert(emit::sync);
+        self.pipeline.push(Entry {
+            action: Action::Swallow,
+            ..Entry::pass(Kind::Sync)
+        });
     }
 
     /// Queues the proxy's own messages for the client, after everything walked so far.
@@ -392,6 +411,10 @@ impl Relay {
                 }
                 // Not while a message the client started is still arriving (need > 0).
                 if self.transaction_mode && self.need == 0 && self.transaction_over() {
+                    if self.guard_open {
+                        self.close_guard();
+                        continue;
+                    }
                     if self.facts.has(Fact::LostCount) {
                         return Poll::Ready(Event::Protocol(ClientError::protocol(LOST_COUNT)));
                     }
@@ -1087,7 +1110,8 @@ impl Relay {
                 return Ok(());
             };
             if self.pipeline.head().is_some_and(|e| {
-                matches!(e.kind, Kind::Query | Kind::Describe) && e.action == Action::Swallow
+                matches!(e.kind, Kind::Query | Kind::Describe | Kind::Sync)
+                    && e.action == Action::Swallow
             }) {
                 if !self.swallow_own_reply(&h, srv)? {
                     return Ok(());
@@ -1116,6 +1140,8 @@ impl Relay {
                     };
                     match h.tag {
                         b'Z' => {
+                            // Whatever the witness opened has ended.
+                            self.guard_open = false;
                             self.status = body.first().copied().unwrap_or(b'I');
                             self.meter.ready(self.status);
                             self.pipeline.complete(b'Z');
@@ -1222,6 +1248,9 @@ impl Relay {
                 }
             }
             b'Z' | b'T' | b'n' => {
+                if h.tag == b'Z' && self.pipeline.head().is_some_and(|e| e.kind == Kind::Sync) {
+                    self.guard_open = false;
+                }
                 self.pipeline.complete(h.tag);
             }
             _ => {}
@@ -1393,3 +1422,6 @@ fn read_into(
     let n = ready!(poll_read_buf(Pin::new(stream), cx, buf))?;
     Poll::Ready(Ok(n))
 }
+
+#[cfg(test)]
+mod tests;
