@@ -711,3 +711,274 @@ async fn a_reset_followed_by_a_refused_query_ends_the_witness_transaction_before
     r.expect_release(true).await;
     r.expect_client(&[]).await;
 }
+
+fn close_statement(name: &str) -> Vec<u8> {
+    let mut b = vec![b'S'];
+    b.extend(z(name.as_bytes()));
+    m(b'C', &b)
+}
+
+fn describe(target: u8, name: &str) -> Vec<u8> {
+    let mut b = vec![target];
+    b.extend(z(name.as_bytes()));
+    m(b'D', &b)
+}
+
+/// A client statement `name` with `sql`, prepared on the server (ParseComplete answered).
+async fn prepared(r: &mut Rig, name: &str, sql: &str) {
+    r.client_sends(&cat(&[parse(name, sql), sync()])).await;
+    r.server_sends(&cat(&[parse_complete(), ready(b'I')])).await;
+    r.expect_server(&cat(&[parse(&server_name(sql), sql), sync()]))
+        .await;
+    r.expect_client(&cat(&[parse_complete(), ready(b'I')]))
+        .await;
+}
+
+#[tokio::test]
+async fn listen_between_transactions_goes_to_the_notification_hub() {
+    let mut r = Rig::new(true).await;
+    r.client_sends(&query("LISTEN jobs")).await;
+    assert!(matches!(r.last_event().await, Some(Event::Listen(_))));
+    r.expect_server(&[]).await;
+}
+
+#[tokio::test]
+async fn deallocate_of_a_client_statement_is_answered_by_the_proxy() {
+    let mut r = Rig::new(true).await;
+    prepared(&mut r, "s1", "SELECT 1").await;
+    r.client_sends(&query("DEALLOCATE s1")).await;
+    r.expect_client(&cat(&[complete("DEALLOCATE"), ready(b'I')]))
+        .await;
+    // Gone for the client: binding it is refused, and only the Sync reaches a server.
+    r.client_sends(&cat(&[bind("", "s1"), execute(), sync()]))
+        .await;
+    r.expect_server(&sync()).await;
+    r.server_sends(&ready(b'I')).await;
+    let got = r.read_until(false, &ready(b'I')).await;
+    assert!(show(&got)[0].contains("26000"), "{:?}", show(&got));
+}
+
+#[tokio::test]
+async fn closing_a_statement_keeps_it_on_the_server_for_others() {
+    let mut r = Rig::new(true).await;
+    prepared(&mut r, "s1", "SELECT 1").await;
+    r.client_sends(&cat(&[close_statement("s1"), sync()])).await;
+    // Only the Sync reaches the server; the CloseComplete is the proxy's.
+    r.expect_server(&sync()).await;
+    r.server_sends(&ready(b'I')).await;
+    r.expect_client(&cat(&[m(b'3', &[]), ready(b'I')])).await;
+    assert_eq!(r.server.as_ref().map(|s| s.statements.len()), Some(1));
+}
+
+#[tokio::test]
+async fn describe_of_a_statement_goes_to_its_server_name() {
+    let mut r = Rig::new(true).await;
+    prepared(&mut r, "s1", "SELECT 1").await;
+    r.client_sends(&cat(&[describe(b'S', "s1"), sync()])).await;
+    r.expect_server(&cat(&[describe(b'S', &server_name("SELECT 1")), sync()]))
+        .await;
+    let reply = cat(&[m(b't', &[0, 0]), m(b'T', &[0, 0]), ready(b'I')]);
+    r.server_sends(&reply).await;
+    r.expect_client(&reply).await;
+}
+
+#[tokio::test]
+async fn describe_of_a_portal_passes_unchanged() {
+    let mut r = Rig::new(true).await;
+    let msgs = cat(&[
+        parse("", "SELECT 1"),
+        bind("", ""),
+        describe(b'P', ""),
+        execute(),
+        sync(),
+    ]);
+    r.client_sends(&msgs).await;
+    r.expect_server(&msgs).await;
+}
+
+#[tokio::test]
+async fn the_unnamed_statement_of_someone_else_cannot_be_bound() {
+    let mut r = Rig::new(true).await;
+    // No Parse of the unnamed statement in this attachment.
+    r.client_sends(&cat(&[bind("", ""), execute(), sync()]))
+        .await;
+    r.expect_server(&sync()).await;
+    r.server_sends(&ready(b'I')).await;
+    let got = r.read_until(false, &ready(b'I')).await;
+    assert!(show(&got)[0].contains("26000"), "{:?}", show(&got));
+}
+
+#[tokio::test]
+async fn the_least_recently_used_statement_is_closed_to_make_room() {
+    let mut r = Rig::new(true).await;
+    r.relay.max_prepared = 1;
+    prepared(&mut r, "a", "SELECT 1").await;
+    r.client_sends(&cat(&[parse("b", "SELECT 2"), sync()]))
+        .await;
+    r.expect_server(&cat(&[
+        close_statement(&server_name("SELECT 1")),
+        parse(&server_name("SELECT 2"), "SELECT 2"),
+        sync(),
+    ]))
+    .await;
+    // The CloseComplete is the proxy's own: dropped.
+    r.server_sends(&cat(&[m(b'3', &[]), parse_complete(), ready(b'I')]))
+        .await;
+    r.expect_client(&cat(&[parse_complete(), ready(b'I')]))
+        .await;
+}
+
+#[tokio::test]
+async fn an_evicted_statement_is_prepared_again_when_used() {
+    let mut r = Rig::new(true).await;
+    r.relay.max_prepared = 1;
+    prepared(&mut r, "a", "SELECT 1").await;
+    r.client_sends(&cat(&[parse("b", "SELECT 2"), sync()]))
+        .await;
+    r.server_sends(&cat(&[m(b'3', &[]), parse_complete(), ready(b'I')]))
+        .await;
+    r.expect_server(&cat(&[
+        close_statement(&server_name("SELECT 1")),
+        parse(&server_name("SELECT 2"), "SELECT 2"),
+        sync(),
+    ]))
+    .await;
+    r.expect_client(&cat(&[parse_complete(), ready(b'I')]))
+        .await;
+    // `a` again: SELECT 2 goes, SELECT 1 comes back, then the Bind.
+    r.client_sends(&cat(&[bind("", "a"), execute(), sync()]))
+        .await;
+    r.expect_server(&cat(&[
+        close_statement(&server_name("SELECT 2")),
+        parse(&server_name("SELECT 1"), "SELECT 1"),
+        bind("", &server_name("SELECT 1")),
+        execute(),
+        sync(),
+    ]))
+    .await;
+    r.server_sends(&cat(&[
+        m(b'3', &[]),
+        parse_complete(),
+        bind_complete(),
+        row("1"),
+        complete("SELECT 1"),
+        ready(b'I'),
+    ]))
+    .await;
+    r.expect_client(&cat(&[
+        bind_complete(),
+        row("1"),
+        complete("SELECT 1"),
+        ready(b'I'),
+    ]))
+    .await;
+}
+
+#[tokio::test]
+async fn notices_and_empty_queries_pass_through() {
+    let mut r = Rig::new(true).await;
+    r.client_sends(&query("")).await;
+    let notice = m(b'N', b"SWARNING\0C01000\0Mnote\0\0");
+    let reply = cat(&[notice, m(b'I', &[]), ready(b'I')]);
+    r.server_sends(&reply).await;
+    r.expect_client(&reply).await;
+    r.expect_release(true).await;
+}
+
+#[tokio::test]
+async fn copy_out_passes_through() {
+    let mut r = Rig::new(true).await;
+    r.client_sends(&query("COPY t TO STDOUT")).await;
+    let reply = cat(&[
+        m(b'H', &[0, 0, 0]),
+        m(b'd', b"1\n"),
+        m(b'c', &[]),
+        complete("COPY 1"),
+        ready(b'I'),
+    ]);
+    r.server_sends(&reply).await;
+    r.expect_client(&reply).await;
+    r.expect_release(true).await;
+}
+
+#[tokio::test]
+async fn a_function_call_is_answered_like_a_query() {
+    let mut r = Rig::new(true).await;
+    let call = m(b'F', &[0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0]);
+    r.client_sends(&call).await;
+    r.expect_server(&call).await;
+    let reply = cat(&[m(b'V', &[255, 255, 255, 255]), ready(b'I')]);
+    r.server_sends(&reply).await;
+    r.expect_client(&reply).await;
+    r.expect_release(true).await;
+}
+
+#[tokio::test]
+async fn a_fatal_error_from_the_server_is_delivered_before_it_goes() {
+    let mut r = Rig::new(true).await;
+    r.client_sends(&query("SELECT pg_sleep(10)")).await;
+    let fatal = m(b'E', b"SFATAL\0C57P01\0Mterminating\0\0");
+    r.server_peer.write_all(&fatal).unwrap();
+    r.server_peer.shutdown(std::net::Shutdown::Both).unwrap();
+    assert_eq!(r.event().await, Some(&Event::ServerGone));
+    assert!(r.relay.server_sent_fatal());
+    r.expect_client(&fatal).await;
+}
+
+#[tokio::test]
+async fn bytes_after_the_last_ready_for_query_make_the_release_unclean() {
+    let mut r = Rig::new(true).await;
+    r.client_sends(&query("SELECT 1")).await;
+    let fatal = m(b'E', b"SFATAL\0C57P01\0Mterminating\0\0");
+    r.server_sends(&cat(&[complete("SELECT 0"), ready(b'I'), fatal]))
+        .await;
+    r.expect_release(false).await;
+    r.expect_client(&cat(&[complete("SELECT 0"), ready(b'I')]))
+        .await;
+}
+
+#[tokio::test]
+async fn a_set_inside_a_transaction_is_read_back_after_it() {
+    let mut r = Rig::new(true).await;
+    r.client_sends(&query(
+        "BEGIN; SET LOCAL work_mem = '1MB'; SET statement_timeout = 5",
+    ))
+    .await;
+    r.server_sends(&cat(&[
+        complete("BEGIN"),
+        complete("SET"),
+        complete("SET"),
+        ready(b'T'),
+    ]))
+    .await;
+    r.client_sends(&query("COMMIT")).await;
+    r.server_sends(&cat(&[complete("COMMIT"), ready(b'I')]))
+        .await;
+    assert_eq!(
+        r.last_event().await,
+        Some(&Event::Release {
+            clean: true,
+            resync: true
+        })
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_cut_off_after_the_stall_timeout() {
+    let mut r = Rig::new(true).await;
+    r.relay.stall_timeout = Some(Duration::from_secs(2));
+    r.client_sends(&query("SELECT repeat('x', 1000000)")).await;
+    // Far more than the relay buffers, and more than the socket pair holds.
+    let big = row(&"x".repeat(200_000));
+    let mut sent = 0;
+    while sent < 8 {
+        match r.server_peer.write(&big) {
+            Ok(_) => sent += 1,
+            Err(_) => break,
+        }
+        r.run().await;
+    }
+    let start = tokio::time::Instant::now();
+    assert_eq!(r.event().await, Some(&Event::ClientStalled));
+    assert!(start.elapsed() <= Duration::from_secs(3));
+}
