@@ -1,0 +1,275 @@
+//! Statement names: renaming, answers the proxy gives itself, eviction, and the hand-over reset.
+
+use super::*;
+
+#[tokio::test]
+async fn a_named_statement_is_renamed_on_the_server_and_answered_from_it_later() {
+    let mut r = Rig::new(true).await;
+    let name = server_name("SELECT 1");
+    r.client_sends(&cat(&[parse("s1", "SELECT 1"), sync()]))
+        .await;
+    r.expect_server(&cat(&[parse(&name, "SELECT 1"), sync()]))
+        .await;
+    r.server_sends(&cat(&[parse_complete(), ready(b'I')])).await;
+    r.expect_client(&cat(&[parse_complete(), ready(b'I')]))
+        .await;
+    // Bound by its client name: the server sees the keyed name.
+    r.client_sends(&cat(&[bind("", "s1"), execute(), sync()]))
+        .await;
+    r.expect_server(&cat(&[bind("", &name), execute(), sync()]))
+        .await;
+}
+
+#[tokio::test]
+async fn a_second_parse_of_the_same_text_is_answered_by_the_proxy() {
+    let mut r = Rig::new(true).await;
+    let name = server_name("SELECT 1");
+    r.client_sends(&cat(&[parse("a", "SELECT 1"), sync()]))
+        .await;
+    r.server_sends(&cat(&[parse_complete(), ready(b'I')])).await;
+    r.expect_server(&cat(&[parse(&name, "SELECT 1"), sync()]))
+        .await;
+    r.expect_client(&cat(&[parse_complete(), ready(b'I')]))
+        .await;
+    // Same text under another client name: the server already has it.
+    r.client_sends(&cat(&[parse("b", "SELECT 1"), sync()]))
+        .await;
+    r.expect_server(&sync()).await;
+    r.server_sends(&ready(b'I')).await;
+    r.expect_client(&cat(&[parse_complete(), ready(b'I')]))
+        .await;
+}
+
+#[tokio::test]
+async fn binding_an_unknown_statement_is_refused_by_the_proxy() {
+    let mut r = Rig::new(true).await;
+    r.client_sends(&cat(&[bind("", "nope"), execute(), sync()]))
+        .await;
+    // Nothing reaches the server but the Sync that ends the pipeline.
+    r.expect_server(&sync()).await;
+    r.server_sends(&ready(b'I')).await;
+    let got = r.read_until(false, &ready(b'I')).await;
+    let shown = show(&got);
+    assert!(
+        shown[0].starts_with("E:") && shown[0].contains("26000"),
+        "{shown:?}"
+    );
+    assert_eq!(shown.last().map(String::as_str), Some("Z:I"));
+}
+
+#[tokio::test]
+async fn sql_prepare_retires_the_server() {
+    let mut r = Rig::new(true).await;
+    r.client_sends(&query("PREPARE p AS SELECT 1")).await;
+    r.server_sends(&cat(&[complete("PREPARE"), ready(b'I')]))
+        .await;
+    assert_eq!(
+        r.last_event().await,
+        Some(&Event::Release {
+            clean: false,
+            resync: false
+        })
+    );
+    assert!(!r.relay.server_reusable());
+}
+
+#[tokio::test]
+async fn statements_under_the_proxys_names_are_refused_in_sql() {
+    let mut r = Rig::new(true).await;
+    r.client_sends(&query("EXECUTE pgsluice_abc")).await;
+    let got = r.read_until(false, &ready(b'I')).await;
+    let shown = show(&got);
+    assert!(shown[0].contains("42501"), "{shown:?}");
+    r.expect_server(&[]).await;
+}
+
+#[tokio::test]
+async fn deallocate_of_a_client_statement_is_answered_by_the_proxy() {
+    let mut r = Rig::new(true).await;
+    prepared(&mut r, "s1", "SELECT 1").await;
+    r.client_sends(&query("DEALLOCATE s1")).await;
+    r.expect_client(&cat(&[complete("DEALLOCATE"), ready(b'I')]))
+        .await;
+    // Gone for the client: binding it is refused, and only the Sync reaches a server.
+    r.client_sends(&cat(&[bind("", "s1"), execute(), sync()]))
+        .await;
+    r.expect_server(&sync()).await;
+    r.server_sends(&ready(b'I')).await;
+    let got = r.read_until(false, &ready(b'I')).await;
+    assert!(show(&got)[0].contains("26000"), "{:?}", show(&got));
+}
+
+#[tokio::test]
+async fn closing_a_statement_keeps_it_on_the_server_for_others() {
+    let mut r = Rig::new(true).await;
+    prepared(&mut r, "s1", "SELECT 1").await;
+    r.client_sends(&cat(&[close_statement("s1"), sync()])).await;
+    // Only the Sync reaches the server; the CloseComplete is the proxy's.
+    r.expect_server(&sync()).await;
+    r.server_sends(&ready(b'I')).await;
+    r.expect_client(&cat(&[m(b'3', &[]), ready(b'I')])).await;
+    assert_eq!(r.server.as_ref().map(|s| s.statements.len()), Some(1));
+}
+
+#[tokio::test]
+async fn describe_of_a_statement_goes_to_its_server_name() {
+    let mut r = Rig::new(true).await;
+    prepared(&mut r, "s1", "SELECT 1").await;
+    r.client_sends(&cat(&[describe(b'S', "s1"), sync()])).await;
+    r.expect_server(&cat(&[describe(b'S', &server_name("SELECT 1")), sync()]))
+        .await;
+    let reply = cat(&[m(b't', &[0, 0]), m(b'T', &[0, 0]), ready(b'I')]);
+    r.server_sends(&reply).await;
+    r.expect_client(&reply).await;
+}
+
+#[tokio::test]
+async fn the_unnamed_statement_of_someone_else_cannot_be_bound() {
+    let mut r = Rig::new(true).await;
+    // No Parse of the unnamed statement in this attachment.
+    r.client_sends(&cat(&[bind("", ""), execute(), sync()]))
+        .await;
+    r.expect_server(&sync()).await;
+    r.server_sends(&ready(b'I')).await;
+    let got = r.read_until(false, &ready(b'I')).await;
+    assert!(show(&got)[0].contains("26000"), "{:?}", show(&got));
+}
+
+#[tokio::test]
+async fn the_least_recently_used_statement_is_closed_to_make_room() {
+    let mut r = Rig::new(true).await;
+    r.relay.max_prepared = 1;
+    prepared(&mut r, "a", "SELECT 1").await;
+    r.client_sends(&cat(&[parse("b", "SELECT 2"), sync()]))
+        .await;
+    r.expect_server(&cat(&[
+        close_statement(&server_name("SELECT 1")),
+        parse(&server_name("SELECT 2"), "SELECT 2"),
+        sync(),
+    ]))
+    .await;
+    // The CloseComplete is the proxy's own: dropped.
+    r.server_sends(&cat(&[m(b'3', &[]), parse_complete(), ready(b'I')]))
+        .await;
+    r.expect_client(&cat(&[parse_complete(), ready(b'I')]))
+        .await;
+}
+
+#[tokio::test]
+async fn an_evicted_statement_is_prepared_again_when_used() {
+    let mut r = Rig::new(true).await;
+    r.relay.max_prepared = 1;
+    prepared(&mut r, "a", "SELECT 1").await;
+    r.client_sends(&cat(&[parse("b", "SELECT 2"), sync()]))
+        .await;
+    r.server_sends(&cat(&[m(b'3', &[]), parse_complete(), ready(b'I')]))
+        .await;
+    r.expect_server(&cat(&[
+        close_statement(&server_name("SELECT 1")),
+        parse(&server_name("SELECT 2"), "SELECT 2"),
+        sync(),
+    ]))
+    .await;
+    r.expect_client(&cat(&[parse_complete(), ready(b'I')]))
+        .await;
+    // `a` again: SELECT 2 goes, SELECT 1 comes back, then the Bind.
+    r.client_sends(&cat(&[bind("", "a"), execute(), sync()]))
+        .await;
+    r.expect_server(&cat(&[
+        close_statement(&server_name("SELECT 2")),
+        parse(&server_name("SELECT 1"), "SELECT 1"),
+        bind("", &server_name("SELECT 1")),
+        execute(),
+        sync(),
+    ]))
+    .await;
+    r.server_sends(&cat(&[
+        m(b'3', &[]),
+        parse_complete(),
+        bind_complete(),
+        row("1"),
+        complete("SELECT 1"),
+        ready(b'I'),
+    ]))
+    .await;
+    r.expect_client(&cat(&[
+        bind_complete(),
+        row("1"),
+        complete("SELECT 1"),
+        ready(b'I'),
+    ]))
+    .await;
+}
+
+#[tokio::test]
+async fn the_handover_reset_goes_ahead_of_the_clients_message_and_its_replies_are_dropped() {
+    let mut r = Rig::new(true).await;
+    r.reset = Some("RESET ALL");
+    r.client_sends(&query("SELECT 1")).await;
+    let got = r.read_until(true, &query("SELECT 1")).await;
+    let shown = show(&got);
+    assert!(
+        shown[0].starts_with("Q:RESET ALL; PREPARE pgsluice_w_"),
+        "{shown:?}"
+    );
+    assert!(shown[1].starts_with("D:Spgsluice_w_"), "{shown:?}");
+    assert!(shown[2].starts_with("C:Spgsluice_w_"), "{shown:?}");
+    assert_eq!(shown[3], "H:");
+    assert_eq!(shown[4], "Q:SELECT 1\0");
+    // The reset's replies, the witness's, then the client's own.
+    let own = cat(&[
+        complete("RESET"),
+        complete("PREPARE"),
+        ready(b'I'),
+        m(b't', &[0, 0]),
+        m(b'T', &[0, 0]),
+        m(b'3', &[]),
+    ]);
+    let mine = cat(&[row("1"), complete("SELECT 1"), ready(b'I')]);
+    r.server_sends(&cat(&[own, mine.clone()])).await;
+    r.expect_client(&mine).await;
+    r.expect_release(true).await;
+}
+
+#[tokio::test]
+async fn a_reset_that_did_not_finish_stops_the_clients_work() {
+    let mut r = Rig::new(true).await;
+    r.reset = Some("RESET ALL");
+    r.client_sends(&query("SELECT 'secret'")).await;
+    // Canceled during the reset: its error, then the witness is missing.
+    r.server_sends(&cat(&[error("57014"), ready(b'I'), error("26000")]))
+        .await;
+    assert_eq!(r.last_event().await, Some(&Event::HandoverFailed));
+    r.expect_client(&[]).await;
+}
+
+#[tokio::test]
+async fn a_reset_followed_by_a_refused_query_ends_the_witness_transaction_before_release() {
+    let mut r = Rig::new(true).await;
+    r.reset = Some("RESET ALL");
+    r.client_sends(&query("BEGIN; LISTEN jobs")).await;
+    let own = cat(&[
+        complete("RESET"),
+        complete("PREPARE"),
+        ready(b'I'),
+        m(b't', &[0, 0]),
+        m(b'T', &[0, 0]),
+        m(b'3', &[]),
+    ]);
+    r.server_sends(&own).await;
+    // The refusal reaches the client without waiting for anything more.
+    let got = r.read_until(false, &ready(b'I')).await;
+    let shown = show(&got);
+    assert!(shown[0].contains("0A000"), "{shown:?}");
+    assert!(
+        r.events.is_empty(),
+        "not let go with the witness's transaction open"
+    );
+    assert!(!r.relay.server_reusable());
+    // The proxy ends that transaction with a Sync of its own; its ReadyForQuery is dropped.
+    let to_server = r.read_until(true, &sync()).await;
+    assert!(to_server.ends_with(&cat(&[m(b'H', &[]), sync()])));
+    r.server_sends(&ready(b'I')).await;
+    r.expect_release(true).await;
+    r.expect_client(&[]).await;
+}
