@@ -9,12 +9,13 @@
 //! the Describe fails, and PostgreSQL skips everything up to the next Sync: the client's
 //! messages never run (the relay then closes both ends). A Close drops the witness again.
 //!
-//! A Flush follows, so that the replies come even when no client message does. Describe
-//! and Close open the implicit transaction the client's first message would open anyway (its
-//! ReadyForQuery ends it; if the proxy answered that message itself, the relay ends it with a
-//! Sync of its own before the server can be let go); they take no snapshot and do not mark it as a pipeline, so `BEGIN ISOLATION
-//! LEVEL ...`, VACUUM and CREATE INDEX CONCURRENTLY still work as the client's first
-//! statement. (An Execute would not do: VACUUM then fails with 25001.)
+//! Describe and Close open the implicit transaction the client's first message would open
+//! anyway, and their replies travel with that message's (PostgreSQL holds extended-protocol
+//! replies until a Sync or Flush; no Flush is sent, which would cost a wake-up per
+//! hand-over). If the proxy answers that message itself, the relay sends a Sync of its own;
+//! either way the server is let go only after a ReadyForQuery. They take no snapshot and do
+//! not mark the transaction as a pipeline, so `BEGIN ISOLATION LEVEL ...`, VACUUM and CREATE
+//! INDEX CONCURRENTLY still work as the client's first statement. (An Execute would not do: VACUUM then fails with 25001.)
 
 use super::prepared::{write_close_statement, write_describe_statement};
 use crate::proto::emit;
@@ -48,9 +49,6 @@ pub fn write(out: &mut BytesMut, sql: &str, witness: &Witness) {
     });
     write_describe_statement(out, name);
     write_close_statement(out, name);
-    // Extended-protocol replies wait in the server's buffer until a Sync or Flush: without
-    // this, a client whose first message the proxy answers itself would wait for them forever.
-    emit::message(out, b'H', |_| {});
 }
 
 #[cfg(test)]
@@ -83,6 +81,6 @@ mod tests {
         assert_eq!(&rest[5..7], b"Sp");
         let close = &rest[1 + 4 + 1 + w.len() + 1..];
         assert_eq!(close[0], b'C');
-        assert_eq!(&close[1 + 4 + 1 + w.len() + 1..], b"H\0\0\0\x04");
+        assert_eq!(close.len(), 1 + 4 + 1 + w.len() + 1);
     }
 }

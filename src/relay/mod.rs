@@ -58,6 +58,16 @@ const SMALL_MESSAGE_LIMIT: usize = 10_000;
 /// bounded queue, not memory without end.
 pub const MAX_OUTSTANDING: usize = 8192;
 
+/// The hand-over witness's implicit transaction (see [`handover`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Guard {
+    None,
+    /// Opened by the witness; the client's next forwarded work ends it.
+    Open,
+    /// The proxy sent its own Sync to end it.
+    Closing,
+}
+
 /// Why the relay stopped and needs the session to act.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
@@ -156,9 +166,9 @@ pub struct Relay {
     /// its next Sync; messages that arrive from now on are dropped here instead of being
     /// tracked as if they would be answered.
     skip_pending: bool,
-    /// The hand-over witness opened an implicit transaction that no ReadyForQuery has ended
-    /// yet: the server is not let go before one has (see [`handover`]).
-    guard_open: bool,
+    /// Where the hand-over witness's implicit transaction is (see [`handover`]): the server
+    /// is not let go before a ReadyForQuery has ended it.
+    guard: Guard,
     /// Bytes the client buffer must hold before the current message can be handled.
     need: usize,
     /// What `need` holds beyond a normal buffer, reserved from the process budget ([`held`]).
@@ -200,7 +210,7 @@ impl Relay {
             server_fatal: false,
             discard: Discard::No,
             skip_pending: false,
-            guard_open: false,
+            guard: Guard::None,
             need: 0,
             held: 0,
             max_client_statements: u32::MAX,
@@ -243,11 +253,20 @@ impl Relay {
             && self.discard == Discard::No
     }
 
+    /// The client's messages so far were all answered by the proxy: nothing of its work is
+    /// on the server, and no message of it is half read.
+    fn nothing_forwarded(&self) -> bool {
+        self.need == 0
+            && !self.unsynced
+            && !self.c.framer.mid_message()
+            && self.pipeline.only_proxy_work()
+    }
+
     /// The transaction is over and every reply the server owes is accounted for: it may
     /// serve someone else.
     pub fn server_reusable(&self) -> bool {
         self.transaction_over()
-            && !self.guard_open
+            && self.guard == Guard::None
             && !self.facts.retire()
             && self.s.pos == self.s.buf.len()
     }
@@ -268,7 +287,7 @@ impl Relay {
         self.unsynced = false;
         self.facts = Facts::default();
         self.skip_pending = false;
-        self.guard_open = false;
+        self.guard = Guard::None;
         self.session_dirty = false;
         self.status = b'I';
         self.server_fatal = false;
@@ -289,12 +308,14 @@ impl Relay {
                 ..Entry::pass(kind)
             });
         }
-        self.guard_open = true;
+        self.guard = Guard::Open;
     }
 
     /// Ends the witness's implicit transaction with a Sync of the proxy's own, when the client's
-    /// work never reached the server (the proxy answered it).
+    /// work never reached the server (the proxy answered it): that also makes the server send
+    /// the witness's replies, which it holds until a Sync or Flush.
     fn close_guard(&mut self) {
+        self.guard = Guard::Closing;
         self.c.insert(emit::sync);
         self.pipeline.push(Entry {
             action: Action::Swallow,
@@ -380,6 +401,9 @@ impl Relay {
             if let Some(ev) = self.walk_client(server.as_deref_mut(), state) {
                 return Poll::Ready(ev);
             }
+            if self.guard == Guard::Open && server.is_some() && self.nothing_forwarded() {
+                self.close_guard();
+            }
 
             if let Some(srv) = server.as_deref_mut() {
                 // Proxy -> server.
@@ -411,7 +435,7 @@ impl Relay {
                 }
                 // Not while a message the client started is still arriving (need > 0).
                 if self.transaction_mode && self.need == 0 && self.transaction_over() {
-                    if self.guard_open {
+                    if self.guard == Guard::Open {
                         self.close_guard();
                         continue;
                     }
@@ -1141,7 +1165,7 @@ impl Relay {
                     match h.tag {
                         b'Z' => {
                             // Whatever the witness opened has ended.
-                            self.guard_open = false;
+                            self.guard = Guard::None;
                             self.status = body.first().copied().unwrap_or(b'I');
                             self.meter.ready(self.status);
                             self.pipeline.complete(b'Z');
@@ -1249,7 +1273,7 @@ impl Relay {
             }
             b'Z' | b'T' | b'n' => {
                 if h.tag == b'Z' && self.pipeline.head().is_some_and(|e| e.kind == Kind::Sync) {
-                    self.guard_open = false;
+                    self.guard = Guard::None;
                 }
                 self.pipeline.complete(h.tag);
             }

@@ -182,6 +182,11 @@ impl Pipeline {
             .any(|e| e.kind == Kind::Query && e.action == Action::Pass)
     }
 
+    /// No entry is the client's own message on its way to the server.
+    pub fn only_proxy_work(&self) -> bool {
+        self.q.iter().all(|e| e.action != Action::Pass)
+    }
+
     pub fn head(&self) -> Option<&Entry> {
         self.q.front()
     }
