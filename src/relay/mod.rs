@@ -169,6 +169,12 @@ pub struct Relay {
     /// Where the hand-over witness's implicit transaction is (see [`handover`]): the server
     /// is not let go before a ReadyForQuery has ended it.
     guard: Guard,
+    /// The witness's Describe and Close have not both answered: the reset may not have
+    /// finished. PostgreSQL skips a failed witness's followers only up to the next Sync, so
+    /// nothing after a Sync is forwarded until they have ([`Relay::held_after_sync`]).
+    witness_pending: bool,
+    /// A Sync went to the server while the witness was pending.
+    synced_since_witness: bool,
     /// Bytes the client buffer must hold before the current message can be handled.
     need: usize,
     /// What `need` holds beyond a normal buffer, reserved from the process budget ([`held`]).
@@ -211,6 +217,8 @@ impl Relay {
             discard: Discard::No,
             skip_pending: false,
             guard: Guard::None,
+            witness_pending: false,
+            synced_since_witness: false,
             need: 0,
             held: 0,
             max_client_statements: u32::MAX,
@@ -256,10 +264,12 @@ impl Relay {
     /// The client's messages so far were all answered by the proxy: nothing of its work is
     /// on the server, and no message of it is half read.
     fn nothing_forwarded(&self) -> bool {
-        self.need == 0
-            && !self.unsynced
-            && !self.c.framer.mid_message()
-            && self.pipeline.only_proxy_work()
+        self.need == 0 && !self.c.framer.mid_message() && self.pipeline.only_proxy_work()
+    }
+
+    /// A Sync went to the server before the witness answered: what follows it waits.
+    fn held_after_sync(&self) -> bool {
+        self.witness_pending && self.synced_since_witness
     }
 
     /// The transaction is over and every reply the server owes is accounted for: it may
@@ -288,6 +298,8 @@ impl Relay {
         self.facts = Facts::default();
         self.skip_pending = false;
         self.guard = Guard::None;
+        self.witness_pending = false;
+        self.synced_since_witness = false;
         self.session_dirty = false;
         self.status = b'I';
         self.server_fatal = false;
@@ -309,6 +321,8 @@ impl Relay {
             });
         }
         self.guard = Guard::Open;
+        self.witness_pending = true;
+        self.synced_since_witness = false;
     }
 
     /// Ends the witness's implicit transaction with a Sync of the proxy's own, when the client's
@@ -316,6 +330,7 @@ impl Relay {
     /// the witness's replies, which it holds until a Sync or Flush.
     fn close_guard(&mut self) {
         self.guard = Guard::Closing;
+        self.synced_since_witness |= self.witness_pending;
         self.c.insert(emit::sync);
         self.pipeline.push(Entry {
             action: Action::Swallow,
@@ -521,6 +536,10 @@ impl Relay {
                 self.discard = Discard::No;
                 continue;
             }
+            if self.held_after_sync() && server.is_some() {
+                // Not past a Sync before the witness has answered (see `witness_pending`).
+                break;
+            }
             if self.facts.has(Fact::Unaccounted) && self.transaction_mode && server.is_some() {
                 // Nothing more goes to a server whose replies can no longer be counted: the
                 // client's next messages wait for the server it gets next.
@@ -636,6 +655,7 @@ impl Relay {
                 }
                 b'S' => {
                     self.unsynced = false;
+                    self.synced_since_witness |= self.witness_pending;
                     self.forward(&h, Entry::pass(Kind::Sync))
                 }
                 b'c' | b'f' => {
@@ -1134,8 +1154,9 @@ impl Relay {
                 return Ok(());
             };
             if self.pipeline.head().is_some_and(|e| {
-                matches!(e.kind, Kind::Query | Kind::Describe | Kind::Sync)
-                    && e.action == Action::Swallow
+                e.action == Action::Swallow
+                    && (matches!(e.kind, Kind::Query | Kind::Describe | Kind::Sync)
+                        || (e.kind == Kind::Close && self.witness_pending && h.tag == b'E'))
             }) {
                 if !self.swallow_own_reply(&h, srv)? {
                     return Ok(());
@@ -1154,6 +1175,10 @@ impl Relay {
                         if e.action == Action::Swallow {
                             // The reply to the proxy's own Parse or Close.
                             self.s.remove_walked(h.start, 5 + h.body_len);
+                            if e.kind == Kind::Close {
+                                // The witness's Close comes before any other of the proxy's.
+                                self.witness_pending = false;
+                            }
                         }
                     }
                     self.emit_ready_answers();
@@ -1265,9 +1290,10 @@ impl Relay {
                 if self
                     .pipeline
                     .head()
-                    .is_some_and(|e| e.kind == Kind::Describe)
+                    .is_some_and(|e| matches!(e.kind, Kind::Describe | Kind::Close))
                 {
-                    // The witness is missing: the server now skips up to the next Sync.
+                    // The witness is missing (or its Close was canceled): the server now
+                    // skips the client's messages up to the next Sync.
                     self.facts.set(Fact::HandoverFailed, true);
                 }
             }

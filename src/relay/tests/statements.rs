@@ -275,3 +275,65 @@ async fn a_reset_followed_by_a_refused_query_ends_the_witness_transaction_before
     r.expect_release(true).await;
     r.expect_client(&[]).await;
 }
+
+fn witness_replies() -> Vec<u8> {
+    cat(&[
+        complete("RESET"),
+        complete("PREPARE"),
+        ready(b'I'),
+        m(b't', &[0, 0]),
+        m(b'T', &[0, 0]),
+        m(b'3', &[]),
+    ])
+}
+
+#[tokio::test]
+async fn after_a_failed_reset_nothing_past_the_first_sync_reaches_the_server() {
+    let mut r = Rig::new(true).await;
+    r.reset = Some("RESET ALL");
+    let group = |sql: &str| cat(&[parse("", sql), bind("", ""), execute(), sync()]);
+    r.client_sends(&cat(&[group("SELECT 1"), group("SELECT 'second'")]))
+        .await;
+    // PostgreSQL would skip the first group only: the second must not have left the proxy.
+    let to_server = show(&r.read_until(true, &sync()).await);
+    assert_eq!(to_server.len(), 7, "{to_server:?}");
+    assert_eq!(to_server[6], "S:");
+    r.server_sends(&cat(&[
+        error("57014"),
+        ready(b'I'),
+        error("26000"),
+        ready(b'I'),
+    ]))
+    .await;
+    assert_eq!(r.last_event().await, Some(&Event::HandoverFailed));
+    r.expect_server(&[]).await;
+}
+
+#[tokio::test]
+async fn after_a_confirmed_reset_the_rest_of_a_pipeline_follows() {
+    let mut r = Rig::new(true).await;
+    r.reset = Some("RESET ALL");
+    let group = |sql: &str| cat(&[parse("", sql), bind("", ""), execute(), sync()]);
+    r.client_sends(&cat(&[group("SELECT 1"), group("SELECT 2")]))
+        .await;
+    let first = show(&r.read_until(true, &sync()).await);
+    assert_eq!(first.len(), 7, "{first:?}");
+    r.server_sends(&witness_replies()).await;
+    r.expect_server(&group("SELECT 2")).await;
+}
+
+#[tokio::test]
+async fn a_refused_first_message_with_a_flush_does_not_wait_for_the_witness() {
+    let mut r = Rig::new(true).await;
+    r.reset = Some("RESET ALL");
+    r.client_sends(&cat(&[bind("", "unknown"), m(b'H', &[])]))
+        .await;
+    // Nothing of the client's goes; the proxy's own Sync makes the server answer the witness.
+    let to_server = show(&r.read_until(true, &sync()).await);
+    assert_eq!(to_server.len(), 4, "{to_server:?}");
+    assert_eq!(to_server[3], "S:");
+    r.server_sends(&cat(&[witness_replies(), ready(b'I')]))
+        .await;
+    let got = show(&r.read_until(false, &[0, 0]).await);
+    assert!(got[0].contains("26000"), "{got:?}");
+}
