@@ -3,8 +3,8 @@
 //! The reset goes ahead of the next client's first message in the same write. Any client on
 //! the upstream role can learn the server's pid and cancel it while the reset runs: the
 //! rest of the reset's query string is then skipped, and the client's message would run on
-//! what the previous client left. So the reset ends by preparing a witness statement whose
-//! name is random per hand-over, and a Describe of that statement follows, without a Sync,
+//! what the previous client left. So the reset runs as one explicit transaction and, once it
+//! has committed, prepares a witness statement whose name is random per hand-over, and a Describe of that statement follows, without a Sync,
 //! before the client's messages. If the reset did not finish, the witness does not exist,
 //! the Describe fails, and PostgreSQL skips everything up to the next Sync: the client's
 //! messages never run (the relay then closes both ends). A Close drops the witness again.
@@ -42,8 +42,11 @@ pub fn write(out: &mut BytesMut, sql: &str, witness: &Witness) {
     // The prefix is ASCII and the digits are hex: the name is valid UTF-8.
     let name = std::str::from_utf8(witness).unwrap_or("pgsluice_w_");
     emit::message(out, b'Q', |b| {
+        // One explicit transaction, committed before the witness exists: PREPARE is not
+        // transactional, so a reset rolled back after it would still leave the witness.
+        b.put_slice(b"BEGIN; ");
         b.put_slice(sql.as_bytes());
-        b.put_slice(b"; PREPARE ");
+        b.put_slice(b"; COMMIT; PREPARE ");
         b.put_slice(witness);
         b.put_slice(b" AS SELECT\0");
     });
@@ -73,7 +76,7 @@ mod tests {
         let w = *b"pgsluice_w_0123456789abcdef";
         let mut out = BytesMut::new();
         write(&mut out, "RESET ALL", &w);
-        let q = b"RESET ALL; PREPARE pgsluice_w_0123456789abcdef AS SELECT\0";
+        let q = b"BEGIN; RESET ALL; COMMIT; PREPARE pgsluice_w_0123456789abcdef AS SELECT\0";
         assert_eq!(out[0], b'Q');
         assert_eq!(&out[5..5 + q.len()], q);
         let rest = &out[5 + q.len()..];

@@ -209,7 +209,7 @@ async fn the_handover_reset_goes_ahead_of_the_clients_message_and_its_replies_ar
     let got = r.read_until(true, &query("SELECT 1")).await;
     let shown = show(&got);
     assert!(
-        shown[0].starts_with("Q:RESET ALL; PREPARE pgsluice_w_"),
+        shown[0].starts_with("Q:BEGIN; RESET ALL; COMMIT; PREPARE pgsluice_w_"),
         "{shown:?}"
     );
     assert!(shown[1].starts_with("D:Spgsluice_w_"), "{shown:?}");
@@ -251,7 +251,7 @@ async fn a_reset_followed_by_a_refused_query_ends_the_witness_transaction_before
     // Sync that ends the witness's transaction (and makes the server send its replies).
     let to_server = show(&r.read_until(true, &sync()).await);
     assert_eq!(to_server.len(), 4, "{to_server:?}");
-    assert!(to_server[0].starts_with("Q:RESET ALL; PREPARE"));
+    assert!(to_server[0].starts_with("Q:BEGIN; RESET ALL; COMMIT; PREPARE"));
     assert!(to_server[2].starts_with("C:Spgsluice_w_"));
     assert_eq!(to_server[3], "S:");
     let own = cat(&[
