@@ -69,11 +69,9 @@ pub async fn authenticate(
         Method::Md5 => {
             let answer = md5_exchange(stream, out).await?;
             let ok = match secret {
-                Some(Secret::Md5(h)) => md5::verify(h, answer.salt, &answer.response),
-                Some(Secret::Plain(p)) => {
-                    md5::verify(&md5::stored_hash(p, user), answer.salt, &answer.response)
-                }
-                _ => false,
+                Some(Secret::Plain(p)) => answer.proves(&Secret::Md5(md5::stored_hash(p, user))),
+                Some(s) => answer.proves(s),
+                None => false,
             };
             md5_answer = Some(answer);
             ok
