@@ -429,3 +429,52 @@ async fn one_text_under_two_search_paths_plans_for_each() {
         );
     }
 }
+
+/// A client that prepares a statement after a schema change gets the new result type, as on
+/// a direct connection, even when the servers still hold the same text prepared before the
+/// change (by another client) and whichever of them its transactions land on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_prepared_after_a_schema_change_never_meets_an_older_plan() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 2")).await;
+    let setup = proxy.connect(PoolMode::Transaction).await;
+    setup
+        .batch_execute("CREATE TABLE t_ddl (a int); INSERT INTO t_ddl VALUES (1)")
+        .await
+        .unwrap();
+    // Two clients, each inside a transaction, so that both servers get the statement.
+    let (a1, a2) = (
+        proxy.connect(PoolMode::Transaction).await,
+        proxy.connect(PoolMode::Transaction).await,
+    );
+    for a in [&a1, &a2] {
+        a.batch_execute("BEGIN").await.unwrap();
+        let s = a.prepare("SELECT * FROM t_ddl").await.unwrap();
+        assert_eq!(a.query(&s, &[]).await.unwrap()[0].len(), 1);
+    }
+    for a in [&a1, &a2] {
+        a.batch_execute("COMMIT").await.unwrap();
+    }
+    setup
+        .batch_execute("ALTER TABLE t_ddl ADD COLUMN b int DEFAULT 2")
+        .await
+        .unwrap();
+    // A new client prepares the same text: on a direct connection it plans afresh.
+    let b = proxy.connect(PoolMode::Transaction).await;
+    let s = b.prepare("SELECT * FROM t_ddl").await.unwrap();
+    assert_eq!(s.columns().len(), 2);
+    for round in 0..6 {
+        // Every other round a1 holds one server, so b's transactions use both.
+        if round % 2 == 1 {
+            a1.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        }
+        let rows = b
+            .query(&s, &[])
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        assert_eq!((rows[0].get::<_, i32>(0), rows[0].get::<_, i32>(1)), (1, 2));
+        if round % 2 == 1 {
+            a1.batch_execute("COMMIT").await.unwrap();
+        }
+    }
+}

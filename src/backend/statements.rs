@@ -1,35 +1,67 @@
 //! What one server connection has prepared: the proxy's statement names on it, least
-//! recently used first out, and those PostgreSQL refused to reuse. Kept with the connection
-//! (it outlives every client), filled in by the relay.
+//! recently used first out, when each was parsed, and those that must be closed before they
+//! are prepared again. Kept with the connection (it outlives every client), filled in by the
+//! relay.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Orders Parses across the process: a client's Parse and every server's copy of a
+/// statement get a reading, so that "this copy was parsed before that client's Parse" is a
+/// comparison. (A copy parsed earlier may predate a schema change the client's Parse saw.)
+static PARSE_CLOCK: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh reading of the parse clock: later calls return larger values.
+pub fn parse_clock() -> u64 {
+    PARSE_CLOCK.fetch_add(1, Ordering::Relaxed)
+}
 
 /// What one server connection has prepared, least recently used first out.
 #[derive(Default, Debug)]
 pub struct ServerStatements {
-    used: HashMap<Arc<str>, u64>,
+    used: HashMap<Arc<str>, Copy>,
     tick: u64,
-    /// Statements whose plan PostgreSQL refused to reuse: closed before they are prepared again.
+    /// Statements that must be closed before they are prepared again: PostgreSQL refused to
+    /// reuse their plan, or the copy is older than a client's Parse of the same text.
     stale: HashSet<Arc<str>>,
 }
 
+#[derive(Debug, Clone)]
+struct Copy {
+    last_used: u64,
+    parsed: u64,
+}
+
 impl ServerStatements {
-    /// True if the server has `name`; marks it used.
-    pub fn touch(&mut self, name: &Arc<str>) -> bool {
+    /// True if the server has a copy of `name` parsed no earlier than `since` (the client's
+    /// own Parse): PostgreSQL fixes a statement's result type when it parses it, so an older
+    /// copy may answer with a plan from before a schema change the client's Parse saw
+    /// ("cached plan must not change result type" where a direct connection plans afresh).
+    /// Such a copy is marked stale, to be closed and parsed again. Marks the copy used.
+    pub fn touch(&mut self, name: &Arc<str>, since: u64) -> bool {
         self.tick += 1;
         match self.used.get_mut(name) {
-            Some(t) => {
-                *t = self.tick;
+            Some(c) if c.parsed >= since => {
+                c.last_used = self.tick;
                 true
+            }
+            Some(_) => {
+                self.mark_stale(name);
+                false
             }
             None => false,
         }
     }
 
+    /// The server was sent a Parse of `name` now.
     pub fn add(&mut self, name: Arc<str>) {
         self.tick += 1;
-        self.used.insert(name, self.tick);
+        let copy = Copy {
+            last_used: self.tick,
+            parsed: parse_clock(),
+        };
+        self.used.insert(name, copy);
     }
 
     pub fn remove(&mut self, name: &str) {
@@ -44,7 +76,7 @@ impl ServerStatements {
         let victim = self
             .used
             .iter()
-            .min_by_key(|(_, t)| **t)
+            .min_by_key(|(_, c)| c.last_used)
             .map(|(k, _)| k.clone())?;
         self.used.remove(&victim);
         Some(victim)
@@ -87,9 +119,25 @@ mod tests {
         for n in &names {
             s.add(n.clone());
         }
-        assert!(s.touch(&names[0]));
+        assert!(s.touch(&names[0], 0));
         assert_eq!(s.evict_for_room(3).as_deref(), Some("s1"));
         assert_eq!(s.evict_for_room(3), None);
         assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn a_copy_older_than_the_clients_parse_is_closed_first() {
+        let mut s = ServerStatements::default();
+        let name: Arc<str> = Arc::from("s");
+        s.add(name.clone());
+        let client_parse = parse_clock();
+        assert!(
+            !s.touch(&name, client_parse),
+            "parsed before the client's Parse"
+        );
+        assert!(s.take_stale(&name), "closed before it is parsed again");
+        assert!(s.is_empty());
+        s.add(name.clone());
+        assert!(s.touch(&name, client_parse), "parsed after it");
     }
 }

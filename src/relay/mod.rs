@@ -918,7 +918,9 @@ impl Relay {
                     client_name: Some(client_name),
                     ..Entry::pass(Kind::Parse)
                 };
-                if !ensure_on_server(
+                // The statement is newer than any copy the server has (`Statement::parsed`):
+                // the Parse always reaches the server, after a Close of an older copy.
+                ensure_on_server(
                     &mut self.c.out,
                     &mut self.pipeline,
                     &mut self.meter,
@@ -926,9 +928,7 @@ impl Relay {
                     self.max_prepared as usize,
                     &stmt,
                     entry,
-                ) {
-                    self.answer(Kind::Parse, Synthetic::ParseComplete);
-                }
+                );
                 Ok(true)
             }
             Kind::Describe | Kind::Close => {
@@ -1125,7 +1125,6 @@ impl Relay {
         let status = self.status;
         while let Some(s) = self.pipeline.take_ready_answers() {
             self.s.insert(|b| match s {
-                Synthetic::ParseComplete => emit::message(b, b'1', |_| {}),
                 Synthetic::CloseComplete => emit::message(b, b'3', |_| {}),
                 Synthetic::Ready => emit::ready_for_query(b, status),
                 Synthetic::Complete(tag) => emit::message(b, b'C', |b| {
@@ -1370,9 +1369,9 @@ impl Drop for Relay {
     }
 }
 
-/// Gives the server `stmt` if it lacks it: closes what must go first, then a Parse tracked
-/// as `entry` (the proxy's own, Swallow, when the client did not ask for one). Returns false
-/// when the server already had it.
+/// Gives the server `stmt` unless it has a copy parsed since the client's Parse: closes what
+/// must go first, then a Parse tracked as `entry` (the proxy's own, Swallow, when the client
+/// did not ask for one).
 fn ensure_on_server(
     out: &mut BytesMut,
     pipeline: &mut Pipeline,
@@ -1381,10 +1380,10 @@ fn ensure_on_server(
     capacity: usize,
     stmt: &Statement,
     entry: Entry,
-) -> bool {
-    if have.touch(&stmt.server_name) {
+) {
+    if have.touch(&stmt.server_name, stmt.parsed) {
         meter.prepared(true);
-        return false;
+        return;
     }
     meter.prepared(false);
     if make_room(out, pipeline, have, capacity, &stmt.server_name) {
@@ -1396,7 +1395,6 @@ fn ensure_on_server(
         statement: Some(stmt.server_name.clone()),
         ..entry
     });
-    true
 }
 
 /// PostgreSQL's words for a statement name it does not know (26000).

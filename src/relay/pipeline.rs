@@ -39,7 +39,6 @@ impl Kind {
 /// A reply the proxy gives itself, in the client's stream where the server's would be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Synthetic {
-    ParseComplete,
     CloseComplete,
     /// ReadyForQuery with the current transaction status (after a refused simple Query).
     Ready,
@@ -295,12 +294,12 @@ mod tests {
         let mut p = Pipeline::default();
         p.push(Entry::pass(Kind::Bind));
         p.push(Entry {
-            action: Action::Answer(Synthetic::ParseComplete),
-            ..Entry::pass(Kind::Parse)
+            action: Action::Answer(Synthetic::CloseComplete),
+            ..Entry::pass(Kind::Close)
         });
         assert_eq!(p.take_ready_answers(), None);
         assert!(p.complete(b'2').is_some());
-        assert_eq!(p.take_ready_answers(), Some(Synthetic::ParseComplete));
+        assert_eq!(p.take_ready_answers(), Some(Synthetic::CloseComplete));
         assert!(p.is_empty());
     }
 }

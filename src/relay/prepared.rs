@@ -1,9 +1,11 @@
 //! Named prepared statements in transaction mode. A client's statement names are its own;
 //! on the server the proxy names a statement after its text and parameter types
-//! (`pgsluice_<hash>`), so one Parse on a server serves every client that prepares the same
-//! query, and any server can be given a client's statement when its next transaction lands
-//! there. Each server keeps a bounded, least-recently-used set of what it has.
+//! (`pgsluice_<hash>`), so one copy on a server serves every client that prepared the same
+//! query before it was parsed there (never an older copy: `Statement::parsed`), and any
+//! server can be given a client's statement when its next transaction lands there. Each
+//! server keeps a bounded, least-recently-used set of what it has.
 
+use crate::backend::statements::parse_clock;
 use bytes::{BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -17,6 +19,9 @@ pub struct Statement {
     pub tail: Bytes,
     /// Session settings its text may change (SET, set_config): each execution is noted.
     pub settings: Option<Box<[String]>>,
+    /// When the client parsed it ([`parse_clock`]): it runs only on server copies parsed
+    /// since, as a direct connection's statement is planned no earlier than its Parse.
+    pub parsed: u64,
 }
 
 impl Statement {
@@ -36,6 +41,7 @@ impl Statement {
             server_name: Arc::from(name),
             tail: Bytes::copy_from_slice(tail),
             settings: None,
+            parsed: parse_clock(),
         }
     }
 }

@@ -21,7 +21,7 @@ async fn a_named_statement_is_renamed_on_the_server_and_answered_from_it_later()
 }
 
 #[tokio::test]
-async fn a_second_parse_of_the_same_text_is_answered_by_the_proxy() {
+async fn a_second_parse_of_the_same_text_replaces_the_older_copy_on_the_server() {
     let mut r = Rig::new(true).await;
     let name = server_name("SELECT 1");
     r.client_sends(&cat(&[parse("a", "SELECT 1"), sync()]))
@@ -31,13 +31,37 @@ async fn a_second_parse_of_the_same_text_is_answered_by_the_proxy() {
         .await;
     r.expect_client(&cat(&[parse_complete(), ready(b'I')]))
         .await;
-    // Same text under another client name: the server already has it.
+    // Same text under another client name: the server's copy predates this Parse (a schema
+    // change in between would give it another result type), so it is parsed again.
     r.client_sends(&cat(&[parse("b", "SELECT 1"), sync()]))
         .await;
-    r.expect_server(&sync()).await;
-    r.server_sends(&ready(b'I')).await;
+    r.expect_server(&cat(&[
+        close_statement(&name),
+        parse(&name, "SELECT 1"),
+        sync(),
+    ]))
+    .await;
+    r.server_sends(&cat(&[m(b'3', &[]), parse_complete(), ready(b'I')]))
+        .await;
     r.expect_client(&cat(&[parse_complete(), ready(b'I')]))
         .await;
+    // Both client names now run on that copy without another Parse.
+    r.client_sends(&cat(&[
+        bind("", "a"),
+        execute(),
+        bind("", "b"),
+        execute(),
+        sync(),
+    ]))
+    .await;
+    r.expect_server(&cat(&[
+        bind("", &name),
+        execute(),
+        bind("", &name),
+        execute(),
+        sync(),
+    ]))
+    .await;
 }
 
 #[tokio::test]
