@@ -1,7 +1,9 @@
-//! A throwaway PostgreSQL server: `initdb` into a fresh directory (as the `postgres` OS user
-//! when running as root, since initdb refuses root), started on a free port, removed on drop.
-//! Used by `pgsluice demo` and by the integration tests; nothing here is a stand-in for
-//! PostgreSQL.
+//! A throwaway PostgreSQL server: a fresh data directory (as the `postgres` OS user when
+//! running as root, since initdb refuses root), started on a free port, removed on drop.
+//! The directory is a copy of one `initdb` run per machine and PostgreSQL build, kept in the
+//! temp directory (copying takes a tenth of the time of initdb, which dominated the test
+//! suite). Used by `pgsluice demo` and by the integration tests; nothing here is a stand-in
+//! for PostgreSQL.
 
 use std::io;
 use std::net::TcpListener;
@@ -10,6 +12,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+/// Changes when the template's initdb arguments do, so that an old template is not reused.
+const TEMPLATE_VERSION: u32 = 1;
 
 pub struct DevDb {
     pub bindir: PathBuf,
@@ -124,24 +129,17 @@ impl DevDb {
             run_as,
         };
         let data = dir.join("data");
+        let template = db.template()?;
         let out = db
-            .command("initdb")
-            .args(["-D"])
+            .run_as_owner("cp")
+            .arg("-a")
+            .arg(&template)
             .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "-N",
-            ])
             .output()?;
         if !out.status.success() {
             return Err(err(format!(
-                "initdb failed: {}",
+                "copying the initdb template {} failed: {}",
+                template.display(),
                 String::from_utf8_lossy(&out.stderr)
             )));
         }
@@ -184,11 +182,60 @@ impl DevDb {
     }
 
     fn command(&self, program: &str) -> Command {
-        let mut c = Command::new(self.bindir.join(program));
+        self.run_as_owner(self.bindir.join(program))
+    }
+
+    /// `program` as the owner of the data directory.
+    fn run_as_owner(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
         if let Some((uid, gid)) = self.run_as {
             c.uid(uid).gid(gid);
         }
         c
+    }
+
+    /// The initdb'd data directory of this PostgreSQL build, made once per machine: built
+    /// under a unique name and renamed into place, so concurrent test processes never see
+    /// half of one (the loser of a race removes its own).
+    fn template(&self) -> io::Result<PathBuf> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (TEMPLATE_VERSION, &self.bindir, self.run_as).hash(&mut h);
+        let path = std::env::temp_dir().join(format!("pgsluice-initdb-{:x}", h.finish()));
+        if path.join("PG_VERSION").is_file() {
+            return Ok(path);
+        }
+        let building = self.dir.join("template");
+        let out = self
+            .command("initdb")
+            .args(["-D"])
+            .arg(&building)
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "-N",
+            ])
+            .output()?;
+        if !out.status.success() {
+            return Err(err(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        match std::fs::rename(&building, &path) {
+            Ok(()) => Ok(path),
+            // Another process won the race; its template is as good.
+            Err(_) if path.join("PG_VERSION").is_file() => {
+                let _ = std::fs::remove_dir_all(&building);
+                Ok(path)
+            }
+            Err(e) => Err(err(format!("keeping {}: {e}", path.display()))),
+        }
     }
 
     fn launch(&mut self) -> io::Result<()> {

@@ -4,6 +4,7 @@
 pub mod emit;
 pub mod frame;
 pub mod startup;
+pub mod tag;
 pub mod views;
 
 pub use frame::{FrameError, Framer, Header};

@@ -41,7 +41,7 @@ pub fn new_witness() -> Witness {
 pub fn write(out: &mut BytesMut, sql: &str, witness: &Witness) {
     // The prefix is ASCII and the digits are hex: the name is valid UTF-8.
     let name = std::str::from_utf8(witness).unwrap_or("pgsluice_w_");
-    emit::message(out, b'Q', |b| {
+    emit::message(out, crate::proto::tag::frontend::QUERY, |b| {
         // One explicit transaction, committed before the witness exists: PREPARE is not
         // transactional, so a reset rolled back after it would still leave the witness.
         b.put_slice(b"BEGIN; ");

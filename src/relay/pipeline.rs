@@ -3,6 +3,7 @@
 //! the relay which reply ends which message, which replies are the proxy's own to drop, where
 //! the proxy's own answers go, and what an error makes the server skip.
 
+use crate::proto::tag::backend as be;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -25,11 +26,11 @@ impl Kind {
     /// Whether a server message with `tag` ends a message of this kind (errors aside).
     pub fn ended_by(self, tag: u8) -> bool {
         match self {
-            Kind::Query | Kind::Sync => tag == b'Z',
-            Kind::Parse => tag == b'1',
-            Kind::Bind => tag == b'2',
-            Kind::Close => tag == b'3',
-            Kind::Describe => tag == b'T' || tag == b'n',
+            Kind::Query | Kind::Sync => tag == be::READY_FOR_QUERY,
+            Kind::Parse => tag == be::PARSE_COMPLETE,
+            Kind::Bind => tag == be::BIND_COMPLETE,
+            Kind::Close => tag == be::CLOSE_COMPLETE,
+            Kind::Describe => tag == be::ROW_DESCRIPTION || tag == be::NO_DATA,
             Kind::Execute => matches!(tag, b'C' | b'I' | b's'),
             Kind::CopyEnd => false,
         }

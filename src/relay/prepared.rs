@@ -6,6 +6,7 @@
 //! server keeps a bounded, least-recently-used set of what it has.
 
 use crate::backend::statements::parse_clock;
+use crate::proto::tag::frontend as fe;
 use bytes::{BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -105,7 +106,7 @@ impl ClientStatements {
 
 /// Parse ('P') with a new name.
 pub fn write_parse(out: &mut BytesMut, name: &str, tail: &[u8]) {
-    out.put_u8(b'P');
+    out.put_u8(fe::PARSE);
     out.put_i32((4 + name.len() + 1 + tail.len()) as i32);
     out.put_slice(name.as_bytes());
     out.put_u8(0);
@@ -114,7 +115,7 @@ pub fn write_parse(out: &mut BytesMut, name: &str, tail: &[u8]) {
 
 /// Close ('C') of a statement.
 pub fn write_close_statement(out: &mut BytesMut, name: &str) {
-    write_statement_message(out, b'C', name);
+    write_statement_message(out, fe::CLOSE, name);
 }
 
 /// Close or Describe of a statement (`S`) by its server name.
@@ -136,7 +137,7 @@ pub fn write_bind_head(
     name: &str,
 ) {
     let new_len = 4 + body_len - old_name_len + name.len();
-    out.put_u8(b'B');
+    out.put_u8(fe::BIND);
     out.put_i32(new_len as i32);
     out.put_slice(portal);
     out.put_u8(0);
@@ -146,7 +147,7 @@ pub fn write_bind_head(
 
 /// Describe ('D') of a statement by its server name.
 pub fn write_describe_statement(out: &mut BytesMut, name: &str) {
-    write_statement_message(out, b'D', name);
+    write_statement_message(out, fe::DESCRIBE, name);
 }
 
 /// Splits `name NUL rest` (Parse body); `None` without a terminator.

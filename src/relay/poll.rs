@@ -1,0 +1,202 @@
+//! The relay's loop: reads, walks and writes both directions until the session must act.
+
+use super::*;
+
+/// What one turn with the server attached came to.
+enum Served {
+    /// Carry on (true: bytes moved).
+    Progress(bool),
+    /// The proxy queued its own Sync: walk again before anything else.
+    Again,
+    /// The session must act.
+    Stop(Event),
+}
+
+impl Relay {
+    /// Moves bytes both ways until something needs the session's attention.
+    pub fn poll_relay(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut Stream,
+        mut server: Option<&mut ServerConn>,
+        state: &mut ClientState,
+    ) -> Poll<Event> {
+        loop {
+            let mut progress = match self.read_client(cx, client) {
+                Ok(read) => read,
+                Err(ev) => return Poll::Ready(ev),
+            };
+            if let Some(ev) = self.walk_client(server.as_deref_mut(), state) {
+                return Poll::Ready(ev);
+            }
+            if self.guard == Guard::Open && server.is_some() && self.nothing_forwarded() {
+                self.close_guard();
+            }
+            if let Some(srv) = server.as_deref_mut() {
+                match self.serve(cx, srv, state) {
+                    Served::Progress(p) => progress |= p,
+                    Served::Again => continue,
+                    Served::Stop(ev) => return Poll::Ready(ev),
+                }
+            }
+            match self.write_client(cx, client) {
+                Ok(wrote) => progress |= wrote,
+                Err(ev) => return Poll::Ready(ev),
+            }
+            if self.watch_phase {
+                let phase = self.phase();
+                if phase != self.reported_phase {
+                    self.reported_phase = phase;
+                    return Poll::Ready(Event::Phase(phase));
+                }
+            }
+            if !progress {
+                // Waiting: buffers with nothing in them go back, so an idle client costs
+                // its state, not 16 KiB or more of buffers per direction.
+                self.c.release_empty();
+                self.s.release_empty();
+                self.pipeline.release_empty();
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Client -> proxy: reads while the queue has room (or a whole message needs more) and
+    /// the replies it waits for are bounded. Ok(true) when bytes came.
+    fn read_client(&mut self, cx: &mut Context<'_>, client: &mut Stream) -> Result<bool, Event> {
+        if !held::resize(&mut self.held, self.need.saturating_sub(MAX_BUFFERED)) {
+            return Err(Event::Protocol(ClientError::limit(
+                "54000",
+                "message too large to hold whole, or the proxy's memory for such messages is in use",
+            )));
+        }
+        if self.c.buf.len() >= MAX_BUFFERED.max(self.need) || self.pipeline.len() >= MAX_OUTSTANDING
+        {
+            return Ok(false);
+        }
+        match read_into(cx, client, &mut self.c.buf) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Err(Event::ClientGone),
+            Poll::Ready(Ok(n)) => {
+                self.meter.received(n);
+                Ok(true)
+            }
+            Poll::Pending => Ok(false),
+        }
+    }
+
+    /// Proxy -> server, server -> proxy, then whether the server can be let go.
+    fn serve(
+        &mut self,
+        cx: &mut Context<'_>,
+        srv: &mut ServerConn,
+        state: &mut ClientState,
+    ) -> Served {
+        let mut progress = match write_out(cx, &mut srv.stream, &mut self.c) {
+            Ok(wrote) => wrote,
+            Err(()) => return Served::Stop(Event::ServerGone),
+        };
+        // Read while the client's queue has room.
+        if self.s.buf.len() < MAX_BUFFERED {
+            match read_into(cx, &mut srv.stream, &mut self.s.buf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    // Deliver what the server said before it went (often its FATAL).
+                    let _ = self.walk_server(srv, state);
+                    return Served::Stop(Event::ServerGone);
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.meter.sent(n);
+                    progress = true;
+                }
+                Poll::Pending => {}
+            }
+        }
+        if let Err(e) = self.walk_server(srv, state) {
+            tracing::warn!(server = srv.id, error = %e, "server broke the protocol");
+            return Served::Stop(Event::ServerGone);
+        }
+        if self.facts.has(Fact::HandoverFailed) {
+            return Served::Stop(Event::HandoverFailed);
+        }
+        // Not while a message the client started is still arriving (need > 0).
+        if !(self.transaction_mode && self.need == 0 && self.transaction_over()) {
+            return Served::Progress(progress);
+        }
+        if self.guard == Guard::Open {
+            self.close_guard();
+            return Served::Again;
+        }
+        if self.facts.has(Fact::LostCount) {
+            return Served::Stop(Event::Protocol(ClientError::protocol(LOST_COUNT)));
+        }
+        let clean = self.s.buf.len() == self.s.pos && !self.facts.retire();
+        self.s.buf.truncate(self.s.pos);
+        let resync = std::mem::take(&mut self.session_dirty);
+        Served::Stop(Event::Release { clean, resync })
+    }
+
+    /// Proxy -> client; a client that takes nothing while its results wait is cut off after
+    /// stall_timeout (the timer exists only while it is stalled). Ok(true) if it took bytes.
+    fn write_client(&mut self, cx: &mut Context<'_>, client: &mut Stream) -> Result<bool, Event> {
+        match write_out(cx, client, &mut self.s) {
+            Ok(true) => {
+                self.stall = None;
+                return Ok(true);
+            }
+            Ok(false) => {}
+            Err(()) => return Err(Event::ClientGone),
+        }
+        if let Some(limit) = self.stall_timeout {
+            if self.s.buf.len() >= MAX_BUFFERED {
+                let timer = self
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.stall = None;
+                    return Err(Event::ClientStalled);
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Writes what `half` has ready until the socket would block. Ok(true) if anything was
+/// written; Err when the peer is gone.
+pub(super) fn write_out(
+    cx: &mut Context<'_>,
+    stream: &mut Stream,
+    half: &mut Half,
+) -> Result<bool, ()> {
+    let mut wrote = false;
+    while half.has_output() {
+        match Pin::new(&mut *stream).poll_write(cx, half.output()) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(()),
+            Poll::Ready(Ok(n)) => {
+                half.consume_output(n);
+                wrote = true;
+            }
+            Poll::Pending => break,
+        }
+    }
+    // TLS keeps bytes a write accepted until its records reach the socket; plaintext's
+    // flush is a no-op.
+    if let Poll::Ready(Err(_)) = Pin::new(&mut *stream).poll_flush(cx) {
+        return Err(());
+    }
+    Ok(wrote)
+}
+
+/// One read into the spare room of `buf`, growing it to a read-sized chunk first.
+pub(super) fn read_into(
+    cx: &mut Context<'_>,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() == 0 {
+        *buf = half::spare_buffer(READ_CHUNK);
+    } else if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+    let n = ready!(poll_read_buf(Pin::new(stream), cx, buf))?;
+    Poll::Ready(Ok(n))
+}
