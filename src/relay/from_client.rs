@@ -64,7 +64,7 @@ impl Relay {
     pub(super) fn walk_client(
         &mut self,
         mut server: Option<&mut ServerConn>,
-        state: &mut ClientState,
+        state: &mut ClientSession,
     ) -> Option<Event> {
         loop {
             let mut h = match self
@@ -198,7 +198,7 @@ impl Relay {
     }
 
     /// A message with a server attached: forwarded, rewritten, answered or refused.
-    fn with_server(&mut self, h: &Header, srv: &mut ServerConn, state: &mut ClientState) -> Step {
+    fn with_server(&mut self, h: &Header, srv: &mut ServerConn, state: &mut ClientSession) -> Step {
         let rewrite = self.max_prepared > 0;
         let handled = match h.tag {
             fe::QUERY if self.transaction_mode && h.body_len <= MAX_SCANNED_QUERY => {
@@ -260,7 +260,7 @@ impl Relay {
 
     /// A simple Query in transaction mode, read whole: a DEALLOCATE of a client's
     /// statement is answered here, and a text that changes settings is noted (or refused).
-    fn scanned_query(&mut self, h: &Header, state: &mut ClientState) -> Step {
+    fn scanned_query(&mut self, h: &Header, state: &mut ClientSession) -> Step {
         if !self.have_whole(h) {
             return Step::Wait;
         }

@@ -55,7 +55,7 @@ impl Relay {
     pub(super) fn walk_server(
         &mut self,
         srv: &mut ServerConn,
-        state: &mut ClientState,
+        state: &mut ClientSession,
     ) -> Result<(), FrameError> {
         loop {
             let Some(h) = self
@@ -137,7 +137,7 @@ impl Relay {
     }
 
     /// The replies whose bodies decide something, read whole.
-    fn inspect(&mut self, h: &Header, srv: &mut ServerConn, state: &mut ClientState) -> Walked {
+    fn inspect(&mut self, h: &Header, srv: &mut ServerConn, state: &mut ClientSession) -> Walked {
         let Some(body) = self.s.framer.take(h, &self.s.buf, &mut self.s.pos) else {
             return Walked::Incomplete;
         };
@@ -180,7 +180,12 @@ impl Relay {
     }
 
     /// CommandComplete: what the command did to the session and the statements.
-    fn command_complete(&mut self, done: Completed, srv: &mut ServerConn, state: &mut ClientState) {
+    fn command_complete(
+        &mut self,
+        done: Completed,
+        srv: &mut ServerConn,
+        state: &mut ClientSession,
+    ) {
         if done.forgot_statements {
             srv.statements.clear();
             state.statements.clear();
@@ -197,7 +202,7 @@ impl Relay {
     }
 
     /// A reply passed through by length, its body unread: only its tag counts.
-    fn pass_reply(&mut self, h: &Header, srv: &mut ServerConn, state: &mut ClientState) {
+    fn pass_reply(&mut self, h: &Header, srv: &mut ServerConn, state: &mut ClientSession) {
         if h.tag == be::COPY_IN_RESPONSE {
             let start = self.pipeline.copy_in_started();
             self.facts.set(Fact::CopyRunning, true);
@@ -303,7 +308,7 @@ impl Relay {
     pub(super) fn server_error(
         &mut self,
         srv: &mut ServerConn,
-        state: &mut ClientState,
+        state: &mut ClientSession,
         stale_plan: bool,
     ) {
         if matches!(

@@ -150,7 +150,7 @@ enum Discard {
 
 /// What the relay keeps for the client across server connections.
 #[derive(Default, Debug)]
-pub struct ClientState {
+pub struct ClientSession {
     pub params: SessionParams,
     pub statements: ClientStatements,
 }

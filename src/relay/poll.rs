@@ -19,7 +19,7 @@ impl Relay {
         cx: &mut Context<'_>,
         client: &mut Stream,
         mut server: Option<&mut ServerConn>,
-        state: &mut ClientState,
+        state: &mut ClientSession,
     ) -> Poll<Event> {
         loop {
             let mut progress = match self.read_client(cx, client) {
@@ -89,7 +89,7 @@ impl Relay {
         &mut self,
         cx: &mut Context<'_>,
         srv: &mut ServerConn,
-        state: &mut ClientState,
+        state: &mut ClientSession,
     ) -> Served {
         let mut progress = match write_out(cx, &mut srv.stream, &mut self.c) {
             Ok(wrote) => wrote,

@@ -12,7 +12,7 @@ impl Relay {
         h: &Header,
         kind: Kind,
         srv: &mut ServerConn,
-        state: &mut ClientState,
+        state: &mut ClientSession,
     ) -> Result<bool, ClientError> {
         if kind == Kind::Bind {
             return self.rewrite_bind(h, srv, state);
@@ -36,7 +36,7 @@ impl Relay {
         &mut self,
         h: &Header,
         srv: &mut ServerConn,
-        state: &mut ClientState,
+        state: &mut ClientSession,
     ) -> Result<bool, ClientError> {
         let end = (h.start + 5 + h.body_len.min(MAX_NAMES)).min(self.c.buf.len());
         let Some((_, name, prefix)) = prepared::bind_names(&self.c.buf[h.start + 5..end]) else {
@@ -93,7 +93,7 @@ impl Relay {
         &mut self,
         h: &Header,
         srv: &mut ServerConn,
-        state: &mut ClientState,
+        state: &mut ClientSession,
     ) -> Result<bool, ClientError> {
         let settings = match self.note_parse_settings(h) {
             Ok(s) => s,
@@ -174,7 +174,7 @@ impl Relay {
         h: &Header,
         kind: Kind,
         srv: &mut ServerConn,
-        state: &mut ClientState,
+        state: &mut ClientSession,
     ) -> Result<bool, ClientError> {
         let body = &self.c.buf[h.start + 5..h.start + 5 + h.body_len];
         let (Some(&target), Some((name, _))) =
@@ -244,7 +244,7 @@ impl Relay {
 
     /// `DEALLOCATE name` of a protocol-level statement: the client's names exist only here in
     /// transaction mode, so the proxy answers it as PostgreSQL would.
-    pub(super) fn deallocate_here(&mut self, h: &Header, state: &mut ClientState) -> bool {
+    pub(super) fn deallocate_here(&mut self, h: &Header, state: &mut ClientSession) -> bool {
         let body = &self.c.buf[h.start + 5..h.start + 5 + h.body_len];
         if body.len() > 200 {
             return false;

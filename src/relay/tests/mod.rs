@@ -26,7 +26,7 @@ struct Rig {
     /// The hand-over reset to send when the server is attached.
     reset: Option<&'static str>,
     server_peer: Peer,
-    state: ClientState,
+    state: ClientSession,
     events: Vec<Event>,
     _pool: Arc<Pool>,
 }
@@ -55,7 +55,7 @@ impl Rig {
             attached: !transaction_mode,
             reset: None,
             server_peer,
-            state: ClientState::default(),
+            state: ClientSession::default(),
             events: Vec::new(),
             _pool: pool,
         }

@@ -1,0 +1,162 @@
+//! Giving servers back: to the longest waiter, to the idle list, or closed; freed places
+//! handed on; the maintenance that closes idle, old and surplus connections.
+
+use super::*;
+
+impl Pool {
+    /// Returns a clean connection (idle, no transaction): to the longest waiter, else to idle.
+    pub fn release(self: &Arc<Self>, mut conn: ServerConn) {
+        conn.last_used = Instant::now();
+        if !Arc::ptr_eq(&conn.upstream, &self.upstream.load()) {
+            tracing::debug!(pool = %self.key, server = conn.id, "closing a connection to the previous upstream");
+            tokio::spawn(conn.terminate());
+            return;
+        }
+        let settings = self.settings.load();
+        let mut st = lock(&self.state);
+        if st.open > settings.size + settings.reserve_size {
+            // RELOAD made the pool smaller.
+            drop(st);
+            tokio::spawn(conn.terminate());
+            return;
+        }
+        conn.info.set_state(ServerState::Idle);
+        while let Some(w) = st.waiters.pop_front() {
+            match w.tx.send(Grant::Conn(conn)) {
+                Ok(()) => return,
+                Err(Grant::Conn(c)) => conn = c,
+                Err(Grant::Slot(s)) => {
+                    // Cannot happen: we sent a connection. Keep the count right regardless.
+                    s.disarm();
+                    return;
+                }
+            }
+        }
+        if self.db.max == 0 {
+            // No database cap to share: back to idle under the same lock (every transaction).
+            st.idle.push(conn);
+            return;
+        }
+        drop(st);
+        // At the database cap, an idle connection here would starve another pool's waiters:
+        // close it so its place goes to them.
+        if self.db.open.load(Ordering::Acquire) >= self.db.max && self.db.other_pool_waiting(self) {
+            tracing::debug!(pool = %self.key, server = conn.id, "max_db_connections: giving this place to another pool");
+            drop(conn);
+            return;
+        }
+        lock(&self.state).idle.push(conn);
+    }
+
+    /// A connection closed: its place goes to a waiter, or back to the pool and database.
+    pub(super) fn place_freed(self: &Arc<Self>) {
+        let mut st = lock(&self.state);
+        while let Some(w) = st.waiters.pop_front() {
+            let slot = Slot {
+                pool: Arc::downgrade(self),
+                armed: true,
+                server: 0,
+            };
+            match w.tx.send(Grant::Slot(slot)) {
+                Ok(()) => return,
+                Err(Grant::Slot(s)) => s.disarm(),
+                Err(Grant::Conn(_)) => return,
+            }
+        }
+        st.open -= 1;
+        drop(st);
+        self.db.release();
+    }
+
+    /// Called when the database cap frees a place: true if a waiter here took it.
+    pub(super) fn grant_free_place(self: &Arc<Self>) -> bool {
+        let mut st = lock(&self.state);
+        if st.waiters.is_empty() {
+            return false;
+        }
+        let size = self.settings.load().size;
+        let Some(slot) = self.try_slot(&mut st, size) else {
+            return false;
+        };
+        let mut slot = Some(slot);
+        while let Some(w) = st.waiters.pop_front() {
+            if let Some(s) = slot.take() {
+                match w.tx.send(Grant::Slot(s)) {
+                    Ok(()) => return true,
+                    Err(Grant::Slot(s)) => slot = Some(s),
+                    Err(Grant::Conn(_)) => return true,
+                }
+            }
+        }
+        if let Some(s) = slot {
+            s.disarm();
+        }
+        st.open -= 1;
+        drop(st);
+        self.db.open.fetch_sub(1, Ordering::AcqRel);
+        false
+    }
+
+    /// Retires idle connections past server_idle_timeout (above min_pool_size) or
+    /// server_lifetime, and opens connections up to min_pool_size. Run periodically.
+    pub async fn maintain(self: &Arc<Self>) {
+        let retired: Vec<ServerConn> = {
+            let s = self.settings();
+            let mut st = lock(&self.state);
+            let mut keep = Vec::with_capacity(st.idle.len());
+            let mut retired = Vec::new();
+            let open = st.open;
+            // Oldest-used first, so the least recently used are retired first.
+            st.idle.sort_by_key(|c| c.last_used);
+            for c in st.idle.drain(..) {
+                let too_old = s.lifetime.is_some_and(|l| c.created.elapsed() >= l);
+                let idle_long = s.idle_timeout.is_some_and(|t| c.last_used.elapsed() >= t);
+                // Closed (or talking) while idle: gone from the counts now, not at its next
+                // checkout.
+                let dead = c.stream.has_pending_input_or_eof();
+                if too_old || dead || (idle_long && open - retired.len() > s.min_size) {
+                    retired.push(c);
+                } else {
+                    keep.push(c);
+                }
+            }
+            // Least recently used first, most recently used last: checkout pops from the end,
+            // so steady traffic keeps reusing the warmest servers and the rest can go idle
+            // long enough for server_idle_timeout.
+            st.idle = keep;
+            retired
+        };
+        for c in retired {
+            tracing::debug!(pool = %self.key, server = c.id, "retiring idle server connection");
+            c.terminate().await;
+        }
+        let min_size = self.settings.load().min_size;
+        loop {
+            if self.is_paused() {
+                break;
+            }
+            let slot = {
+                let mut st = lock(&self.state);
+                if st.open >= min_size {
+                    break;
+                }
+                match self.try_slot(&mut st, min_size) {
+                    Some(s) => s,
+                    None => break,
+                }
+            };
+            match self.open(slot).await {
+                Ok(conn) => self.release(conn),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Closes every idle connection (shutdown).
+    pub async fn close_idle(&self) {
+        let idle: Vec<ServerConn> = std::mem::take(&mut lock(&self.state).idle);
+        for c in idle {
+            c.terminate().await;
+        }
+    }
+}

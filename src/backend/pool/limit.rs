@@ -1,0 +1,95 @@
+//! Places in the count of open connections: a pool's [`Slot`]s, and max_db_connections
+//! across a database's pools ([`DbLimit`]).
+
+use super::*;
+
+/// Server connections open to one database across its pools (max_db_connections).
+#[derive(Default)]
+pub struct DbLimit {
+    pub(super) max: usize,
+    pub(super) open: AtomicUsize,
+    pub(super) pools: Mutex<Vec<Weak<Pool>>>,
+}
+
+impl DbLimit {
+    pub fn new(max: usize) -> Arc<DbLimit> {
+        Arc::new(DbLimit {
+            max,
+            ..DbLimit::default()
+        })
+    }
+
+    pub(super) fn try_acquire(&self) -> bool {
+        if self.max == 0 {
+            self.open.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// At the database cap, a pool with waiters takes the place of an idle connection of
+    /// another pool: returned here to be closed (outside every lock), which frees its place.
+    pub(super) fn take_idle_elsewhere(&self, wanting: &Arc<Pool>) -> Option<ServerConn> {
+        let pools: Vec<Arc<Pool>> = lock(&self.pools).iter().filter_map(Weak::upgrade).collect();
+        pools
+            .iter()
+            .filter(|p| !Arc::ptr_eq(p, wanting))
+            .find_map(|p| {
+                let mut st = lock(&p.state);
+                // The least recently used goes: idle is ordered oldest-used first.
+                (!st.idle.is_empty()).then(|| st.idle.remove(0))
+            })
+    }
+
+    pub(super) fn other_pool_waiting(&self, me: &Arc<Pool>) -> bool {
+        let pools: Vec<Arc<Pool>> = lock(&self.pools).iter().filter_map(Weak::upgrade).collect();
+        pools
+            .iter()
+            .any(|p| !Arc::ptr_eq(p, me) && !lock(&p.state).waiters.is_empty())
+    }
+
+    pub(super) fn release(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        if self.max == 0 {
+            return;
+        }
+        // A place under the database cap opened: give it to a pool of this database with waiters.
+        let pools: Vec<Arc<Pool>> = lock(&self.pools).iter().filter_map(Weak::upgrade).collect();
+        for pool in pools {
+            if pool.grant_free_place() {
+                return;
+            }
+        }
+    }
+}
+
+/// A place in a pool's count of open connections; frees itself on drop.
+pub struct Slot {
+    pub(super) pool: Weak<Pool>,
+    pub(super) armed: bool,
+    /// The server connection filling this place, once opened (for SHOW SERVERS).
+    pub(super) server: u64,
+}
+
+impl Slot {
+    pub(super) fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Some(pool) = self.pool.upgrade() {
+                if self.server != 0 {
+                    lock(&pool.servers).remove(&self.server);
+                }
+                pool.place_freed();
+            }
+        }
+    }
+}

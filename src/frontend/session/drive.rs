@@ -1,0 +1,475 @@
+//! The relay loop with its timers: servers attached and given back per transaction, LISTEN
+//! through the hub, settings read back, until the client or its server goes.
+
+use super::*;
+use std::ops::ControlFlow;
+
+/// The relay loop with its timers, until the client or its server goes.
+pub(super) async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
+    // Read once, and the config guard not kept: the loop lives as long as the client.
+    let (client_idle, idle_tx, query_timeout) = {
+        let general = &app.config.load().general;
+        relay.stall_timeout = general.client_stall_timeout.enabled();
+        relay.handover_reset = general.handover_reset;
+
+        (
+            general.client_idle_timeout.enabled(),
+            general.idle_transaction_timeout.enabled(),
+            general.query_timeout.enabled(),
+        )
+    };
+    relay.watch_phase = client_idle.is_some() || idle_tx.is_some() || query_timeout.is_some();
+    let mut phase = Phase::Idle;
+    // Made only when a timeout is configured: a timer is about a tenth of an idle client.
+    let mut timer: Option<Pin<Box<Sleep>>> = None;
+    let mut timer_armed = false;
+    if let Some(t) = client_idle {
+        arm(&mut timer, t);
+        timer_armed = true;
+    }
+    loop {
+        // biased: no random branch order per poll (a relay event never starves the timer: the
+        // timer is polled whenever the relay waits).
+        let event = tokio::select! {
+            biased;
+            ev = poll_fn(|cx| relay.poll_relay(cx, &mut c.stream, c.server.as_mut(), &mut c.state)) => ev,
+            Some(n) = next_notification(&mut c.listening) => {
+                // PostgreSQL delivers notifications between transactions; so does the hub.
+                if c.server.is_none() {
+                    relay.queue_for_client(|b| b.extend_from_slice(&n));
+                } else {
+                    if let Some(l) = &mut c.listening {
+                        l.held.push(n);
+                    }
+                }
+                continue;
+            }
+            _ = fired(&mut timer), if timer_armed => {
+                timer_armed = false;
+                match phase {
+                    Phase::Idle => {
+                        Box::pin(tell_and_close(app, c, relay, ClientError::client_idle_timeout())).await;
+                        return;
+                    }
+                    Phase::InTransaction => {
+                        Box::pin(tell_and_close(app, c, relay, ClientError::idle_transaction_timeout())).await;
+                        return;
+                    }
+                    Phase::Busy => {
+                        tracing::info!(conn = c.id, "query_timeout: canceling the running statement");
+                        Box::pin(c.cancel.handle.fire()).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        if let Event::Phase(p) = event {
+            phase = p;
+            let limit = match p {
+                Phase::Idle => client_idle,
+                Phase::InTransaction => idle_tx,
+                Phase::Busy => query_timeout,
+            };
+            timer_armed = limit.is_some();
+            if let Some(t) = limit {
+                arm(&mut timer, t);
+            }
+            continue;
+        }
+        if on_event(app, c, relay, event).await.is_break() {
+            return;
+        }
+    }
+}
+
+/// What the client's relay stopped for (besides a phase change); Break when the client is
+/// done.
+async fn on_event(app: &App, c: &mut Client, relay: &mut Relay, event: Event) -> ControlFlow<()> {
+    match event {
+        Event::NeedServer => {
+            // The usual case awaits nothing: an idle server that already carries the
+            // client's settings. Waiting, syncing and failing are boxed, so their state
+            // is not part of every client's task.
+            let mut idle = c.pool.try_idle(c.id);
+            let ready = idle
+                .as_mut()
+                .is_some_and(|s| ready_in_pipeline(c, relay, s));
+            let attached = match idle {
+                Some(server) if ready => {
+                    install(c, relay, server);
+                    true
+                }
+                idle => Box::pin(attach(app, c, relay, idle)).await,
+            };
+            if !attached {
+                return ControlFlow::Break(());
+            }
+        }
+        Event::Release { clean, resync } => {
+            if let Some(server) = c.server.take() {
+                relay.reset_server_side();
+                let no_cancel_in_flight = c.cancel.handle.detach();
+                let reusable = clean && no_cancel_in_flight;
+                if reusable && resync {
+                    // Boxed with the server it owns: not part of every client's task.
+                    Box::pin(release_after_read_back(c, relay, server)).await;
+                } else {
+                    return_server(c, relay, server, reusable);
+                }
+            }
+        }
+        Event::Listen(cmd) => Box::pin(listen(app, c, relay, cmd)).await,
+        Event::ClientGone if c.reg.info.was_killed() => {
+            tracing::info!(conn = c.id, "client killed from the admin console");
+            Box::pin(tell_and_close(app, c, relay, ClientError::admin_shutdown())).await;
+            return ControlFlow::Break(());
+        }
+        Event::ClientStalled => {
+            // It cannot be told (it reads nothing); the log, the metric and the audit
+            // line say why, and its statement is canceled as it goes.
+            tracing::warn!(
+                conn = c.id,
+                "client took none of its results for client_stall_timeout: closing it"
+            );
+            app.metrics.client_error("08006");
+            return ControlFlow::Break(());
+        }
+        Event::ClientTerminated | Event::ClientGone => {
+            tracing::debug!(conn = c.id, ?event, "client finished");
+            return ControlFlow::Break(());
+        }
+        Event::ServerGone => {
+            tracing::info!(conn = c.id, "server connection lost");
+            let fatal = relay.server_sent_fatal();
+            c.server = None;
+            c.cancel.handle.detach();
+            // A message the server was in the middle of is never completed with other
+            // bytes: then the client sees the connection end, as with PostgreSQL itself.
+            if !fatal && !relay.server_mid_message() {
+                relay.queue_for_client(|b| ClientError::server_lost().encode(b));
+            }
+            let _ = Box::pin(relay.flush_client(&mut c.stream)).await;
+            return ControlFlow::Break(());
+        }
+        Event::HandoverFailed => {
+            tracing::warn!(
+                conn = c.id,
+                "hand-over reset interrupted: closing the client and the server"
+            );
+            c.server = None;
+            c.cancel.handle.detach();
+            relay.queue_for_client(|b| ClientError::handover_failed().encode(b));
+            let _ = Box::pin(relay.flush_client(&mut c.stream)).await;
+            return ControlFlow::Break(());
+        }
+        Event::Protocol(e) => {
+            tracing::info!(conn = c.id, error = %e, "client protocol violation");
+            Box::pin(tell_and_close(app, c, relay, e)).await;
+            return ControlFlow::Break(());
+        }
+        Event::Phase(_) => {}
+    }
+    ControlFlow::Continue(())
+}
+
+/// Sets the client's timer to go off `after` from now.
+pub(super) fn arm(timer: &mut Option<Pin<Box<Sleep>>>, after: Duration) {
+    let at = Instant::now() + after;
+    match timer {
+        Some(t) => t.as_mut().reset(at),
+        None => *timer = Some(Box::pin(sleep_until(at))),
+    }
+}
+
+/// The client's timer; only polled while armed, so it exists then.
+pub(super) async fn fired(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next notification for a listening client; never resolves for one that is not.
+pub(super) async fn next_notification(
+    listening: &mut Option<Box<Listening>>,
+) -> Option<bytes::Bytes> {
+    match listening {
+        Some(l) => l.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Transaction mode LISTEN/UNLISTEN, answered between transactions through the hub.
+pub(super) async fn listen(
+    app: &App,
+    c: &mut Client,
+    relay: &mut Relay,
+    cmd: crate::sql::session::ListenCmd,
+) {
+    use crate::sql::session::ListenCmd;
+    let hub = app.notify_hub(&c.pool);
+    let result = match cmd {
+        ListenCmd::Listen(ch) => {
+            let l = c.listening.get_or_insert_with(|| {
+                let (tx, rx) = tokio::sync::mpsc::channel(crate::backend::notify::CLIENT_QUEUE);
+                Box::new(Listening {
+                    channels: Vec::new(),
+                    tx,
+                    rx,
+                    held: Vec::new(),
+                })
+            });
+            let r = hub.listen(&ch, c.id, l.tx.clone()).await;
+            if r.is_ok() && !l.channels.contains(&ch) {
+                l.channels.push(ch);
+            }
+            r.map(|_| "LISTEN")
+        }
+        ListenCmd::Unlisten(ch) => {
+            hub.unlisten(&ch, c.id);
+            if let Some(l) = &mut c.listening {
+                l.channels.retain(|x| *x != ch);
+            }
+            Ok("UNLISTEN")
+        }
+        ListenCmd::UnlistenAll => {
+            if let Some(l) = &mut c.listening {
+                hub.unlisten_all(&l.channels, c.id);
+                l.channels.clear();
+            }
+            Ok("UNLISTEN")
+        }
+    };
+    relay.queue_for_client(|b| {
+        match result {
+            Ok(tag) => emit::message(b, b'C', |b| {
+                b.extend_from_slice(tag.as_bytes());
+                b.extend_from_slice(&[0]);
+            }),
+            Err(e) => ClientError {
+                severity: emit::Severity::Error,
+                ..e
+            }
+            .encode(b),
+        }
+        emit::ready_for_query(b, b'I');
+    });
+}
+
+/// Transaction mode, after a transaction that ran SET/RESET/set_config: reads the settings
+/// back from the server, so the client's own settings follow it to its next server and none
+/// stays behind for the next client. False: the server must be closed instead.
+pub(super) async fn read_back_settings(
+    c: &mut Client,
+    server: &mut ServerConn,
+    touched: Vec<String>,
+) -> bool {
+    if touched.iter().any(|n| n == "session_authorization") {
+        // Another identity must never be handed to the next client; the client keeps its own.
+        tracing::info!(
+            conn = c.id,
+            "SET SESSION AUTHORIZATION in transaction mode: closing that server"
+        );
+        return false;
+    }
+    let mut names: Vec<&str> = vec!["role"];
+    for n in touched
+        .iter()
+        .map(String::as_str)
+        .chain(c.state.params.unreported.iter().map(|(k, _)| k))
+    {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    let sql = crate::backend::params::snapshot_statement(&names);
+    match server.query_pairs(&sql, INTERNAL_TIMEOUT).await {
+        Ok(rows) => {
+            let owned = crate::backend::params::owned_settings(rows);
+            c.state.params.unreported = owned.clone();
+            server.params.unreported = owned;
+            true
+        }
+        Err(e) => {
+            tracing::info!(conn = c.id, server = server.id, error = %e, "reading settings back failed: closing server");
+            false
+        }
+    }
+}
+
+/// Transaction mode: gets a server for the client's next transaction, waiting in the pool's
+/// queue while watching for the client leaving or canceling. False when the client is done.
+pub(super) async fn attach(
+    app: &App,
+    c: &mut Client,
+    relay: &mut Relay,
+    idle: Option<ServerConn>,
+) -> bool {
+    let result = match idle {
+        Some(server) => Some(Ok(server)),
+        None => wait_for_server(c, relay).await,
+    };
+    let Some(result) = result else { return false };
+    match result {
+        Ok(mut server) => {
+            // As on the fast path: a reset with nothing but application_name to set goes
+            // ahead of the client's message; anything more is one round trip first.
+            let pipelined = ready_in_pipeline(c, relay, &mut server);
+            if pipelined {
+                install(c, relay, server);
+                return true;
+            }
+            if let Err(e) = sync(&mut server, &c.state.params).await {
+                let e = ClientError {
+                    severity: emit::Severity::Error,
+                    ..e
+                };
+                relay.refuse_request(&e);
+                return true;
+            }
+            install(c, relay, server);
+            true
+        }
+        Err(e) => {
+            c.reg.info.linked(0);
+            let err = e.to_client();
+            tracing::info!(conn = c.id, pool = %c.pool.key, error = %e, "no server for client");
+            if err.is_fatal() && !matches!(e, crate::backend::CheckoutError::Connect(_)) {
+                Box::pin(tell_and_close(app, c, relay, err)).await;
+                return false;
+            }
+            app.metrics.client_error(&err.code);
+            relay.refuse_request(&ClientError {
+                severity: emit::Severity::Error,
+                ..err
+            });
+            true
+        }
+    }
+}
+
+/// Transaction mode, at a transaction's end: the server goes back to the pool (or is closed)
+/// and notifications held during the transaction go to the client.
+pub(super) fn return_server(c: &mut Client, relay: &mut Relay, server: ServerConn, reusable: bool) {
+    if let Some(l) = &mut c.listening {
+        for n in l.held.drain(..) {
+            relay.queue_for_client(|b| b.extend_from_slice(&n));
+        }
+    }
+    c.reg.info.linked(0);
+    if reusable {
+        c.pool.release(server);
+    } else {
+        tracing::debug!(
+            conn = c.id,
+            server = server.id,
+            "closing server instead of returning it"
+        );
+    }
+}
+
+pub(super) async fn release_after_read_back(
+    c: &mut Client,
+    relay: &mut Relay,
+    mut server: ServerConn,
+) {
+    let reusable = read_back_settings(c, &mut server, relay.take_touched()).await;
+    return_server(c, relay, server, reusable);
+}
+
+/// Whether `server` can run the client's work with nothing but what the relay sends ahead of
+/// it: its parameters already match, or the hand-over reset is due and at most
+/// application_name (which no value makes fail) is set after it.
+pub(super) fn ready_in_pipeline(c: &mut Client, relay: &Relay, server: &mut ServerConn) -> bool {
+    server.hand_to(c.id, relay.handover_reset);
+    if server.reset_pending {
+        handover_statement(c, server.sync_base()).is_some()
+    } else {
+        sync_statement(&c.state.params, &server.params).is_none()
+    }
+}
+
+/// A client's hand-over statement against a pool's login parameters, kept while neither
+/// changes: it holds clones of both, so a change to either unshares its list and the
+/// pointers no longer match.
+pub(super) struct Handover {
+    client: SessionParams,
+    base: SessionParams,
+    /// None: more than application_name to set, which takes a round trip.
+    sql: Option<Arc<str>>,
+}
+
+/// The hand-over reset with the client's application_name after it, or None when the client
+/// needs more settings than that (then `sync` does it in one round trip).
+pub(super) fn handover_statement(c: &mut Client, base: &SessionParams) -> Option<Arc<str>> {
+    let same = |a: &SessionParams, b: &SessionParams| {
+        a.reported.shares(&b.reported) && a.unreported.shares(&b.unreported)
+    };
+    if let Some(h) = c.handover.as_deref() {
+        if same(&h.client, &c.state.params) && same(&h.base, base) {
+            return h.sql.clone();
+        }
+    }
+    let sql =
+        differs_only_in_application_name(&c.state.params, base).then(|| {
+            match sync_statement(&c.state.params, base) {
+                Some(set) => Arc::from(format!("{HANDOVER_RESET}; {set}")),
+                None => Arc::from(HANDOVER_RESET),
+            }
+        });
+    c.handover = Some(Box::new(Handover {
+        client: c.state.params.clone(),
+        base: base.clone(),
+        sql: sql.clone(),
+    }));
+    sql
+}
+
+/// Makes `server` the client's for its transaction; a hand-over reset still due goes ahead
+/// of the client's first message.
+pub(super) fn install(c: &mut Client, relay: &mut Relay, mut server: ServerConn) {
+    relay.reset_server_side();
+    if server.reset_pending {
+        // Callers sync first whenever the statement would not do (ready_in_pipeline); the
+        // bare reset is the fallback that still isolates.
+        let sql = handover_statement(c, server.sync_base());
+        debug_assert!(sql.is_some(), "installed a server that needed a round trip");
+        relay.send_handover_reset(sql.as_deref().unwrap_or(HANDOVER_RESET));
+        server.reset_pending = false;
+    }
+    c.cancel.handle.attach(server.cancel_target());
+    link(c, &server);
+    c.server = Some(server);
+}
+
+/// The pool's queue, watching for the client leaving (None) or canceling.
+pub(super) async fn wait_for_server(
+    c: &mut Client,
+    relay: &mut Relay,
+) -> Option<Result<ServerConn, crate::backend::CheckoutError>> {
+    let handle = c.cancel.handle.clone();
+    let mut notified = pin!(handle.wake.notified());
+    notified.as_mut().enable();
+    c.reg.info.waiting(crate::stats::unix_micros());
+    let checkout = c.pool.checkout(notified);
+    let buffered = relay.client_buffer();
+    tokio::select! {
+        biased;
+        r = checkout => Some(r),
+        _ = client_left(&mut c.stream, buffered) => None,
+    }
+}
+
+/// Resolves when the client closes its socket; bytes it sends meanwhile are kept in `buf`.
+pub(super) async fn client_left(stream: &mut Stream, buf: &mut BytesMut) {
+    loop {
+        if buf.len() >= crate::relay::MAX_BUFFERED {
+            std::future::pending::<()>().await;
+        }
+        buf.reserve(4096);
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}

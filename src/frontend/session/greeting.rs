@@ -1,0 +1,510 @@
+//! Login and the greeting: the startup packet, authentication, the pool, the parameters
+//! a direct connection would report, then ReadyForQuery.
+
+use super::*;
+use std::borrow::Cow;
+
+/// Who logged in, for [`register`].
+struct Who<'a> {
+    user: &'a str,
+    pool: &'a Pool,
+    params: &'a SessionParams,
+    method: &'static str,
+    sni: Option<String>,
+}
+
+/// Adds an authenticated client to SHOW CLIENTS (before it waits for its first server, so
+/// a session-mode client queued at login shows as waiting).
+fn register(app: &App, stream: &Stream, arrival: &Arrival<'_>, who: Who<'_>) -> Registered {
+    let Arrival { peer, mode, id, .. } = *arrival;
+    let Who {
+        user,
+        pool,
+        params,
+        method,
+        sni,
+    } = who;
+    let (addr, port) = match peer {
+        Peer::Tcp(a) => (Addr::Ip(a.ip()), a.port()),
+        Peer::Unix => (Addr::Unix, 0),
+    };
+    let (local_addr, local_port) = stream.local_addr();
+    let description = stream.tls_description();
+    let tls = if description.is_empty() && sni.is_none() {
+        None
+    } else {
+        Some(Box::new(TlsFacts { description, sni }))
+    };
+    let facts = ClientFacts {
+        id,
+        user: match &pool.key.role {
+            r if **r == *user => r.clone(),
+            _ => user.into(),
+        },
+        pool: pool.key.clone(),
+        addr,
+        port,
+        local_addr,
+        local_port,
+        tls,
+        application_name: params.reported.get("application_name").unwrap_or("").into(),
+        auth_method: method,
+        pool_mode: mode.as_str(),
+    };
+    app.clients.register(facts, Some(stream.raw_fd()))
+}
+
+/// The global address lists and the per-address limits, at accept.
+pub(super) fn admit_address(
+    app: &App,
+    peer: &Peer,
+) -> Result<crate::admission::limits::AddressSlot, ClientError> {
+    let config = app.config.load();
+    let g = &config.general;
+    let addr = peer.ip();
+    if !crate::config::addresses::permitted(&g.allow_addresses, &g.deny_addresses, addr) {
+        tracing::info!(%peer, "refused by allow_addresses/deny_addresses");
+        return Err(ClientError::address_refused());
+    }
+    app.limits.admit(&config.limits, addr).map_err(|r| {
+        tracing::info!(%peer, reason = r.as_str(), "refused by a per-address limit");
+        r.to_client()
+    })
+}
+
+/// Counts a failed authentication against the client's address (lockout after too many).
+pub(super) fn note_auth_failure(
+    app: &App,
+    config: &crate::config::Config,
+    addr: Option<std::net::IpAddr>,
+    user: &str,
+) {
+    if app.limits.auth_failed(&config.limits, addr) {
+        tracing::warn!(addr = ?addr, user, "too many failed authentications: address locked out");
+    }
+}
+
+/// How a connection arrived, for [`login`].
+pub(super) struct Arrival<'a> {
+    pub(super) peer: &'a Peer,
+    pub(super) mode: PoolMode,
+    pub(super) over_limit: bool,
+    pub(super) id: u64,
+    pub(super) tls: Option<handshake::TlsInfo>,
+}
+
+/// Handshake, authentication and the greeting.
+pub(super) async fn login(
+    app: &Arc<App>,
+    stream: &mut Stream,
+    arrival: Arrival<'_>,
+    hello: Result<Hello, HandshakeError>,
+    mut out: BytesMut,
+) -> Login {
+    let startup = match startup_packet(app, &arrival, hello).await {
+        Ok(s) => s,
+        Err(ended) => return ended,
+    };
+    let refuse = |e: ClientError| {
+        let Arrival { id, peer, .. } = &arrival;
+        tracing::info!(conn = id, %peer, user = %startup.user, database = %startup.database, error = %e, "connection refused");
+        Login::Refused(e)
+    };
+    if let Err(e) = before_anything(app, &arrival, &startup) {
+        return refuse(e);
+    }
+    let config = app.config.load_full();
+    let (user, method, client_key) =
+        match authenticate(app, stream, &mut out, &config, &arrival, &startup).await {
+            Ok(proved) => proved,
+            Err(Login::Refused(e)) => return refuse(e),
+            Err(ended) => return ended,
+        };
+    if let Err(e) = access::after_auth(&user, arrival.peer.ip()) {
+        return refuse(e);
+    }
+    if crate::admin::is_console(&startup.database) {
+        return match console(&config, stream, &mut out, &arrival, &user).await {
+            Login::Refused(e) => refuse(e),
+            other => other,
+        };
+    }
+    if app.pools.is_disabled(&startup.database) {
+        return refuse(ClientError::database_disabled(&startup.database));
+    }
+    let Some(db) = config.database(&startup.database) else {
+        return refuse(ClientError::unknown_database(&startup.database));
+    };
+    let pool = app.pools.pool_for(&config, db, &user, client_key);
+    let mut params = SessionParams::from_startup(&startup.params);
+    if config.general.application_name_add_host {
+        let name = params.reported.get("application_name").unwrap_or("");
+        let named = format!("{name} - {}", arrival.peer.host_port());
+        params.reported.set("application_name", &named);
+    }
+    let who = Who {
+        user: &user.name,
+        pool: &pool,
+        params: &params,
+        method,
+        sni: arrival.tls.as_ref().and_then(|t| t.sni.clone()),
+    };
+    let reg = register(app, stream, &arrival, who);
+    let (params, server, cancel) =
+        match first_parameters(app, &config, &arrival, &pool, &reg, params).await {
+            Ok(got) => got,
+            Err(e) => return refuse(e),
+        };
+    for (k, v) in params.reported.iter() {
+        emit::parameter_status(&mut out, k, v);
+    }
+    emit::backend_key_data(&mut out, cancel.pid, cancel.secret);
+    reg.info.set_remote_pid(cancel.pid);
+    emit::ready_for_query(&mut out, b'I');
+    if stream.send(&out).await.is_err() {
+        return Login::Quiet;
+    }
+    let Arrival { id, peer, mode, .. } = &arrival;
+    tracing::info!(conn = id, %peer, user = %user.name, database = %db.name, mode = mode.as_str(), method, "client logged in");
+    Login::Pooled(Box::new(Pooled {
+        params,
+        pool,
+        cancel,
+        server,
+        reg,
+    }))
+}
+
+/// How a login ended.
+pub(super) enum Login {
+    /// Ready for the relay.
+    Pooled(Box<Pooled>),
+    /// The admin console (`pgsluice` or `pgbouncer` database).
+    Console(crate::admin::Console),
+    /// Ended without a reply: a cancel request, a client that left, or a startup packet
+    /// PostgreSQL itself closes on silently.
+    Quiet,
+    /// Refused with this error.
+    Refused(ClientError),
+}
+
+/// The startup packet, or how the connection ends without one (a cancel request is
+/// carried out here).
+async fn startup_packet(
+    app: &App,
+    arrival: &Arrival<'_>,
+    hello: Result<Hello, HandshakeError>,
+) -> Result<crate::proto::startup::Startup, Login> {
+    let Arrival { id, peer, .. } = arrival;
+    match hello {
+        Ok(Hello::Startup(s)) => Ok(s),
+        Ok(Hello::Cancel { pid, secret }) => {
+            let found = app.cancels.cancel(pid, &secret).await;
+            tracing::debug!(conn = id, %peer, pid, found, "cancel request");
+            Err(Login::Quiet)
+        }
+        Err(HandshakeError::Incomplete) => {
+            tracing::debug!(conn = id, %peer, "incomplete startup packet");
+            Err(Login::Quiet)
+        }
+        Err(HandshakeError::Silent(why)) => {
+            tracing::info!(conn = id, %peer, error = why, "startup refused: closing without a reply, as PostgreSQL does");
+            app.metrics.client_error("08P01");
+            Err(Login::Quiet)
+        }
+        Err(HandshakeError::Refused(e)) => {
+            tracing::info!(conn = id, %peer, error = %e, "startup refused");
+            Err(Login::Refused(e))
+        }
+    }
+}
+
+/// What refuses a connection before any authentication work: max_client_conn, a TLS
+/// requirement, replication.
+fn before_anything(
+    app: &App,
+    arrival: &Arrival<'_>,
+    startup: &crate::proto::startup::Startup,
+) -> Result<(), ClientError> {
+    if arrival.over_limit {
+        return Err(ClientError::too_many_clients());
+    }
+    let tls_mode = app.config.load().tls.as_ref().map(|t| t.mode);
+    let plain_tcp = arrival.tls.is_none() && matches!(arrival.peer, Peer::Tcp(_));
+    if tls_mode == Some(ClientTlsMode::Require) && plain_tcp {
+        return Err(ClientError::not_authorized(
+            "pgsluice requires TLS for this connection: connect with sslmode=require",
+        ));
+    }
+    if startup.replication {
+        return Err(ClientError::unsupported(
+            "replication connections are not supported by pgsluice",
+        ));
+    }
+    Ok(())
+}
+
+/// Who the client proved to be: its user entry, the method, and the SCRAM client key when
+/// it logged in with SCRAM (for passthrough upstream). Every failure is counted against its
+/// address.
+async fn authenticate<'c>(
+    app: &Arc<App>,
+    stream: &mut Stream,
+    out: &mut BytesMut,
+    config: &'c crate::config::Config,
+    arrival: &Arrival<'_>,
+    startup: &crate::proto::startup::Startup,
+) -> Result<(Cow<'c, crate::config::User>, &'static str, Option<[u8; 32]>), Login> {
+    let addr = arrival.peer.ip();
+    let check = access::before_auth(
+        config,
+        addr,
+        arrival.tls.is_some(),
+        &startup.user,
+        &startup.database,
+    )
+    .map_err(Login::Refused)?;
+    // Not in [[users]]: maybe upstream knows it (auth_query).
+    let looked_up = match (
+        config.user(&startup.user),
+        config.database(&startup.database),
+    ) {
+        (None, Some(db)) if !crate::admin::is_console(&startup.database) => {
+            crate::frontend::passthrough::lookup(app, config, db, &startup.user)
+                .await
+                .map_err(Login::Refused)?
+        }
+        _ => None,
+    };
+    let listed = config.user(&startup.user);
+    let user = listed.or(looked_up.as_ref());
+    let proof = prove(
+        app, stream, out, config, arrival, startup, check, user, &looked_up,
+    )
+    .await?;
+    let failed = |e| {
+        note_auth_failure(app, config, addr, &startup.user);
+        if looked_up.is_some() {
+            app.auth_cache.forget(&startup.database, &startup.user);
+        }
+        Login::Refused(e)
+    };
+    let method = proof.method.map_err(failed)?;
+    // Borrowed from the config when listed there; an auth_query entry is the client's own.
+    let user = match (proof.relooked, listed) {
+        (Some(u), _) => Some(Cow::Owned(u)),
+        (None, Some(u)) => Some(Cow::Borrowed(u)),
+        (None, None) => looked_up.map(Cow::Owned),
+    };
+    let Some(user) = user else {
+        // trust or cert for a user pgsluice has no credentials for.
+        note_auth_failure(app, config, addr, &startup.user);
+        return Err(Login::Refused(ClientError::auth_failed(
+            &startup.user,
+            method,
+        )));
+    };
+    if matches!(check, access::Check::Trust | access::Check::Cert) {
+        app.metrics.auth_result(method, true);
+        emit::auth_ok(out);
+    }
+    Ok((user, method, proof.client_key))
+}
+
+/// The outcome of the exchange with the client.
+struct Exchange {
+    method: Result<&'static str, ClientError>,
+    client_key: Option<[u8; 32]>,
+    /// An auth_query user looked up again after a failed md5 proof, which it passed.
+    relooked: Option<crate::config::User>,
+}
+
+/// Runs the exchange `check` asks for.
+#[allow(clippy::too_many_arguments)]
+async fn prove(
+    app: &Arc<App>,
+    stream: &mut Stream,
+    out: &mut BytesMut,
+    config: &crate::config::Config,
+    arrival: &Arrival<'_>,
+    startup: &crate::proto::startup::Startup,
+    check: access::Check,
+    user: Option<&crate::config::User>,
+    looked_up: &Option<crate::config::User>,
+) -> Result<Exchange, Login> {
+    let mut proof = Exchange {
+        method: Ok("trust"),
+        client_key: None,
+        relooked: None,
+    };
+    let preferred = match check {
+        access::Check::Trust => return Ok(proof),
+        access::Check::Cert => {
+            let name = access::certificate_user(stream);
+            proof.method = if name.as_deref() == Some(startup.user.as_str()) {
+                Ok("cert")
+            } else {
+                Err(ClientError::not_authorized(format!(
+                    "certificate authentication failed for user \"{}\"",
+                    startup.user
+                )))
+            };
+            return Ok(proof);
+        }
+        access::Check::Password(preferred) => preferred,
+    };
+    let secret = user.map(|u| crate::auth::Secret::parse(&u.password));
+    let exchange =
+        login::authenticate(app, stream, out, &startup.user, secret.as_ref(), preferred).await;
+    proof.method = match exchange {
+        Ok(p) => {
+            proof.client_key = p.client_key;
+            Ok(p.method.as_str())
+        }
+        Err(LoginError::Gone) => {
+            let Arrival { id, peer, .. } = arrival;
+            tracing::debug!(conn = id, %peer, user = %startup.user, "client left during authentication");
+            return Err(Login::Quiet);
+        }
+        Err(LoginError::Refused(e)) => Err(e),
+        Err(LoginError::Md5Mismatch(e, answer)) if looked_up.is_some() => {
+            // The cached secret may be stale: look the user up again before refusing.
+            app.auth_cache.forget(&startup.database, &startup.user);
+            proof.relooked = recheck_md5(app, config, startup, &answer).await;
+            match proof.relooked {
+                Some(_) => {
+                    emit::auth_ok(out);
+                    Ok("md5")
+                }
+                None => Err(e),
+            }
+        }
+        Err(LoginError::Md5Mismatch(e, _)) => Err(e),
+    };
+    Ok(proof)
+}
+
+/// The admin console's login, for users the config lets in.
+async fn console(
+    config: &crate::config::Config,
+    stream: &mut Stream,
+    out: &mut BytesMut,
+    arrival: &Arrival<'_>,
+    user: &crate::config::User,
+) -> Login {
+    let Some(console) = crate::admin::Console::admit(config, &user.name) else {
+        return Login::Refused(ClientError::not_authorized(format!(
+            "user \"{}\" may not use the admin console",
+            user.name
+        )));
+    };
+    crate::admin::greet(out);
+    if stream.send(out).await.is_err() {
+        return Login::Quiet;
+    }
+    let Arrival { id, peer, .. } = arrival;
+    tracing::info!(conn = id, %peer, user = %user.name, "admin console login");
+    Login::Console(console)
+}
+
+/// The parameters the greeting reports: what a direct connection would. In session mode
+/// the server's own values after applying the client's startup parameters (and the server,
+/// kept); in transaction mode the same, learned from a pool connection when the client asks
+/// for anything non-default. With the client's cancel key.
+async fn first_parameters(
+    app: &App,
+    config: &crate::config::Config,
+    arrival: &Arrival<'_>,
+    pool: &Arc<Pool>,
+    reg: &Registered,
+    params: SessionParams,
+) -> Result<(SessionParams, Option<ServerConn>, Registration), ClientError> {
+    let reset = config.general.handover_reset;
+    if arrival.mode == PoolMode::Session {
+        let mut server = checkout_idle_wait(pool, reg).await?;
+        server.hand_to(arrival.id, reset);
+        sync(&mut server, &params).await?;
+        let cancel = app.cancels.register(Some(server.pid));
+        cancel.handle.attach(server.cancel_target());
+        return Ok((server.params.clone(), Some(server), cancel));
+    }
+    let defaults = match pool.defaults() {
+        Some(d) => d,
+        None => {
+            let s = checkout_idle_wait(pool, reg).await?;
+            let d = s.params.clone();
+            pool.release(s);
+            d
+        }
+    };
+    let mut merged = defaults.clone();
+    for (k, v) in params.reported.iter() {
+        merged.reported.set(k, v);
+    }
+    merged.unreported = params.unreported.clone();
+    // Only a server can say how it spells what the client asked for, except for an
+    // application_name it keeps as sent (libpq clients send one on every login).
+    if sync_statement(&merged, &defaults).is_some() && !reported_verbatim(&merged, &defaults) {
+        let mut server = checkout_idle_wait(pool, reg).await?;
+        server.hand_to(arrival.id, reset);
+        sync(&mut server, &merged).await?;
+        merged.reported = server.params.reported.clone();
+        pool.release(server);
+    }
+    Ok((merged, None, app.cancels.register(None)))
+}
+
+/// An auth_query user's md5 answer checked against its secret looked up afresh; the new
+/// entry when it proves the password.
+pub(super) async fn recheck_md5(
+    app: &App,
+    config: &crate::config::Config,
+    startup: &crate::proto::startup::Startup,
+    answer: &login::Md5Answer,
+) -> Option<crate::config::User> {
+    let db = config.database(&startup.database)?;
+    let user = crate::frontend::passthrough::lookup(app, config, db, &startup.user)
+        .await
+        .ok()
+        .flatten()?;
+    answer
+        .proves(&crate::auth::Secret::parse(&user.password))
+        .then_some(user)
+}
+
+/// Login-time checkout: no cancel key exists yet, so nothing can cancel the wait.
+pub(super) async fn checkout_idle_wait(
+    pool: &Arc<Pool>,
+    reg: &Registered,
+) -> Result<ServerConn, ClientError> {
+    let never = tokio::sync::Notify::new();
+    let notified = pin!(never.notified());
+    reg.info.waiting(crate::stats::unix_micros());
+    let r = pool.checkout(notified).await.map_err(|e| e.to_client());
+    reg.info.linked(0);
+    r
+}
+
+/// Makes `server` carry the client's session parameters, after the hand-over reset when it is
+/// due (in the same round trip). A server that failed is dropped by the caller (via the error
+/// path), so it never carries half-applied settings.
+pub(super) async fn sync(server: &mut ServerConn, want: &SessionParams) -> Result<(), ClientError> {
+    let set = sync_statement(want, server.sync_base());
+    let sql = match (std::mem::take(&mut server.reset_pending), set) {
+        (false, None) => return Ok(()),
+        (false, Some(set)) => set,
+        (true, None) => HANDOVER_RESET.to_string(),
+        (true, Some(set)) => format!("{HANDOVER_RESET}; {set}"),
+    };
+    match Box::pin(server.run_internal(&sql, INTERNAL_TIMEOUT)).await {
+        Ok(()) => {
+            server.params.unreported = want.unreported.clone();
+            Ok(())
+        }
+        Err(InternalError::Server(e)) => Err(ClientError {
+            severity: emit::Severity::Fatal,
+            ..e
+        }),
+        Err(InternalError::Io(_)) => Err(ClientError::server_lost()),
+    }
+}
