@@ -34,7 +34,7 @@ pub struct Group {
 
 /// One database's last sample.
 #[derive(Clone, Debug, Default)]
-pub struct Sample {
+pub struct ActivitySample {
     pub groups: BTreeMap<Group, u64>,
     /// Age of the oldest open transaction, seconds (0: none open).
     pub longest_transaction: f64,
@@ -46,11 +46,11 @@ pub struct Sample {
 /// The last sample of every database.
 #[derive(Default)]
 pub struct Activity {
-    samples: DashMap<Arc<str>, Arc<Sample>>,
+    samples: DashMap<Arc<str>, Arc<ActivitySample>>,
 }
 
 impl Activity {
-    pub fn all(&self) -> Vec<(Arc<str>, Arc<Sample>)> {
+    pub fn all(&self) -> Vec<(Arc<str>, Arc<ActivitySample>)> {
         let mut v: Vec<_> = self
             .samples
             .iter()
@@ -60,16 +60,16 @@ impl Activity {
         v
     }
 
-    pub fn store(&self, db: Arc<str>, s: Sample) {
+    pub fn store(&self, db: Arc<str>, s: ActivitySample) {
         self.samples.insert(db, Arc::new(s));
     }
 }
 
 /// Turns the query's rows into a sample; `ours` are this proxy's backend pids.
-fn summarize(rows: &[(String, Option<String>)], ours: &HashSet<i32>) -> Sample {
-    let mut s = Sample {
+fn summarize(rows: &[(String, Option<String>)], ours: &HashSet<i32>) -> ActivitySample {
+    let mut s = ActivitySample {
         at: crate::stats::unix_micros(),
-        ..Sample::default()
+        ..ActivitySample::default()
     };
     for (pid, rest) in rows {
         let rest = rest.as_deref().unwrap_or("");
@@ -111,7 +111,7 @@ impl Sampler {
         upstream: Arc<Upstream>,
         ours: &HashSet<i32>,
         timeout: Duration,
-    ) -> Sample {
+    ) -> ActivitySample {
         sample_one(&mut self.conns, db, upstream, ours, timeout).await
     }
 }
@@ -122,7 +122,7 @@ async fn sample_one(
     upstream: Arc<Upstream>,
     ours: &HashSet<i32>,
     timeout: Duration,
-) -> Sample {
+) -> ActivitySample {
     if conns
         .get(db)
         .is_some_and(|(u, _)| !Arc::ptr_eq(u, &upstream))
@@ -153,11 +153,11 @@ async fn sample_one(
     }
 }
 
-fn failed(error: String) -> Sample {
-    Sample {
+fn failed(error: String) -> ActivitySample {
+    ActivitySample {
         at: crate::stats::unix_micros(),
         error: Some(error),
-        ..Sample::default()
+        ..ActivitySample::default()
     }
 }
 

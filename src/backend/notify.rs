@@ -19,14 +19,14 @@ pub const CLIENT_QUEUE: usize = 1024;
 
 type Subscribers = HashMap<String, Vec<(u64, mpsc::Sender<Bytes>)>>;
 
-enum Cmd {
+enum HubCmd {
     Listen(String, oneshot::Sender<Result<(), ClientError>>),
     Unlisten(String),
 }
 
 pub struct NotifyHub {
     subscribers: Arc<Mutex<Subscribers>>,
-    cmds: mpsc::UnboundedSender<Cmd>,
+    cmds: mpsc::UnboundedSender<HubCmd>,
 }
 
 fn lock(m: &Mutex<Subscribers>) -> std::sync::MutexGuard<'_, Subscribers> {
@@ -70,7 +70,7 @@ impl NotifyHub {
         let (ack_tx, ack_rx) = oneshot::channel();
         let sent = self
             .cmds
-            .send(Cmd::Listen(channel.to_owned(), ack_tx))
+            .send(HubCmd::Listen(channel.to_owned(), ack_tx))
             .is_ok();
         let result = match (sent, ack_rx.await) {
             (true, Ok(r)) => r,
@@ -91,7 +91,7 @@ impl NotifyHub {
             list.retain(|(c, _)| *c != id);
             if list.is_empty() {
                 subs.remove(channel);
-                let _ = self.cmds.send(Cmd::Unlisten(channel.to_owned()));
+                let _ = self.cmds.send(HubCmd::Unlisten(channel.to_owned()));
             }
         }
     }
@@ -108,7 +108,7 @@ async fn run(
     upstream: Arc<Upstream>,
     connect_timeout: Duration,
     subscribers: Arc<Mutex<Subscribers>>,
-    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    mut cmds: mpsc::UnboundedReceiver<HubCmd>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -121,7 +121,7 @@ async fn run(
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "notification connection failed");
-                if let Cmd::Listen(_, ack) = first {
+                if let HubCmd::Listen(_, ack) = first {
                     let _ = ack.send(Err(e.to_client()));
                 }
                 tokio::time::sleep(backoff).await;
@@ -136,7 +136,7 @@ async fn run(
         let existing: Vec<String> = lock(&subscribers).keys().cloned().collect();
         let mut pending = vec![first];
         for ch in existing {
-            if !matches!(&pending[0], Cmd::Listen(c, _) if *c == ch) {
+            if !matches!(&pending[0], HubCmd::Listen(c, _) if *c == ch) {
                 emit::query(&mut out, &format!("LISTEN {}", quote_ident(&ch)));
                 acks.push_back(None);
             }
@@ -146,11 +146,11 @@ async fn run(
         'conn: loop {
             for cmd in pending.drain(..) {
                 match cmd {
-                    Cmd::Listen(ch, ack) => {
+                    HubCmd::Listen(ch, ack) => {
                         emit::query(&mut out, &format!("LISTEN {}", quote_ident(&ch)));
                         acks.push_back(Some(ack));
                     }
-                    Cmd::Unlisten(ch) => {
+                    HubCmd::Unlisten(ch) => {
                         emit::query(&mut out, &format!("UNLISTEN {}", quote_ident(&ch)));
                         acks.push_back(None);
                     }

@@ -81,7 +81,7 @@ pub struct Hba {
 }
 
 /// Where a connection comes from, for matching.
-pub struct Connection<'a> {
+pub struct Incoming<'a> {
     /// None for a unix socket.
     pub addr: Option<IpAddr>,
     pub tls: bool,
@@ -179,7 +179,7 @@ impl Hba {
     }
 
     /// The first rule that matches, or None (refused: no entry).
-    pub fn find(&self, c: &Connection<'_>) -> Option<&Rule> {
+    pub fn find(&self, c: &Incoming<'_>) -> Option<&Rule> {
         self.rules.iter().find(|r| {
             let kind = match (r.conn, c.addr) {
                 (ConnType::Local, None) => true,
@@ -221,8 +221,8 @@ hostnossl all   all     ::1/128        md5
 host    all     all     0.0.0.0/0      reject
 ";
 
-    fn conn<'a>(addr: Option<&str>, tls: bool, db: &'a str, user: &'a str) -> Connection<'a> {
-        Connection {
+    fn conn<'a>(addr: Option<&str>, tls: bool, db: &'a str, user: &'a str) -> Incoming<'a> {
+        Incoming {
             addr: addr.map(|a| a.parse().unwrap()),
             tls,
             database: db,

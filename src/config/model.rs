@@ -24,7 +24,7 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// The audit log; without it none is written.
     #[serde(default)]
-    pub audit: Option<Audit>,
+    pub audit: Option<AuditSettings>,
     #[serde(default)]
     pub databases: Vec<Spanned<Database>>,
     #[serde(default)]
@@ -292,12 +292,12 @@ impl std::fmt::Debug for Http {
 /// `[audit]`: one JSON line per connection event.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Audit {
+pub struct AuditSettings {
     /// "stdout", or a file path (appended to).
     pub destination: Text,
 }
 
-impl Audit {
+impl AuditSettings {
     pub fn destination(&self) -> AuditDestination {
         match self.destination.as_str() {
             "stdout" | "-" => AuditDestination::Stdout,

@@ -4,7 +4,7 @@
 //! there tells only someone who knew the password), and client certificate checks.
 
 use crate::config::addresses::permitted;
-use crate::config::hba::{Connection, HbaMethod};
+use crate::config::hba::{HbaMethod, Incoming};
 use crate::config::{AuthType, Config, User};
 use crate::error::ClientError;
 use crate::net::Stream;
@@ -44,7 +44,7 @@ pub fn before_auth(
     let Some(hba) = &config.hba else {
         return Ok(Check::Password(preferred));
     };
-    let conn = Connection {
+    let conn = Incoming {
         addr,
         tls,
         database,

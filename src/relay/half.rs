@@ -133,6 +133,9 @@ impl Half {
     }
 }
 
+// Two per client (80 bytes each today).
+const _: () = assert!(std::mem::size_of::<Half>() <= 80);
+
 #[cfg(test)]
 mod tests {
     use super::*;

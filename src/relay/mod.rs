@@ -393,5 +393,10 @@ impl Drop for Relay {
     }
 }
 
+// Every client keeps a Relay for its life (488 bytes today) and the state it carries across
+// servers; growing either grows every idle client (docs/benchmarks.md, memory per client).
+const _: () = assert!(std::mem::size_of::<Relay>() <= 512);
+const _: () = assert!(std::mem::size_of::<ClientSession>() <= 24);
+
 #[cfg(test)]
 mod tests;

@@ -235,6 +235,9 @@ impl Pipeline {
     }
 }
 
+// One per reply a client has outstanding, up to MAX_OUTSTANDING of them (80 bytes today).
+const _: () = assert!(std::mem::size_of::<Entry>() <= 80);
+
 #[cfg(test)]
 mod tests {
     use super::*;

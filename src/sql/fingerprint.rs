@@ -43,12 +43,12 @@ impl Sink for Fnv {
 }
 
 /// The normalized text, cut once at MAX_TEXT (then "..." and nothing more).
-struct Text {
+struct Source {
     s: String,
     cut: bool,
 }
 
-impl Text {
+impl Source {
     fn cut_at(&mut self, at: usize) {
         let mut at = at.min(self.s.len());
         while !self.s.is_char_boundary(at) {
@@ -60,7 +60,7 @@ impl Text {
     }
 }
 
-impl Sink for Text {
+impl Sink for Source {
     fn piece(&mut self, s: &str, glue: bool) {
         if self.cut {
             return;
@@ -97,7 +97,7 @@ pub fn fingerprint(text: &str) -> u64 {
 
 /// The normalized text whose hash [`fingerprint`] is.
 pub fn normalize(text: &str) -> String {
-    let mut t = Text {
+    let mut t = Source {
         s: String::with_capacity(text.len().min(MAX_TEXT + 3)),
         cut: false,
     };

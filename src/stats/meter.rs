@@ -344,3 +344,6 @@ pub fn utf8(b: &[u8]) -> std::borrow::Cow<'_, str> {
         Err(_) => String::from_utf8_lossy(b),
     }
 }
+
+// Part of every client's Relay (224 bytes today).
+const _: () = assert!(std::mem::size_of::<Meter>() <= 224);

@@ -21,7 +21,7 @@ pub struct Sample {
 }
 
 #[derive(Debug)]
-struct Entry {
+struct Tracked {
     key: PoolKey,
     text: Arc<str>,
     calls: AtomicU64,
@@ -56,7 +56,7 @@ impl QueryRow {
 #[derive(Debug)]
 pub struct QueryStats {
     max: AtomicUsize,
-    map: DashMap<(u64, PoolKey), Entry, BuildHasherDefault<KeyHasher>>,
+    map: DashMap<(u64, PoolKey), Tracked, BuildHasherDefault<KeyHasher>>,
     /// Entries dropped to stay within `max`.
     evicted: AtomicU64,
 }
@@ -109,7 +109,7 @@ impl QueryStats {
                 add(&e, &s);
                 continue;
             }
-            let e = self.map.entry(key).or_insert_with(|| Entry {
+            let e = self.map.entry(key).or_insert_with(|| Tracked {
                 key: pool.clone(),
                 text: s.text.clone(),
                 calls: AtomicU64::new(0),
@@ -176,7 +176,7 @@ impl QueryStats {
     }
 }
 
-fn add(e: &Entry, s: &Sample) {
+fn add(e: &Tracked, s: &Sample) {
     e.calls.fetch_add(1, Ordering::Relaxed);
     e.total_us.fetch_add(s.us, Ordering::Relaxed);
     e.min_us.fetch_min(s.us, Ordering::Relaxed);

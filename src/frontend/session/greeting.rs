@@ -100,7 +100,7 @@ pub(super) async fn login(
     arrival: Arrival<'_>,
     hello: Result<Hello, HandshakeError>,
     mut out: BytesMut,
-) -> Login {
+) -> LoginOutcome {
     let startup = match startup_packet(app, &arrival, hello).await {
         Ok(s) => s,
         Err(ended) => return ended,
@@ -108,7 +108,7 @@ pub(super) async fn login(
     let refuse = |e: ClientError| {
         let Arrival { id, peer, .. } = &arrival;
         tracing::info!(conn = id, %peer, user = %startup.user, database = %startup.database, error = %e, "connection refused");
-        Login::Refused(e)
+        LoginOutcome::Refused(e)
     };
     if let Err(e) = before_anything(app, &arrival, &startup) {
         return refuse(e);
@@ -117,7 +117,7 @@ pub(super) async fn login(
     let (user, method, client_key) =
         match authenticate(app, stream, &mut out, &config, &arrival, &startup).await {
             Ok(proved) => proved,
-            Err(Login::Refused(e)) => return refuse(e),
+            Err(LoginOutcome::Refused(e)) => return refuse(e),
             Err(ended) => return ended,
         };
     if let Err(e) = access::after_auth(&user, arrival.peer.ip()) {
@@ -125,7 +125,7 @@ pub(super) async fn login(
     }
     if crate::admin::is_console(&startup.database) {
         return match console(&config, stream, &mut out, &arrival, &user).await {
-            Login::Refused(e) => refuse(e),
+            LoginOutcome::Refused(e) => refuse(e),
             other => other,
         };
     }
@@ -162,11 +162,11 @@ pub(super) async fn login(
     reg.info.set_remote_pid(cancel.pid);
     emit::ready_for_query(&mut out, b'I');
     if stream.send(&out).await.is_err() {
-        return Login::Quiet;
+        return LoginOutcome::Quiet;
     }
     let Arrival { id, peer, mode, .. } = &arrival;
     tracing::info!(conn = id, %peer, user = %user.name, database = %db.name, mode = mode.as_str(), method, "client logged in");
-    Login::Pooled(Box::new(Pooled {
+    LoginOutcome::Pooled(Box::new(Pooled {
         params,
         pool,
         cancel,
@@ -176,7 +176,7 @@ pub(super) async fn login(
 }
 
 /// How a login ended.
-pub(super) enum Login {
+pub(super) enum LoginOutcome {
     /// Ready for the relay.
     Pooled(Box<Pooled>),
     /// The admin console (`pgsluice` or `pgbouncer` database).
@@ -194,27 +194,27 @@ async fn startup_packet(
     app: &App,
     arrival: &Arrival<'_>,
     hello: Result<Hello, HandshakeError>,
-) -> Result<crate::proto::startup::Startup, Login> {
+) -> Result<crate::proto::startup::Startup, LoginOutcome> {
     let Arrival { id, peer, .. } = arrival;
     match hello {
         Ok(Hello::Startup(s)) => Ok(s),
         Ok(Hello::Cancel { pid, secret }) => {
             let found = app.cancels.cancel(pid, &secret).await;
             tracing::debug!(conn = id, %peer, pid, found, "cancel request");
-            Err(Login::Quiet)
+            Err(LoginOutcome::Quiet)
         }
         Err(HandshakeError::Incomplete) => {
             tracing::debug!(conn = id, %peer, "incomplete startup packet");
-            Err(Login::Quiet)
+            Err(LoginOutcome::Quiet)
         }
         Err(HandshakeError::Silent(why)) => {
             tracing::info!(conn = id, %peer, error = why, "startup refused: closing without a reply, as PostgreSQL does");
             app.metrics.client_error("08P01");
-            Err(Login::Quiet)
+            Err(LoginOutcome::Quiet)
         }
         Err(HandshakeError::Refused(e)) => {
             tracing::info!(conn = id, %peer, error = %e, "startup refused");
-            Err(Login::Refused(e))
+            Err(LoginOutcome::Refused(e))
         }
     }
 }
@@ -254,7 +254,7 @@ async fn authenticate<'c>(
     config: &'c crate::config::Config,
     arrival: &Arrival<'_>,
     startup: &crate::proto::startup::Startup,
-) -> Result<(Cow<'c, crate::config::User>, &'static str, Option<[u8; 32]>), Login> {
+) -> Result<(Cow<'c, crate::config::User>, &'static str, Option<[u8; 32]>), LoginOutcome> {
     let addr = arrival.peer.ip();
     let check = access::before_auth(
         config,
@@ -263,7 +263,7 @@ async fn authenticate<'c>(
         &startup.user,
         &startup.database,
     )
-    .map_err(Login::Refused)?;
+    .map_err(LoginOutcome::Refused)?;
     // Not in [[users]]: maybe upstream knows it (auth_query).
     let looked_up = match (
         config.user(&startup.user),
@@ -272,7 +272,7 @@ async fn authenticate<'c>(
         (None, Some(db)) if !crate::admin::is_console(&startup.database) => {
             crate::frontend::passthrough::lookup(app, config, db, &startup.user)
                 .await
-                .map_err(Login::Refused)?
+                .map_err(LoginOutcome::Refused)?
         }
         _ => None,
     };
@@ -287,7 +287,7 @@ async fn authenticate<'c>(
         if looked_up.is_some() {
             app.auth_cache.forget(&startup.database, &startup.user);
         }
-        Login::Refused(e)
+        LoginOutcome::Refused(e)
     };
     let method = proof.method.map_err(failed)?;
     // Borrowed from the config when listed there; an auth_query entry is the client's own.
@@ -299,7 +299,7 @@ async fn authenticate<'c>(
     let Some(user) = user else {
         // trust or cert for a user pgsluice has no credentials for.
         note_auth_failure(app, config, addr, &startup.user);
-        return Err(Login::Refused(ClientError::auth_failed(
+        return Err(LoginOutcome::Refused(ClientError::auth_failed(
             &startup.user,
             method,
         )));
@@ -312,7 +312,7 @@ async fn authenticate<'c>(
 }
 
 /// The outcome of the exchange with the client.
-struct Exchange {
+struct Answered {
     method: Result<&'static str, ClientError>,
     client_key: Option<[u8; 32]>,
     /// An auth_query user looked up again after a failed md5 proof, which it passed.
@@ -331,8 +331,8 @@ async fn prove(
     check: access::Check,
     user: Option<&crate::config::User>,
     looked_up: &Option<crate::config::User>,
-) -> Result<Exchange, Login> {
-    let mut proof = Exchange {
+) -> Result<Answered, LoginOutcome> {
+    let mut proof = Answered {
         method: Ok("trust"),
         client_key: None,
         relooked: None,
@@ -364,7 +364,7 @@ async fn prove(
         Err(LoginError::Gone) => {
             let Arrival { id, peer, .. } = arrival;
             tracing::debug!(conn = id, %peer, user = %startup.user, "client left during authentication");
-            return Err(Login::Quiet);
+            return Err(LoginOutcome::Quiet);
         }
         Err(LoginError::Refused(e)) => Err(e),
         Err(LoginError::Md5Mismatch(e, answer)) if looked_up.is_some() => {
@@ -391,20 +391,20 @@ async fn console(
     out: &mut BytesMut,
     arrival: &Arrival<'_>,
     user: &crate::config::User,
-) -> Login {
+) -> LoginOutcome {
     let Some(console) = crate::admin::Console::admit(config, &user.name) else {
-        return Login::Refused(ClientError::not_authorized(format!(
+        return LoginOutcome::Refused(ClientError::not_authorized(format!(
             "user \"{}\" may not use the admin console",
             user.name
         )));
     };
     crate::admin::greet(out);
     if stream.send(out).await.is_err() {
-        return Login::Quiet;
+        return LoginOutcome::Quiet;
     }
     let Arrival { id, peer, .. } = arrival;
     tracing::info!(conn = id, %peer, user = %user.name, "admin console login");
-    Login::Console(console)
+    LoginOutcome::Console(console)
 }
 
 /// The parameters the greeting reports: what a direct connection would. In session mode

@@ -7,7 +7,7 @@ mod greeting;
 
 use drive::{Handover, run};
 use ending::{finish, tell_and_close};
-use greeting::{Arrival, Login, admit_address, login, sync};
+use greeting::{Arrival, LoginOutcome, admit_address, login, sync};
 
 use crate::app::App;
 use crate::backend::ServerConn;
@@ -211,13 +211,13 @@ async fn serve_inner(
         audit_login(&app, id, mode, &outcome, ended).await;
     }
     let l = match outcome {
-        Login::Pooled(l) => l,
-        Login::Console(console) => {
+        LoginOutcome::Pooled(l) => l,
+        LoginOutcome::Console(console) => {
             crate::admin::serve(&app, &mut stream, console, id).await;
             return None;
         }
-        Login::Quiet => return None,
-        Login::Refused(err) => {
+        LoginOutcome::Quiet => return None,
+        LoginOutcome::Refused(err) => {
             app.metrics.client_error(&err.code);
             let mut out = BytesMut::new();
             err.encode(&mut out);
@@ -261,7 +261,7 @@ async fn timed_login(
     stream: Stream,
     mut arrival: Arrival<'_>,
     ended: &mut Ended,
-) -> Option<(Stream, Login)> {
+) -> Option<(Stream, LoginOutcome)> {
     let (id, peer) = (arrival.id, arrival.peer);
     let login_timeout = app.config.load().general.client_login_timeout.enabled();
     let login = async {
@@ -294,19 +294,19 @@ async fn timed_login(
 }
 
 /// The audit log's line for a login: who authenticated, or why it was refused.
-async fn audit_login(app: &App, id: u64, mode: PoolMode, outcome: &Login, ended: &Ended) {
+async fn audit_login(app: &App, id: u64, mode: PoolMode, outcome: &LoginOutcome, ended: &Ended) {
     let fields = match outcome {
-        Login::Console(c) => serde_json::json!({
+        LoginOutcome::Console(c) => serde_json::json!({
             "user": c.user, "database": crate::ADMIN_DATABASE, "console": true,
         }),
-        Login::Pooled(l) => serde_json::json!({
+        LoginOutcome::Pooled(l) => serde_json::json!({
             "user": &*l.reg.info.facts.user,
             "database": l.reg.info.facts.database(),
             "pool": l.pool.key.to_string(),
             "method": l.reg.info.facts.auth_method,
             "mode": mode.as_str(),
         }),
-        Login::Refused(err) => {
+        LoginOutcome::Refused(err) => {
             let mut fields = crate::audit::refusal(&err.code, &err.message);
             if let Some((user, database)) = ended.audit.as_ref().and_then(|a| a.who.as_ref()) {
                 fields["user"] = user.as_str().into();
@@ -315,7 +315,7 @@ async fn audit_login(app: &App, id: u64, mode: PoolMode, outcome: &Login, ended:
             app.audit.event("refused", id, fields).await;
             return;
         }
-        Login::Quiet => return,
+        LoginOutcome::Quiet => return,
     };
     app.audit.event("authenticated", id, fields).await;
 }
