@@ -145,6 +145,19 @@ impl ClientError {
         }
     }
 
+    /// The one reading of a server's ErrorResponse body: its severity (FATAL and PANIC are
+    /// fatal, anything else an ERROR), its SQLSTATE (XX000, PostgreSQL's internal_error, when
+    /// a malformed body has none) and its message.
+    pub fn from_server(body: &[u8]) -> Self {
+        let f = crate::proto::views::error_fields(body).unwrap_or_default();
+        let severity = match f.severity {
+            "FATAL" | "PANIC" => Severity::Fatal,
+            _ => Severity::Error,
+        };
+        let code = if f.code.is_empty() { "XX000" } else { f.code };
+        ClientError::upstream(severity, code, f.message)
+    }
+
     pub fn is_fatal(&self) -> bool {
         self.severity == Severity::Fatal
     }

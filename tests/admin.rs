@@ -25,18 +25,6 @@ fn num(r: &HashMap<String, String>, col: &str) -> i64 {
         .unwrap_or_else(|_| panic!("{col} not a number: {r:?}"))
 }
 
-/// Polls `f` until it returns true or `limit` passes.
-async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    f()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn show_tables_match_a_known_load() {
     let pg = start_postgres();

@@ -123,14 +123,10 @@ async fn lifetimes_warm_pool_and_idle_retirement() {
         .unwrap()
         .get(0);
     // min_pool_size: the pool warms to 2 connections on its own.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while role_backends(&pg) < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "pool did not warm to min_pool_size"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        eventually(Duration::from_secs(10), || role_backends(&pg) >= 2).await,
+        "pool did not warm to min_pool_size"
+    );
     // Use 4 at once, then they retire back towards min_pool_size.
     let clients: Vec<_> =
         futures_util::future::join_all((0..4).map(|_| proxy.connect(PoolMode::Transaction))).await;

@@ -185,22 +185,15 @@ async fn client_killed_mid_transaction_leaves_nothing_open() {
             .unwrap();
         assert_eq!(in_tx, "1", "{mode:?}");
         drop(raw); // the socket closes with the transaction open
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            let n = pg
-                .psql(
-                    "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
-                )
-                .unwrap();
-            if n == "0" {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{mode:?}: still {n} idle-in-transaction backends after 2 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let in_tx = || {
+            pg.psql("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'")
+                .unwrap()
+        };
+        assert!(
+            eventually(Duration::from_secs(10), || in_tx() == "0").await,
+            "{mode:?}: still {} idle-in-transaction backends after 10 s",
+            in_tx()
+        );
     }
     let n: i64 = setup
         .query_one("SELECT count(*) FROM t_kill", &[])
@@ -419,24 +412,25 @@ async fn a_server_killed_while_idle_leaves_the_lists_without_a_checkout() {
     assert_eq!(servers.len(), 1, "{servers:?}");
     pg.psql(&format!("SELECT pg_terminate_backend({pid})"))
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    let listed = || {
         let servers = console(&pg, &proxy, ADMIN, "SHOW SERVERS").unwrap();
         let pools = console(&pg, &proxy, ADMIN, "SHOW POOLS").unwrap();
-        let idle: Vec<&str> = pools
+        let idle: Vec<String> = pools
             .iter()
             .filter(|p| p["database"] == "app")
-            .map(|p| p["sv_idle"].as_str())
+            .map(|p| p["sv_idle"].clone())
             .collect();
-        if servers.is_empty() && idle == ["0"] {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a dead idle server is still listed: {servers:?} {idle:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        (servers, idle)
+    };
+    let gone = || {
+        let (servers, idle) = listed();
+        servers.is_empty() && idle == ["0"]
+    };
+    assert!(
+        eventually(Duration::from_secs(10), gone).await,
+        "a dead idle server is still listed: {:?}",
+        listed()
+    );
     let v: i32 = c.query_one("SELECT 7", &[]).await.unwrap().get(0);
     assert_eq!(v, 7);
 }

@@ -246,12 +246,11 @@ async fn establish_inner(up: &Upstream) -> Result<Established, ConnectError> {
                     .ok_or(ConnectError::Protocol("bad BackendKeyData"))?;
             }
             b'E' => {
-                let f = views::error_fields(&body).unwrap_or_default();
-                return Err(ConnectError::Refused(ClientError::upstream(
-                    emit::Severity::Fatal,
-                    if f.code.is_empty() { "08006" } else { f.code },
-                    f.message,
-                )));
+                // A failed server login fails the client's request, whatever its severity.
+                return Err(ConnectError::Refused(ClientError {
+                    severity: emit::Severity::Fatal,
+                    ..ClientError::from_server(&body)
+                }));
             }
             b'Z' => {
                 return Ok(Established {

@@ -171,10 +171,7 @@ async fn run(
                     let Ok((tag, body)) = msg else { break 'conn };
                     match tag {
                         b'A' => dispatch(&subscribers, &body),
-                        b'E' => {
-                            let f = crate::proto::views::error_fields(&body).unwrap_or_default();
-                            failure = Some(ClientError::upstream(emit::Severity::Error, f.code, f.message));
-                        }
+                        b'E' => failure = Some(ClientError::from_server(&body)),
                         b'Z' => {
                             if let Some(Some(ack)) = acks.pop_front() {
                                 let _ = ack.send(failure.take().map_or(Ok(()), Err));

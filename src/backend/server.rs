@@ -124,18 +124,7 @@ impl Connection {
                         self.params.reported.set(k, v);
                     }
                 }
-                b'E' => {
-                    let f = views::error_fields(&body).unwrap_or_default();
-                    failure = Some(ClientError::upstream(
-                        if f.severity == "FATAL" {
-                            emit::Severity::Fatal
-                        } else {
-                            emit::Severity::Error
-                        },
-                        if f.code.is_empty() { "XX000" } else { f.code },
-                        f.message,
-                    ));
-                }
+                b'E' => failure = Some(ClientError::from_server(&body)),
                 b'Z' => {
                     return match failure {
                         Some(e) => Err(InternalError::Server(e)),
@@ -215,14 +204,7 @@ async fn read_rows(
                     rows.push((a.to_owned(), b.map(str::to_owned)));
                 }
             }
-            b'E' => {
-                let f = views::error_fields(&body).unwrap_or_default();
-                failure = Some(ClientError::upstream(
-                    emit::Severity::Error,
-                    f.code,
-                    f.message,
-                ));
-            }
+            b'E' => failure = Some(ClientError::from_server(&body)),
             b'Z' => return failure.map_or(Ok(rows), |e| Err(InternalError::Server(e))),
             _ => {}
         }

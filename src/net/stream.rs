@@ -175,24 +175,16 @@ pub async fn read_message(
     max: usize,
 ) -> io::Result<(u8, BytesMut)> {
     loop {
-        if buf.len() >= 5 {
-            let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-            if len < 4 || len as usize > max {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("invalid message length {len}"),
-                ));
-            }
-            let total = len as usize + 1;
-            if buf.len() >= total {
-                let tag = buf[0];
-                let mut msg = buf.split_to(total);
+        // The relay's framer, so that one piece of code says where a message ends.
+        match crate::proto::Framer::default().next(buf, &mut 0, max) {
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            Ok(Some(h)) if buf.len() >= h.end() => {
+                let mut msg = buf.split_to(h.end());
                 msg.advance(5);
-                return Ok((tag, msg));
+                return Ok((h.tag, msg));
             }
-            buf.reserve(total - buf.len());
-        } else {
-            buf.reserve(512);
+            Ok(Some(h)) => buf.reserve(h.end() - buf.len()),
+            Ok(None) => buf.reserve(512),
         }
         if stream.read_buf(buf).await? == 0 {
             return Err(io::Error::new(

@@ -18,7 +18,7 @@ impl Header {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
     #[error("invalid message length {len} for message type {tag:?}")]
     BadLength { tag: char, len: i64 },

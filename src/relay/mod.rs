@@ -88,12 +88,12 @@ pub enum Event {
     Phase(Phase),
     /// The client sent Terminate.
     ClientTerminated,
-    /// The client closed its socket or a write to it failed.
-    ClientGone,
+    /// The client closed its socket or a read or write on it failed.
+    ClientGone(Lost),
     /// The client has taken none of its results for client_stall_timeout.
     ClientStalled,
-    /// The server closed its socket or failed.
-    ServerGone,
+    /// The server closed its socket, a read or write on it failed, or it broke the protocol.
+    ServerGone(Lost),
     /// Transaction mode: the hand-over reset was interrupted (a cancel from another session
     /// of the role), so the server skipped the client's messages; neither can go on.
     HandoverFailed,
@@ -102,6 +102,33 @@ pub enum Event {
     /// Transaction mode, between transactions: LISTEN/UNLISTEN for the notification hub
     /// (the message has been consumed; the session answers it).
     Listen(crate::sql::session::ListenCmd),
+}
+
+/// Why a connection is gone, for the log line that reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lost {
+    /// The peer closed its socket (a read returned end of file, or a write took nothing).
+    Closed,
+    /// A read, write or flush failed with this error.
+    Io(std::io::ErrorKind),
+    /// The server sent what is not a protocol message.
+    Protocol(FrameError),
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lost::Closed => f.write_str("closed by the peer"),
+            Lost::Io(kind) => write!(f, "{kind}"),
+            Lost::Protocol(e) => write!(f, "protocol violation: {e}"),
+        }
+    }
+}
+
+impl Lost {
+    fn of(e: &std::io::Error) -> Lost {
+        Lost::Io(e.kind())
+    }
 }
 
 /// Where the client is, for its timeouts.

@@ -75,7 +75,8 @@ impl Relay {
             return Ok(false);
         }
         match read_into(cx, client, &mut self.c.buf) {
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Err(Event::ClientGone),
+            Poll::Ready(Ok(0)) => Err(Event::ClientGone(Lost::Closed)),
+            Poll::Ready(Err(e)) => Err(Event::ClientGone(Lost::of(&e))),
             Poll::Ready(Ok(n)) => {
                 self.meter.received(n);
                 Ok(true)
@@ -93,15 +94,19 @@ impl Relay {
     ) -> Served {
         let mut progress = match write_out(cx, &mut srv.stream, &mut self.c) {
             Ok(wrote) => wrote,
-            Err(()) => return Served::Stop(Event::ServerGone),
+            Err(lost) => return Served::Stop(Event::ServerGone(lost)),
         };
         // Read while the client's queue has room.
         if self.s.buf.len() < MAX_BUFFERED {
             match read_into(cx, &mut srv.stream, &mut self.s.buf) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                Poll::Ready(Ok(0)) => {
                     // Deliver what the server said before it went (often its FATAL).
                     let _ = self.walk_server(srv, state);
-                    return Served::Stop(Event::ServerGone);
+                    return Served::Stop(Event::ServerGone(Lost::Closed));
+                }
+                Poll::Ready(Err(e)) => {
+                    let _ = self.walk_server(srv, state);
+                    return Served::Stop(Event::ServerGone(Lost::of(&e)));
                 }
                 Poll::Ready(Ok(n)) => {
                     self.meter.sent(n);
@@ -111,8 +116,7 @@ impl Relay {
             }
         }
         if let Err(e) = self.walk_server(srv, state) {
-            tracing::warn!(server = srv.id, error = %e, "server broke the protocol");
-            return Served::Stop(Event::ServerGone);
+            return Served::Stop(Event::ServerGone(Lost::Protocol(e)));
         }
         if self.facts.has(Fact::HandoverFailed) {
             return Served::Stop(Event::HandoverFailed);
@@ -143,7 +147,7 @@ impl Relay {
                 return Ok(true);
             }
             Ok(false) => {}
-            Err(()) => return Err(Event::ClientGone),
+            Err(lost) => return Err(Event::ClientGone(lost)),
         }
         if let Some(limit) = self.stall_timeout {
             if self.s.buf.len() >= MAX_BUFFERED {
@@ -161,16 +165,17 @@ impl Relay {
 }
 
 /// Writes what `half` has ready until the socket would block. Ok(true) if anything was
-/// written; Err when the peer is gone.
+/// written; Err says why the peer is gone.
 pub(super) fn write_out(
     cx: &mut Context<'_>,
     stream: &mut Stream,
     half: &mut Half,
-) -> Result<bool, ()> {
+) -> Result<bool, Lost> {
     let mut wrote = false;
     while half.has_output() {
         match Pin::new(&mut *stream).poll_write(cx, half.output()) {
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(()),
+            Poll::Ready(Ok(0)) => return Err(Lost::Closed),
+            Poll::Ready(Err(e)) => return Err(Lost::of(&e)),
             Poll::Ready(Ok(n)) => {
                 half.consume_output(n);
                 wrote = true;
@@ -180,8 +185,8 @@ pub(super) fn write_out(
     }
     // TLS keeps bytes a write accepted until its records reach the socket; plaintext's
     // flush is a no-op.
-    if let Poll::Ready(Err(_)) = Pin::new(&mut *stream).poll_flush(cx) {
-        return Err(());
+    if let Poll::Ready(Err(e)) = Pin::new(&mut *stream).poll_flush(cx) {
+        return Err(Lost::of(&e));
     }
     Ok(wrote)
 }

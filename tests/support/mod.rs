@@ -304,3 +304,17 @@ pub fn fill_contract(text: &str) -> String {
         .replace("@PG_PASSWORD@", "pg-pw")
         .replace("@ADMIN_PASSWORD@", "admin-pw")
 }
+
+/// Polls `f` until it returns true or `limit` passes; true if it did. Limits are generous:
+/// they bound a failure's wait, and a loaded 2-core machine must not turn a slow success
+/// into one.
+pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}

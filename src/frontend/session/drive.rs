@@ -119,7 +119,7 @@ async fn on_event(app: &App, c: &mut Client, relay: &mut Relay, event: Event) ->
             }
         }
         Event::Listen(cmd) => Box::pin(listen(app, c, relay, cmd)).await,
-        Event::ClientGone if c.reg.info.was_killed() => {
+        Event::ClientGone(_) if c.reg.info.was_killed() => {
             tracing::info!(conn = c.id, "client killed from the admin console");
             Box::pin(tell_and_close(app, c, relay, ClientError::admin_shutdown())).await;
             return ControlFlow::Break(());
@@ -134,12 +134,17 @@ async fn on_event(app: &App, c: &mut Client, relay: &mut Relay, event: Event) ->
             app.metrics.client_error("08006");
             return ControlFlow::Break(());
         }
-        Event::ClientTerminated | Event::ClientGone => {
-            tracing::debug!(conn = c.id, ?event, "client finished");
+        Event::ClientTerminated => {
+            tracing::debug!(conn = c.id, "client sent Terminate");
             return ControlFlow::Break(());
         }
-        Event::ServerGone => {
-            tracing::info!(conn = c.id, "server connection lost");
+        Event::ClientGone(why) => {
+            tracing::debug!(conn = c.id, reason = %why, "client connection ended");
+            return ControlFlow::Break(());
+        }
+        Event::ServerGone(why) => {
+            let server = c.server.as_ref().map_or(0, |s| s.id);
+            tracing::info!(conn = c.id, server, reason = %why, "server connection lost");
             let fatal = relay.server_sent_fatal();
             c.server = None;
             c.cancel.handle.detach();

@@ -12,7 +12,7 @@ async fn a_server_that_dies_mid_message_is_reported() {
     r.run().await;
     r.server_peer.shutdown(std::net::Shutdown::Both).unwrap();
     r.run().await;
-    assert_eq!(r.last_event().await, Some(&Event::ServerGone));
+    assert_eq!(r.last_event().await, Some(&Event::ServerGone(Lost::Closed)));
     assert!(r.relay.server_mid_message());
 }
 
@@ -21,7 +21,7 @@ async fn a_client_that_leaves_is_reported() {
     let mut r = Rig::new(true).await;
     r.client_peer.shutdown(std::net::Shutdown::Both).unwrap();
     r.run().await;
-    assert_eq!(r.last_event().await, Some(&Event::ClientGone));
+    assert_eq!(r.last_event().await, Some(&Event::ClientGone(Lost::Closed)));
 }
 
 #[tokio::test]
@@ -121,7 +121,7 @@ async fn a_fatal_error_from_the_server_is_delivered_before_it_goes() {
     let fatal = m(b'E', b"SFATAL\0C57P01\0Mterminating\0\0");
     r.server_peer.write_all(&fatal).unwrap();
     r.server_peer.shutdown(std::net::Shutdown::Both).unwrap();
-    assert_eq!(r.event().await, Some(&Event::ServerGone));
+    assert_eq!(r.event().await, Some(&Event::ServerGone(Lost::Closed)));
     assert!(r.relay.server_sent_fatal());
     r.expect_client(&fatal).await;
 }
