@@ -6,6 +6,13 @@
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
+/// Whether each list is on. Off only in builds made to measure what a list saves
+/// (`PGSLUICE_NO_SPARE_BUFFERS=1 cargo build --release`, and `_QUEUES`, `_SAMPLES`; see
+/// docs/benchmarks.md): constants, so a normal build pays nothing for the choice.
+pub const BUFFERS: bool = option_env!("PGSLUICE_NO_SPARE_BUFFERS").is_none();
+pub const QUEUES: bool = option_env!("PGSLUICE_NO_SPARE_QUEUES").is_none();
+pub const SAMPLES: bool = option_env!("PGSLUICE_NO_SPARE_SAMPLES").is_none();
+
 /// A thread's spare containers of one kind.
 pub type List<T> = RefCell<Vec<T>>;
 

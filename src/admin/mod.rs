@@ -14,6 +14,7 @@ use crate::error::ClientError;
 use crate::net::Stream;
 use crate::net::stream::read_message;
 use crate::proto::emit::{self, Severity};
+use crate::proto::tag::frontend as fe;
 use bytes::BytesMut;
 use command::Command;
 
@@ -95,8 +96,8 @@ pub async fn serve(app: &App, stream: &mut Stream, console: Console, id: u64) {
             }
         };
         match tag {
-            b'X' => return,
-            b'Q' => {
+            fe::TERMINATE => return,
+            fe::QUERY => {
                 let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body));
                 let shutdown = run(app, &console, id, &text, &mut out).await;
                 emit::ready_for_query(&mut out, b'I');
@@ -108,7 +109,7 @@ pub async fn serve(app: &App, stream: &mut Stream, console: Console, id: u64) {
                     app.request_shutdown();
                 }
             }
-            b'S' => {
+            fe::SYNC => {
                 if std::mem::take(&mut refused_extended) {
                     error(
                         &mut out,
@@ -122,7 +123,9 @@ pub async fn serve(app: &App, stream: &mut Stream, console: Console, id: u64) {
                 }
                 out.clear();
             }
-            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => refused_extended = true,
+            fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE | fe::FLUSH => {
+                refused_extended = true
+            }
             other => {
                 let err = ClientError::protocol(format!("invalid frontend message type {other}"));
                 tracing::info!(conn = id, error = %err, "admin console protocol violation");

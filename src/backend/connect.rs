@@ -7,6 +7,7 @@ use super::upstream_auth::Login;
 use crate::error::ClientError;
 use crate::net::Stream;
 use crate::net::stream::read_message;
+use crate::proto::tag::backend as be;
 use crate::proto::{emit, views};
 use bytes::BytesMut;
 use std::io;
@@ -225,34 +226,39 @@ async fn establish_inner(up: &Upstream) -> Result<Established, ConnectError> {
     loop {
         let (tag, body) = read_message(&mut stream, &mut buf, 1 << 20).await?;
         out.clear();
-        if !login.is_done() && matches!(tag, b'S' | b'K' | b'Z') {
+        if !login.is_done()
+            && matches!(
+                tag,
+                be::PARAMETER_STATUS | be::BACKEND_KEY_DATA | be::READY_FOR_QUERY
+            )
+        {
             return Err(ConnectError::Protocol(
                 "server sent session data before authentication finished",
             ));
         }
         match tag {
-            b'R' => {
+            be::AUTHENTICATION => {
                 let req = views::auth_request(&body)
                     .ok_or(ConnectError::Protocol("bad authentication request"))?;
                 login = login.step(req, up, &mut out).await?;
             }
-            b'S' => {
+            be::PARAMETER_STATUS => {
                 if let Some((k, v)) = views::parameter_status(&body) {
                     params.reported.set(k, v);
                 }
             }
-            b'K' => {
+            be::BACKEND_KEY_DATA => {
                 (pid, secret) = views::backend_key_data(&body)
                     .ok_or(ConnectError::Protocol("bad BackendKeyData"))?;
             }
-            b'E' => {
+            be::ERROR_RESPONSE => {
                 // A failed server login fails the client's request, whatever its severity.
                 return Err(ConnectError::Refused(ClientError {
                     severity: emit::Severity::Fatal,
                     ..ClientError::from_server(&body)
                 }));
             }
-            b'Z' => {
+            be::READY_FOR_QUERY => {
                 return Ok(Established {
                     stream,
                     pid,
@@ -260,7 +266,7 @@ async fn establish_inner(up: &Upstream) -> Result<Established, ConnectError> {
                     params,
                 });
             }
-            b'N' | b'v' => {}
+            be::NOTICE_RESPONSE | be::NEGOTIATE_PROTOCOL_VERSION => {}
             _ => return Err(ConnectError::Protocol("unexpected message during login")),
         }
         if !out.is_empty() {

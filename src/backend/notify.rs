@@ -8,6 +8,7 @@ use super::connect::{self, Upstream};
 use crate::error::ClientError;
 use crate::net::stream::read_message;
 use crate::proto::emit;
+use crate::proto::tag::backend as be;
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -170,9 +171,9 @@ async fn run(
                 msg = read_message(&mut conn.stream, &mut buf, 1 << 20) => {
                     let Ok((tag, body)) = msg else { break 'conn };
                     match tag {
-                        b'A' => dispatch(&subscribers, &body),
-                        b'E' => failure = Some(ClientError::from_server(&body)),
-                        b'Z' => {
+                        be::NOTIFICATION_RESPONSE => dispatch(&subscribers, &body),
+                        be::ERROR_RESPONSE => failure = Some(ClientError::from_server(&body)),
+                        be::READY_FOR_QUERY => {
                             if let Some(Some(ack)) = acks.pop_front() {
                                 let _ = ack.send(failure.take().map_or(Ok(()), Err));
                             }
@@ -200,7 +201,9 @@ fn dispatch(subscribers: &Mutex<Subscribers>, body: &[u8]) {
         return;
     };
     let mut msg = BytesMut::with_capacity(body.len() + 5);
-    emit::message(&mut msg, b'A', |b| b.extend_from_slice(body));
+    emit::message(&mut msg, be::NOTIFICATION_RESPONSE, |b| {
+        b.extend_from_slice(body)
+    });
     let msg = msg.freeze();
     let subs = lock(subscribers);
     for (id, tx) in subs.get(channel).into_iter().flatten() {

@@ -6,6 +6,7 @@ use super::pool::Slot;
 use crate::error::ClientError;
 use crate::net::Stream;
 use crate::net::stream::read_message;
+use crate::proto::tag::backend as be;
 use crate::proto::{emit, views};
 use bytes::BytesMut;
 use std::io;
@@ -119,13 +120,13 @@ impl Connection {
             let (tag, body) =
                 read_message(&mut self.stream, &mut buf, MAX_INTERNAL_MESSAGE).await?;
             match tag {
-                b'S' => {
+                be::PARAMETER_STATUS => {
                     if let Some((k, v)) = views::parameter_status(&body) {
                         self.params.reported.set(k, v);
                     }
                 }
-                b'E' => failure = Some(ClientError::from_server(&body)),
-                b'Z' => {
+                be::ERROR_RESPONSE => failure = Some(ClientError::from_server(&body)),
+                be::READY_FOR_QUERY => {
                     return match failure {
                         Some(e) => Err(InternalError::Server(e)),
                         None if body.first() == Some(&b'I') => Ok(()),
@@ -199,13 +200,15 @@ async fn read_rows(
     loop {
         let (tag, body) = read_message(stream, &mut buf, MAX_INTERNAL_MESSAGE).await?;
         match tag {
-            b'D' => {
+            be::DATA_ROW => {
                 if let Some((a, b)) = views::two_text_columns(&body) {
                     rows.push((a.to_owned(), b.map(str::to_owned)));
                 }
             }
-            b'E' => failure = Some(ClientError::from_server(&body)),
-            b'Z' => return failure.map_or(Ok(rows), |e| Err(InternalError::Server(e))),
+            be::ERROR_RESPONSE => failure = Some(ClientError::from_server(&body)),
+            be::READY_FOR_QUERY => {
+                return failure.map_or(Ok(rows), |e| Err(InternalError::Server(e)));
+            }
             _ => {}
         }
     }

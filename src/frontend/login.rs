@@ -7,6 +7,7 @@ use crate::auth::{Method, Secret, md5, scram};
 use crate::error::ClientError;
 use crate::net::Stream;
 use crate::net::stream::read_message;
+use crate::proto::tag::frontend as fe;
 use crate::proto::{emit, views};
 use bytes::BytesMut;
 
@@ -135,8 +136,8 @@ async fn read_password_message(stream: &mut Stream) -> Result<BytesMut, LoginErr
             }
         })?;
     match tag {
-        b'p' => Ok(body),
-        b'X' => Err(LoginError::Gone),
+        fe::PASSWORD => Ok(body),
+        fe::TERMINATE => Err(LoginError::Gone),
         other => Err(LoginError::Refused(ClientError::protocol(format!(
             "expected password response, got message type {}",
             other as char

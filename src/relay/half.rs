@@ -27,7 +27,7 @@ pub fn spare_buffer(want: usize) -> BytesMut {
 
 fn give_back(b: &mut BytesMut) {
     let b = std::mem::take(b);
-    if b.capacity() <= SPARE_CAPACITY_MAX {
+    if crate::spare::BUFFERS && b.capacity() <= SPARE_CAPACITY_MAX {
         crate::spare::give(&SPARE, b, SPARE_MAX);
     }
 }

@@ -123,7 +123,7 @@ impl Pipeline {
         if self.q.is_empty() && self.q.capacity() > 0 {
             let q = std::mem::take(&mut self.q);
             // A queue grown by a long pipeline is freed, not kept at its peak.
-            if q.capacity() <= SPARE_QUEUE_CAPACITY_MAX {
+            if crate::spare::QUEUES && q.capacity() <= SPARE_QUEUE_CAPACITY_MAX {
                 crate::spare::give(&SPARE_QUEUES, q, SPARE_QUEUES_MAX);
             }
         }

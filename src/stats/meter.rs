@@ -323,7 +323,9 @@ impl Meter {
             s.queries.record(&s.key, &mut self.samples);
             // Between transactions the list goes back: an idle client holds none.
             let list = std::mem::take(&mut self.samples);
-            crate::spare::give(&SPARE_SAMPLES, list, SPARE_SAMPLES_MAX);
+            if crate::spare::SAMPLES {
+                crate::spare::give(&SPARE_SAMPLES, list, SPARE_SAMPLES_MAX);
+            }
         }
     }
 }

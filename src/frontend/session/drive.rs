@@ -2,6 +2,7 @@
 //! through the hub, settings read back, until the client or its server goes.
 
 use super::*;
+use crate::proto::tag::backend as be;
 use std::ops::ControlFlow;
 
 /// The relay loop with its timers, until the client or its server goes.
@@ -247,7 +248,7 @@ pub(super) async fn listen(
     };
     relay.queue_for_client(|b| {
         match result {
-            Ok(tag) => emit::message(b, b'C', |b| {
+            Ok(tag) => emit::message(b, be::COMMAND_COMPLETE, |b| {
                 b.extend_from_slice(tag.as_bytes());
                 b.extend_from_slice(&[0]);
             }),
