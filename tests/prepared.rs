@@ -478,3 +478,46 @@ async fn a_statement_prepared_after_a_schema_change_never_meets_an_older_plan() 
         }
     }
 }
+
+/// An error ahead of a second Parse of the same text makes PostgreSQL skip the proxy's Close
+/// of its older copy: the proxy must know the copy is still there, or every later use of the
+/// text on that server fails with 42P05 (the statement "already exists").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_whose_close_an_error_skipped_keeps_working() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 1")).await;
+    let mut x = Raw::open(proxy.port(PoolMode::Transaction)).await;
+    x.login(196608, "agent", "agent-pw", "app").await.unwrap();
+    let mut sent = ext::parse("s1", "SELECT 1");
+    sent.extend(ext::sync());
+    x.send(&sent).await;
+    assert_eq!(x.replies_until_ready(1).await, vec!["1", "Z:I"]);
+    let mut sent = ext::parse("", "SELECT 1/0");
+    sent.extend(ext::bind("", "", &[]));
+    sent.extend(ext::execute("", 0));
+    sent.extend(ext::parse("s2", "SELECT 1"));
+    sent.extend(ext::sync());
+    x.send(&sent).await;
+    // (PostgreSQL folds 1/0 when it plans, at the Bind.)
+    assert_eq!(x.replies_until_ready(1).await, vec!["1", "E:22012", "Z:I"]);
+    for name in ["s1", "s1", "s1"] {
+        let mut sent = ext::bind("", name, &[]);
+        sent.extend(ext::execute("", 0));
+        sent.extend(ext::sync());
+        x.send(&sent).await;
+        assert_eq!(
+            x.replies_until_ready(1).await,
+            vec!["2", "D:1", "C:SELECT 1", "Z:I"]
+        );
+    }
+    // The text prepared again under the name the error discarded works too.
+    let mut sent = ext::parse("s2", "SELECT 1");
+    sent.extend(ext::bind("", "s2", &[]));
+    sent.extend(ext::execute("", 0));
+    sent.extend(ext::sync());
+    x.send(&sent).await;
+    assert_eq!(
+        x.replies_until_ready(1).await,
+        vec!["1", "2", "D:1", "C:SELECT 1", "Z:I"]
+    );
+}

@@ -88,6 +88,13 @@ impl ServerStatements {
         }
     }
 
+    /// The server skipped the proxy's Close of `name` (an error earlier in its pipeline): it
+    /// still has a copy, which is closed before the next Parse of that name.
+    pub fn close_skipped(&mut self, name: &Arc<str>) {
+        self.used.remove(name);
+        self.stale.insert(name.clone());
+    }
+
     /// True once for a stale statement, which must be closed before it is prepared again.
     pub fn take_stale(&mut self, name: &str) -> bool {
         self.stale.remove(name)

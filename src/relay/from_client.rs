@@ -124,7 +124,7 @@ impl Relay {
             // Not past a Sync before the witness has answered (see `witness_pending`).
             return Step::Wait;
         }
-        if self.facts.has(Fact::Unaccounted) && self.transaction_mode && attached {
+        if self.srv.facts.has(Fact::Unaccounted) && self.transaction_mode && attached {
             // Nothing more goes to a server whose replies can no longer be counted: the
             // client's next messages wait for the server it gets next.
             return Step::Wait;
@@ -138,9 +138,9 @@ impl Relay {
                 ))));
             }
         }
-        if self.skip_pending && attached {
+        if self.srv.skip_pending && attached {
             // Everything before this message goes; from here the server would skip.
-            self.skip_pending = false;
+            self.srv.skip_pending = false;
             self.c.cut_at(h.start);
             h.start = 0;
             self.discard = Discard::UntilSync;
@@ -206,22 +206,23 @@ impl Relay {
             }
             fe::QUERY | fe::FUNCTION_CALL => self.forward(h, Entry::pass(Kind::Query)),
             fe::SYNC
-                if self.facts.has(Fact::CopyRunning) && self.facts.has(Fact::CopyClientOpen) =>
+                if self.srv.facts.has(Fact::CopyRunning)
+                    && self.srv.facts.has(Fact::CopyClientOpen) =>
             {
                 // Ignored by the server while its COPY runs: owed no reply, unless the
                 // COPY fails before the server reads it.
-                self.facts.set(Fact::CopySyncsIgnored, true);
+                self.srv.facts.set(Fact::CopySyncsIgnored, true);
                 self.c.framer.pass(h, &mut self.c.pos);
                 true
             }
             fe::SYNC => {
-                self.unsynced = false;
-                self.synced_since_witness |= self.witness_pending;
+                self.srv.unsynced = false;
+                self.srv.synced_since_witness |= self.srv.witness_pending;
                 self.forward(h, Entry::pass(Kind::Sync))
             }
             fe::COPY_DONE | fe::COPY_FAIL => {
-                if self.facts.has(Fact::CopyClientOpen) {
-                    self.facts.set(Fact::CopyClientOpen, false);
+                if self.srv.facts.has(Fact::CopyClientOpen) {
+                    self.srv.facts.set(Fact::CopyClientOpen, false);
                 } else {
                     self.pipeline.push(Entry::pass(Kind::CopyEnd));
                 }
@@ -229,11 +230,11 @@ impl Relay {
                 true
             }
             fe::EXECUTE => {
-                self.unsynced = true;
+                self.srv.unsynced = true;
                 self.forward(h, Entry::pass(Kind::Execute))
             }
             fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE => {
-                self.unsynced = true;
+                self.srv.unsynced = true;
                 let kind = match h.tag {
                     fe::PARSE => Kind::Parse,
                     fe::BIND => Kind::Bind,

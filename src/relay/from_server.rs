@@ -35,7 +35,7 @@ enum Walked {
 
 impl Relay {
     pub(super) fn emit_ready_answers(&mut self) {
-        let status = self.status;
+        let status = self.srv.status;
         while let Some(s) = self.pipeline.take_ready_answers() {
             self.s.insert(|b| match s {
                 Synthetic::CloseComplete => emit::message(b, be::CLOSE_COMPLETE, |_| {}),
@@ -71,7 +71,7 @@ impl Relay {
                 }
                 continue;
             }
-            if self.facts.has(Fact::CopyRunning)
+            if self.srv.facts.has(Fact::CopyRunning)
                 && matches!(h.tag, be::COMMAND_COMPLETE | be::ERROR_RESPONSE)
             {
                 self.copy_ended(h.tag == be::ERROR_RESPONSE);
@@ -107,7 +107,7 @@ impl Relay {
             e.action == Action::Swallow
                 && (matches!(e.kind, Kind::Query | Kind::Describe | Kind::Sync)
                     || (e.kind == Kind::Close
-                        && self.witness_pending
+                        && self.srv.witness_pending
                         && h.tag == be::ERROR_RESPONSE))
         })
     }
@@ -128,7 +128,7 @@ impl Relay {
                 self.s.remove_walked(h.start, 5 + h.body_len);
                 if e.kind == Kind::Close {
                     // The witness's Close comes before any other of the proxy's.
-                    self.witness_pending = false;
+                    self.srv.witness_pending = false;
                 }
             }
         }
@@ -144,9 +144,9 @@ impl Relay {
         match h.tag {
             be::READY_FOR_QUERY => {
                 // Whatever the witness opened has ended.
-                self.guard = Guard::None;
-                self.status = body.first().copied().unwrap_or(b'I');
-                self.meter.ready(self.status);
+                self.srv.guard = Guard::None;
+                self.srv.status = body.first().copied().unwrap_or(b'I');
+                self.meter.ready(self.srv.status);
                 self.pipeline.complete(be::READY_FOR_QUERY);
                 self.emit_ready_answers();
                 if self.transaction_mode && self.transaction_over() {
@@ -169,7 +169,7 @@ impl Relay {
                 let f = views::error_fields(body).unwrap_or_default();
                 self.meter.error(f.code);
                 if f.severity == "FATAL" || f.severity == "PANIC" {
-                    self.server_fatal = true;
+                    self.srv.server_fatal = true;
                 }
                 let stale =
                     f.code == "0A000" && f.message == "cached plan must not change result type";
@@ -190,12 +190,12 @@ impl Relay {
             srv.statements.clear();
             state.statements.clear();
         }
-        self.session_dirty |= done.changed_settings;
+        self.srv.session_dirty |= done.changed_settings;
         if self.transaction_mode && done.sql_statement {
             // SQL-level statements: one the next client must not find, or one of the
             // proxy's changed behind its back. The server's statement set is no longer
             // known: it is closed, not reused.
-            self.facts.set(Fact::Retire, true);
+            self.srv.facts.set(Fact::Retire, true);
         }
         self.pipeline.complete(be::COMMAND_COMPLETE);
         self.emit_ready_answers();
@@ -205,9 +205,11 @@ impl Relay {
     fn pass_reply(&mut self, h: &Header, srv: &mut ServerConn, state: &mut ClientSession) {
         if h.tag == be::COPY_IN_RESPONSE {
             let start = self.pipeline.copy_in_started();
-            self.facts.set(Fact::CopyRunning, true);
-            self.facts.set(Fact::CopyClientOpen, start.end_pending);
-            self.facts.set(Fact::CopySyncsIgnored, start.syncs_dropped);
+            self.srv.facts.set(Fact::CopyRunning, true);
+            self.srv.facts.set(Fact::CopyClientOpen, start.end_pending);
+            self.srv
+                .facts
+                .set(Fact::CopySyncsIgnored, start.syncs_dropped);
         }
         if h.tag == be::ERROR_RESPONSE {
             // Too long to read: still an error.
@@ -258,7 +260,7 @@ impl Relay {
                     message = f.message,
                     "the hand-over reset failed: the server is closed"
                 );
-                self.facts.set(Fact::Retire, true);
+                self.srv.facts.set(Fact::Retire, true);
                 if self
                     .pipeline
                     .head()
@@ -266,14 +268,14 @@ impl Relay {
                 {
                     // The witness is missing (or its Close was canceled): the server now
                     // skips the client's messages up to the next Sync.
-                    self.facts.set(Fact::HandoverFailed, true);
+                    self.srv.facts.set(Fact::HandoverFailed, true);
                 }
             }
             be::READY_FOR_QUERY | be::ROW_DESCRIPTION | be::NO_DATA => {
                 if h.tag == be::READY_FOR_QUERY
                     && self.pipeline.head().is_some_and(|e| e.kind == Kind::Sync)
                 {
-                    self.guard = Guard::None;
+                    self.srv.guard = Guard::None;
                 }
                 self.pipeline.complete(h.tag);
             }
@@ -283,7 +285,7 @@ impl Relay {
         if h.tag == be::READY_FOR_QUERY {
             self.emit_ready_answers();
         }
-        Ok(!self.facts.has(Fact::HandoverFailed))
+        Ok(!self.srv.facts.has(Fact::HandoverFailed))
     }
 
     /// The server's COPY FROM STDIN ended (CommandComplete, or an error). A failed COPY
@@ -292,14 +294,14 @@ impl Relay {
     /// it owes is unknown, and the server is never handed to anyone else. (Idempotent: a
     /// header walked again when its body was incomplete changes nothing.)
     pub(super) fn copy_ended(&mut self, failed: bool) {
-        if failed && self.facts.has(Fact::CopySyncsIgnored) {
-            self.facts.set(Fact::Unaccounted, true);
+        if failed && self.srv.facts.has(Fact::CopySyncsIgnored) {
+            self.srv.facts.set(Fact::Unaccounted, true);
             let lost = self.transaction_mode && self.pipeline.query_after_head();
-            self.facts.set(Fact::LostCount, lost);
+            self.srv.facts.set(Fact::LostCount, lost);
         }
         // The server left COPY: from here on it answers every Sync.
-        self.facts.set(Fact::CopyRunning, false);
-        self.facts.set(Fact::CopyClientOpen, false);
+        self.srv.facts.set(Fact::CopyRunning, false);
+        self.srv.facts.set(Fact::CopyClientOpen, false);
     }
 
     /// An ErrorResponse from the server: in the extended protocol it ends the current
@@ -320,7 +322,7 @@ impl Relay {
         let (failed, skipped) = self.pipeline.fail();
         if self.pipeline.head().is_none() {
             // The Sync that ends the skipping has not been sent yet.
-            self.skip_pending = true;
+            self.srv.skip_pending = true;
         }
         if let Some(e) = &failed {
             if stale_plan {
@@ -330,6 +332,12 @@ impl Relay {
             }
         }
         for e in failed.iter().chain(skipped.iter()) {
+            if e.kind == Kind::Close && e.action == Action::Swallow {
+                if let Some(name) = &e.statement {
+                    // The proxy's own Close did not run: the server still has the statement.
+                    srv.statements.close_skipped(name);
+                }
+            }
             if e.kind == Kind::Parse {
                 if let Some(name) = &e.statement {
                     srv.statements.remove(name);

@@ -182,11 +182,12 @@ pub struct ClientSession {
     pub statements: ClientStatements,
 }
 
-/// A client's relay state; lives as long as the client.
-pub struct Relay {
-    c: Half,
-    s: Half,
-    pipeline: Pipeline,
+/// What the relay knows of the attached server's side of the conversation. All of it is
+/// forgotten together, by assignment, when a server is attached or let go
+/// ([`Relay::reset_server_side`]); the reply pipeline is cleared with it but kept apart, so
+/// that its queue's memory is reused.
+#[derive(Debug)]
+struct ServerSide {
     /// Extended-protocol messages were forwarded since the last Sync (an implicit
     /// transaction may be open even when every reply has arrived).
     unsynced: bool,
@@ -194,7 +195,6 @@ pub struct Relay {
     status: u8,
     /// The server sent a FATAL error: it will close, and the client has been told why.
     server_fatal: bool,
-    discard: Discard,
     /// The server hit an error in the extended protocol and skips the client's messages until
     /// its next Sync; messages that arrive from now on are dropped here instead of being
     /// tracked as if they would be answered.
@@ -208,19 +208,45 @@ pub struct Relay {
     witness_pending: bool,
     /// A Sync went to the server while the witness was pending.
     synced_since_witness: bool,
+    /// Transaction mode: the client may have changed session settings on this server.
+    session_dirty: bool,
+    /// COPY state, and what makes the server unfit for reuse (see [`Fact`]).
+    facts: Facts,
+}
+
+impl Default for ServerSide {
+    fn default() -> Self {
+        ServerSide {
+            unsynced: false,
+            status: b'I',
+            server_fatal: false,
+            skip_pending: false,
+            guard: Guard::None,
+            witness_pending: false,
+            synced_since_witness: false,
+            session_dirty: false,
+            facts: Facts::default(),
+        }
+    }
+}
+
+/// A client's relay state; lives as long as the client.
+pub struct Relay {
+    c: Half,
+    s: Half,
+    pipeline: Pipeline,
+    /// What is known of the attached server's side, forgotten as one ([`ServerSide`]).
+    srv: ServerSide,
+    discard: Discard,
     /// Bytes the client buffer must hold before the current message can be handled.
     need: usize,
     /// What `need` holds beyond a normal buffer, reserved from the process budget ([`held`]).
     held: u32,
     /// Transaction mode: the most named statements one client may keep.
     pub max_client_statements: u32,
-    /// Transaction mode: the client may have changed session settings on this server.
-    session_dirty: bool,
     /// Setting names its statements named (lowercase).
     #[allow(clippy::box_collection)]
     touched: Option<Box<Vec<String>>>,
-    /// COPY state, and what makes the server unfit for reuse (see [`Fact`]).
-    facts: Facts,
     pub transaction_mode: bool,
     /// Server statements each connection keeps (transaction mode); 0 passes names through.
     pub max_prepared: u32,
@@ -244,20 +270,12 @@ impl Relay {
             c: Half::default(),
             s: Half::default(),
             pipeline: Pipeline::default(),
-            unsynced: false,
-            status: b'I',
-            server_fatal: false,
+            srv: ServerSide::default(),
             discard: Discard::No,
-            skip_pending: false,
-            guard: Guard::None,
-            witness_pending: false,
-            synced_since_witness: false,
             need: 0,
             held: 0,
             max_client_statements: u32::MAX,
-            session_dirty: false,
             touched: None,
-            facts: Facts::default(),
             transaction_mode,
             // More than 4 billion statements per connection is no limit at all.
             max_prepared: if transaction_mode {
@@ -276,9 +294,9 @@ impl Relay {
     }
 
     pub fn phase(&self) -> Phase {
-        if !self.pipeline.is_empty() || self.unsynced || self.c.framer.mid_message() {
+        if !self.pipeline.is_empty() || self.srv.unsynced || self.c.framer.mid_message() {
             Phase::Busy
-        } else if self.status == b'I' {
+        } else if self.srv.status == b'I' {
             Phase::Idle
         } else {
             Phase::InTransaction
@@ -302,15 +320,15 @@ impl Relay {
 
     /// A Sync went to the server before the witness answered: what follows it waits.
     fn held_after_sync(&self) -> bool {
-        self.witness_pending && self.synced_since_witness
+        self.srv.witness_pending && self.srv.synced_since_witness
     }
 
     /// The transaction is over and every reply the server owes is accounted for: it may
     /// serve someone else.
     pub fn server_reusable(&self) -> bool {
         self.transaction_over()
-            && self.guard == Guard::None
-            && !self.facts.retire()
+            && self.srv.guard == Guard::None
+            && !self.srv.facts.retire()
             && self.s.pos == self.s.buf.len()
     }
 
@@ -320,22 +338,14 @@ impl Relay {
     }
 
     pub fn server_sent_fatal(&self) -> bool {
-        self.server_fatal
+        self.srv.server_fatal
     }
 
     /// Forget per-server state when a server is attached or detached.
     pub fn reset_server_side(&mut self) {
         self.s.framer = Default::default();
         self.pipeline.clear();
-        self.unsynced = false;
-        self.facts = Facts::default();
-        self.skip_pending = false;
-        self.guard = Guard::None;
-        self.witness_pending = false;
-        self.synced_since_witness = false;
-        self.session_dirty = false;
-        self.status = b'I';
-        self.server_fatal = false;
+        self.srv = ServerSide::default();
     }
 
     /// Sends the hand-over reset `sql` to the server ahead of the client's next message, with
@@ -353,17 +363,17 @@ impl Relay {
                 ..Entry::pass(kind)
             });
         }
-        self.guard = Guard::Open;
-        self.witness_pending = true;
-        self.synced_since_witness = false;
+        self.srv.guard = Guard::Open;
+        self.srv.witness_pending = true;
+        self.srv.synced_since_witness = false;
     }
 
     /// Ends the witness's implicit transaction with a Sync of the proxy's own, when the client's
     /// work never reached the server (the proxy answered it): that also makes the server send
     /// the witness's replies, which it holds until a Sync or Flush.
     fn close_guard(&mut self) {
-        self.guard = Guard::Closing;
-        self.synced_since_witness |= self.witness_pending;
+        self.srv.guard = Guard::Closing;
+        self.srv.synced_since_witness |= self.srv.witness_pending;
         self.c.insert(emit::sync);
         self.pipeline.push(Entry {
             action: Action::Swallow,

@@ -29,7 +29,7 @@ impl Relay {
             if let Some(ev) = self.walk_client(server.as_deref_mut(), state) {
                 return Poll::Ready(ev);
             }
-            if self.guard == Guard::Open && server.is_some() && self.nothing_forwarded() {
+            if self.srv.guard == Guard::Open && server.is_some() && self.nothing_forwarded() {
                 self.close_guard();
             }
             if let Some(srv) = server.as_deref_mut() {
@@ -118,23 +118,23 @@ impl Relay {
         if let Err(e) = self.walk_server(srv, state) {
             return Served::Stop(Event::ServerGone(Lost::Protocol(e)));
         }
-        if self.facts.has(Fact::HandoverFailed) {
+        if self.srv.facts.has(Fact::HandoverFailed) {
             return Served::Stop(Event::HandoverFailed);
         }
         // Not while a message the client started is still arriving (need > 0).
         if !(self.transaction_mode && self.need == 0 && self.transaction_over()) {
             return Served::Progress(progress);
         }
-        if self.guard == Guard::Open {
+        if self.srv.guard == Guard::Open {
             self.close_guard();
             return Served::Again;
         }
-        if self.facts.has(Fact::LostCount) {
+        if self.srv.facts.has(Fact::LostCount) {
             return Served::Stop(Event::Protocol(ClientError::protocol(LOST_COUNT)));
         }
-        let clean = self.s.buf.len() == self.s.pos && !self.facts.retire();
+        let clean = self.s.buf.len() == self.s.pos && !self.srv.facts.retire();
         self.s.buf.truncate(self.s.pos);
-        let resync = std::mem::take(&mut self.session_dirty);
+        let resync = std::mem::take(&mut self.srv.session_dirty);
         Served::Stop(Event::Release { clean, resync })
     }
 

@@ -46,7 +46,7 @@ impl Relay {
             return Ok(self.buffered(h.start + 5 + h.body_len.min(MAX_NAMES)));
         };
         self.need = 0;
-        if name.is_empty() && self.facts.has(Fact::UnnamedParsed) {
+        if name.is_empty() && self.srv.facts.has(Fact::UnnamedParsed) {
             return Ok(self.forward(h, Entry::pass(Kind::Bind)));
         }
         let Some(stmt) = state
@@ -109,7 +109,7 @@ impl Relay {
             return Err(ClientError::protocol("invalid Parse message"));
         };
         if name.is_empty() {
-            self.facts.set(Fact::UnnamedParsed, true);
+            self.srv.facts.set(Fact::UnnamedParsed, true);
             return Ok(self.forward(h, Entry::pass(Kind::Parse)));
         }
         let full = state.statements.len() >= self.max_client_statements as usize
@@ -182,7 +182,7 @@ impl Relay {
         else {
             return Err(ClientError::protocol("invalid Describe or Close message"));
         };
-        if target != b'S' || (name.is_empty() && self.facts.has(Fact::UnnamedParsed)) {
+        if target != b'S' || (name.is_empty() && self.srv.facts.has(Fact::UnnamedParsed)) {
             return Ok(self.forward(h, Entry::pass(kind)));
         }
         if name.is_empty() && kind == Kind::Describe {
@@ -225,7 +225,7 @@ impl Relay {
         };
         self.need = 0;
         if name_len == 0 {
-            self.facts.set(Fact::UnnamedParsed, true);
+            self.srv.facts.set(Fact::UnnamedParsed, true);
             return Ok(self.forward(h, Entry::pass(Kind::Parse)));
         }
         let msg = format!(
@@ -329,20 +329,23 @@ pub(super) fn make_room(
     pipeline: &mut Pipeline,
     have: &mut ServerStatements,
     capacity: usize,
-    name: &str,
+    name: &Arc<str>,
 ) -> bool {
-    let mut close = |out: &mut BytesMut, victim: &str| {
-        prepared::write_close_statement(out, victim);
+    let mut close = |out: &mut BytesMut, victim: Arc<str>| {
+        prepared::write_close_statement(out, &victim);
+        // Named, so that a Close the server skips (an error ahead of it) is known to have
+        // left the statement there (`Relay::server_error`).
         pipeline.push(Entry {
             action: Action::Swallow,
+            statement: Some(victim),
             ..Entry::pass(Kind::Close)
         });
     };
     if have.take_stale(name) {
-        close(out, name);
+        close(out, name.clone());
     }
     if let Some(victim) = have.evict_for_room(capacity) {
-        close(out, &victim);
+        close(out, victim);
         return true;
     }
     false

@@ -51,7 +51,7 @@ impl Relay {
     }
 
     pub(super) fn mark_settings(&mut self, names: &[String]) {
-        self.session_dirty = true;
+        self.srv.session_dirty = true;
         let touched = self.touched.get_or_insert_with(Default::default);
         for n in names {
             if !touched.contains(n) {

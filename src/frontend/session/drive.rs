@@ -145,7 +145,11 @@ async fn on_event(app: &App, c: &mut Client, relay: &mut Relay, event: Event) ->
         }
         Event::ServerGone(why) => {
             let server = c.server.as_ref().map_or(0, |s| s.id);
-            tracing::info!(conn = c.id, server, reason = %why, "server connection lost");
+            if matches!(why, crate::relay::Lost::Protocol(_)) {
+                tracing::warn!(conn = c.id, server, reason = %why, "server broke the protocol: closing it");
+            } else {
+                tracing::info!(conn = c.id, server, reason = %why, "server connection lost");
+            }
             let fatal = relay.server_sent_fatal();
             c.server = None;
             c.cancel.handle.detach();

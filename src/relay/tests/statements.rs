@@ -226,6 +226,53 @@ async fn an_evicted_statement_is_prepared_again_when_used() {
 }
 
 #[tokio::test]
+async fn a_close_the_server_skipped_after_an_error_is_sent_again() {
+    let mut r = Rig::new(true).await;
+    let name = server_name("SELECT 1");
+    prepared(&mut r, "s1", "SELECT 1").await;
+    // An error ahead of a second Parse of the same text: the server skips the proxy's Close
+    // of its older copy, and the Parse after it.
+    r.client_sends(&cat(&[
+        parse("", "SELECT 1/0"),
+        bind("", ""),
+        execute(),
+        parse("s2", "SELECT 1"),
+        sync(),
+    ]))
+    .await;
+    r.expect_server(&cat(&[
+        parse("", "SELECT 1/0"),
+        bind("", ""),
+        execute(),
+        close_statement(&name),
+        parse(&name, "SELECT 1"),
+        sync(),
+    ]))
+    .await;
+    r.server_sends(&cat(&[
+        parse_complete(),
+        bind_complete(),
+        error("22012"),
+        ready(b'I'),
+    ]))
+    .await;
+    let got = show(&r.read_until(false, &ready(b'I')).await);
+    assert!(got[2].contains("22012"), "{got:?}");
+    // The server still has its older copy: it is closed before it is parsed again (a Parse
+    // alone would be refused with 42P05 on every use from now on).
+    r.client_sends(&cat(&[bind("", "s1"), execute(), sync()]))
+        .await;
+    r.expect_server(&cat(&[
+        close_statement(&name),
+        parse(&name, "SELECT 1"),
+        bind("", &name),
+        execute(),
+        sync(),
+    ]))
+    .await;
+}
+
+#[tokio::test]
 async fn the_handover_reset_goes_ahead_of_the_clients_message_and_its_replies_are_dropped() {
     let mut r = Rig::new(true).await;
     r.reset = Some("RESET ALL");
