@@ -102,10 +102,15 @@ async fn dashboard_and_rules_use_only_exported_metrics() {
             .is_err()
     );
     assert!(proxy.running.app.reload().is_err());
-    // One TLS handshake (SSLRequest, then rustls), for the pgsluice_tls_* families.
-    let _tls = support::certs::tls_connect(proxy.port(PoolMode::Session), &pki.ca, false, &[])
+    // One TLS handshake (SSLRequest, then rustls), for the pgsluice_tls_* families. The client
+    // can finish its side before the proxy has counted it: a login over it (which the proxy
+    // reads only after its side is done) makes sure the count is in.
+    let tls = support::certs::tls_connect(proxy.port(PoolMode::Session), &pki.ca, false, &[])
         .await
         .unwrap();
+    let over_tls = support::certs::postgres_over(tls).await.unwrap();
+    let one: i32 = over_tls.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
     // One pg_stat_activity sample, for the pgsluice_upstream_* families.
     let start = std::time::Instant::now();
     let sampled = |p: &Proxy| {
