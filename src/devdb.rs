@@ -200,7 +200,10 @@ impl DevDb {
     fn template(&self) -> io::Result<PathBuf> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (TEMPLATE_VERSION, &self.bindir, self.run_as).hash(&mut h);
+        // SAFETY: geteuid has no preconditions. Two users of one machine get a template each
+        // (each is readable by its owner only).
+        let euid = unsafe { libc::geteuid() };
+        (TEMPLATE_VERSION, &self.bindir, self.run_as, euid).hash(&mut h);
         let path = std::env::temp_dir().join(format!("pgsluice-initdb-{:x}", h.finish()));
         if path.join("PG_VERSION").is_file() {
             return Ok(path);
