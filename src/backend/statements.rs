@@ -20,7 +20,7 @@ pub fn parse_clock() -> u64 {
 /// What one server connection has prepared, least recently used first out.
 #[derive(Default, Debug)]
 pub struct ServerStatements {
-    used: HashMap<Arc<str>, Copy>,
+    used: HashMap<Arc<str>, Kept>,
     tick: u64,
     /// Statements that must be closed before they are prepared again: PostgreSQL refused to
     /// reuse their plan, or the copy is older than a client's Parse of the same text.
@@ -28,7 +28,7 @@ pub struct ServerStatements {
 }
 
 #[derive(Debug, Clone)]
-struct Copy {
+struct Kept {
     last_used: u64,
     parsed: u64,
 }
@@ -57,7 +57,7 @@ impl ServerStatements {
     /// The server was sent a Parse of `name` now.
     pub fn add(&mut self, name: Arc<str>) {
         self.tick += 1;
-        let copy = Copy {
+        let copy = Kept {
             last_used: self.tick,
             parsed: parse_clock(),
         };
@@ -68,10 +68,17 @@ impl ServerStatements {
         self.used.remove(name);
     }
 
-    /// With `capacity` statements already there, the least recently used to close first.
+    /// With `capacity` statements already there, the one to close first: a stale one (still
+    /// on the server, so it counts), else the least recently used. Stale ones that are never
+    /// used again would otherwise pile up on the server past `capacity` (a client can make
+    /// the server skip the proxy's Closes with errors, over and over).
     pub fn evict_for_room(&mut self, capacity: usize) -> Option<Arc<str>> {
-        if self.used.len() < capacity.max(1) {
+        if self.used.len() + self.stale.len() < capacity.max(1) {
             return None;
+        }
+        if let Some(name) = self.stale.iter().next().cloned() {
+            self.stale.remove(&name);
+            return Some(name);
         }
         let victim = self
             .used
@@ -130,6 +137,34 @@ mod tests {
         assert_eq!(s.evict_for_room(3).as_deref(), Some("s1"));
         assert_eq!(s.evict_for_room(3), None);
         assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn stale_statements_count_towards_the_capacity_and_are_closed_first() {
+        let mut s = ServerStatements::default();
+        let names: Vec<Arc<str>> = (0..3).map(|i| Arc::from(format!("s{i}"))).collect();
+        for n in &names {
+            s.add(n.clone());
+        }
+        // Closes the server skipped: the statements are still there, no longer in use.
+        s.close_skipped(&names[0]);
+        s.close_skipped(&names[1]);
+        assert_eq!(s.evict_for_room(4), None, "3 on the server, room for 4");
+        let first = s.evict_for_room(3).expect("at capacity");
+        assert!(
+            names[..2].contains(&first),
+            "a stale one goes first: {first}"
+        );
+        let second = s
+            .evict_for_room(2)
+            .expect("one stale and one used: at capacity 2");
+        assert!(second != first && names[..2].contains(&second));
+        assert_eq!(s.evict_for_room(2), None, "only s2 is left");
+        assert_eq!(
+            s.evict_for_room(1).as_deref(),
+            Some("s2"),
+            "then the used one"
+        );
     }
 
     #[test]

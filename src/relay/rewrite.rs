@@ -155,15 +155,7 @@ impl Relay {
         };
         // The statement is newer than any copy the server has (`Statement::parsed`):
         // the Parse always reaches the server, after a Close of an older copy.
-        ensure_on_server(
-            &mut self.c.out,
-            &mut self.pipeline,
-            &mut self.meter,
-            &mut srv.statements,
-            self.max_prepared as usize,
-            &stmt,
-            entry,
-        );
+        self.ensure_on_server(srv, &stmt, entry);
         Ok(true)
     }
 
@@ -271,44 +263,31 @@ impl Relay {
             action: Action::Swallow,
             ..Entry::pass(Kind::Parse)
         };
-        ensure_on_server(
-            &mut self.c.out,
-            &mut self.pipeline,
-            &mut self.meter,
-            &mut srv.statements,
-            self.max_prepared as usize,
-            stmt,
-            own,
-        );
+        self.ensure_on_server(srv, stmt, own);
     }
-}
 
-/// Gives the server `stmt` unless it has a copy parsed since the client's Parse: closes what
-/// must go first, then a Parse tracked as `entry` (the proxy's own, Swallow, when the client
-/// did not ask for one).
-pub(super) fn ensure_on_server(
-    out: &mut BytesMut,
-    pipeline: &mut Pipeline,
-    meter: &mut Meter,
-    have: &mut ServerStatements,
-    capacity: usize,
-    stmt: &Statement,
-    entry: Entry,
-) {
-    if have.touch(&stmt.server_name, stmt.parsed) {
-        meter.prepared(true);
-        return;
+    /// Gives the server `stmt` unless it has a copy parsed since the client's Parse: closes
+    /// what must go first, then a Parse tracked as `entry` (the proxy's own, Swallow, when
+    /// the client did not ask for one).
+    fn ensure_on_server(&mut self, srv: &mut ServerConn, stmt: &Statement, entry: Entry) {
+        let have = &mut srv.statements;
+        if have.touch(&stmt.server_name, stmt.parsed) {
+            self.meter.prepared(true);
+            return;
+        }
+        self.meter.prepared(false);
+        let out = &mut self.c.out;
+        let capacity = self.max_prepared as usize;
+        if make_room(out, &mut self.pipeline, have, capacity, &stmt.server_name) {
+            self.meter.prepared_evicted();
+        }
+        prepared::write_parse(out, &stmt.server_name, &stmt.tail);
+        have.add(stmt.server_name.clone());
+        self.pipeline.push(Entry {
+            statement: Some(stmt.server_name.clone()),
+            ..entry
+        });
     }
-    meter.prepared(false);
-    if make_room(out, pipeline, have, capacity, &stmt.server_name) {
-        meter.prepared_evicted();
-    }
-    prepared::write_parse(out, &stmt.server_name, &stmt.tail);
-    have.add(stmt.server_name.clone());
-    pipeline.push(Entry {
-        statement: Some(stmt.server_name.clone()),
-        ..entry
-    });
 }
 
 /// PostgreSQL's words for a statement name it does not know (26000).
