@@ -42,6 +42,8 @@ pub struct App {
     conn_ids: AtomicU64,
     /// SCRAM verifiers derived from plaintext passwords, keyed by (user, password).
     verifiers: Arc<DashMap<(String, String), Verifier>>,
+    /// Keys for tokens signed by an issuer (`[jwt] jwks_url` or `issuer`).
+    pub jwks: crate::identity::jwks::Jwks,
     /// Random per process: seeds decoy SCRAM salts for unknown users.
     pub instance_secret: [u8; 32],
     shutdown: watch::Sender<bool>,
@@ -80,6 +82,7 @@ impl App {
             open_by_mode: Default::default(),
             conn_ids: AtomicU64::new(1),
             verifiers: Default::default(),
+            jwks: Default::default(),
             instance_secret: rand::random(),
             shutdown: watch::channel(false).0,
             notify_hubs: DashMap::new(),
@@ -240,10 +243,10 @@ impl App {
         if listeners(&new) != listeners(&old) {
             tracing::warn!("RELOAD: listener changes take effect after a restart");
         }
-        if new.general.log_level != old.general.log_level {
-            if let Some(f) = self.log_reloader.get() {
-                f(new.general.log_level.as_str())?;
-            }
+        if new.general.log_level != old.general.log_level
+            && let Some(f) = self.log_reloader.get()
+        {
+            f(new.general.log_level.as_str())?;
         }
         self.tls
             .load(new.tls.as_ref().and_then(|t| t.files()).as_ref())

@@ -31,6 +31,8 @@ pub mod devdb;
 pub mod error;
 pub mod frontend;
 pub mod http;
+pub mod identity;
+pub mod install_sql;
 pub mod log;
 pub mod metrics;
 pub mod net;

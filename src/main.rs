@@ -32,6 +32,15 @@ struct Cli {
 enum Cmd {
     /// Validate a configuration file and exit (non-zero, naming file, line and key, if invalid).
     CheckConfig { file: PathBuf },
+    /// Install the sealed-claims schema (sql/pgsluice.sql) and the seal key derived from the
+    /// configuration in a database, then warn about mapped roles that could escape RLS.
+    /// Idempotent. The URL is a database owner's (libpq form, postgres://...).
+    InstallSql {
+        #[arg(long = "config")]
+        file: PathBuf,
+        #[arg(long)]
+        database_url: String,
+    },
     /// Start a throwaway PostgreSQL and pgsluice in front of it; print URLs for psql.
     Demo {
         #[arg(long, default_value_t = 6432)]
@@ -79,6 +88,16 @@ fn init_logging(format: Option<&str>, level: &str) -> pgsluice::app::LogReloader
         let f = EnvFilter::try_new(directives).map_err(|e| format!("log_level: {e}"))?;
         handle.reload(f).map_err(|e| format!("log_level: {e}"))
     })
+}
+
+async fn install_sql(file: &std::path::Path, url: &str) -> Result<(), String> {
+    let config = Config::load(file).map_err(|e| e.to_string())?;
+    let warnings = pgsluice::install_sql::run(&config, url).await?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    println!("pgsluice schema installed ({} warning(s))", warnings.len());
+    Ok(())
 }
 
 fn raise_fd_limit() {
@@ -129,10 +148,10 @@ fn main() -> ExitCode {
     let log_reloader = init_logging(cli.log_format.as_deref(), &level);
     raise_fd_limit();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.as_ref().map(|c| c.general.worker_threads) {
-        if n > 0 {
-            builder.worker_threads(n);
-        }
+    if let Some(n) = config.as_ref().map(|c| c.general.worker_threads)
+        && n > 0
+    {
+        builder.worker_threads(n);
     }
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
@@ -148,6 +167,7 @@ fn main() -> ExitCode {
                 transaction_port,
             }) => pgsluice::demo::run(session_port, transaction_port).await,
             Some(Cmd::CheckConfig { .. }) => Ok(()),
+            Some(Cmd::InstallSql { file, database_url }) => install_sql(&file, &database_url).await,
             None => {
                 let Some(config) = config else {
                     return Err(

@@ -96,10 +96,10 @@ impl Limits {
         let Some(addr) = Self::exempt(s, addr) else {
             return Ok(AddressSlot { open: None });
         };
-        if let Some(f) = self.failures.get(&addr) {
-            if f.locked_until.is_some_and(|t| Instant::now() < t) {
-                return Err(Refusal::LockedOut);
-            }
+        if let Some(f) = self.failures.get(&addr)
+            && f.locked_until.is_some_and(|t| Instant::now() < t)
+        {
+            return Err(Refusal::LockedOut);
         }
         if s.attempts_per_second > 0 {
             let limiter = self.limiter(s.attempts_per_second);
@@ -120,10 +120,10 @@ impl Limits {
 
     /// The attempts limiter for `rate`, rebuilt when RELOAD changed the rate.
     fn limiter(&self, rate: u32) -> Arc<(u32, DefaultKeyedRateLimiter<IpAddr>)> {
-        if let Some(l) = self.attempts.load_full() {
-            if l.0 == rate {
-                return l;
-            }
+        if let Some(l) = self.attempts.load_full()
+            && l.0 == rate
+        {
+            return l;
         }
         let per_second = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(rate.saturating_mul(2)).unwrap_or(per_second);

@@ -24,10 +24,10 @@ impl Secret {
                 return Secret::Md5(out);
             }
         }
-        if stored.starts_with("SCRAM-SHA-256$") {
-            if let Some(v) = scram::Verifier::parse(stored) {
-                return Secret::Scram(v);
-            }
+        if stored.starts_with("SCRAM-SHA-256$")
+            && let Some(v) = scram::Verifier::parse(stored)
+        {
+            return Secret::Scram(v);
         }
         Secret::Plain(stored.to_owned())
     }

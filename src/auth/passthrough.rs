@@ -66,5 +66,6 @@ pub fn user_entry(name: &str, secret: String) -> User {
         server_password: None,
         allow_addresses: Vec::new(),
         deny_addresses: Vec::new(),
+        priority: Default::default(),
     }
 }

@@ -118,10 +118,10 @@ pub fn sync_statement(client: &SessionParams, server: &SessionParams) -> Option<
     }
     let mut sets = Vec::new();
     for name in SETTABLE_REPORTED {
-        if let Some(want) = client.reported.get(name) {
-            if server.reported.get(name) != Some(want) {
-                sets.push((*name, want));
-            }
+        if let Some(want) = client.reported.get(name)
+            && server.reported.get(name) != Some(want)
+        {
+            sets.push((*name, want));
         }
     }
     for (name, want) in client.unreported.iter() {

@@ -39,6 +39,8 @@ pub struct Connection {
     pub last_client: u64,
     /// The hand-over reset is due before the next client's work (see [`Connection::hand_to`]).
     pub reset_pending: bool,
+    /// Whose claims the session carries (token clients).
+    pub claims: crate::identity::claims::Held,
     /// Prepared statements this connection has, by server name (transaction mode).
     pub statements: super::statements::ServerStatements,
     pub created: Instant,
@@ -76,6 +78,8 @@ impl Connection {
         if reset && self.last_client != 0 && self.last_client != client {
             self.params.unreported = self.baseline.unreported.clone();
             self.reset_pending = true;
+            // RESET ALL clears compat claims; a seal is replaced by the next client's.
+            self.claims.client = 0;
         }
         self.last_client = client;
     }
@@ -157,14 +161,7 @@ impl Connection {
         params: &[&str],
         timeout: Duration,
     ) -> Result<Vec<(String, Option<String>)>, InternalError> {
-        let mut out = BytesMut::with_capacity(sql.len() + 64);
-        emit::parse_unnamed(&mut out, sql);
-        emit::bind_text(&mut out, params);
-        emit::execute_unnamed(&mut out);
-        emit::sync(&mut out);
-        tokio::time::timeout(timeout, read_rows(&mut self.stream, &out))
-            .await
-            .map_err(|_| InternalError::Io(io::Error::new(io::ErrorKind::TimedOut, "timed out")))?
+        query_pairs_with(&mut self.stream, sql, params, timeout).await
     }
 
     /// Sends Terminate so the server ends the backend at once, then drops the socket.
@@ -183,6 +180,23 @@ pub async fn query_pairs(
 ) -> Result<Vec<(String, Option<String>)>, InternalError> {
     let mut out = BytesMut::with_capacity(sql.len() + 8);
     emit::query(&mut out, sql);
+    tokio::time::timeout(timeout, read_rows(stream, &out))
+        .await
+        .map_err(|_| InternalError::Io(io::Error::new(io::ErrorKind::TimedOut, "timed out")))?
+}
+
+/// [`query_pairs`] with text parameters, through the extended protocol.
+pub async fn query_pairs_with(
+    stream: &mut Stream,
+    sql: &str,
+    params: &[&str],
+    timeout: Duration,
+) -> Result<Vec<(String, Option<String>)>, InternalError> {
+    let mut out = BytesMut::with_capacity(sql.len() + 64);
+    emit::parse_unnamed(&mut out, sql);
+    emit::bind_text(&mut out, params);
+    emit::execute_unnamed(&mut out);
+    emit::sync(&mut out);
     tokio::time::timeout(timeout, read_rows(stream, &out))
         .await
         .map_err(|_| InternalError::Io(io::Error::new(io::ErrorKind::TimedOut, "timed out")))?

@@ -26,6 +26,8 @@ pub enum HbaMethod {
     Password,
     /// A client certificate whose CN is the user name.
     Cert,
+    /// SASL OAUTHBEARER with a token (PostgreSQL 18's `oauth`): for token identities.
+    OAuth,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +99,7 @@ fn method(s: &str) -> Option<HbaMethod> {
         "scram-sha-256" => HbaMethod::ScramSha256,
         "password" => HbaMethod::Password,
         "cert" => HbaMethod::Cert,
+        "oauth" => HbaMethod::OAuth,
         _ => return None,
     })
 }

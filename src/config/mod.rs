@@ -2,11 +2,13 @@
 //! line and key of every mistake.
 
 pub mod addresses;
+mod agents;
 pub mod hba;
 mod model;
 mod text;
 pub mod tls;
 
+pub use agents::*;
 pub use model::*;
 pub use text::{Text, substitute};
 
@@ -122,23 +124,23 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
-        if let Some(u) = &g.auth_user {
-            if self.user(u).is_none() {
-                return Err((
-                    0..0,
-                    "general.auth_user",
-                    format!("\"{u}\" must be a [[users]] entry (its server_password logs in)"),
-                ));
-            }
+        if let Some(u) = &g.auth_user
+            && self.user(u).is_none()
+        {
+            return Err((
+                0..0,
+                "general.auth_user",
+                format!("\"{u}\" must be a [[users]] entry (its server_password logs in)"),
+            ));
         }
-        if let Some(d) = &g.auth_dbname {
-            if self.database(d).is_none() {
-                return Err((
-                    0..0,
-                    "general.auth_dbname",
-                    format!("no [[databases]] named \"{d}\""),
-                ));
-            }
+        if let Some(d) = &g.auth_dbname
+            && self.database(d).is_none()
+        {
+            return Err((
+                0..0,
+                "general.auth_dbname",
+                format!("no [[databases]] named \"{d}\""),
+            ));
         }
         if let Some(tls) = &self.tls {
             if tls.mode != ClientTlsMode::Disable {
@@ -205,6 +207,7 @@ impl Config {
             // A hashed password without server_password logs in upstream by passthrough:
             // the md5 hash itself, or the ClientKey of the client's SCRAM exchange.
         }
+        self.validate_agents(&users)?;
         for name in self.admin.users.iter().chain(&self.admin.stats_users) {
             if !users.contains(name.as_str()) {
                 return Err((
@@ -215,6 +218,131 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `[[roles]]`, `[[api_keys]]` and `[jwt]`: names unique and not those of `[[users]]`,
+    /// every reference resolved, hashes well formed, sealed claims keyed.
+    fn validate_agents(
+        &self,
+        users: &HashSet<&str>,
+    ) -> Result<(), (Range<usize>, &'static str, String)> {
+        let mut roles = HashSet::new();
+        for r in &self.roles {
+            if !roles.insert(r.get_ref().name.as_str()) {
+                return Err((
+                    r.span(),
+                    "name",
+                    format!("role {:?} is defined twice", r.get_ref().name.as_str()),
+                ));
+            }
+        }
+        let mut logins: HashSet<&str> = HashSet::new();
+        for k in &self.api_keys {
+            let key = k.get_ref();
+            if users.contains(key.name.as_str()) || !logins.insert(key.name.as_str()) {
+                return Err((
+                    k.span(),
+                    "name",
+                    format!(
+                        "{:?} is already a [[users]] or [[api_keys]] name",
+                        key.name.as_str()
+                    ),
+                ));
+            }
+            if !roles.contains(key.role.as_str()) {
+                return Err((
+                    k.span(),
+                    "role",
+                    format!("no [[roles]] named {:?}", key.role.as_str()),
+                ));
+            }
+            for h in key.hash.iter() {
+                sha256_digest(h).map_err(|e| (k.span(), "hash", e))?;
+            }
+            self.known_databases(&key.databases)
+                .map_err(|e| (k.span(), "databases", e))?;
+        }
+        let Some(jwt) = &self.jwt else {
+            return Ok(());
+        };
+        for role in &jwt.allowed_roles {
+            if !roles.contains(role.as_str()) {
+                return Err((
+                    0..0,
+                    "jwt.allowed_roles",
+                    format!("no [[roles]] named {:?}", role.as_str()),
+                ));
+            }
+            if users.contains(role.as_str()) || logins.contains(role.as_str()) {
+                return Err((
+                    0..0,
+                    "jwt.allowed_roles",
+                    format!(
+                        "{:?} is also a [[users]] or [[api_keys]] name",
+                        role.as_str()
+                    ),
+                ));
+            }
+        }
+        self.known_databases(&jwt.databases)
+            .map_err(|e| (0..0, "jwt.databases", e))?;
+        if jwt.secret.is_none() && jwt.jwks_url.is_none() && jwt.issuer.is_none() {
+            return Err((
+                0..0,
+                "jwt",
+                "needs secret, jwks_url or issuer: nothing could verify a token".into(),
+            ));
+        }
+        if jwt.claims_mode == ClaimsMode::Sealed
+            && jwt.claims_secret.is_none()
+            && jwt.secret.is_none()
+        {
+            return Err((
+                0..0,
+                "jwt.claims_mode",
+                "\"sealed\" needs claims_secret (or secret) to key the seal".into(),
+            ));
+        }
+        if !self.general.handover_reset
+            && (!self.api_keys.is_empty() || !jwt.allowed_roles.is_empty())
+        {
+            return Err((
+                0..0,
+                "general.handover_reset",
+                "token identities need it: claims must never outlive a client's transaction".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn known_databases(&self, names: &[Text]) -> Result<(), String> {
+        match names.iter().find(|d| self.database(d).is_none()) {
+            Some(d) => Err(format!("no [[databases]] named {:?}", d.as_str())),
+            None => Ok(()),
+        }
+    }
+
+    /// The `[[roles]]` entry named `name`.
+    pub fn role(&self, name: &str) -> Option<&Role> {
+        self.roles
+            .iter()
+            .map(|r| r.get_ref())
+            .find(|r| r.name.as_str() == name)
+    }
+
+    /// The `[[api_keys]]` entry named `name`.
+    pub fn api_key(&self, name: &str) -> Option<&ApiKey> {
+        self.api_keys
+            .iter()
+            .map(|k| k.get_ref())
+            .find(|k| k.name.as_str() == name)
+    }
+
+    /// How claims reach RLS (compat unless `[jwt]` says sealed).
+    pub fn claims_mode(&self) -> ClaimsMode {
+        self.jwt
+            .as_ref()
+            .map_or(ClaimsMode::Compat, |j| j.claims_mode)
     }
 
     pub fn database(&self, name: &str) -> Option<&Database> {

@@ -29,6 +29,15 @@ pub struct Config {
     pub databases: Vec<Spanned<Database>>,
     #[serde(default)]
     pub users: Vec<Spanned<User>>,
+    /// Token identities: `[jwt]`, the roles they map to, API keys, the MCP endpoint.
+    #[serde(default)]
+    pub jwt: Option<super::Jwt>,
+    #[serde(default)]
+    pub roles: Vec<Spanned<super::Role>>,
+    #[serde(default)]
+    pub api_keys: Vec<Spanned<super::ApiKey>>,
+    #[serde(default)]
+    pub mcp: Option<super::Mcp>,
     /// The file this came from (RELOAD reads it again).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -115,6 +124,8 @@ pub struct General {
     /// A client that takes none of its waiting results for this long is closed (its
     /// statement canceled); 0: never. The proxy buffers at most 64 KiB for it meanwhile.
     pub client_stall_timeout: Seconds,
+    /// Whether an API key or JWT may be sent as a password without TLS.
+    pub allow_plaintext_tokens: super::PlaintextTokens,
 }
 
 impl General {
@@ -181,6 +192,7 @@ impl Default for General {
             auth_dbname: None,
             auth_cache_ttl: Seconds(60.0),
             client_stall_timeout: Seconds(300.0),
+            allow_plaintext_tokens: super::PlaintextTokens::Never,
             limits_exempt: ["127.0.0.0/8", "::1/128"]
                 .iter()
                 .filter_map(|s| Cidr::try_from((*s).to_owned()).ok())
@@ -437,6 +449,9 @@ pub struct User {
     pub allow_addresses: Vec<Cidr>,
     #[serde(default)]
     pub deny_addresses: Vec<Cidr>,
+    /// Its class in the wait queue (low | normal | high).
+    #[serde(default)]
+    pub priority: super::Priority,
 }
 
 impl std::fmt::Debug for User {

@@ -19,6 +19,8 @@ pub enum Check {
     Trust,
     /// A client certificate, verified by the TLS layer, whose CN is the user name.
     Cert,
+    /// A token by SASL OAUTHBEARER (an hba `oauth` line).
+    OAuth,
 }
 
 fn where_from(addr: Option<IpAddr>, tls: bool, user: &str, database: &str) -> String {
@@ -35,10 +37,10 @@ pub fn before_auth(
     user: &str,
     database: &str,
 ) -> Result<Check, ClientError> {
-    if let Some(db) = config.database(database) {
-        if !permitted(&db.allow_addresses, &db.deny_addresses, addr) {
-            return Err(ClientError::address_refused());
-        }
+    if let Some(db) = config.database(database)
+        && !permitted(&db.allow_addresses, &db.deny_addresses, addr)
+    {
+        return Err(ClientError::address_refused());
     }
     let preferred = config.general.auth_type;
     let Some(hba) = &config.hba else {
@@ -66,6 +68,7 @@ pub fn before_auth(
         }
         HbaMethod::Trust => Check::Trust,
         HbaMethod::Cert => Check::Cert,
+        HbaMethod::OAuth => Check::OAuth,
         HbaMethod::Md5 => Check::Password(AuthType::Md5),
         HbaMethod::ScramSha256 => Check::Password(AuthType::ScramSha256),
         HbaMethod::Password => Check::Password(preferred),

@@ -115,14 +115,14 @@ fn method_label(m: Method) -> &'static str {
     }
 }
 
-async fn send(stream: &mut Stream, out: &mut BytesMut) -> Result<(), LoginError> {
+pub(crate) async fn send(stream: &mut Stream, out: &mut BytesMut) -> Result<(), LoginError> {
     stream.send(out).await.map_err(|_| LoginError::Gone)?;
     out.clear();
     Ok(())
 }
 
 /// Reads the client's next 'p' message body.
-async fn read_password_message(stream: &mut Stream) -> Result<BytesMut, LoginError> {
+pub(crate) async fn read_password_message(stream: &mut Stream) -> Result<BytesMut, LoginError> {
     let mut buf = BytesMut::with_capacity(256);
     let (tag, body) = read_message(stream, &mut buf, MAX_AUTH_MESSAGE)
         .await

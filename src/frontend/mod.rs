@@ -6,3 +6,4 @@ pub mod handshake;
 pub mod login;
 pub mod passthrough;
 pub mod session;
+pub mod token_login;

@@ -179,6 +179,22 @@ pub fn client_config(t: &UpstreamTls) -> Result<Option<Arc<ClientConfig>>, TlsEr
     Ok(Some(Arc::new(config)))
 }
 
+/// TLS for fetching a JWKS: certificates verified against Mozilla's roots, or `ca` when set.
+pub fn web_client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    let store = match ca {
+        Some(path) => roots(path)?,
+        None => RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        },
+    };
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// The name the upstream's certificate must carry: its host name or IP address.
 pub fn server_name(host: &str) -> Option<ServerName<'static>> {
     ServerName::try_from(host.to_owned()).ok()

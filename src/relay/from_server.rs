@@ -106,6 +106,8 @@ impl Relay {
         self.pipeline.head().is_some_and(|e| {
             e.action == Action::Swallow
                 && (matches!(e.kind, Kind::Query | Kind::Describe | Kind::Sync)
+                    || (self.srv.claims_pending
+                        && matches!(e.kind, Kind::Parse | Kind::Bind | Kind::Execute))
                     || (e.kind == Kind::Close
                         && self.srv.witness_pending
                         && h.tag == be::ERROR_RESPONSE))
@@ -123,13 +125,13 @@ impl Relay {
         {
             return Walked::Incomplete;
         }
-        if let Some(e) = self.pipeline.complete(h.tag) {
-            if e.action == Action::Swallow {
-                self.s.remove_walked(h.start, 5 + h.body_len);
-                if e.kind == Kind::Close {
-                    // The witness's Close comes before any other of the proxy's.
-                    self.srv.witness_pending = false;
-                }
+        if let Some(e) = self.pipeline.complete(h.tag)
+            && e.action == Action::Swallow
+        {
+            self.s.remove_walked(h.start, 5 + h.body_len);
+            if e.kind == Kind::Close {
+                // The witness's Close comes before any other of the proxy's.
+                self.srv.witness_pending = false;
             }
         }
         self.emit_ready_answers();
@@ -261,25 +263,30 @@ impl Relay {
                     "the hand-over reset failed: the server is closed"
                 );
                 self.srv.facts.set(Fact::Retire, true);
-                if self
-                    .pipeline
-                    .head()
-                    .is_some_and(|e| matches!(e.kind, Kind::Describe | Kind::Close))
-                {
-                    // The witness is missing (or its Close was canceled): the server now
-                    // skips the client's messages up to the next Sync.
+                if self.pipeline.head().is_some_and(|e| {
+                    matches!(
+                        e.kind,
+                        Kind::Describe | Kind::Close | Kind::Parse | Kind::Bind | Kind::Execute
+                    )
+                }) {
+                    // The claims were not set, or the witness is missing (or its Close was
+                    // canceled): the server now skips the client's messages up to the next
+                    // Sync.
                     self.srv.facts.set(Fact::HandoverFailed, true);
                 }
             }
-            be::READY_FOR_QUERY | be::ROW_DESCRIPTION | be::NO_DATA => {
-                if h.tag == be::READY_FOR_QUERY
-                    && self.pipeline.head().is_some_and(|e| e.kind == Kind::Sync)
-                {
-                    self.srv.guard = Guard::None;
+            tag => {
+                let head = self.pipeline.head().map(|e| e.kind);
+                if head.is_some_and(|k| k.ended_by(tag)) {
+                    if tag == be::READY_FOR_QUERY && head == Some(Kind::Sync) {
+                        self.srv.guard = Guard::None;
+                    }
+                    if head == Some(Kind::Execute) {
+                        self.srv.claims_pending = false;
+                    }
+                    self.pipeline.complete(tag);
                 }
-                self.pipeline.complete(h.tag);
             }
-            _ => {}
         }
         self.s.remove_walked(h.start, 5 + h.body_len);
         if h.tag == be::READY_FOR_QUERY {
@@ -324,19 +331,19 @@ impl Relay {
             // The Sync that ends the skipping has not been sent yet.
             self.srv.skip_pending = true;
         }
-        if let Some(e) = &failed {
-            if stale_plan {
-                if let Some(name) = &e.statement {
-                    srv.statements.mark_stale(name);
-                }
-            }
+        if let Some(e) = &failed
+            && stale_plan
+            && let Some(name) = &e.statement
+        {
+            srv.statements.mark_stale(name);
         }
         for e in failed.iter().chain(skipped.iter()) {
-            if e.kind == Kind::Close && e.action == Action::Swallow {
-                if let Some(name) = &e.statement {
-                    // The proxy's own Close did not run: the server still has the statement.
-                    srv.statements.close_skipped(name);
-                }
+            if e.kind == Kind::Close
+                && e.action == Action::Swallow
+                && let Some(name) = &e.statement
+            {
+                // The proxy's own Close did not run: the server still has the statement.
+                srv.statements.close_skipped(name);
             }
             if e.kind == Kind::Parse {
                 if let Some(name) = &e.statement {

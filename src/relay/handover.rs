@@ -54,6 +54,38 @@ pub fn write(out: &mut BytesMut, sql: &str, witness: &Witness) {
     write_close_statement(out, name);
 }
 
+/// The same with a token client's claims set inside the reset's transaction: the witness is
+/// prepared only once they are, so if setting them fails (or is cancelled) the client's
+/// messages never run. The claims go as bind parameters of an Execute between two queries:
+/// after an error there the server skips everything up to the client's next Sync, the
+/// second query and the witness included.
+pub fn write_with_claims(
+    out: &mut BytesMut,
+    sql: Option<&str>,
+    claims: &crate::identity::claims::Delivery,
+    witness: &Witness,
+) {
+    let name = std::str::from_utf8(witness).unwrap_or("pgsluice_w_");
+    emit::message(out, crate::proto::tag::frontend::QUERY, |b| {
+        b.put_slice(b"BEGIN");
+        if let Some(sql) = sql {
+            b.put_slice(b"; ");
+            b.put_slice(sql.as_bytes());
+        }
+        b.put_u8(0);
+    });
+    emit::parse_unnamed(out, claims.sql);
+    emit::bind_text(out, &claims.params());
+    emit::execute_unnamed(out);
+    emit::message(out, crate::proto::tag::frontend::QUERY, |b| {
+        b.put_slice(b"COMMIT; PREPARE ");
+        b.put_slice(witness);
+        b.put_slice(b" AS SELECT\0");
+    });
+    write_describe_statement(out, name);
+    write_close_statement(out, name);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

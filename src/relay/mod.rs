@@ -208,6 +208,8 @@ struct ServerSide {
     witness_pending: bool,
     /// A Sync went to the server while the witness was pending.
     synced_since_witness: bool,
+    /// The claims' Parse, Bind and Execute (the proxy's own) have not all answered.
+    claims_pending: bool,
     /// Transaction mode: the client may have changed session settings on this server.
     session_dirty: bool,
     /// COPY state, and what makes the server unfit for reuse (see [`Fact`]).
@@ -224,6 +226,7 @@ impl Default for ServerSide {
             guard: Guard::None,
             witness_pending: false,
             synced_since_witness: false,
+            claims_pending: false,
             session_dirty: false,
             facts: Facts::default(),
         }
@@ -357,12 +360,44 @@ impl Relay {
     pub fn send_handover_reset(&mut self, sql: &str) {
         let witness = handover::new_witness();
         self.c.insert(|b| handover::write(b, sql, &witness));
-        for kind in [Kind::Query, Kind::Describe, Kind::Close] {
+        self.swallow(&[Kind::Query, Kind::Describe, Kind::Close]);
+        self.open_witness();
+    }
+
+    /// The hand-over with a token client's claims (see [`handover::write_with_claims`]); the
+    /// reset `sql` when the server changes hands. An error while setting the claims is a
+    /// failed hand-over ([`Event::HandoverFailed`]): the client's work never runs without them.
+    pub fn send_handover_with_claims(
+        &mut self,
+        sql: Option<&str>,
+        claims: &crate::identity::claims::Delivery,
+    ) {
+        let witness = handover::new_witness();
+        self.c
+            .insert(|b| handover::write_with_claims(b, sql, claims, &witness));
+        self.swallow(&[
+            Kind::Query,
+            Kind::Parse,
+            Kind::Bind,
+            Kind::Execute,
+            Kind::Query,
+            Kind::Describe,
+            Kind::Close,
+        ]);
+        self.srv.claims_pending = true;
+        self.open_witness();
+    }
+
+    fn swallow(&mut self, kinds: &[Kind]) {
+        for &kind in kinds {
             self.pipeline.push(Entry {
                 action: Action::Swallow,
                 ..Entry::pass(kind)
             });
         }
+    }
+
+    fn open_witness(&mut self) {
         self.srv.guard = Guard::Open;
         self.srv.witness_pending = true;
         self.srv.synced_since_witness = false;

@@ -149,15 +149,15 @@ impl Relay {
             Ok(false) => {}
             Err(lost) => return Err(Event::ClientGone(lost)),
         }
-        if let Some(limit) = self.stall_timeout {
-            if self.s.buf.len() >= MAX_BUFFERED {
-                let timer = self
-                    .stall
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                if timer.as_mut().poll(cx).is_ready() {
-                    self.stall = None;
-                    return Err(Event::ClientStalled);
-                }
+        if let Some(limit) = self.stall_timeout
+            && self.s.buf.len() >= MAX_BUFFERED
+        {
+            let timer = self
+                .stall
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+            if timer.as_mut().poll(cx).is_ready() {
+                self.stall = None;
+                return Err(Event::ClientStalled);
             }
         }
         Ok(false)

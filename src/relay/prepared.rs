@@ -83,10 +83,10 @@ impl ClientStatements {
         }
     }
     pub fn remove(&mut self, name: &[u8]) {
-        if let Some(m) = &mut self.map {
-            if let Some(old) = m.names.remove(name) {
-                m.bytes -= old.tail.len();
-            }
+        if let Some(m) = &mut self.map
+            && let Some(old) = m.names.remove(name)
+        {
+            m.bytes -= old.tail.len();
         }
     }
     pub fn clear(&mut self) {

@@ -119,10 +119,10 @@ impl<'a> Iterator for Lexer<'a> {
         if c == b'"' {
             return Some(Token::Quoted(self.quoted(start + 1, b'"', false)));
         }
-        if c == b'$' {
-            if let Some(t) = self.dollar_quoted() {
-                return Some(t);
-            }
+        if c == b'$'
+            && let Some(t) = self.dollar_quoted()
+        {
+            return Some(t);
         }
         if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
             let mut j = start;

@@ -55,6 +55,9 @@ pub struct ClientFacts {
     pub application_name: Box<str>,
     pub auth_method: &'static str,
     pub pool_mode: &'static str,
+    /// A token client's identity (API key or JWT subject).
+    pub identity: Option<Arc<crate::identity::Identity>>,
+    pub priority: crate::config::Priority,
 }
 
 #[derive(Debug)]
@@ -73,6 +76,11 @@ impl ClientFacts {
     /// The TLS version and cipher, empty for a plaintext client.
     pub fn tls_description(&self) -> &str {
         self.tls.as_ref().map_or("", |t| &t.description)
+    }
+
+    /// The identity's name; a password client's is its user name.
+    pub fn identity_name(&self) -> &str {
+        self.identity.as_ref().map_or(&self.user, |i| &i.name)
     }
 
     pub fn sni(&self) -> Option<&str> {

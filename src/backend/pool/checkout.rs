@@ -83,11 +83,9 @@ impl Pool {
                 Take::Open(slot) => return self.open(slot).await,
                 Take::Fail(e) => return Err(e),
                 Take::Wait(ticket, at_db_cap) => {
-                    if at_db_cap {
-                        if let Some(idle) = self.db.take_idle_elsewhere(self) {
-                            tracing::debug!(pool = %self.key, server = idle.id, "max_db_connections: closing an idle server of another pool");
-                            drop(idle);
-                        }
+                    if at_db_cap && let Some(idle) = self.db.take_idle_elsewhere(self) {
+                        tracing::debug!(pool = %self.key, server = idle.id, "max_db_connections: closing an idle server of another pool");
+                        drop(idle);
                     }
                     ticket
                 }
@@ -132,10 +130,10 @@ impl Pool {
         if let Some(conn) = st.idle.pop() {
             return Take::Idle(conn);
         }
-        if let Some((at, err)) = &st.last_failure {
-            if settings.login_retry.is_some_and(|d| at.elapsed() < d) {
-                return Take::Fail(CheckoutError::RecentFailure(err.clone()));
-            }
+        if let Some((at, err)) = &st.last_failure
+            && settings.login_retry.is_some_and(|d| at.elapsed() < d)
+        {
+            return Take::Fail(CheckoutError::RecentFailure(err.clone()));
         }
         if let Some(slot) = self.try_slot(&mut st, settings.size) {
             return Take::Open(slot);
@@ -230,13 +228,13 @@ impl Pool {
             tracing::info!(pool = %self.key, server = conn.id, "idle server closed or sent data: evicted");
             return None;
         }
-        if let Some(q) = &settings.check_query {
-            if now.saturating_duration_since(conn.last_used) >= settings.check_delay {
-                conn.info.set_state(ServerState::Tested);
-                if let Err(e) = conn.run_internal(q, settings.connect_timeout).await {
-                    tracing::info!(pool = %self.key, server = conn.id, error = %e, "server_check_query failed: evicted");
-                    return None;
-                }
+        if let Some(q) = &settings.check_query
+            && now.saturating_duration_since(conn.last_used) >= settings.check_delay
+        {
+            conn.info.set_state(ServerState::Tested);
+            if let Err(e) = conn.run_internal(q, settings.connect_timeout).await {
+                tracing::info!(pool = %self.key, server = conn.id, error = %e, "server_check_query failed: evicted");
+                return None;
             }
         }
         Some(conn)
@@ -287,6 +285,7 @@ impl Pool {
                     params: est.params,
                     last_client: 0,
                     reset_pending: false,
+                    claims: Default::default(),
                     statements: Default::default(),
                     created: now,
                     last_used: now,

@@ -83,13 +83,13 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if self.armed {
-            if let Some(pool) = self.pool.upgrade() {
-                if self.server != 0 {
-                    lock(&pool.servers).remove(&self.server);
-                }
-                pool.place_freed();
+        if self.armed
+            && let Some(pool) = self.pool.upgrade()
+        {
+            if self.server != 0 {
+                lock(&pool.servers).remove(&self.server);
             }
+            pool.place_freed();
         }
     }
 }

@@ -97,7 +97,7 @@ async fn on_event(app: &App, c: &mut Client, relay: &mut Relay, event: Event) ->
                 .is_some_and(|s| ready_in_pipeline(c, relay, s));
             let attached = match idle {
                 Some(server) if ready => {
-                    install(c, relay, server);
+                    install(app, c, relay, server);
                     true
                 }
                 idle => Box::pin(attach(app, c, relay, idle)).await,
@@ -326,7 +326,7 @@ pub(super) async fn attach(
             // ahead of the client's message; anything more is one round trip first.
             let pipelined = ready_in_pipeline(c, relay, &mut server);
             if pipelined {
-                install(c, relay, server);
+                install(app, c, relay, server);
                 return true;
             }
             if let Err(e) = sync(&mut server, &c.state.params).await {
@@ -337,7 +337,7 @@ pub(super) async fn attach(
                 relay.refuse_request(&e);
                 return true;
             }
-            install(c, relay, server);
+            install(app, c, relay, server);
             true
         }
         Err(e) => {
@@ -415,10 +415,11 @@ pub(super) fn handover_statement(c: &mut Client, base: &SessionParams) -> Option
     let same = |a: &SessionParams, b: &SessionParams| {
         a.reported.shares(&b.reported) && a.unreported.shares(&b.unreported)
     };
-    if let Some(h) = c.handover.as_deref() {
-        if same(&h.client, &c.state.params) && same(&h.base, base) {
-            return h.sql.clone();
-        }
+    if let Some(h) = c.handover.as_deref()
+        && same(&h.client, &c.state.params)
+        && same(&h.base, base)
+    {
+        return h.sql.clone();
     }
     let sql =
         differs_only_in_application_name(&c.state.params, base).then(|| {
@@ -435,21 +436,56 @@ pub(super) fn handover_statement(c: &mut Client, base: &SessionParams) -> Option
     sql
 }
 
-/// Makes `server` the client's for its transaction; a hand-over reset still due goes ahead
-/// of the client's first message.
-pub(super) fn install(c: &mut Client, relay: &mut Relay, mut server: ServerConn) {
+/// Makes `server` the client's for its transaction; a hand-over reset still due, and a token
+/// client's claims, go ahead of the client's first message.
+pub(super) fn install(app: &App, c: &mut Client, relay: &mut Relay, mut server: ServerConn) {
     relay.reset_server_side();
-    if server.reset_pending {
+    let claims = claims_due(app, c, &mut server);
+    if server.reset_pending || claims.is_some() {
         // Callers sync first whenever the statement would not do (ready_in_pipeline); the
         // bare reset is the fallback that still isolates.
-        let sql = handover_statement(c, server.sync_base());
-        debug_assert!(sql.is_some(), "installed a server that needed a round trip");
-        relay.send_handover_reset(sql.as_deref().unwrap_or(HANDOVER_RESET));
+        let sql = server.reset_pending.then(|| {
+            let sql = handover_statement(c, server.sync_base());
+            debug_assert!(sql.is_some(), "installed a server that needed a round trip");
+            sql.unwrap_or_else(|| Arc::from(HANDOVER_RESET))
+        });
+        match &claims {
+            Some(d) => relay.send_handover_with_claims(sql.as_deref(), d),
+            None => relay.send_handover_reset(sql.as_deref().unwrap_or(HANDOVER_RESET)),
+        }
         server.reset_pending = false;
     }
     c.cancel.handle.attach(server.cancel_target());
     link(c, &server);
     c.server = Some(server);
+}
+
+/// The claims statement the client's transaction needs on `server`, if any.
+fn claims_due(
+    app: &App,
+    c: &Client,
+    server: &mut ServerConn,
+) -> Option<crate::identity::claims::Delivery> {
+    use crate::identity::claims;
+    let bearer = c.bearer.as_deref();
+    // Another client's seal on a server given to a client without claims: the key comes
+    // from the configuration (rare: token and password clients sharing a role's pool).
+    let key = || {
+        bearer
+            .and_then(|b| b.key.clone())
+            .or_else(|| claims::SealKey::from_config(&app.config.load()))
+    };
+    // Read only for a fresh server (see claims::Held::known): not per transaction.
+    let sealed = !server.claims.known
+        && app.config.load().claims_mode() == crate::config::ClaimsMode::Sealed;
+    claims::due(bearer, key, c.id, &mut server.claims, server.pid, sealed).unwrap_or_else(|_| {
+        tracing::warn!(
+            conn = c.id,
+            server = server.id,
+            "a server holds sealed claims no configured key can replace: closing it"
+        );
+        Some(claims::refusing())
+    })
 }
 
 /// The pool's queue, watching for the client leaving (None) or canceling.

@@ -11,6 +11,8 @@ struct Who<'a> {
     params: &'a SessionParams,
     method: &'static str,
     sni: Option<String>,
+    identity: Option<Arc<crate::identity::Identity>>,
+    priority: crate::config::Priority,
 }
 
 /// Adds an authenticated client to SHOW CLIENTS (before it waits for its first server, so
@@ -23,6 +25,8 @@ fn register(app: &App, stream: &Stream, arrival: &Arrival<'_>, who: Who<'_>) -> 
         params,
         method,
         sni,
+        identity,
+        priority,
     } = who;
     let (addr, port) = match peer {
         Peer::Tcp(a) => (Addr::Ip(a.ip()), a.port()),
@@ -50,6 +54,8 @@ fn register(app: &App, stream: &Stream, arrival: &Arrival<'_>, who: Who<'_>) -> 
         application_name: params.reported.get("application_name").unwrap_or("").into(),
         auth_method: method,
         pool_mode: mode.as_str(),
+        identity,
+        priority,
     };
     app.clients.register(facts, Some(stream.raw_fd()))
 }
@@ -114,16 +120,25 @@ pub(super) async fn login(
         return refuse(e);
     }
     let config = app.config.load_full();
-    let (user, method, client_key) =
-        match authenticate(app, stream, &mut out, &config, &arrival, &startup).await {
-            Ok(proved) => proved,
-            Err(LoginOutcome::Refused(e)) => return refuse(e),
-            Err(ended) => return ended,
-        };
+    let Proven {
+        user,
+        method,
+        client_key,
+        identity,
+    } = match authenticate(app, stream, &mut out, &config, &arrival, &startup).await {
+        Ok(proved) => proved,
+        Err(LoginOutcome::Refused(e)) => return refuse(e),
+        Err(ended) => return ended,
+    };
     if let Err(e) = access::after_auth(&user, arrival.peer.ip()) {
         return refuse(e);
     }
     if crate::admin::is_console(&startup.database) {
+        if identity.is_some() {
+            return refuse(ClientError::not_authorized(
+                "token identities may not use the admin console",
+            ));
+        }
         return match console(&config, stream, &mut out, &arrival, &user).await {
             LoginOutcome::Refused(e) => refuse(e),
             other => other,
@@ -142,16 +157,24 @@ pub(super) async fn login(
         let named = format!("{name} - {}", arrival.peer.host_port());
         params.reported.set("application_name", &named);
     }
+    let bearer = identity.as_ref().map(|i| bearer(&config, i));
     let who = Who {
-        user: &user.name,
+        user: &startup.user,
         pool: &pool,
         params: &params,
         method,
         sni: arrival.tls.as_ref().and_then(|t| t.sni.clone()),
+        priority: identity.as_ref().map_or(user.priority, |i| i.priority),
+        identity,
     };
     let reg = register(app, stream, &arrival, who);
+    let first = First {
+        pool: &pool,
+        reg: &reg,
+        bearer: bearer.as_deref(),
+    };
     let (params, server, cancel) =
-        match first_parameters(app, &config, &arrival, &pool, &reg, params).await {
+        match first_parameters(app, &config, &arrival, first, params).await {
             Ok(got) => got,
             Err(e) => return refuse(e),
         };
@@ -172,7 +195,23 @@ pub(super) async fn login(
         cancel,
         server,
         reg,
+        bearer,
     }))
+}
+
+/// A token client's claims, and the key that seals them when the mode is sealed.
+fn bearer(
+    config: &crate::config::Config,
+    identity: &Arc<crate::identity::Identity>,
+) -> Box<crate::identity::claims::Bearer> {
+    let mode = config.claims_mode();
+    Box::new(crate::identity::claims::Bearer {
+        identity: identity.clone(),
+        mode,
+        key: (mode == crate::config::ClaimsMode::Sealed)
+            .then(|| crate::identity::claims::SealKey::from_config(config))
+            .flatten(),
+    })
 }
 
 /// How a login ended.
@@ -244,9 +283,17 @@ fn before_anything(
     Ok(())
 }
 
-/// Who the client proved to be: its user entry, the method, and the SCRAM client key when
-/// it logged in with SCRAM (for passthrough upstream). Every failure is counted against its
-/// address.
+/// Who the client proved to be.
+struct Proven<'c> {
+    /// Its user entry (for a token identity, its mapped role's upstream login).
+    user: Cow<'c, crate::config::User>,
+    method: &'static str,
+    /// SCRAM's client key when it logged in with SCRAM (for passthrough upstream).
+    client_key: Option<[u8; 32]>,
+    identity: Option<Arc<crate::identity::Identity>>,
+}
+
+/// Who the client proved to be. Every failure is counted against its address.
 async fn authenticate<'c>(
     app: &Arc<App>,
     stream: &mut Stream,
@@ -254,7 +301,7 @@ async fn authenticate<'c>(
     config: &'c crate::config::Config,
     arrival: &Arrival<'_>,
     startup: &crate::proto::startup::Startup,
-) -> Result<(Cow<'c, crate::config::User>, &'static str, Option<[u8; 32]>), LoginOutcome> {
+) -> Result<Proven<'c>, LoginOutcome> {
     let addr = arrival.peer.ip();
     let check = access::before_auth(
         config,
@@ -264,6 +311,9 @@ async fn authenticate<'c>(
         &startup.database,
     )
     .map_err(LoginOutcome::Refused)?;
+    if let Some(kind) = crate::identity::token_login(config, &startup.user) {
+        return token(app, stream, out, config, arrival, startup, check, kind).await;
+    }
     // Not in [[users]]: maybe upstream knows it (auth_query).
     let looked_up = match (
         config.user(&startup.user),
@@ -308,7 +358,54 @@ async fn authenticate<'c>(
         app.metrics.auth_result(method, true);
         emit::auth_ok(out);
     }
-    Ok((user, method, proof.client_key))
+    Ok(Proven {
+        user,
+        method,
+        client_key: proof.client_key,
+        identity: None,
+    })
+}
+
+/// An API key or JWT login: the identity and its mapped role's upstream login.
+#[allow(clippy::too_many_arguments)]
+async fn token<'c>(
+    app: &Arc<App>,
+    stream: &mut Stream,
+    out: &mut BytesMut,
+    config: &'c crate::config::Config,
+    arrival: &Arrival<'_>,
+    startup: &crate::proto::startup::Startup,
+    check: access::Check,
+    kind: crate::identity::TokenLogin,
+) -> Result<Proven<'c>, LoginOutcome> {
+    let attempt = crate::frontend::token_login::Attempt {
+        kind,
+        user: &startup.user,
+        database: &startup.database,
+        peer: arrival.peer,
+        tls: arrival.tls.is_some(),
+        oauth: check == access::Check::OAuth,
+        conn: arrival.id,
+    };
+    let failed = |e| {
+        note_auth_failure(app, config, arrival.peer.ip(), &startup.user);
+        LoginOutcome::Refused(e)
+    };
+    let identity =
+        match crate::frontend::token_login::prove(app, config, stream, out, &attempt).await {
+            Ok(identity) => identity,
+            Err(LoginError::Refused(e) | LoginError::Md5Mismatch(e, _)) => return Err(failed(e)),
+            Err(LoginError::Gone) => return Err(LoginOutcome::Quiet),
+        };
+    let Some(user) = crate::identity::pool_user(config, &identity) else {
+        return Err(failed(ClientError::auth_failed(&startup.user, "password")));
+    };
+    Ok(Proven {
+        user: Cow::Owned(user),
+        method: identity.source.method(),
+        client_key: None,
+        identity: Some(identity),
+    })
 }
 
 /// The outcome of the exchange with the client.
@@ -352,6 +449,11 @@ async fn prove(
             return Ok(proof);
         }
         access::Check::Password(preferred) => preferred,
+        access::Check::OAuth => {
+            // OAUTHBEARER proves token identities only.
+            proof.method = Err(ClientError::auth_failed(&startup.user, "OAuth bearer"));
+            return Ok(proof);
+        }
     };
     let secret = user.map(|u| crate::auth::Secret::parse(&u.password));
     let exchange =
@@ -411,19 +513,27 @@ async fn console(
 /// the server's own values after applying the client's startup parameters (and the server,
 /// kept); in transaction mode the same, learned from a pool connection when the client asks
 /// for anything non-default. With the client's cancel key.
+/// What the greeting's server work needs to know of the client.
+struct First<'a> {
+    pool: &'a Arc<Pool>,
+    reg: &'a Registered,
+    bearer: Option<&'a crate::identity::claims::Bearer>,
+}
+
 async fn first_parameters(
     app: &App,
     config: &crate::config::Config,
     arrival: &Arrival<'_>,
-    pool: &Arc<Pool>,
-    reg: &Registered,
+    first: First<'_>,
     params: SessionParams,
 ) -> Result<(SessionParams, Option<ServerConn>, Registration), ClientError> {
+    let First { pool, reg, bearer } = first;
     let reset = config.general.handover_reset;
     if arrival.mode == PoolMode::Session {
         let mut server = checkout_idle_wait(pool, reg).await?;
         server.hand_to(arrival.id, reset);
         sync(&mut server, &params).await?;
+        deliver_claims(config, bearer, arrival.id, &mut server).await?;
         let cancel = app.cancels.register(Some(server.pid));
         cancel.handle.attach(server.cancel_target());
         return Ok((server.params.clone(), Some(server), cancel));
@@ -470,6 +580,45 @@ pub(super) async fn recheck_md5(
     answer
         .proves(&crate::auth::Secret::parse(&user.password))
         .then_some(user)
+}
+
+/// Session mode: the client's claims (or the end of another client's seal) before its
+/// first statement, in a round trip of its own at login.
+async fn deliver_claims(
+    config: &crate::config::Config,
+    bearer: Option<&crate::identity::claims::Bearer>,
+    client: u64,
+    server: &mut ServerConn,
+) -> Result<(), ClientError> {
+    let key = || crate::identity::claims::SealKey::from_config(config);
+    let due = crate::identity::claims::due(
+        bearer,
+        key,
+        client,
+        &mut server.claims,
+        server.pid,
+        config.claims_mode() == crate::config::ClaimsMode::Sealed,
+    )
+    .map_err(|_| {
+        ClientError::server_unavailable(
+            "a server holds sealed claims the configuration has no key for",
+        )
+    })?;
+    let Some(d) = due else { return Ok(()) };
+    match server
+        .query_pairs_with(d.sql, &d.params(), INTERNAL_TIMEOUT)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(InternalError::Server(e)) => {
+            tracing::warn!(server = server.id, error = %e, "setting a client's claims failed");
+            Err(ClientError {
+                severity: emit::Severity::Fatal,
+                ..e
+            })
+        }
+        Err(InternalError::Io(_)) => Err(ClientError::server_lost()),
+    }
 }
 
 /// Login-time checkout: no cancel key exists yet, so nothing can cancel the wait.

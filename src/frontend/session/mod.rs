@@ -58,6 +58,8 @@ struct Client {
     id: u64,
     /// The hand-over statement last built for this client (transaction mode).
     handover: Option<Box<Handover>>,
+    /// A token client's claims, set on each server its transactions run on.
+    bearer: Option<Box<crate::identity::claims::Bearer>>,
 }
 
 /// A transaction-mode client's LISTEN state.
@@ -75,6 +77,7 @@ struct Pooled {
     cancel: Registration,
     server: Option<ServerConn>,
     reg: Registered,
+    bearer: Option<Box<crate::identity::claims::Bearer>>,
 }
 
 /// Serves one accepted connection to its end. Never panics on client input; every refusal is
@@ -239,6 +242,7 @@ async fn serve_inner(
         server: l.server,
         id,
         handover: None,
+        bearer: l.bearer,
     };
     let (max_prepared, max_client) = {
         let g = &app.config.load().general;

@@ -1,0 +1,207 @@
+//! The agent sections: `[jwt]`, `[[roles]]`, `[[api_keys]]`, `[mcp]`, and the priority class
+//! users, keys and roles carry. Meaning as in the contract's agents.toml.
+
+use super::Seconds;
+use super::text::Text;
+use serde::Deserialize;
+
+/// A priority class (the fair-sharing queue honours it; SHOW CLIENTS shows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        }
+    }
+}
+
+/// How a token identity's claims reach Row Level Security.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClaimsMode {
+    /// `request.jwt.claims` and friends, as PostgREST sets them: what Supabase policies read;
+    /// the client itself can overwrite them.
+    #[default]
+    Compat,
+    /// `pgsluice.claims()`: set only through an HMAC the proxy makes (sql/pgsluice.sql).
+    Sealed,
+}
+
+/// `[jwt]`: which tokens are accepted and what they map to.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Jwt {
+    /// HS256/384/512 shared secret (Supabase's JWT secret).
+    #[serde(default)]
+    pub secret: Option<Text>,
+    /// Where RS256/PS256/ES256/EdDSA keys come from: a JWKS URL...
+    #[serde(default)]
+    pub jwks_url: Option<Text>,
+    /// ...or an OIDC issuer whose `/.well-known/openid-configuration` names it. Also the
+    /// `iss` every token must carry, when set.
+    #[serde(default)]
+    pub issuer: Option<Text>,
+    /// Accepted `aud` values (a token needs one of them); empty: `aud` is not checked.
+    /// PEM CA bundle the JWKS and discovery servers' certificates are checked against;
+    /// default: Mozilla's roots.
+    #[serde(default)]
+    pub jwks_ca_file: Option<Text>,
+    #[serde(default)]
+    pub audiences: Vec<Text>,
+    /// Seconds of clock skew allowed on exp and nbf.
+    #[serde(default = "default_leeway")]
+    pub leeway: Seconds,
+    /// Seconds between scheduled JWKS refreshes (an unknown kid also refreshes, at most
+    /// once per `jwks_min_refresh`).
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: Seconds,
+    #[serde(default = "default_jwks_min_refresh")]
+    pub jwks_min_refresh: Seconds,
+    #[serde(default = "default_role_claim")]
+    pub role_claim: Text,
+    #[serde(default = "default_subject_claim")]
+    pub subject_claim: Text,
+    /// Roles a token may claim; each needs a `[[roles]]` entry.
+    #[serde(default)]
+    pub allowed_roles: Vec<Text>,
+    #[serde(default)]
+    pub claims_mode: ClaimsMode,
+    /// Key for sealed claims; defaults to one derived from `secret`.
+    #[serde(default)]
+    pub claims_secret: Option<Text>,
+    /// Databases token clients may use (empty: every database).
+    #[serde(default)]
+    pub databases: Vec<Text>,
+}
+
+fn default_leeway() -> Seconds {
+    Seconds(30.0)
+}
+fn default_jwks_refresh() -> Seconds {
+    Seconds(300.0)
+}
+fn default_jwks_min_refresh() -> Seconds {
+    Seconds(10.0)
+}
+fn default_role_claim() -> Text {
+    Text::new("role")
+}
+fn default_subject_claim() -> Text {
+    Text::new("sub")
+}
+
+impl std::fmt::Debug for Jwt {
+    /// Everything but the secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jwt")
+            .field("jwks_url", &self.jwks_url)
+            .field("issuer", &self.issuer)
+            .field("audiences", &self.audiences)
+            .field("allowed_roles", &self.allowed_roles)
+            .field("claims_mode", &self.claims_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[[roles]]`: how pools for a mapped role log in upstream.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Role {
+    pub name: Text,
+    pub server_user: Text,
+    pub server_password: Text,
+    #[serde(default)]
+    pub priority: Priority,
+    /// The role is meant to bypass RLS (Supabase's service_role): install-sql does not warn
+    /// about its BYPASSRLS.
+    #[serde(default)]
+    pub bypass_rls: bool,
+}
+
+impl std::fmt::Debug for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Role")
+            .field("name", &self.name)
+            .field("server_user", &self.server_user)
+            .field("priority", &self.priority)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[[api_keys]]`: an identity whose key is stored only as a hash.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// The identity's name, which the agent sends as its user name.
+    pub name: Text,
+    /// `sha256:<hex>`, or a list of them: two during a rotation.
+    pub hash: Hashes,
+    pub role: Text,
+    /// The `sub` claim its connections carry.
+    pub subject: Text,
+    /// Databases it may use (empty: every database).
+    #[serde(default)]
+    pub databases: Vec<Text>,
+    /// Its class; defaults to its role's.
+    #[serde(default)]
+    pub priority: Option<Priority>,
+}
+
+/// One key hash or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Hashes {
+    One(Text),
+    Many(Vec<Text>),
+}
+
+impl Hashes {
+    pub fn iter(&self) -> impl Iterator<Item = &Text> {
+        match self {
+            Hashes::One(h) => std::slice::from_ref(h).iter(),
+            Hashes::Many(v) => v.iter(),
+        }
+    }
+}
+
+/// `[mcp]`: the MCP endpoint (served once the MCP work lands; accepted now).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mcp {
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// Whether a token may be sent as a password without TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlaintextTokens {
+    /// Only over TLS.
+    #[default]
+    Never,
+    /// Also from loopback addresses and unix sockets (a sidecar's agents).
+    Local,
+    /// From anywhere (tokens cross the network readable: for test rigs only).
+    Always,
+}
+
+/// The hex digest in a `sha256:<64 hex>` hash, or why it is not one.
+pub fn sha256_digest(hash: &str) -> Result<[u8; 32], String> {
+    let hex_part = hash
+        .strip_prefix("sha256:")
+        .ok_or_else(|| "expected \"sha256:<64 hex digits>\"".to_owned())?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut out)
+        .map_err(|_| "expected \"sha256:<64 hex digits>\"".to_owned())?;
+    Ok(out)
+}

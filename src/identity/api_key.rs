@@ -1,0 +1,39 @@
+//! API keys: the key the agent sends is hashed and compared, in constant time, with each
+//! hash its `[[api_keys]]` entry lists (two during a rotation). Keys are never stored.
+
+use super::{Identity, Refusal, Source};
+use crate::config::{Config, sha256_digest};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The identity `key` proves for the API key named `name`.
+pub fn verify(config: &Config, name: &str, key: &[u8]) -> Result<Identity, Refusal> {
+    let entry = config.api_key(name).ok_or(Refusal::UnknownKey)?;
+    let digest: [u8; 32] = Sha256::digest(key).into();
+    // Every listed hash is compared, so timing says nothing of which one matched.
+    let mut matched = subtle::Choice::from(0);
+    for h in entry.hash.iter() {
+        if let Ok(expected) = sha256_digest(h) {
+            matched |= expected.ct_eq(&digest);
+        }
+    }
+    if !bool::from(matched) {
+        return Err(Refusal::UnknownKey);
+    }
+    let role = config.role(&entry.role).ok_or(Refusal::WrongRole)?;
+    let claims = serde_json::json!({
+        "sub": entry.subject.as_str(),
+        "role": entry.role.as_str(),
+        "iss": "pgsluice",
+        "api_key": entry.name.as_str(),
+    });
+    Ok(Identity {
+        name: entry.name.as_str().into(),
+        source: Source::ApiKey,
+        subject: entry.subject.as_str().into(),
+        issuer: None,
+        role: entry.role.as_str().into(),
+        priority: entry.priority.unwrap_or(role.priority),
+        claims: claims.to_string().into(),
+    })
+}

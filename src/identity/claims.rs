@@ -1,0 +1,181 @@
+//! Delivering a token client's claims to the server its transaction runs on, as bind
+//! parameters (never statement text, so pg_stat_activity and statement logs do not show them).
+//!
+//! *Compat*: `request.jwt.claims`, `request.jwt.claim.sub` and `request.jwt.claim.role`, set
+//! for the session, as PostgREST sets them; the hand-over reset (RESET ALL) clears them
+//! before another client's transaction. The client can overwrite them itself.
+//!
+//! *Sealed*: `pgsluice.seal(claims, counter, mac)` (sql/pgsluice.sql), where the mac is an
+//! HMAC-SHA-256 over (backend pid, counter, claims) with a key derived from the config. The
+//! function checks the mac and that the counter exceeds the backend's last, then records the
+//! claims where only it can write; `pgsluice.claims()` reads them. A client cannot forge a mac,
+//! replay one on another backend (the pid differs) or again on its own (the counter).
+
+use super::Identity;
+use crate::config::{ClaimsMode, Config};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+pub const COMPAT_SQL: &str = "SELECT pg_catalog.set_config('request.jwt.claims', $1, false), pg_catalog.set_config('request.jwt.claim.sub', $2, false), pg_catalog.set_config('request.jwt.claim.role', $3, false)";
+pub const SEAL_SQL: &str = "SELECT pgsluice.seal($1, $2::bigint, $3)";
+/// What the seal records for a client without claims.
+const NO_CLAIMS: &str = "null";
+
+/// The statement and its three text parameters.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub sql: &'static str,
+    pub params: [String; 3],
+}
+
+impl Delivery {
+    pub fn params(&self) -> [&str; 3] {
+        [&self.params[0], &self.params[1], &self.params[2]]
+    }
+}
+
+/// The key sealed claims are signed with: HMAC-SHA-256 of a fixed label under
+/// `claims_secret` (or the JWT secret), so `install-sql` derives the same one from the file.
+#[derive(Clone)]
+pub struct SealKey([u8; 32]);
+
+impl SealKey {
+    pub fn from_config(config: &Config) -> Option<SealKey> {
+        let jwt = config.jwt.as_ref()?;
+        let secret = jwt.claims_secret.as_ref().or(jwt.secret.as_ref())?;
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).ok()?;
+        mac.update(b"pgsluice sealed claims v1");
+        Some(SealKey(mac.finalize().into_bytes().into()))
+    }
+
+    /// HMAC's inner and outer padded keys, which sql/pgsluice.sql stores to check macs
+    /// with two sha256() calls.
+    pub fn pads(&self) -> ([u8; 64], [u8; 64]) {
+        let mut inner = [0x36u8; 64];
+        let mut outer = [0x5cu8; 64];
+        for (i, b) in self.0.iter().enumerate() {
+            inner[i] ^= b;
+            outer[i] ^= b;
+        }
+        (inner, outer)
+    }
+
+    /// The mac over what a seal binds together.
+    pub fn mac(&self, pid: i32, counter: i64, claims: &str) -> String {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(format!("{pid}:{counter}:{claims}").as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+/// A counter that only grows, across restarts too (it starts from the clock in microseconds),
+/// so a seal's counter always exceeds any an earlier process left on a backend.
+pub fn next_counter() -> i64 {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = i64::try_from(crate::stats::unix_micros()).unwrap_or(i64::MAX);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev.saturating_add(1));
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
+
+/// A token client's claims and how they travel.
+pub struct Bearer {
+    pub identity: std::sync::Arc<Identity>,
+    pub mode: ClaimsMode,
+    pub key: Option<SealKey>,
+}
+
+/// What a server has of claims: whose, and whether a seal sits on it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Held {
+    /// The client whose claims are set (0: none).
+    pub client: u64,
+    /// pgsluice.seal() recorded claims (or their absence) on this backend.
+    pub sealed: bool,
+    /// Delivery has been decided once: a fresh backend may reuse the pid of one that died
+    /// sealed, so in sealed mode it counts as sealed until told otherwise.
+    pub known: bool,
+}
+
+/// What must run ahead of `client`'s work on a server with `held` and backend `pid`,
+/// updating `held` as if it ran (the hand-over reset clears `held.client`: RESET ALL clears
+/// the compat settings, while a seal stays until replaced). `unseal_key` replaces another
+/// client's seal for a client without claims; without one such a server must not be used.
+pub fn due(
+    bearer: Option<&Bearer>,
+    unseal_key: impl FnOnce() -> Option<SealKey>,
+    client: u64,
+    held: &mut Held,
+    pid: i32,
+    sealed_mode: bool,
+) -> Result<Option<Delivery>, NoKey> {
+    if !held.known {
+        held.known = true;
+        held.sealed = sealed_mode;
+    }
+    match bearer {
+        Some(b) if held.client != client => {
+            held.client = client;
+            Ok(Some(match (b.mode, &b.key) {
+                (ClaimsMode::Sealed, Some(key)) => {
+                    held.sealed = true;
+                    seal(key, pid, &b.identity.claims)
+                }
+                _ => compat(&b.identity),
+            }))
+        }
+        Some(_) => Ok(None),
+        None if held.sealed => {
+            // Another client's seal must not outlive its transactions: replaced by none.
+            held.sealed = false;
+            held.client = 0;
+            unseal_key()
+                .map(|k| Some(seal(&k, pid, NO_CLAIMS)))
+                .ok_or(NoKey)
+        }
+        None => Ok(None),
+    }
+}
+
+/// A server holds a seal the configuration no longer has the key to replace.
+#[derive(Debug)]
+pub struct NoKey;
+
+/// For a server whose seal cannot be replaced: a seal that fails, so the hand-over fails and
+/// the server is closed.
+pub fn refusing() -> Delivery {
+    Delivery {
+        sql: SEAL_SQL,
+        params: [NO_CLAIMS.into(), "0".into(), String::new()],
+    }
+}
+
+fn compat(identity: &Identity) -> Delivery {
+    Delivery {
+        sql: COMPAT_SQL,
+        params: [
+            identity.claims.to_string(),
+            identity.subject.to_string(),
+            identity.role.to_string(),
+        ],
+    }
+}
+
+fn seal(key: &SealKey, pid: i32, claims: &str) -> Delivery {
+    let counter = next_counter();
+    Delivery {
+        sql: SEAL_SQL,
+        params: [
+            claims.to_owned(),
+            counter.to_string(),
+            key.mac(pid, counter, claims),
+        ],
+    }
+}
