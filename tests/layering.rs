@@ -11,12 +11,20 @@ const LAYERS: &[&[&str]] = &[
     &["error"],
     &["config"],
     // What the pools and sessions are built from.
-    &["net", "auth", "admission", "stats", "audit", "log"],
+    &[
+        "net",
+        "auth",
+        "identity",
+        "admission",
+        "stats",
+        "audit",
+        "log",
+    ],
     &["backend"],
     &["relay"],
     // The process: shared state and what serves clients, the console and HTTP.
     &["app", "frontend", "admin", "http", "metrics"],
-    &["demo", "main", "lib"],
+    &["demo", "install_sql", "main", "lib"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod faults;
+pub mod jwks;
 pub mod raw;
 
 use pgsluice::app::Running;

@@ -303,13 +303,25 @@ async fn audit_login(app: &App, id: u64, mode: PoolMode, outcome: &LoginOutcome,
         LoginOutcome::Console(c) => serde_json::json!({
             "user": c.user, "database": crate::ADMIN_DATABASE, "console": true,
         }),
-        LoginOutcome::Pooled(l) => serde_json::json!({
-            "user": &*l.reg.info.facts.user,
-            "database": l.reg.info.facts.database(),
-            "pool": l.pool.key.to_string(),
-            "method": l.reg.info.facts.auth_method,
-            "mode": mode.as_str(),
-        }),
+        LoginOutcome::Pooled(l) => {
+            let facts = &l.reg.info.facts;
+            let mut fields = serde_json::json!({
+                "user": &*facts.user,
+                "database": facts.database(),
+                "pool": l.pool.key.to_string(),
+                "method": facts.auth_method,
+                "mode": mode.as_str(),
+                "priority": facts.priority.as_str(),
+            });
+            if let Some(i) = &facts.identity {
+                // Who, never the token or key itself.
+                fields["identity"] = (*i.name).into();
+                fields["subject"] = (*i.subject).into();
+                fields["role"] = (*i.role).into();
+                fields["issuer"] = i.issuer.as_deref().into();
+            }
+            fields
+        }
         LoginOutcome::Refused(err) => {
             let mut fields = crate::audit::refusal(&err.code, &err.message);
             if let Some((user, database)) = ended.audit.as_ref().and_then(|a| a.who.as_ref()) {
