@@ -59,20 +59,15 @@ impl Audit {
     /// Records `event` for connection `conn` with `fields` (a JSON object).
     pub async fn event(&self, event: &str, conn: u64, fields: Value) {
         let Some(tx) = &self.tx else { return };
-        let mut line = Map::new();
-        line.insert(
-            "ts".into(),
-            crate::stats::format_rfc3339(crate::stats::unix_micros()).into(),
-        );
-        line.insert("event".into(), event.into());
-        line.insert("conn".into(), conn.into());
-        if let Value::Object(f) = fields {
-            line.extend(f);
-        }
-        let text = Value::Object(line).to_string();
+        let text = line(event, conn, fields);
         if let Err(mpsc::error::TrySendError::Full(m)) = tx.try_send(Msg::Line(text)) {
             let _ = tx.send(m).await;
         }
+    }
+
+    /// A handle for lines written where nothing may wait (the relay), when the log is on.
+    pub fn sink(&self) -> Option<Sink> {
+        self.tx.clone().map(Sink)
     }
 
     /// Waits until every line recorded so far is written and flushed.
@@ -81,6 +76,38 @@ impl Audit {
         let (ack, done) = oneshot::channel();
         if tx.send(Msg::Flush(ack)).await.is_ok() {
             let _ = done.await;
+        }
+    }
+}
+
+/// One audit line: the timestamp, the event, the connection, then `fields`.
+fn line(event: &str, conn: u64, fields: Value) -> String {
+    let mut line = Map::new();
+    line.insert(
+        "ts".into(),
+        crate::stats::format_rfc3339(crate::stats::unix_micros()).into(),
+    );
+    line.insert("event".into(), event.into());
+    line.insert("conn".into(), conn.into());
+    if let Value::Object(f) = fields {
+        line.extend(f);
+    }
+    Value::Object(line).to_string()
+}
+
+/// Writes lines without waiting: a line that finds the queue full (65,536 waiting) is
+/// dropped with a warning rather than stalling a client's relay.
+#[derive(Clone)]
+pub struct Sink(mpsc::Sender<Msg>);
+
+impl Sink {
+    pub fn event(&self, event: &str, conn: u64, fields: Value) {
+        if self
+            .0
+            .try_send(Msg::Line(line(event, conn, fields)))
+            .is_err()
+        {
+            tracing::warn!(conn, event, "audit queue full: line dropped");
         }
     }
 }

@@ -76,6 +76,28 @@ async fn prepare(pg: &DevDb) {
         .unwrap();
 }
 
+/// The policy every test uses: a row is its owner's, `owner` an expression for the subject.
+async fn own_rows_policy(pg: &DevDb, owner: &str) {
+    superuser(pg)
+        .await
+        .batch_execute(&format!(
+            "CREATE POLICY own ON notes FOR ALL TO authenticated USING (owner = {owner}) WITH CHECK (owner = {owner})"
+        ))
+        .await
+        .unwrap();
+}
+
+/// `pgsluice install-sql` for the config `text`, as the database owner; its warnings.
+async fn install(pg: &DevDb, text: &str) -> Vec<String> {
+    let config = pgsluice::config::Config::parse(text, std::path::Path::new("t.toml")).unwrap();
+    let url = format!(
+        "postgres://postgres@:{}/appdb?host={}&sslmode=disable",
+        pg.port,
+        pg.socket_dir.display()
+    );
+    pgsluice::install_sql::run(&config, &url).await.unwrap()
+}
+
 async fn superuser(pg: &DevDb) -> tokio_postgres::Client {
     connect(&format!(
         "host={} port={} user=postgres dbname=appdb",
@@ -131,6 +153,11 @@ fn token_url(proxy: &Proxy, mode: PoolMode, user: &str, token: &str) -> String {
     )
 }
 
+/// A token client logged in through `mode`'s listener.
+async fn agent(proxy: &Proxy, mode: PoolMode, user: &str, token: &str) -> tokio_postgres::Client {
+    connect(&token_url(proxy, mode, user, token)).await.unwrap()
+}
+
 async fn bodies(c: &tokio_postgres::Client) -> Vec<String> {
     c.query("SELECT body FROM notes ORDER BY body", &[])
         .await
@@ -152,28 +179,13 @@ async fn each_agent_sees_its_rows(mode: &str, policy: &str) {
     ))
     .await;
     if mode == "sealed" {
-        let url = format!(
-            "postgres://postgres@:{}/appdb?host={}&sslmode=disable",
-            pg.port,
-            pg.socket_dir.display()
-        );
-        let config = pgsluice::config::Config::parse(
-            &agent_config(&pg, mode, "", ""),
-            std::path::Path::new("t.toml"),
-        )
-        .unwrap();
-        let warnings = pgsluice::install_sql::run(&config, &url).await.unwrap();
+        let text = agent_config(&pg, mode, "", "");
+        let warnings = install(&pg, &text).await;
         assert!(warnings.is_empty(), "{warnings:?}");
         // Idempotent: a second run changes nothing and succeeds.
-        pgsluice::install_sql::run(&config, &url).await.unwrap();
+        install(&pg, &text).await;
     }
-    let owner = superuser(&pg).await;
-    owner
-        .batch_execute(&format!(
-            "CREATE POLICY own ON notes FOR ALL TO authenticated USING (owner = {policy}) WITH CHECK (owner = {policy})"
-        ))
-        .await
-        .unwrap();
+    own_rows_policy(&pg, policy).await;
     let alice = token("authenticated", Some(ALICE), json!({}));
     let bob = token("authenticated", Some(BOB), json!({}));
     let service = token("service_role", None, json!({}));
@@ -185,19 +197,13 @@ async fn each_agent_sees_its_rows(mode: &str, policy: &str) {
                 ("authenticated", bob.as_str(), &["bob-1"][..]),
                 ("batch-agent", BATCH_KEY, &["batch-1"][..]),
             ] {
-                let c = connect(&token_url(&proxy, listener, user, pw))
-                    .await
-                    .unwrap();
+                let c = agent(&proxy, listener, user, pw).await;
                 assert_eq!(bodies(&c).await, want, "{mode} {listener:?} round {round}");
-                let s = connect(&token_url(&proxy, listener, "service_role", &service))
-                    .await
-                    .unwrap();
+                let s = agent(&proxy, listener, "service_role", &service).await;
                 assert_eq!(bodies(&s).await.len(), 4, "service_role bypasses RLS");
             }
         }
-        let a = connect(&token_url(&proxy, listener, "authenticated", &alice))
-            .await
-            .unwrap();
+        let a = agent(&proxy, listener, "authenticated", &alice).await;
         // A write is checked against the writer's own subject.
         let e = a
             .execute(
@@ -274,19 +280,8 @@ async fn agents_proxy(mode: &str, general: &str) -> (DevDb, Proxy) {
     prepare(&pg).await;
     let text = agent_config(&pg, mode, general, "pool_size = 2");
     if mode == "sealed" {
-        let config =
-            pgsluice::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
-        let url = format!(
-            "postgres://postgres@:{}/appdb?host={}&sslmode=disable",
-            pg.port,
-            pg.socket_dir.display()
-        );
-        pgsluice::install_sql::run(&config, &url).await.unwrap();
-        superuser(&pg)
-            .await
-            .batch_execute("CREATE POLICY own ON notes FOR ALL TO authenticated USING (owner = pgsluice.uid())")
-            .await
-            .unwrap();
+        install(&pg, &text).await;
+        own_rows_policy(&pg, "pgsluice.uid()").await;
     }
     let proxy = Proxy::start(&text).await;
     (pg, proxy)
@@ -373,14 +368,7 @@ async fn bad_tokens_are_refused_alike_and_audited() {
     let proxy = Proxy::start(&text).await;
     let aud = json!({ "aud": "authenticated" });
     let good = token("authenticated", Some(ALICE), aud.clone());
-    let c = connect(&token_url(
-        &proxy,
-        PoolMode::Transaction,
-        "authenticated",
-        &good,
-    ))
-    .await
-    .unwrap();
+    let c = agent(&proxy, PoolMode::Transaction, "authenticated", &good).await;
     assert_eq!(
         bodies(&c).await.len(),
         0,
@@ -511,9 +499,7 @@ async fn mapped_roles_cannot_be_escaped() {
         "DO $$ BEGIN PERFORM set_config('role', 'postgres', true); END $$",
     ];
     for listener in [PoolMode::Session, PoolMode::Transaction] {
-        let c = connect(&token_url(&proxy, listener, "authenticated", &alice))
-            .await
-            .unwrap();
+        let c = agent(&proxy, listener, "authenticated", &alice).await;
         for sql in escapes {
             let e = c.batch_execute(sql).await.unwrap_err();
             assert_eq!(sqlstate(&e), "42501", "{listener:?} {sql}: {e}");
@@ -554,9 +540,7 @@ async fn sealed_claims_cannot_be_forged_or_replayed() {
     let alice = token("authenticated", Some(ALICE), json!({}));
     let bob_claims = json!({"sub": BOB, "role": "authenticated"}).to_string();
     for listener in [PoolMode::Session, PoolMode::Transaction] {
-        let c = connect(&token_url(&proxy, listener, "authenticated", &alice))
-            .await
-            .unwrap();
+        let c = agent(&proxy, listener, "authenticated", &alice).await;
         let uid = || async {
             let r = c
                 .query_one("SELECT pgsluice.uid()::text", &[])
@@ -638,38 +622,17 @@ async fn claims_stay_with_their_client(mode: &str, uid: &str) {
         "\n[[users]]\nname = \"plain\"\npassword = \"plain-pw\"\nserver_user = \"authenticated\"\nserver_password = \"auth-pw\"\n",
     );
     if mode == "sealed" {
-        let config =
-            pgsluice::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
-        let url = format!(
-            "postgres://postgres@:{}/appdb?host={}&sslmode=disable",
-            pg.port,
-            pg.socket_dir.display()
-        );
-        pgsluice::install_sql::run(&config, &url).await.unwrap();
+        install(&pg, &text).await;
     }
     let proxy = Proxy::start(&text).await;
     let alice = token("authenticated", Some(ALICE), json!({}));
     let bob = token("authenticated", Some(BOB), json!({}));
     let sql = format!("SELECT {uid}::text");
-    let a = connect(&token_url(
-        &proxy,
-        PoolMode::Transaction,
-        "authenticated",
-        &alice,
-    ))
-    .await
-    .unwrap();
+    let a = agent(&proxy, PoolMode::Transaction, "authenticated", &alice).await;
     let p = connect(&proxy.url(PoolMode::Transaction, ("plain", "plain-pw"), "app"))
         .await
         .unwrap();
-    let b = connect(&token_url(
-        &proxy,
-        PoolMode::Transaction,
-        "authenticated",
-        &bob,
-    ))
-    .await
-    .unwrap();
+    let b = agent(&proxy, PoolMode::Transaction, "authenticated", &bob).await;
     for _ in 0..3 {
         for (c, want) in [
             (&a, Some(ALICE)),
@@ -730,13 +693,7 @@ async fn login_error(url: &str) -> String {
 async fn jwks_keys_rotate_without_restart() {
     let pg = start_postgres();
     prepare(&pg).await;
-    superuser(&pg)
-        .await
-        .batch_execute(
-            "CREATE POLICY own ON notes FOR ALL TO authenticated USING (owner = auth.uid())",
-        )
-        .await
-        .unwrap();
+    own_rows_policy(&pg, "auth.uid()").await;
     let k1 = jwks::SigningKey::new("k1");
     let k2 = jwks::SigningKey::new("k2");
     let server = jwks::JwksServer::start(vec![k1.jwk.clone()]).await;
@@ -790,13 +747,7 @@ async fn jwks_keys_rotate_without_restart() {
 async fn oauthbearer_logs_in_with_a_token() {
     let pg = start_postgres();
     prepare(&pg).await;
-    superuser(&pg)
-        .await
-        .batch_execute(
-            "CREATE POLICY own ON notes FOR ALL TO authenticated USING (owner = auth.uid())",
-        )
-        .await
-        .unwrap();
+    own_rows_policy(&pg, "auth.uid()").await;
     let dir = std::env::temp_dir().join(format!("pgsluice-oauth-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let hba = dir.join("hba.conf");
@@ -938,5 +889,141 @@ async fn psql_with_a_token_over_tls_and_show_clients() {
         ("batch-agent", "authenticated", "low", "api-key")
     );
     assert!(held.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two keys valid at once for one identity; RELOAD without one revokes it for new
+/// connections; KILL_IDENTITY closes the identity's open ones, nobody else's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_rotate_and_revoke() {
+    let pg = start_postgres();
+    prepare(&pg).await;
+    own_rows_policy(&pg, "auth.uid()").await;
+    let dir = std::env::temp_dir().join(format!("pgsluice-agents-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pgsluice.toml");
+    let text = agent_config(&pg, "compat", "allow_plaintext_tokens = \"local\"", "");
+    std::fs::write(&file, &text).unwrap();
+    let proxy = Proxy::start_file(&file).await;
+    let url = |key: &str| token_url(&proxy, PoolMode::Transaction, "batch-agent", key);
+    let old = connect(&url(BATCH_KEY)).await.unwrap();
+    let new = connect(&url(BATCH_KEY_NEXT)).await.unwrap();
+    assert_eq!(bodies(&old).await, ["batch-1"]);
+    assert_eq!(bodies(&new).await, ["batch-1"]);
+    // The old key's hash removed.
+    let rotated = text.replace(&format!("\"sha256:{}\", ", sha256_hex(BATCH_KEY)), "");
+    assert_ne!(rotated, text);
+    std::fs::write(&file, &rotated).unwrap();
+    console(&pg, &proxy, ADMIN, "RELOAD").unwrap();
+    assert_eq!(
+        login_error(&url(BATCH_KEY)).await,
+        "28P01",
+        "revoked on RELOAD"
+    );
+    assert_eq!(login_error(&url(BATCH_KEY_NEXT)).await, "ok");
+    // Connections made before stay until the operator closes them.
+    assert_eq!(bodies(&old).await, ["batch-1"]);
+    let alice = token("authenticated", Some(ALICE), json!({}));
+    let bystander = agent(&proxy, PoolMode::Transaction, "authenticated", &alice).await;
+    console(&pg, &proxy, ADMIN, "KILL_IDENTITY 'batch-agent'").unwrap();
+    for c in [&old, &new] {
+        let e = c.simple_query("SELECT 1").await.unwrap_err();
+        assert!(e.is_closed() || sqlstate(&e) == "57P01", "{e}");
+    }
+    assert_eq!(bodies(&bystander).await, ["alice-1", "alice-2"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// install-sql names what lets a mapped role escape RLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_sql_warns_about_escapable_roles() {
+    let pg = start_postgres();
+    prepare(&pg).await;
+    pg.psql(
+        "GRANT service_role TO authenticated; CREATE ROLE lax LOGIN PASSWORD 'lax-pw' BYPASSRLS;",
+    )
+    .unwrap();
+    let text = agent_config(&pg, "sealed", "", "")
+        .replace(
+            "name = \"service_role\"\nserver_user = \"service_role\"",
+            "name = \"service_role\"\nserver_user = \"lax\"",
+        )
+        .replace("bypass_rls = true\n", "");
+    let warnings = install(&pg, &text).await;
+    let all = warnings.join("\n");
+    assert!(
+        all.contains("\"authenticated\" is a member of \"service_role\""),
+        "{all}"
+    );
+    assert!(all.contains("\"lax\" has BYPASSRLS"), "{all}");
+    assert_eq!(warnings.len(), 2, "{all}");
+}
+
+/// An identity with `audit_statements` gets a line per statement: normalized text (no
+/// values), duration, rows, SQLSTATE. Others get none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_of_an_audited_identity_are_logged() {
+    let pg = start_postgres();
+    prepare(&pg).await;
+    own_rows_policy(&pg, "auth.uid()").await;
+    let dir = std::env::temp_dir().join(format!("pgsluice-agents-stmts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("audit.jsonl");
+    let text = agent_config(&pg, "compat", "allow_plaintext_tokens = \"local\"", "").replace(
+        "priority = \"low\"\n",
+        "priority = \"low\"\naudit_statements = true\n",
+    ) + &format!("\n[audit]\ndestination = \"{}\"\n", log.display());
+    let proxy = Proxy::start(&text).await;
+    for listener in [PoolMode::Session, PoolMode::Transaction] {
+        let k = agent(&proxy, listener, "batch-agent", BATCH_KEY).await;
+        // Simple queries: each is over (ReadyForQuery) before the next is sent, so each line
+        // is its statement's (pipelined statements are timed per ReadyForQuery).
+        let n = k
+            .simple_query("SELECT body FROM notes WHERE body <> 'secret-value'")
+            .await
+            .unwrap()
+            .iter()
+            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+            .count();
+        assert_eq!(n, 1);
+        let e = k.simple_query("SELECT 1/0").await.unwrap_err();
+        assert_eq!(sqlstate(&e), "22012");
+    }
+    let alice = token("authenticated", Some(ALICE), json!({}));
+    let a = agent(&proxy, PoolMode::Transaction, "authenticated", &alice).await;
+    a.simple_query("SELECT 'alice-was-here'").await.unwrap();
+    proxy.running.app.audit.flush().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["event"] == "statement")
+        .collect();
+    assert!(
+        lines.iter().all(|l| l["identity"] == "batch-agent"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("secret-value") && !text.contains("alice-was-here"),
+        "{text}"
+    );
+    let select: Vec<_> = lines
+        .iter()
+        .filter(|l| {
+            l["statement"]
+                .as_str()
+                .is_some_and(|s| s.contains("from notes"))
+        })
+        .collect();
+    assert_eq!(select.len(), 2, "one per listener: {text}");
+    for l in &select {
+        assert_eq!(
+            (l["rows"].as_u64(), l["sqlstate"].as_str()),
+            (Some(1), Some("00000"))
+        );
+        assert!(l["duration_us"].as_u64().is_some());
+    }
+    let failed = lines.iter().filter(|l| l["sqlstate"] == "22012").count();
+    assert_eq!(failed, 2, "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }

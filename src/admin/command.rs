@@ -1,6 +1,6 @@
 //! The console's command language, PgBouncer's (doc/usage.md, "Admin console"): `SHOW x`,
 //! `RELOAD`, `PAUSE [db]`, `RESUME [db]`, `DISABLE db`, `ENABLE db`, `KILL db`,
-//! `KILL_CLIENT id`, `RECONNECT [db]`, `SHUTDOWN [WAIT_CLOSE]`. Words are case-insensitive,
+//! `KILL_CLIENT id`, `KILL_IDENTITY name`, `RECONNECT [db]`, `SHUTDOWN [WAIT_CLOSE]`. Words are case-insensitive,
 //! a database may be quoted, one statement per query, a trailing `;` is allowed.
 
 use crate::sql::lexer::{Lexer, Token};
@@ -16,6 +16,8 @@ pub enum Command {
     Enable(String),
     Kill(String),
     KillClient(u64),
+    /// Closes every client of a token identity (an API key's name or a token subject).
+    KillIdentity(String),
     Reconnect(Option<String>),
     Shutdown,
 }
@@ -101,6 +103,21 @@ pub fn parse(text: &str) -> Result<Command, ParseError> {
         "DISABLE" => Command::Disable(required("DISABLE")?),
         "ENABLE" => Command::Enable(required("ENABLE")?),
         "KILL" => Command::Kill(required("KILL")?),
+        "KILL_IDENTITY" => {
+            if rest.is_some() {
+                return Err(ParseError::Trailing("KILL_IDENTITY"));
+            }
+            // Identity names are case-sensitive and may hold '-': taken as written.
+            let name = match arg {
+                Some(Token::Word(w)) => Some((*w).to_owned()),
+                Some(Token::Quoted(q)) => Some(q.replace("\"\"", "\"")),
+                Some(Token::Str(s)) => Some(s.replace("''", "'")),
+                _ => None,
+            };
+            Command::KillIdentity(
+                name.ok_or(ParseError::Missing("KILL_IDENTITY", "an identity name"))?,
+            )
+        }
         "KILL_CLIENT" => {
             if rest.is_some() {
                 return Err(ParseError::Trailing("KILL_CLIENT"));
@@ -142,6 +159,18 @@ mod tests {
             Ok(Command::Resume(Some("My Db".into())))
         );
         assert_eq!(parse("kill_client 42"), Ok(Command::KillClient(42)));
+        assert_eq!(
+            parse("KILL_IDENTITY 'batch-agent'"),
+            Ok(Command::KillIdentity("batch-agent".into()))
+        );
+        assert_eq!(
+            parse("kill_identity \"Bob\""),
+            Ok(Command::KillIdentity("Bob".into()))
+        );
+        assert_eq!(
+            parse("kill_identity"),
+            Err(ParseError::Missing("KILL_IDENTITY", "an identity name"))
+        );
         assert_eq!(parse("SHUTDOWN WAIT_CLOSE;"), Ok(Command::Shutdown));
         assert_eq!(parse("RELOAD"), Ok(Command::Reload));
         assert!(Command::Show("x".into()).read_only());

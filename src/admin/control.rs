@@ -1,5 +1,5 @@
 //! The console commands that change the proxy (PgBouncer's semantics, doc/usage.md):
-//! RELOAD, PAUSE/RESUME, DISABLE/ENABLE, KILL, KILL_CLIENT, RECONNECT and SHUTDOWN. Each
+//! RELOAD, PAUSE/RESUME, DISABLE/ENABLE, KILL, KILL_CLIENT, KILL_IDENTITY, RECONNECT and SHUTDOWN. Each
 //! returns its CommandComplete tag, or an error for the console user.
 
 use super::command::Command;
@@ -91,6 +91,17 @@ pub async fn run(app: &App, cmd: Command) -> Result<&'static str, ClientError> {
             }
             _ => Err(err("42704", format!("no client with id {id}"))),
         },
+        Command::KillIdentity(name) => {
+            let mut killed = 0;
+            for c in app.clients.all() {
+                let theirs = c.facts.identity.as_ref().is_some_and(|i| *i.name == *name);
+                if theirs && c.kill() {
+                    killed += 1;
+                }
+            }
+            tracing::info!(identity = %name, killed, "KILL_IDENTITY");
+            Ok("KILL_IDENTITY")
+        }
         Command::Reconnect(db) => {
             check(app, &db)?;
             for pool in app.pools.of(db.as_deref()) {

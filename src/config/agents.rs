@@ -126,6 +126,9 @@ pub struct Role {
     /// about its BYPASSRLS.
     #[serde(default)]
     pub bypass_rls: bool,
+    /// Every statement of tokens mapped to this role goes to the audit log.
+    #[serde(default)]
+    pub audit_statements: bool,
 }
 
 impl std::fmt::Debug for Role {
@@ -155,6 +158,10 @@ pub struct ApiKey {
     /// Its class; defaults to its role's.
     #[serde(default)]
     pub priority: Option<Priority>,
+    /// Every statement of this key's connections goes to the audit log (normalized text,
+    /// duration, rows, SQLSTATE); defaults to its role's setting.
+    #[serde(default)]
+    pub audit_statements: Option<bool>,
 }
 
 /// One key hash or several.

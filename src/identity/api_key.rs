@@ -35,5 +35,6 @@ pub fn verify(config: &Config, name: &str, key: &[u8]) -> Result<Identity, Refus
         role: entry.role.as_str().into(),
         priority: entry.priority.unwrap_or(role.priority),
         claims: claims.to_string().into(),
+        audit_statements: entry.audit_statements.unwrap_or(role.audit_statements),
     })
 }

@@ -77,5 +77,6 @@ fn identity(config: &Config, role: &str, claims: Map<String, Value>) -> Result<I
         role: role.into(),
         priority: mapped.priority,
         claims: Value::Object(claims).to_string().into(),
+        audit_statements: mapped.audit_statements,
     })
 }

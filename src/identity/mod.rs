@@ -25,6 +25,8 @@ pub struct Identity {
     pub priority: Priority,
     /// The claims as JSON, for `request.jwt.claims` or the seal.
     pub claims: Arc<str>,
+    /// Its statements go to the audit log.
+    pub audit_statements: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

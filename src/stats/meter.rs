@@ -94,6 +94,45 @@ pub struct Meter {
     #[allow(clippy::box_collection)]
     named: Option<Box<HashMap<Box<[u8]>, Known>>>,
     samples: Vec<Sample>,
+    /// An identity whose every statement is audited (boxed: nearly every client has none).
+    pub audit: Option<Box<StatementAudit>>,
+}
+
+/// Where a client's statement lines go, and what they say of it.
+pub struct StatementAudit {
+    pub sink: crate::audit::Sink,
+    pub conn: u64,
+    pub identity: Arc<str>,
+    /// The SQLSTATE of the running statement's error, if it failed.
+    sqlstate: Option<[u8; 5]>,
+}
+
+impl StatementAudit {
+    pub fn new(sink: crate::audit::Sink, conn: u64, identity: Arc<str>) -> StatementAudit {
+        StatementAudit {
+            sink,
+            conn,
+            identity,
+            sqlstate: None,
+        }
+    }
+
+    /// One line per statement: its normalized text (constants out, so no values are
+    /// logged), duration, rows and SQLSTATE.
+    fn statement(&mut self, text: Option<&str>, us: u64, rows: u64) {
+        let sqlstate = self
+            .sqlstate
+            .take()
+            .map(|c| String::from_utf8_lossy(&c).into_owned());
+        let fields = serde_json::json!({
+            "identity": &*self.identity,
+            "statement": text,
+            "duration_us": us,
+            "rows": rows,
+            "sqlstate": sqlstate.as_deref().unwrap_or("00000"),
+        });
+        self.sink.event("statement", self.conn, fields);
+    }
 }
 
 impl Meter {
@@ -252,6 +291,9 @@ impl Meter {
     /// A server ErrorResponse with this SQLSTATE.
     pub fn error(&mut self, sqlstate: &str) {
         self.error = true;
+        if let (Some(a), Ok(code)) = (&mut self.audit, <[u8; 5]>::try_from(sqlstate.as_bytes())) {
+            a.sqlstate = Some(code);
+        }
         if let Some(s) = &self.sinks {
             s.pool.server_error(sqlstate);
         }
@@ -270,6 +312,9 @@ impl Meter {
         self.query_us += us;
         if let Some(s) = &self.sinks {
             s.pool.query_latency.observe_us(us);
+        }
+        if let Some(a) = &mut self.audit {
+            a.statement(self.current.as_ref().map(|c| &*c.1), us, self.rows);
         }
         if let Some((fingerprint, text)) = self.current.take() {
             if self.samples.capacity() == 0 {
@@ -348,4 +393,4 @@ pub fn utf8(b: &[u8]) -> std::borrow::Cow<'_, str> {
 }
 
 // Part of every client's Relay (224 bytes today).
-const _: () = assert!(std::mem::size_of::<Meter>() <= 224);
+const _: () = assert!(std::mem::size_of::<Meter>() <= 232);

@@ -251,11 +251,26 @@ async fn serve_inner(
     let mut relay = Relay::new(mode == PoolMode::Transaction, max_prepared);
     relay.max_client_statements = u32::try_from(max_client).unwrap_or(u32::MAX);
     relay.meter = Meter::new(Some(client.pool.sinks(&app.queries)));
+    relay.meter.audit = statement_audit(&app, &client);
     if let Some(server) = &client.server {
         link(&client, server);
     }
     // Boxed: the task then holds a pointer, never a second copy of what it moves.
     Some(Box::new((client, relay)))
+}
+
+/// A line per statement in the audit log, for an identity configured so.
+fn statement_audit(app: &App, client: &Client) -> Option<Box<crate::stats::meter::StatementAudit>> {
+    let identity = &client.bearer.as_ref()?.identity;
+    if !identity.audit_statements {
+        return None;
+    }
+    let sink = app.audit.sink()?;
+    Some(Box::new(crate::stats::meter::StatementAudit::new(
+        sink,
+        client.id,
+        Arc::from(&*identity.name),
+    )))
 }
 
 /// The handshake and login within client_login_timeout; None when the time ran out or a
