@@ -2,6 +2,7 @@
 # in a scratch directory, and cleans everything up on exit. Sourced, not run.
 #   needs: ROOT, PGBIN, POOL, SCALE set by the caller.
 #   SLUICE_GENERAL: extra lines for pgsluice's [general] (e.g. "handover_reset = false").
+#   SLUICE_EXTRA: extra tables appended to pgsluice's config (benches/claims.sh's [jwt]...).
 (cd "$ROOT" && cargo build --release -q)
 SLUICE="$ROOT/target/release/pgsluice"
 
@@ -71,6 +72,7 @@ password = "bench"
 [[users]]
 name = "bench_scram"
 password = "bench"
+${SLUICE_EXTRA:-}
 CONF
   "$bin" --config "$WORK/$name.toml" --log-format json 2>"$WORK/$name.log" &
   PID[$name]=$!; PIDS+=("${PID[$name]}")

@@ -102,7 +102,7 @@ impl ClientError {
     pub fn handover_failed() -> Self {
         Self::fatal(
             "08006",
-            "server connection was interrupted while being reset for this client (a cancel from another session); the request did not run",
+            "server connection was interrupted while being prepared for this client (a cancel from another session, or its claims could not be set: see the log); the request did not run",
         )
     }
     /// A per-address limit (53300 and friends), FATAL.

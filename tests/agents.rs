@@ -697,12 +697,12 @@ async fn jwks_keys_rotate_without_restart() {
     let k1 = jwks::SigningKey::new("k1");
     let k2 = jwks::SigningKey::new("k2");
     let server = jwks::JwksServer::start(vec![k1.jwk.clone()]).await;
-    let proxy = Proxy::start(&oidc_config(
-        &pg,
-        &server.base,
-        "allow_plaintext_tokens = \"local\"",
-    ))
-    .await;
+    let dir = std::env::temp_dir().join(format!("pgsluice-agents-jwks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("audit.jsonl");
+    let text = oidc_config(&pg, &server.base, "allow_plaintext_tokens = \"local\"")
+        + &format!("\n[audit]\ndestination = \"{}\"\n", log.display());
+    let proxy = Proxy::start(&text).await;
     let claims = |sub: &str| json!({"role": "authenticated", "sub": sub, "exp": now() + 600, "iss": server.base});
     let url = |tok: &str| token_url(&proxy, PoolMode::Transaction, "authenticated", tok);
     let c = connect(&url(&k1.sign(&claims(ALICE)))).await.unwrap();
@@ -740,6 +740,24 @@ async fn jwks_keys_rotate_without_restart() {
     // The client that logged in before the rotation keeps working.
     assert_eq!(bodies(&c).await, ["alice-1", "alice-2"]);
     assert!(*server.fetches.lock().unwrap() >= 2);
+    proxy.running.app.audit.flush().await;
+    let reasons: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "token_refused")
+        .map(|v| v["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "algorithm_not_allowed",
+            "unknown_kid",
+            "unknown_kid",
+            "bad_signature"
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// SASL OAUTHBEARER (RFC 7628, PostgreSQL 18's `oauth` method) with a raw-protocol client.
@@ -1026,4 +1044,42 @@ async fn statements_of_an_audited_identity_are_logged() {
     let failed = lines.iter().filter(|l| l["sqlstate"] == "22012").count();
     assert_eq!(failed, 2, "{text}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sealed mode on a database without the schema fails closed: no statement runs without
+/// its claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_mode_without_the_schema_fails_closed() {
+    let pg = start_postgres();
+    prepare(&pg).await;
+    let proxy = Proxy::start(&agent_config(
+        &pg,
+        "sealed",
+        "allow_plaintext_tokens = \"local\"",
+        "",
+    ))
+    .await;
+    let alice = token("authenticated", Some(ALICE), json!({}));
+    let c = agent(&proxy, PoolMode::Transaction, "authenticated", &alice).await;
+    let e = c
+        .simple_query("INSERT INTO notes (owner, body) VALUES (gen_random_uuid(), 'x')")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "08006", "{e}");
+    let e = connect(&token_url(
+        &proxy,
+        PoolMode::Session,
+        "authenticated",
+        &alice,
+    ))
+    .await
+    .unwrap_err();
+    // No schema pgsluice (3F000), or no function seal() (42883).
+    assert!(["3F000", "42883"].contains(&sqlstate(&e).as_str()), "{e}");
+    let n = superuser(&pg)
+        .await
+        .query_one("SELECT count(*) FROM notes", &[])
+        .await
+        .unwrap();
+    assert_eq!(n.get::<_, i64>(0), 4, "nothing was written");
 }

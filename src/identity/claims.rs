@@ -15,6 +15,7 @@ use super::Identity;
 use crate::config::{ClaimsMode, Config};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 pub const COMPAT_SQL: &str = "SELECT pg_catalog.set_config('request.jwt.claims', $1, false), pg_catalog.set_config('request.jwt.claim.sub', $2, false), pg_catalog.set_config('request.jwt.claim.role', $3, false)";
@@ -90,6 +91,24 @@ pub struct Bearer {
     pub identity: std::sync::Arc<Identity>,
     pub mode: ClaimsMode,
     pub key: Option<SealKey>,
+    /// Compat mode's statement, the same for every server: built once.
+    compat: Delivery,
+}
+
+impl Bearer {
+    pub fn new(
+        identity: std::sync::Arc<Identity>,
+        mode: ClaimsMode,
+        key: Option<SealKey>,
+    ) -> Bearer {
+        let compat = compat(&identity);
+        Bearer {
+            identity,
+            mode,
+            key,
+            compat,
+        }
+    }
 }
 
 /// What a server has of claims: whose, and whether a seal sits on it.
@@ -108,14 +127,14 @@ pub struct Held {
 /// updating `held` as if it ran (the hand-over reset clears `held.client`: RESET ALL clears
 /// the compat settings, while a seal stays until replaced). `unseal_key` replaces another
 /// client's seal for a client without claims; without one such a server must not be used.
-pub fn due(
-    bearer: Option<&Bearer>,
+pub fn due<'b>(
+    bearer: Option<&'b Bearer>,
     unseal_key: impl FnOnce() -> Option<SealKey>,
     client: u64,
     held: &mut Held,
     pid: i32,
     sealed_mode: bool,
-) -> Result<Option<Delivery>, NoKey> {
+) -> Result<Option<Cow<'b, Delivery>>, NoKey> {
     if !held.known {
         held.known = true;
         held.sealed = sealed_mode;
@@ -126,9 +145,9 @@ pub fn due(
             Ok(Some(match (b.mode, &b.key) {
                 (ClaimsMode::Sealed, Some(key)) => {
                     held.sealed = true;
-                    seal(key, pid, &b.identity.claims)
+                    Cow::Owned(seal(key, pid, &b.identity.claims))
                 }
-                _ => compat(&b.identity),
+                _ => Cow::Borrowed(&b.compat),
             }))
         }
         Some(_) => Ok(None),
@@ -137,7 +156,7 @@ pub fn due(
             held.sealed = false;
             held.client = 0;
             unseal_key()
-                .map(|k| Some(seal(&k, pid, NO_CLAIMS)))
+                .map(|k| Some(Cow::Owned(seal(&k, pid, NO_CLAIMS))))
                 .ok_or(NoKey)
         }
         None => Ok(None),

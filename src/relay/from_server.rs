@@ -256,11 +256,13 @@ impl Relay {
             }
             be::ERROR_RESPONSE => {
                 let f = views::error_fields(body).unwrap_or_default();
+                let claims = self.srv.claims_pending;
                 tracing::warn!(
                     server = srv.id,
                     code = f.code,
                     message = f.message,
-                    "the hand-over reset failed: the server is closed"
+                    claims,
+                    "the hand-over reset or the client's claims failed: the server is closed"
                 );
                 self.srv.facts.set(Fact::Retire, true);
                 if self.pipeline.head().is_some_and(|e| {

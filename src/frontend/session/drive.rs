@@ -440,15 +440,15 @@ pub(super) fn handover_statement(c: &mut Client, base: &SessionParams) -> Option
 /// client's claims, go ahead of the client's first message.
 pub(super) fn install(app: &App, c: &mut Client, relay: &mut Relay, mut server: ServerConn) {
     relay.reset_server_side();
+    // Callers sync first whenever the statement would not do (ready_in_pipeline); the bare
+    // reset is the fallback that still isolates.
+    let sql = server.reset_pending.then(|| {
+        let sql = handover_statement(c, server.sync_base());
+        debug_assert!(sql.is_some(), "installed a server that needed a round trip");
+        sql.unwrap_or_else(|| Arc::from(HANDOVER_RESET))
+    });
     let claims = claims_due(app, c, &mut server);
-    if server.reset_pending || claims.is_some() {
-        // Callers sync first whenever the statement would not do (ready_in_pipeline); the
-        // bare reset is the fallback that still isolates.
-        let sql = server.reset_pending.then(|| {
-            let sql = handover_statement(c, server.sync_base());
-            debug_assert!(sql.is_some(), "installed a server that needed a round trip");
-            sql.unwrap_or_else(|| Arc::from(HANDOVER_RESET))
-        });
+    if sql.is_some() || claims.is_some() {
         match &claims {
             Some(d) => relay.send_handover_with_claims(sql.as_deref(), d),
             None => relay.send_handover_reset(sql.as_deref().unwrap_or(HANDOVER_RESET)),
@@ -461,11 +461,11 @@ pub(super) fn install(app: &App, c: &mut Client, relay: &mut Relay, mut server: 
 }
 
 /// The claims statement the client's transaction needs on `server`, if any.
-fn claims_due(
+fn claims_due<'c>(
     app: &App,
-    c: &Client,
+    c: &'c Client,
     server: &mut ServerConn,
-) -> Option<crate::identity::claims::Delivery> {
+) -> Option<std::borrow::Cow<'c, crate::identity::claims::Delivery>> {
     use crate::identity::claims;
     let bearer = c.bearer.as_deref();
     // Another client's seal on a server given to a client without claims: the key comes
@@ -484,7 +484,7 @@ fn claims_due(
             server = server.id,
             "a server holds sealed claims no configured key can replace: closing it"
         );
-        Some(claims::refusing())
+        Some(std::borrow::Cow::Owned(claims::refusing()))
     })
 }
 

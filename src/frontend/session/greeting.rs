@@ -205,13 +205,14 @@ fn bearer(
     identity: &Arc<crate::identity::Identity>,
 ) -> Box<crate::identity::claims::Bearer> {
     let mode = config.claims_mode();
-    Box::new(crate::identity::claims::Bearer {
-        identity: identity.clone(),
+    let key = (mode == crate::config::ClaimsMode::Sealed)
+        .then(|| crate::identity::claims::SealKey::from_config(config))
+        .flatten();
+    Box::new(crate::identity::claims::Bearer::new(
+        identity.clone(),
         mode,
-        key: (mode == crate::config::ClaimsMode::Sealed)
-            .then(|| crate::identity::claims::SealKey::from_config(config))
-            .flatten(),
-    })
+        key,
+    ))
 }
 
 /// How a login ended.
