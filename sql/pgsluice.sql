@@ -66,15 +66,19 @@ AS $$
     SELECT nullif(claims, 'null'::jsonb) FROM pgsluice.sealed WHERE pid = pg_backend_pid()
 $$;
 
+-- Each pins search_path: an agent's own operators or casts (CREATE OPERATOR in a schema it
+-- owns, then SET search_path) must not change what these return.
 CREATE OR REPLACE FUNCTION pgsluice.subject()
 RETURNS text
 LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$ SELECT pgsluice.claims() ->> 'sub' $$;
 
 -- The subject as a uuid, like Supabase's auth.uid(); NULL when it is not one.
 CREATE OR REPLACE FUNCTION pgsluice.uid()
 RETURNS uuid
 LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE WHEN s ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
                 THEN s::uuid END
@@ -84,6 +88,7 @@ $$;
 CREATE OR REPLACE FUNCTION pgsluice.role()
 RETURNS text
 LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$ SELECT pgsluice.claims() ->> 'role' $$;
 
 REVOKE ALL ON FUNCTION pgsluice.seal(text, bigint, text) FROM PUBLIC;

@@ -1082,4 +1082,11 @@ async fn sealed_mode_without_the_schema_fails_closed() {
         .await
         .unwrap();
     assert_eq!(n.get::<_, i64>(0), 4, "nothing was written");
+    // Password clients of other roles never meet the seal: their pools are not token pools.
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let p = connect(&proxy.url(mode, AGENT, "app")).await.unwrap();
+        for _ in 0..3 {
+            p.simple_query("SELECT 1").await.unwrap();
+        }
+    }
 }

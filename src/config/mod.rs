@@ -262,6 +262,18 @@ impl Config {
             self.known_databases(&key.databases)
                 .map_err(|e| (k.span(), "databases", e))?;
         }
+        let tokens = !self.api_keys.is_empty()
+            || self
+                .jwt
+                .as_ref()
+                .is_some_and(|j| !j.allowed_roles.is_empty());
+        if !self.general.handover_reset && tokens {
+            return Err((
+                0..0,
+                "general.handover_reset",
+                "token identities need it: claims must never outlive a client's transaction".into(),
+            ));
+        }
         let Some(jwt) = &self.jwt else {
             return Ok(());
         };
@@ -301,15 +313,6 @@ impl Config {
                 0..0,
                 "jwt.claims_mode",
                 "\"sealed\" needs claims_secret (or secret) to key the seal".into(),
-            ));
-        }
-        if !self.general.handover_reset
-            && (!self.api_keys.is_empty() || !jwt.allowed_roles.is_empty())
-        {
-            return Err((
-                0..0,
-                "general.handover_reset",
-                "token identities need it: claims must never outlive a client's transaction".into(),
             ));
         }
         Ok(())

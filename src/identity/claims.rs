@@ -18,7 +18,9 @@ use sha2::Sha256;
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-pub const COMPAT_SQL: &str = "SELECT pg_catalog.set_config('request.jwt.claims', $1, false), pg_catalog.set_config('request.jwt.claim.sub', $2, false), pg_catalog.set_config('request.jwt.claim.role', $3, false)";
+/// Its row is three booleans, not the values: claims of any size fit the relay's reading of
+/// the proxy's own replies.
+pub const COMPAT_SQL: &str = "SELECT pg_catalog.set_config('request.jwt.claims', $1, false) IS NULL, pg_catalog.set_config('request.jwt.claim.sub', $2, false) IS NULL, pg_catalog.set_config('request.jwt.claim.role', $3, false) IS NULL";
 pub const SEAL_SQL: &str = "SELECT pgsluice.seal($1, $2::bigint, $3)";
 /// What the seal records for a client without claims.
 const NO_CLAIMS: &str = "null";
@@ -86,28 +88,17 @@ pub fn next_counter() -> i64 {
     }
 }
 
-/// A token client's claims and how they travel.
+/// A token client's claims.
 pub struct Bearer {
     pub identity: std::sync::Arc<Identity>,
-    pub mode: ClaimsMode,
-    pub key: Option<SealKey>,
     /// Compat mode's statement, the same for every server: built once.
     compat: Delivery,
 }
 
 impl Bearer {
-    pub fn new(
-        identity: std::sync::Arc<Identity>,
-        mode: ClaimsMode,
-        key: Option<SealKey>,
-    ) -> Bearer {
+    pub fn new(identity: std::sync::Arc<Identity>) -> Bearer {
         let compat = compat(&identity);
-        Bearer {
-            identity,
-            mode,
-            key,
-            compat,
-        }
+        Bearer { identity, compat }
     }
 }
 
@@ -118,49 +109,80 @@ pub struct Held {
     pub client: u64,
     /// pgsluice.seal() recorded claims (or their absence) on this backend.
     pub sealed: bool,
-    /// Delivery has been decided once: a fresh backend may reuse the pid of one that died
-    /// sealed, so in sealed mode it counts as sealed until told otherwise.
+    /// Delivery has been decided once: a fresh backend of a token pool may reuse the pid of
+    /// one that died sealed, so in sealed mode it counts as sealed until told otherwise.
     pub known: bool,
 }
 
-/// What must run ahead of `client`'s work on a server with `held` and backend `pid`,
-/// updating `held` as if it ran (the hand-over reset clears `held.client`: RESET ALL clears
-/// the compat settings, while a seal stays until replaced). `unseal_key` replaces another
-/// client's seal for a client without claims; without one such a server must not be used.
+impl Held {
+    /// Whether a client without claims can use the server with nothing sent first.
+    pub fn clear(&self) -> bool {
+        self.known && !self.sealed
+    }
+}
+
+/// What the configuration says now (a RELOAD may change the mode while clients stay).
+pub struct Current {
+    pub mode: ClaimsMode,
+    pub key: Option<SealKey>,
+    /// The pool's upstream role is a `[[roles]]` mapping: token clients may use it.
+    pub token_pool: bool,
+}
+
+impl Current {
+    pub fn of(config: &Config, upstream_role: &str) -> Current {
+        Current {
+            mode: config.claims_mode(),
+            key: SealKey::from_config(config),
+            token_pool: config
+                .roles
+                .iter()
+                .any(|r| r.get_ref().server_user.as_str() == upstream_role),
+        }
+    }
+}
+
+/// What must run ahead of `client`'s work on a server with `held` and backend `pid`, in
+/// order, updating `held` as if it ran (the hand-over reset clears `held.client`: RESET ALL
+/// clears the compat settings, while a seal stays until replaced). Another client's seal is
+/// replaced by this client's claims, or by none, whatever the mode is now.
 pub fn due<'b>(
     bearer: Option<&'b Bearer>,
-    unseal_key: impl FnOnce() -> Option<SealKey>,
+    now: &Current,
     client: u64,
     held: &mut Held,
     pid: i32,
-    sealed_mode: bool,
-) -> Result<Option<Cow<'b, Delivery>>, NoKey> {
+) -> Result<Vec<Cow<'b, Delivery>>, NoKey> {
     if !held.known {
         held.known = true;
-        held.sealed = sealed_mode;
+        held.sealed = now.mode == ClaimsMode::Sealed && now.token_pool;
     }
+    let mut out = Vec::new();
+    let seal_with = |claims: &str| now.key.as_ref().map(|k| seal(k, pid, claims)).ok_or(NoKey);
     match bearer {
         Some(b) if held.client != client => {
             held.client = client;
-            Ok(Some(match (b.mode, &b.key) {
-                (ClaimsMode::Sealed, Some(key)) => {
-                    held.sealed = true;
-                    Cow::Owned(seal(key, pid, &b.identity.claims))
+            if now.mode == ClaimsMode::Sealed {
+                out.push(Cow::Owned(seal_with(&b.identity.claims)?));
+                held.sealed = true;
+            } else {
+                if held.sealed {
+                    out.push(Cow::Owned(seal_with(NO_CLAIMS)?));
+                    held.sealed = false;
                 }
-                _ => Cow::Borrowed(&b.compat),
-            }))
+                out.push(Cow::Borrowed(&b.compat));
+            }
         }
-        Some(_) => Ok(None),
+        Some(_) => {}
         None if held.sealed => {
             // Another client's seal must not outlive its transactions: replaced by none.
+            out.push(Cow::Owned(seal_with(NO_CLAIMS)?));
             held.sealed = false;
             held.client = 0;
-            unseal_key()
-                .map(|k| Some(Cow::Owned(seal(&k, pid, NO_CLAIMS))))
-                .ok_or(NoKey)
         }
-        None => Ok(None),
+        None => {}
     }
+    Ok(out)
 }
 
 /// A server holds a seal the configuration no longer has the key to replace.

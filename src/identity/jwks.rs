@@ -18,9 +18,13 @@ const MAX_DOCUMENT: usize = 1 << 20;
 /// How long one fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The keys are read under a short lock, and one fetch at a time runs outside it. A login
+/// waits for a fetch when it needs a key not yet held, or when it is the one login that finds
+/// the keys due for their scheduled refresh (the others go on with the keys held).
 #[derive(Default)]
 pub struct Jwks {
-    state: tokio::sync::Mutex<State>,
+    state: std::sync::Mutex<State>,
+    fetching: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -30,6 +34,17 @@ struct State {
     from: String,
     fetched: Option<Instant>,
     attempted: Option<Instant>,
+}
+
+/// What the held keys say about one token.
+enum Lookup {
+    Found(DecodingKey),
+    WrongAlgorithm,
+    /// Not held; a fetch may be tried now.
+    Missing {
+        may_fetch: bool,
+        refusal: Refusal,
+    },
 }
 
 impl Jwks {
@@ -46,32 +61,96 @@ impl Jwks {
             (None, Some(issuer)) => issuer.to_string(),
             (None, None) => return Err(Refusal::AlgorithmNotAllowed),
         };
-        let mut st = self.state.lock().await;
+        let (lookup, stale) = self.look_up(jwt, &from, kid, alg);
+        match lookup {
+            Lookup::Found(k) => {
+                if stale {
+                    // Scheduled refresh, by whichever login finds the keys old and no fetch
+                    // running; the others go on with the keys held.
+                    if let Ok(_f) = self.fetching.try_lock() {
+                        self.refresh(jwt, &from).await;
+                    }
+                }
+                Ok(k)
+            }
+            Lookup::WrongAlgorithm => Err(Refusal::AlgorithmNotAllowed),
+            Lookup::Missing {
+                may_fetch: false,
+                refusal,
+            } => Err(refusal),
+            Lookup::Missing {
+                may_fetch: true, ..
+            } => {
+                let _f = self.fetching.lock().await;
+                // A fetch that ran while this one waited may have brought the key.
+                if let (
+                    Lookup::Missing {
+                        may_fetch: true, ..
+                    },
+                    _,
+                ) = self.look_up(jwt, &from, kid, alg)
+                {
+                    self.refresh(jwt, &from).await;
+                }
+                match self.look_up(jwt, &from, kid, alg).0 {
+                    Lookup::Found(k) => Ok(k),
+                    Lookup::WrongAlgorithm => Err(Refusal::AlgorithmNotAllowed),
+                    Lookup::Missing { refusal, .. } => Err(refusal),
+                }
+            }
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The held key for the token, and whether the keys are due for a refresh.
+    fn look_up(&self, jwt: &Jwt, from: &str, kid: Option<&str>, alg: Algorithm) -> (Lookup, bool) {
+        let mut st = self.state();
         if st.from != from {
             *st = State {
-                from,
+                from: from.to_owned(),
                 ..State::default()
             };
         }
-        let stale = st
-            .fetched
-            .is_none_or(|t| t.elapsed() >= jwt.jwks_refresh.duration());
-        if stale && st.may_attempt(jwt) {
-            st.refresh(jwt).await;
+        let may_fetch = st
+            .attempted
+            .is_none_or(|t| t.elapsed() >= jwt.jwks_min_refresh.duration());
+        let stale = may_fetch
+            && st
+                .fetched
+                .is_none_or(|t| t.elapsed() >= jwt.jwks_refresh.duration());
+        let lookup = match st.find(kid, alg) {
+            Found::Key(k) => Lookup::Found(k),
+            Found::WrongAlgorithm => Lookup::WrongAlgorithm,
+            Found::None => Lookup::Missing {
+                may_fetch,
+                refusal: if st.set.is_some() {
+                    Refusal::UnknownKid
+                } else {
+                    Refusal::KeysUnavailable
+                },
+            },
+        };
+        (lookup, stale)
+    }
+
+    /// Fetches the keys (the caller holds `fetching`); the state lock is not held meanwhile.
+    async fn refresh(&self, jwt: &Jwt, from: &str) {
+        self.state().attempted = Some(Instant::now());
+        let fetched = fetch_set(jwt).await;
+        let mut st = self.state();
+        if st.from != from {
+            return;
         }
-        match st.find(kid, alg) {
-            Found::Key(k) => return Ok(k),
-            Found::WrongAlgorithm => return Err(Refusal::AlgorithmNotAllowed),
-            Found::None => {}
-        }
-        if !st.may_attempt(jwt) {
-            return Err(st.missing());
-        }
-        st.refresh(jwt).await;
-        match st.find(kid, alg) {
-            Found::Key(k) => Ok(k),
-            Found::WrongAlgorithm => Err(Refusal::AlgorithmNotAllowed),
-            Found::None => Err(st.missing()),
+        match fetched {
+            Ok(set) => {
+                tracing::info!(from, keys = set.keys.len(), "JWKS fetched");
+                st.set = Some(Arc::new(set));
+                st.fetched = Some(Instant::now());
+            }
+            Err(e) => tracing::warn!(from, error = %e, "JWKS fetch failed: keeping the keys held"),
         }
     }
 }
@@ -83,33 +162,6 @@ enum Found {
 }
 
 impl State {
-    fn may_attempt(&self, jwt: &Jwt) -> bool {
-        self.attempted
-            .is_none_or(|t| t.elapsed() >= jwt.jwks_min_refresh.duration())
-    }
-
-    fn missing(&self) -> Refusal {
-        if self.set.is_some() {
-            Refusal::UnknownKid
-        } else {
-            Refusal::KeysUnavailable
-        }
-    }
-
-    async fn refresh(&mut self, jwt: &Jwt) {
-        self.attempted = Some(Instant::now());
-        match fetch_set(jwt).await {
-            Ok(set) => {
-                tracing::info!(from = %self.from, keys = set.keys.len(), "JWKS fetched");
-                self.set = Some(Arc::new(set));
-                self.fetched = Some(Instant::now());
-            }
-            Err(e) => {
-                tracing::warn!(from = %self.from, error = %e, "JWKS fetch failed: keeping the keys held")
-            }
-        }
-    }
-
     /// The key named `kid` (or, for a token without one, the first that fits `alg`).
     fn find(&self, kid: Option<&str>, alg: Algorithm) -> Found {
         let Some(set) = &self.set else {
@@ -140,7 +192,11 @@ fn fits(jwk: &Jwk, alg: Algorithm) -> bool {
         .common
         .key_algorithm
         .is_none_or(|ka| ka.to_string() == format!("{alg:?}"));
-    !symmetric && named
+    let for_signing = !matches!(
+        jwk.common.public_key_use,
+        Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+    );
+    !symmetric && named && for_signing
 }
 
 async fn fetch_set(jwt: &Jwt) -> Result<JwkSet, String> {
@@ -152,10 +208,15 @@ async fn fetch_set(jwt: &Jwt) -> Result<JwkSet, String> {
                 issuer.trim_end_matches('/')
             );
             let doc: serde_json::Value = get_json(jwt, &well_known).await?;
-            doc.get("jwks_uri")
+            let uri = doc
+                .get("jwks_uri")
                 .and_then(|u| u.as_str())
-                .ok_or("the discovery document has no jwks_uri")?
-                .to_owned()
+                .ok_or("the discovery document has no jwks_uri")?;
+            // An https issuer's keys are not fetched in the clear.
+            if issuer.starts_with("https://") && !uri.starts_with("https://") {
+                return Err(format!("jwks_uri {uri:?} is not https like its issuer"));
+            }
+            uri.to_owned()
         }
         (None, None) => return Err("no jwks_url or issuer".into()),
     };
@@ -213,7 +274,8 @@ where
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| format!("{url}: {e}"))?;
-    let driver = tokio::spawn(conn);
+    // Aborted however this function ends (an error, or the caller's timeout dropping it).
+    let driver = AbortOnDrop(tokio::spawn(conn));
     let request = hyper::Request::get(path)
         .header(hyper::header::HOST, authority)
         .header(hyper::header::ACCEPT, "application/json")
@@ -229,9 +291,17 @@ where
         .await
         .map_err(|e| format!("{url}: {e}"))?
         .to_bytes();
-    driver.abort();
+    drop(driver);
     if status != hyper::StatusCode::OK {
         return Err(format!("{url}: HTTP {status}"));
     }
     Ok(body)
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

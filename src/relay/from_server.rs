@@ -106,7 +106,7 @@ impl Relay {
         self.pipeline.head().is_some_and(|e| {
             e.action == Action::Swallow
                 && (matches!(e.kind, Kind::Query | Kind::Describe | Kind::Sync)
-                    || (self.srv.claims_pending
+                    || (self.srv.claims_pending > 0
                         && matches!(e.kind, Kind::Parse | Kind::Bind | Kind::Execute))
                     || (e.kind == Kind::Close
                         && self.srv.witness_pending
@@ -256,7 +256,7 @@ impl Relay {
             }
             be::ERROR_RESPONSE => {
                 let f = views::error_fields(body).unwrap_or_default();
-                let claims = self.srv.claims_pending;
+                let claims = self.srv.claims_pending > 0;
                 tracing::warn!(
                     server = srv.id,
                     code = f.code,
@@ -265,12 +265,14 @@ impl Relay {
                     "the hand-over reset or the client's claims failed: the server is closed"
                 );
                 self.srv.facts.set(Fact::Retire, true);
-                if self.pipeline.head().is_some_and(|e| {
-                    matches!(
-                        e.kind,
-                        Kind::Describe | Kind::Close | Kind::Parse | Kind::Bind | Kind::Execute
-                    )
-                }) {
+                // With claims, any error fails the hand-over: the reset's query may have failed
+                // before its BEGIN, and the rest would then run outside the transaction.
+                if claims
+                    || self
+                        .pipeline
+                        .head()
+                        .is_some_and(|e| matches!(e.kind, Kind::Describe | Kind::Close))
+                {
                     // The claims were not set, or the witness is missing (or its Close was
                     // canceled): the server now skips the client's messages up to the next
                     // Sync.
@@ -284,7 +286,7 @@ impl Relay {
                         self.srv.guard = Guard::None;
                     }
                     if head == Some(Kind::Execute) {
-                        self.srv.claims_pending = false;
+                        self.srv.claims_pending = self.srv.claims_pending.saturating_sub(1);
                     }
                     self.pipeline.complete(tag);
                 }

@@ -62,7 +62,7 @@ pub fn write(out: &mut BytesMut, sql: &str, witness: &Witness) {
 pub fn write_with_claims(
     out: &mut BytesMut,
     sql: Option<&str>,
-    claims: &crate::identity::claims::Delivery,
+    claims: &[impl std::ops::Deref<Target = crate::identity::claims::Delivery>],
     witness: &Witness,
 ) {
     let name = std::str::from_utf8(witness).unwrap_or("pgsluice_w_");
@@ -74,9 +74,11 @@ pub fn write_with_claims(
         }
         b.put_u8(0);
     });
-    emit::parse_unnamed(out, claims.sql);
-    emit::bind_text(out, &claims.params());
-    emit::execute_unnamed(out);
+    for d in claims {
+        emit::parse_unnamed(out, d.sql);
+        emit::bind_text(out, &d.params());
+        emit::execute_unnamed(out);
+    }
     emit::message(out, crate::proto::tag::frontend::QUERY, |b| {
         b.put_slice(b"COMMIT; PREPARE ");
         b.put_slice(witness);

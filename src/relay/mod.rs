@@ -208,8 +208,8 @@ struct ServerSide {
     witness_pending: bool,
     /// A Sync went to the server while the witness was pending.
     synced_since_witness: bool,
-    /// The claims' Parse, Bind and Execute (the proxy's own) have not all answered.
-    claims_pending: bool,
+    /// Claims statements (the proxy's own Parse, Bind and Execute) not yet answered.
+    claims_pending: u8,
     /// Transaction mode: the client may have changed session settings on this server.
     session_dirty: bool,
     /// COPY state, and what makes the server unfit for reuse (see [`Fact`]).
@@ -226,7 +226,7 @@ impl Default for ServerSide {
             guard: Guard::None,
             witness_pending: false,
             synced_since_witness: false,
-            claims_pending: false,
+            claims_pending: 0,
             session_dirty: false,
             facts: Facts::default(),
         }
@@ -370,21 +370,17 @@ impl Relay {
     pub fn send_handover_with_claims(
         &mut self,
         sql: Option<&str>,
-        claims: &crate::identity::claims::Delivery,
+        claims: &[impl std::ops::Deref<Target = crate::identity::claims::Delivery>],
     ) {
         let witness = handover::new_witness();
         self.c
             .insert(|b| handover::write_with_claims(b, sql, claims, &witness));
-        self.swallow(&[
-            Kind::Query,
-            Kind::Parse,
-            Kind::Bind,
-            Kind::Execute,
-            Kind::Query,
-            Kind::Describe,
-            Kind::Close,
-        ]);
-        self.srv.claims_pending = true;
+        self.swallow(&[Kind::Query]);
+        for _ in claims {
+            self.swallow(&[Kind::Parse, Kind::Bind, Kind::Execute]);
+        }
+        self.swallow(&[Kind::Query, Kind::Describe, Kind::Close]);
+        self.srv.claims_pending = u8::try_from(claims.len()).unwrap_or(u8::MAX);
         self.open_witness();
     }
 

@@ -448,43 +448,37 @@ pub(super) fn install(app: &App, c: &mut Client, relay: &mut Relay, mut server: 
         sql.unwrap_or_else(|| Arc::from(HANDOVER_RESET))
     });
     let claims = claims_due(app, c, &mut server);
-    if sql.is_some() || claims.is_some() {
-        match &claims {
-            Some(d) => relay.send_handover_with_claims(sql.as_deref(), d),
-            None => relay.send_handover_reset(sql.as_deref().unwrap_or(HANDOVER_RESET)),
-        }
-        server.reset_pending = false;
+    match (&sql, claims.is_empty()) {
+        (None, true) => {}
+        (_, true) => relay.send_handover_reset(sql.as_deref().unwrap_or(HANDOVER_RESET)),
+        (_, false) => relay.send_handover_with_claims(sql.as_deref(), &claims),
     }
+    server.reset_pending = false;
     c.cancel.handle.attach(server.cancel_target());
     link(c, &server);
     c.server = Some(server);
 }
 
-/// The claims statement the client's transaction needs on `server`, if any.
+/// The claims statements the client's transaction needs on `server`, in order.
 fn claims_due<'c>(
     app: &App,
     c: &'c Client,
     server: &mut ServerConn,
-) -> Option<std::borrow::Cow<'c, crate::identity::claims::Delivery>> {
+) -> Vec<std::borrow::Cow<'c, crate::identity::claims::Delivery>> {
     use crate::identity::claims;
     let bearer = c.bearer.as_deref();
-    // Another client's seal on a server given to a client without claims: the key comes
-    // from the configuration (rare: token and password clients sharing a role's pool).
-    let key = || {
-        bearer
-            .and_then(|b| b.key.clone())
-            .or_else(|| claims::SealKey::from_config(&app.config.load()))
-    };
-    // Read only for a fresh server (see claims::Held::known): not per transaction.
-    let sealed = !server.claims.known
-        && app.config.load().claims_mode() == crate::config::ClaimsMode::Sealed;
-    claims::due(bearer, key, c.id, &mut server.claims, server.pid, sealed).unwrap_or_else(|_| {
+    if bearer.is_none() && server.claims.clear() {
+        // The usual case: a password client on a server no seal sits on.
+        return Vec::new();
+    }
+    let now = claims::Current::of(&app.config.load(), &c.pool.key.role);
+    claims::due(bearer, &now, c.id, &mut server.claims, server.pid).unwrap_or_else(|_| {
         tracing::warn!(
             conn = c.id,
             server = server.id,
             "a server holds sealed claims no configured key can replace: closing it"
         );
-        Some(std::borrow::Cow::Owned(claims::refusing()))
+        vec![std::borrow::Cow::Owned(claims::refusing())]
     })
 }
 

@@ -157,7 +157,7 @@ pub(super) async fn login(
         let named = format!("{name} - {}", arrival.peer.host_port());
         params.reported.set("application_name", &named);
     }
-    let bearer = identity.as_ref().map(|i| bearer(&config, i));
+    let bearer = identity.as_ref().map(bearer);
     let who = Who {
         user: &startup.user,
         pool: &pool,
@@ -199,20 +199,9 @@ pub(super) async fn login(
     }))
 }
 
-/// A token client's claims, and the key that seals them when the mode is sealed.
-fn bearer(
-    config: &crate::config::Config,
-    identity: &Arc<crate::identity::Identity>,
-) -> Box<crate::identity::claims::Bearer> {
-    let mode = config.claims_mode();
-    let key = (mode == crate::config::ClaimsMode::Sealed)
-        .then(|| crate::identity::claims::SealKey::from_config(config))
-        .flatten();
-    Box::new(crate::identity::claims::Bearer::new(
-        identity.clone(),
-        mode,
-        key,
-    ))
+/// A token client's claims.
+fn bearer(identity: &Arc<crate::identity::Identity>) -> Box<crate::identity::claims::Bearer> {
+    Box::new(crate::identity::claims::Bearer::new(identity.clone()))
 }
 
 /// How a login ended.
@@ -591,35 +580,33 @@ async fn deliver_claims(
     client: u64,
     server: &mut ServerConn,
 ) -> Result<(), ClientError> {
-    let key = || crate::identity::claims::SealKey::from_config(config);
-    let due = crate::identity::claims::due(
-        bearer,
-        key,
-        client,
-        &mut server.claims,
-        server.pid,
-        config.claims_mode() == crate::config::ClaimsMode::Sealed,
-    )
-    .map_err(|_| {
+    use crate::identity::claims;
+    if bearer.is_none() && server.claims.clear() {
+        return Ok(());
+    }
+    let now = claims::Current::of(config, &server.upstream.user);
+    let due = claims::due(bearer, &now, client, &mut server.claims, server.pid).map_err(|_| {
         ClientError::server_unavailable(
             "a server holds sealed claims the configuration has no key for",
         )
     })?;
-    let Some(d) = due else { return Ok(()) };
-    match server
-        .query_pairs_with(d.sql, &d.params(), INTERNAL_TIMEOUT)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(InternalError::Server(e)) => {
-            tracing::warn!(server = server.id, error = %e, "setting a client's claims failed");
-            Err(ClientError {
-                severity: emit::Severity::Fatal,
-                ..e
-            })
+    for d in due {
+        match server
+            .query_pairs_with(d.sql, &d.params(), INTERNAL_TIMEOUT)
+            .await
+        {
+            Ok(_) => {}
+            Err(InternalError::Server(e)) => {
+                tracing::warn!(server = server.id, error = %e, "setting a client's claims failed");
+                return Err(ClientError {
+                    severity: emit::Severity::Fatal,
+                    ..e
+                });
+            }
+            Err(InternalError::Io(_)) => return Err(ClientError::server_lost()),
         }
-        Err(InternalError::Io(_)) => Err(ClientError::server_lost()),
     }
+    Ok(())
 }
 
 /// Login-time checkout: no cancel key exists yet, so nothing can cancel the wait.
