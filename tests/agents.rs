@@ -1090,3 +1090,41 @@ async fn sealed_mode_without_the_schema_fails_closed() {
         }
     }
 }
+
+/// An agent that may create objects cannot redirect pgsluice.uid() through its own
+/// operators and search_path (CVE-2018-1058's pattern).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_claims_ignore_the_agents_search_path() {
+    let (pg, proxy) = agents_proxy("sealed", "allow_plaintext_tokens = \"local\"").await;
+    superuser(&pg)
+        .await
+        .batch_execute("GRANT CREATE ON SCHEMA public TO authenticated")
+        .await
+        .unwrap();
+    let alice = token("authenticated", Some(ALICE), json!({}));
+    let c = agent(&proxy, PoolMode::Session, "authenticated", &alice).await;
+    c.batch_execute(&format!(
+        "CREATE FUNCTION public.evil(jsonb, text) RETURNS text LANGUAGE sql AS $$ SELECT '{BOB}' $$;
+         CREATE OPERATOR public.->> (leftarg = jsonb, rightarg = text, function = public.evil);
+         SET search_path = public, pg_catalog"
+    ))
+    .await
+    .unwrap();
+    let forged: Option<String> = c
+        .query_one("SELECT '{\"sub\": \"x\"}'::jsonb ->> 'sub'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        forged.as_deref(),
+        Some(BOB),
+        "the operator is in effect for the agent"
+    );
+    let uid: Option<String> = c
+        .query_one("SELECT pgsluice.uid()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(uid.as_deref(), Some(ALICE));
+    assert_eq!(bodies(&c).await, ["alice-1", "alice-2"]);
+}
