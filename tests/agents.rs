@@ -1128,3 +1128,61 @@ async fn sealed_claims_ignore_the_agents_search_path() {
     assert_eq!(uid.as_deref(), Some(ALICE));
     assert_eq!(bodies(&c).await, ["alice-1", "alice-2"]);
 }
+
+/// RELOAD from sealed to compat and back while clients stay: no client ever sees another's
+/// claims (one server, pool 1, policies reading both kinds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_the_claims_mode_leaves_no_seal_behind() {
+    let pg = start_postgres();
+    prepare(&pg).await;
+    let dir = std::env::temp_dir().join(format!("pgsluice-agents-mode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pgsluice.toml");
+    let sealed = agent_config(
+        &pg,
+        "sealed",
+        "allow_plaintext_tokens = \"local\"",
+        "pool_size = 1",
+    );
+    install(&pg, &sealed).await;
+    std::fs::write(&file, &sealed).unwrap();
+    let proxy = Proxy::start_file(&file).await;
+    let alice = token("authenticated", Some(ALICE), json!({}));
+    let bob = token("authenticated", Some(BOB), json!({}));
+    let a = agent(&proxy, PoolMode::Transaction, "authenticated", &alice).await;
+    let b = agent(&proxy, PoolMode::Transaction, "authenticated", &bob).await;
+    let both = "SELECT pgsluice.uid()::text, auth.uid()::text";
+    let seen =
+        |r: tokio_postgres::Row| (r.get::<_, Option<String>>(0), r.get::<_, Option<String>>(1));
+    assert_eq!(
+        seen(a.query_one(both, &[]).await.unwrap()),
+        (Some(ALICE.into()), None)
+    );
+    // To compat: Bob's transaction on the server Alice sealed sees no seal of hers.
+    std::fs::write(
+        &file,
+        sealed.replace("claims_mode = \"sealed\"", "claims_mode = \"compat\""),
+    )
+    .unwrap();
+    console(&pg, &proxy, ADMIN, "RELOAD").unwrap();
+    assert_eq!(
+        seen(b.query_one(both, &[]).await.unwrap()),
+        (None, Some(BOB.into()))
+    );
+    assert_eq!(
+        seen(a.query_one(both, &[]).await.unwrap()),
+        (None, Some(ALICE.into()))
+    );
+    // And back: sealed again, each its own.
+    std::fs::write(&file, &sealed).unwrap();
+    console(&pg, &proxy, ADMIN, "RELOAD").unwrap();
+    assert_eq!(
+        seen(b.query_one(both, &[]).await.unwrap()).0,
+        Some(BOB.into())
+    );
+    assert_eq!(
+        seen(a.query_one(both, &[]).await.unwrap()).0,
+        Some(ALICE.into())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
