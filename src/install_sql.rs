@@ -23,6 +23,7 @@ pub async fn run(config: &Config, url: &str) -> Result<Vec<String>, String> {
         .map_err(|e| format!("cannot connect to {}:{}: {e}", up.host, up.port))?;
     let s = &mut conn.stream;
     query_pairs(s, SCHEMA, TIMEOUT).await.map_err(sql_err)?;
+    check_owners(s).await?;
     let (inner, outer) = key.pads();
     let store = "INSERT INTO pgsluice.seal_key (inner_pad, outer_pad) VALUES (decode($1, 'hex'), decode($2, 'hex')) ON CONFLICT (id) DO UPDATE SET inner_pad = excluded.inner_pad, outer_pad = excluded.outer_pad";
     query_pairs_with(
@@ -38,6 +39,22 @@ pub async fn run(config: &Config, url: &str) -> Result<Vec<String>, String> {
         warnings.extend(check_role(s, config, &role.server_user, role.bypass_rls).await?);
     }
     Ok(warnings)
+}
+
+/// The schema and its tables must be the installer's: objects someone else made first (IF
+/// NOT EXISTS keeps them) could let that role read the key or write claims.
+async fn check_owners(s: &mut Stream) -> Result<(), String> {
+    let sql = "SELECT 'schema pgsluice', (nspowner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user))::text FROM pg_catalog.pg_namespace WHERE nspname = 'pgsluice' UNION ALL SELECT 'table pgsluice.' || c.relname, (c.relowner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user))::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'pgsluice' AND c.relkind IN ('r', 'v', 'm', 'f', 'p')";
+    let rows = query_pairs(s, sql, TIMEOUT).await.map_err(sql_err)?;
+    match rows
+        .iter()
+        .find(|(_, mine)| mine.as_deref() != Some("true"))
+    {
+        Some((what, _)) => Err(format!(
+            "{what} belongs to another role: drop it or run install-sql as its owner"
+        )),
+        None => Ok(()),
+    }
 }
 
 fn sql_err(e: InternalError) -> String {

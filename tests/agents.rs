@@ -89,13 +89,17 @@ async fn own_rows_policy(pg: &DevDb, owner: &str) {
 
 /// `pgsluice install-sql` for the config `text`, as the database owner; its warnings.
 async fn install(pg: &DevDb, text: &str) -> Vec<String> {
+    try_install(pg, text).await.unwrap()
+}
+
+async fn try_install(pg: &DevDb, text: &str) -> Result<Vec<String>, String> {
     let config = pgsluice::config::Config::parse(text, std::path::Path::new("t.toml")).unwrap();
     let url = format!(
         "postgres://postgres@:{}/appdb?host={}&sslmode=disable",
         pg.port,
         pg.socket_dir.display()
     );
-    pgsluice::install_sql::run(&config, &url).await.unwrap()
+    pgsluice::install_sql::run(&config, &url).await
 }
 
 async fn superuser(pg: &DevDb) -> tokio_postgres::Client {
@@ -1185,4 +1189,22 @@ async fn reloading_the_claims_mode_leaves_no_seal_behind() {
         Some(ALICE.into())
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// install-sql refuses a pgsluice schema someone else made first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_sql_refuses_a_schema_it_does_not_own() {
+    let pg = start_postgres();
+    prepare(&pg).await;
+    superuser(&pg)
+        .await
+        .batch_execute(&format!(
+            "CREATE SCHEMA pgsluice AUTHORIZATION {SCRAM_ROLE}"
+        ))
+        .await
+        .unwrap();
+    let e = try_install(&pg, &agent_config(&pg, "sealed", "", ""))
+        .await
+        .unwrap_err();
+    assert!(e.contains("schema pgsluice belongs to another role"), "{e}");
 }
