@@ -157,6 +157,26 @@ fn token_url(proxy: &Proxy, mode: PoolMode, user: &str, token: &str) -> String {
     )
 }
 
+/// The audit log's lines of one `event`, after the proxy has flushed it.
+async fn audit_events(proxy: &Proxy, log: &std::path::Path, event: &str) -> Vec<serde_json::Value> {
+    proxy.running.app.audit.flush().await;
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == event)
+        .collect()
+}
+
+/// The reasons of the `token_refused` lines, in order.
+async fn refusal_reasons(proxy: &Proxy, log: &std::path::Path) -> Vec<String> {
+    audit_events(proxy, log, "token_refused")
+        .await
+        .iter()
+        .map(|v| v["reason"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
 /// A token client logged in through `mode`'s listener.
 async fn agent(proxy: &Proxy, mode: PoolMode, user: &str, token: &str) -> tokio_postgres::Client {
     connect(&token_url(proxy, mode, user, token)).await.unwrap()
@@ -455,14 +475,8 @@ async fn bad_tokens_are_refused_alike_and_audited() {
             "{why}: answered before the floor"
         );
     }
-    proxy.running.app.audit.flush().await;
+    let reasons = refusal_reasons(&proxy, &log).await;
     let text = std::fs::read_to_string(&log).unwrap();
-    let reasons: Vec<String> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["event"] == "token_refused")
-        .map(|v| v["reason"].as_str().unwrap().to_owned())
-        .collect();
     let want: Vec<&str> = cases.iter().map(|c| c.2).collect();
     assert_eq!(reasons, want);
     // The successful login's audit line names the identity, never the token.
@@ -744,14 +758,7 @@ async fn jwks_keys_rotate_without_restart() {
     // The client that logged in before the rotation keeps working.
     assert_eq!(bodies(&c).await, ["alice-1", "alice-2"]);
     assert!(*server.fetches.lock().unwrap() >= 2);
-    proxy.running.app.audit.flush().await;
-    let reasons: Vec<String> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["event"] == "token_refused")
-        .map(|v| v["reason"].as_str().unwrap().to_owned())
-        .collect();
+    let reasons = refusal_reasons(&proxy, &log).await;
     assert_eq!(
         reasons,
         [
@@ -1014,13 +1021,8 @@ async fn statements_of_an_audited_identity_are_logged() {
     let alice = token("authenticated", Some(ALICE), json!({}));
     let a = agent(&proxy, PoolMode::Transaction, "authenticated", &alice).await;
     a.simple_query("SELECT 'alice-was-here'").await.unwrap();
-    proxy.running.app.audit.flush().await;
+    let lines = audit_events(&proxy, &log, "statement").await;
     let text = std::fs::read_to_string(&log).unwrap();
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|v: &serde_json::Value| v["event"] == "statement")
-        .collect();
     assert!(
         lines.iter().all(|l| l["identity"] == "batch-agent"),
         "{text}"

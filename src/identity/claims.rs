@@ -130,10 +130,13 @@ pub struct Current {
 }
 
 impl Current {
-    pub fn of(config: &Config, upstream_role: &str) -> Current {
+    /// `held` is the server's: the seal key is derived only when a seal may be written.
+    pub fn of(config: &Config, upstream_role: &str, held: &Held) -> Current {
+        let mode = config.claims_mode();
+        let sealing = mode == ClaimsMode::Sealed || held.sealed || !held.known;
         Current {
-            mode: config.claims_mode(),
-            key: SealKey::from_config(config),
+            mode,
+            key: sealing.then(|| SealKey::from_config(config)).flatten(),
             token_pool: config
                 .roles
                 .iter()

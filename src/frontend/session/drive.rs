@@ -471,7 +471,7 @@ fn claims_due<'c>(
         // The usual case: a password client on a server no seal sits on.
         return Vec::new();
     }
-    let now = claims::Current::of(&app.config.load(), &c.pool.key.role);
+    let now = claims::Current::of(&app.config.load(), &c.pool.key.role, &server.claims);
     claims::due(bearer, &now, c.id, &mut server.claims, server.pid).unwrap_or_else(|_| {
         tracing::warn!(
             conn = c.id,

@@ -584,7 +584,7 @@ async fn deliver_claims(
     if bearer.is_none() && server.claims.clear() {
         return Ok(());
     }
-    let now = claims::Current::of(config, &server.upstream.user);
+    let now = claims::Current::of(config, &server.upstream.user, &server.claims);
     let due = claims::due(bearer, &now, client, &mut server.claims, server.pid).map_err(|_| {
         ClientError::server_unavailable(
             "a server holds sealed claims the configuration has no key for",
