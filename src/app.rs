@@ -103,6 +103,11 @@ impl App {
         n <= max && (!both || m <= max - max / 10)
     }
 
+    /// A new client id (connections and MCP calls), never 0.
+    pub fn next_client_id(&self) -> u64 {
+        self.conn_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
     pub fn release_client(&self, mode: PoolMode) {
         self.open_clients.fetch_sub(1, Ordering::AcqRel);
         self.open_by_mode[mode as usize].fetch_sub(1, Ordering::AcqRel);

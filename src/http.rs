@@ -8,7 +8,7 @@
 use crate::app::App;
 use crate::backend::connect::Upstream;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -17,6 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// Time an MCP request may take beyond its statement_timeout (checkout, hand-over, reply).
+const MCP_SLACK: Duration = Duration::from_secs(10);
+
+type Body = crate::mcp::http::Body;
+
 /// How long /ready waits for each database's TCP connect.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -24,16 +29,27 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// so unauthenticated sockets cannot use up the process's descriptors), one request each,
 /// within `request_timeout` from accept to the end of the response.
 pub async fn serve(app: Arc<App>, listener: TcpListener) {
-    let (limit, timeout) = match app.config.load().http.as_ref() {
-        Some(h) => (h.max_connections.max(1), h.request_timeout.duration()),
-        None => return,
+    let (limit, header_timeout, timeout) = {
+        let config = app.config.load();
+        let Some(h) = config.http.as_ref() else {
+            return;
+        };
+        let t = h.request_timeout.duration();
+        // An MCP tool call may run for its statement_timeout.
+        let mcp = config
+            .mcp
+            .as_ref()
+            .filter(|m| m.enabled)
+            .map(|m| m.statement_timeout.duration() + MCP_SLACK);
+        (h.max_connections.max(1), t, mcp.map_or(t, |m| m.max(t)))
     };
+    let mcp = Arc::new(crate::mcp::http::Endpoint::new(app.clone()));
     let permits = Arc::new(tokio::sync::Semaphore::new(limit));
     let mut backoff = crate::net::listener::AcceptBackoff::new("http");
     let mut refused_logged: Option<std::time::Instant> = None;
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 backoff.failed(&e).await;
                 continue;
@@ -49,11 +65,13 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
             continue;
         };
         let app = app.clone();
+        let mcp = mcp.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(app.clone(), req));
+            let service =
+                hyper::service::service_fn(move |req| handle(app.clone(), mcp.clone(), req, peer));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(timeout)
+                .header_read_timeout(header_timeout)
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
             match tokio::time::timeout(timeout, conn).await {
@@ -66,8 +84,8 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
     }
 }
 
-fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
     *r.status_mut() = status;
     if let Ok(v) = content_type.parse() {
         r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
@@ -75,7 +93,7 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
     r
 }
 
-fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     reply(status, "application/json", v.to_string())
 }
 
@@ -97,7 +115,7 @@ fn authorized(app: &App, req: &Request<Incoming>) -> bool {
 
 /// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
 /// (RFC 9110, 11.1).
-fn bearer_token(value: &str) -> Option<&str> {
+pub fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -120,11 +138,17 @@ fn console_table(path: &str) -> Option<&'static str> {
 
 async fn handle(
     app: Arc<App>,
+    mcp: Arc<crate::mcp::http::Endpoint>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+    peer: std::net::SocketAddr,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
     if path == "/health" {
         return Ok(reply(StatusCode::OK, "text/plain", "ok\n".into()));
+    }
+    // MCP agents authenticate with their own tokens, not `[http] token`.
+    if crate::mcp::http::owns(path) {
+        return Ok(crate::mcp::http::handle(&app, &mcp, req, peer).await);
     }
     if !authorized(&app, &req) {
         tracing::info!(path, "http request without a valid bearer token");

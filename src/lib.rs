@@ -34,6 +34,7 @@ pub mod http;
 pub mod identity;
 pub mod install_sql;
 pub mod log;
+pub mod mcp;
 pub mod metrics;
 pub mod net;
 pub mod pool_key;

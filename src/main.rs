@@ -41,6 +41,15 @@ enum Cmd {
         #[arg(long)]
         database_url: String,
     },
+    /// Serve MCP to one local agent over stdin/stdout (desktop clients start this as a
+    /// subprocess). The agent's token comes from PGSLUICE_API_KEY or PGSLUICE_TOKEN.
+    Mcp {
+        /// Serve on stdin/stdout (the only mode: HTTP is `[mcp] enabled` on `[http]`).
+        #[arg(long)]
+        stdio: bool,
+        #[arg(long = "config")]
+        file: PathBuf,
+    },
     /// Start a throwaway PostgreSQL and pgsluice in front of it; print URLs for psql.
     Demo {
         #[arg(long, default_value_t = 6432)]
@@ -132,7 +141,7 @@ fn main() -> ExitCode {
     }
     // The configuration first, so its log_level sets up logging.
     let config = match (&cli.command, &cli.config) {
-        (None, Some(path)) => match Config::load(path) {
+        (None, Some(path)) | (Some(Cmd::Mcp { file: path, .. }), _) => match Config::load(path) {
             Ok(c) => Some(c),
             Err(e) => {
                 eprintln!("pgsluice: {e}");
@@ -167,6 +176,15 @@ fn main() -> ExitCode {
                 transaction_port,
             }) => pgsluice::demo::run(session_port, transaction_port).await,
             Some(Cmd::CheckConfig { .. }) => Ok(()),
+            Some(Cmd::Mcp { stdio, .. }) => {
+                if !stdio {
+                    return Err("pgsluice mcp serves on stdio only (--stdio); over HTTP, set [mcp] enabled = true".into());
+                }
+                let Some(config) = config else {
+                    return Err("no configuration".into());
+                };
+                pgsluice::mcp::stdio::run(config).await
+            }
             Some(Cmd::InstallSql { file, database_url }) => install_sql(&file, &database_url).await,
             None => {
                 let Some(config) = config else {

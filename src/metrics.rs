@@ -37,8 +37,25 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToolLabels {
+    /// An MCP tool's name (only the server's own tools are counted).
+    pub tool: String,
+}
+
+type ToolHistogram = prometheus_client::metrics::histogram::Histogram;
+
+fn tool_histogram() -> ToolHistogram {
+    ToolHistogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 16,
+    ))
+}
+
 pub struct Metrics {
     registry: Registry,
+    mcp_calls: Family<ToolLabels, Counter>,
+    mcp_errors: Family<ToolLabels, Counter>,
+    mcp_seconds: Family<ToolLabels, ToolHistogram, fn() -> ToolHistogram>,
     pub clients: Gauge,
     pub auth: Family<AuthLabels, Counter>,
     pub client_errors: Family<ErrorLabels, Counter>,
@@ -67,8 +84,26 @@ impl Metrics {
             client_errors: Family::default(),
             reloads: Family::default(),
             tls_handshakes: Family::default(),
+            mcp_calls: Family::default(),
+            mcp_errors: Family::default(),
+            mcp_seconds: Family::new_with_constructor(tool_histogram),
             registry: Registry::default(),
         };
+        registry.register(
+            "mcp_tool_calls",
+            "MCP tool calls by tool",
+            m.mcp_calls.clone(),
+        );
+        registry.register(
+            "mcp_tool_errors",
+            "MCP tool calls that returned an error result, by tool",
+            m.mcp_errors.clone(),
+        );
+        registry.register(
+            "mcp_tool_call_duration_seconds",
+            "MCP tool call duration by tool (checkout, statement and result)",
+            m.mcp_seconds.clone(),
+        );
         registry.register(
             "client_connections",
             "Client connections open now (logging in or logged in)",
@@ -127,6 +162,18 @@ impl Metrics {
         self.tls_handshakes
             .get_or_create(&TlsLabels { kind, result })
             .inc();
+    }
+
+    /// One finished MCP tool call.
+    pub fn mcp_call(&self, tool: &str, failed: bool, seconds: f64) {
+        let labels = ToolLabels {
+            tool: tool.to_owned(),
+        };
+        self.mcp_calls.get_or_create(&labels).inc();
+        if failed {
+            self.mcp_errors.get_or_create(&labels).inc();
+        }
+        self.mcp_seconds.get_or_create(&labels).observe(seconds);
     }
 
     pub fn reload(&self, ok: bool) {

@@ -164,6 +164,43 @@ impl Connection {
         query_pairs_with(&mut self.stream, sql, params, timeout).await
     }
 
+    /// The claims client `client` (with `bearer`, if a token client) needs here, or the end
+    /// of another client's seal, in round trips of their own: session mode's login and MCP
+    /// calls (the relay folds them into its hand-over instead). An error is fatal for the
+    /// client and the server is not reused.
+    pub async fn deliver_claims(
+        &mut self,
+        config: &crate::config::Config,
+        bearer: Option<&crate::identity::claims::Bearer>,
+        client: u64,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        use crate::identity::claims;
+        if bearer.is_none() && self.claims.clear() {
+            return Ok(());
+        }
+        let now = claims::Current::of(config, &self.upstream.user, &self.claims);
+        let due = claims::due(bearer, &now, client, &mut self.claims, self.pid).map_err(|_| {
+            ClientError::server_unavailable(
+                "a server holds sealed claims the configuration has no key for",
+            )
+        })?;
+        for d in due {
+            match self.query_pairs_with(d.sql, &d.params(), timeout).await {
+                Ok(_) => {}
+                Err(InternalError::Server(e)) => {
+                    tracing::warn!(server = self.id, error = %e, "setting a client's claims failed");
+                    return Err(ClientError {
+                        severity: emit::Severity::Fatal,
+                        ..e
+                    });
+                }
+                Err(InternalError::Io(_)) => return Err(ClientError::server_lost()),
+            }
+        }
+        Ok(())
+    }
+
     /// Sends Terminate so the server ends the backend at once, then drops the socket.
     pub async fn terminate(mut self) {
         let mut out = BytesMut::with_capacity(5);

@@ -181,12 +181,61 @@ impl Hashes {
     }
 }
 
-/// `[mcp]`: the MCP endpoint (served once the MCP work lands; accepted now).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[mcp]`: the MCP endpoint at `/mcp` on the `[http]` listener (docs/mcp.md).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mcp {
     #[serde(default)]
     pub enabled: bool,
+    /// The endpoint's canonical URI (RFC 8707): what the protected resource metadata names
+    /// and what a JWT's `aud` must contain. Default `http://<[http] addr>/mcp`.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// Audiences a JWT presented at /mcp may carry (one is enough). Default: `resource`.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// `Origin` values a request may carry (`scheme://host[:port]`); a request with any
+    /// other Origin gets 403 (DNS rebinding). Requests without Origin (non-browser agents)
+    /// pass.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// `Host` values (with or without port) a request may carry. Default: localhost,
+    /// 127.0.0.1, [::1] and the host of `resource`.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Rows a tool call returns at most (a call may ask for fewer).
+    #[serde(default = "default_max_rows")]
+    pub max_rows: usize,
+    /// Bytes of row data a tool call returns at most.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+    /// statement_timeout of every tool call's statement; the call is cancelled on the server
+    /// when it is exceeded or the HTTP client goes away.
+    #[serde(default = "default_mcp_statement_timeout")]
+    pub statement_timeout: Seconds,
+    /// Mapped roles or identity names (API key names, JWT subjects) that may write: the
+    /// `execute` tool and `explain` with analyze of a write. Everyone else is read-only.
+    #[serde(default)]
+    pub writers: Vec<String>,
+    /// Largest request body accepted (413 above it).
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+}
+
+fn default_max_rows() -> usize {
+    1000
+}
+
+fn default_max_bytes() -> usize {
+    1 << 20
+}
+
+fn default_mcp_statement_timeout() -> Seconds {
+    Seconds(30.0)
+}
+
+fn default_max_request_bytes() -> usize {
+    1 << 20
 }
 
 /// Whether a token may be sent as a password without TLS.

@@ -208,6 +208,7 @@ impl Config {
             // the md5 hash itself, or the ClientKey of the client's SCRAM exchange.
         }
         self.validate_agents(&users)?;
+        self.validate_mcp()?;
         for name in self.admin.users.iter().chain(&self.admin.stats_users) {
             if !users.contains(name.as_str()) {
                 return Err((
@@ -313,6 +314,45 @@ impl Config {
                 0..0,
                 "jwt.claims_mode",
                 "\"sealed\" needs claims_secret (or secret) to key the seal".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_mcp(&self) -> Result<(), (Range<usize>, &'static str, String)> {
+        let Some(mcp) = self.mcp.as_ref().filter(|m| m.enabled) else {
+            return Ok(());
+        };
+        let fail = |key, why: &str| Err((0..0, key, why.to_owned()));
+        if self.http.is_none() {
+            return fail(
+                "mcp.enabled",
+                "the endpoint is served on [http] addr: add [http]",
+            );
+        }
+        if mcp.max_rows == 0 {
+            return fail("mcp.max_rows", "must be at least 1");
+        }
+        if mcp.max_bytes < 1024 {
+            return fail("mcp.max_bytes", "must be at least 1024");
+        }
+        if mcp.max_request_bytes < 1024 {
+            return fail("mcp.max_request_bytes", "must be at least 1024");
+        }
+        if let Some(r) = &mcp.resource
+            && !(r.starts_with("https://") || r.starts_with("http://"))
+        {
+            return fail("mcp.resource", "expected an absolute http(s) URI");
+        }
+        if let Some(o) = mcp
+            .allowed_origins
+            .iter()
+            .find(|o| !o.contains("://") && *o != "null")
+        {
+            return Err((
+                0..0,
+                "mcp.allowed_origins",
+                format!("{o:?}: expected scheme://host[:port]"),
             ));
         }
         Ok(())

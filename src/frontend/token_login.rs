@@ -92,7 +92,13 @@ async fn verify(
 ) -> Result<Identity, Refusal> {
     let identity = match a.kind {
         TokenLogin::ApiKey => identity::api_key::verify(config, a.user, token.as_bytes())?,
-        TokenLogin::Jwt => identity::jwt::verify(config, &app.jwks, a.user, token).await?,
+        TokenLogin::Jwt => {
+            let expect = identity::jwt::Expect {
+                role: Some(a.user),
+                audiences: None,
+            };
+            identity::jwt::verify(config, &app.jwks, expect, token).await?
+        }
     };
     if !identity::database_allowed(config, &identity, a.database) {
         return Err(Refusal::DatabaseNotAllowed);

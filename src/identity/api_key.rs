@@ -10,16 +10,37 @@ use subtle::ConstantTimeEq;
 pub fn verify(config: &Config, name: &str, key: &[u8]) -> Result<Identity, Refusal> {
     let entry = config.api_key(name).ok_or(Refusal::UnknownKey)?;
     let digest: [u8; 32] = Sha256::digest(key).into();
-    // Every listed hash is compared, so timing says nothing of which one matched.
+    if !matches(entry, &digest) {
+        return Err(Refusal::UnknownKey);
+    }
+    identity(config, entry)
+}
+
+/// The identity of whichever API key `key` is (a bearer token carries no name). Every
+/// entry's hashes are compared, so timing says nothing of which one matched.
+pub fn find(config: &Config, key: &[u8]) -> Result<Identity, Refusal> {
+    let digest: [u8; 32] = Sha256::digest(key).into();
+    let mut found = None;
+    for k in &config.api_keys {
+        if matches(k.get_ref(), &digest) {
+            found = Some(k.get_ref());
+        }
+    }
+    identity(config, found.ok_or(Refusal::UnknownKey)?)
+}
+
+/// Whether `digest` is one of the entry's hashes (all compared, in constant time).
+fn matches(entry: &crate::config::ApiKey, digest: &[u8; 32]) -> bool {
     let mut matched = subtle::Choice::from(0);
     for h in entry.hash.iter() {
         if let Ok(expected) = sha256_digest(h) {
-            matched |= expected.ct_eq(&digest);
+            matched |= expected.ct_eq(digest);
         }
     }
-    if !bool::from(matched) {
-        return Err(Refusal::UnknownKey);
-    }
+    matched.into()
+}
+
+fn identity(config: &Config, entry: &crate::config::ApiKey) -> Result<Identity, Refusal> {
     let role = config.role(&entry.role).ok_or(Refusal::WrongRole)?;
     let claims = serde_json::json!({
         "sub": entry.subject.as_str(),

@@ -10,11 +10,21 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-/// The identity `token` proves for a client that named `role` in its startup packet.
+/// What a token must say besides being valid.
+#[derive(Clone, Copy)]
+pub struct Expect<'a> {
+    /// The role a wire client named in its startup packet; None (MCP): whatever allowed
+    /// role the token claims.
+    pub role: Option<&'a str>,
+    /// Audiences one of which `aud` must hold; None: `[jwt] audiences` (none: not checked).
+    pub audiences: Option<&'a [String]>,
+}
+
+/// The identity `token` proves, as `expect` asks.
 pub async fn verify(
     config: &Config,
     jwks: &Jwks,
-    role: &str,
+    expect: Expect<'_>,
     token: &str,
 ) -> Result<Identity, Refusal> {
     let jwt = config.jwt.as_ref().ok_or(Refusal::Malformed)?;
@@ -33,15 +43,19 @@ pub async fn verify(
     if let Some(iss) = &jwt.issuer {
         v.set_issuer(&[iss.as_str()]);
     }
-    if jwt.audiences.is_empty() {
+    let audiences: Vec<&str> = match expect.audiences {
+        Some(a) => a.iter().map(String::as_str).collect(),
+        None => jwt.audiences.iter().map(|t| t.as_str()).collect(),
+    };
+    if audiences.is_empty() {
         v.validate_aud = false;
     } else {
-        v.set_audience(&jwt.audiences);
+        v.set_audience(&audiences);
     }
     let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v)
         .map_err(|e| refusal(e.kind()))?
         .claims;
-    identity(config, role, claims)
+    identity(config, expect.role, claims)
 }
 
 fn refusal(kind: &ErrorKind) -> Refusal {
@@ -56,11 +70,21 @@ fn refusal(kind: &ErrorKind) -> Refusal {
     }
 }
 
-/// The identity verified `claims` describe, when they claim `role` and it is allowed.
-fn identity(config: &Config, role: &str, claims: Map<String, Value>) -> Result<Identity, Refusal> {
+/// The identity verified `claims` describe, when they claim an allowed role (`role`, when
+/// given).
+fn identity(
+    config: &Config,
+    role: Option<&str>,
+    claims: Map<String, Value>,
+) -> Result<Identity, Refusal> {
     let jwt = config.jwt.as_ref().ok_or(Refusal::Malformed)?;
     let claimed = claims.get(jwt.role_claim.as_str()).and_then(Value::as_str);
-    if claimed != Some(role) || !jwt.allowed_roles.iter().any(|r| r.as_str() == role) {
+    let role = match (claimed, role) {
+        (Some(c), Some(r)) if c == r => r,
+        (Some(c), None) => c,
+        _ => return Err(Refusal::WrongRole),
+    };
+    if !jwt.allowed_roles.iter().any(|r| r.as_str() == role) {
         return Err(Refusal::WrongRole);
     }
     let mapped = config.role(role).ok_or(Refusal::WrongRole)?;

@@ -126,3 +126,25 @@ pub fn database_allowed(config: &Config, identity: &Identity, database: &str) ->
     };
     listed.is_none_or(|l| l.is_empty() || l.iter().any(|d| d.as_str() == database))
 }
+
+/// The identity an HTTP `Authorization: Bearer` token proves (MCP): a JWT (anything with a
+/// JWT header) claiming an allowed role, with one of `audiences`; else an API key, found by
+/// its hash.
+pub async fn from_bearer(
+    config: &Config,
+    jwks: &jwks::Jwks,
+    token: &str,
+    audiences: &[String],
+) -> Result<Identity, Refusal> {
+    if jsonwebtoken::decode_header(token).is_ok() {
+        if config.jwt.is_none() {
+            return Err(Refusal::Malformed);
+        }
+        let expect = jwt::Expect {
+            role: None,
+            audiences: Some(audiences),
+        };
+        return jwt::verify(config, jwks, expect, token).await;
+    }
+    api_key::find(config, token.as_bytes())
+}

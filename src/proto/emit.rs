@@ -148,25 +148,54 @@ pub fn parse_unnamed(buf: &mut BytesMut, sql: &str) {
 
 /// Bind of the unnamed portal to the unnamed statement, every parameter as text.
 pub fn bind_text(buf: &mut BytesMut, params: &[&str]) {
+    let params: Vec<Option<&str>> = params.iter().copied().map(Some).collect();
+    bind_nullable(buf, &params);
+}
+
+/// Execute of the unnamed portal, all rows.
+pub fn execute_unnamed(buf: &mut BytesMut) {
+    execute_rows(buf, 0);
+}
+
+/// Execute of the unnamed portal, at most `max_rows` rows (0: all).
+pub fn execute_rows(buf: &mut BytesMut, max_rows: i32) {
+    message(buf, b'E', |b| {
+        b.put_u8(0);
+        b.put_i32(max_rows);
+    });
+}
+
+/// Bind of the unnamed portal, parameters as text or NULL.
+pub fn bind_nullable(buf: &mut BytesMut, params: &[Option<&str>]) {
     message(buf, b'B', |b| {
         b.put_u8(0);
         b.put_u8(0);
         b.put_i16(0);
         b.put_i16(params.len() as i16);
         for p in params {
-            b.put_i32(p.len() as i32);
-            b.put_slice(p.as_bytes());
+            match p {
+                Some(p) => {
+                    b.put_i32(p.len() as i32);
+                    b.put_slice(p.as_bytes());
+                }
+                None => b.put_i32(-1),
+            }
         }
         b.put_i16(0);
     });
 }
 
-/// Execute of the unnamed portal, all rows.
-pub fn execute_unnamed(buf: &mut BytesMut) {
-    message(buf, b'E', |b| {
+/// Describe of the unnamed portal.
+pub fn describe_portal(buf: &mut BytesMut) {
+    message(buf, b'D', |b| {
+        b.put_u8(b'P');
         b.put_u8(0);
-        b.put_i32(0);
     });
+}
+
+/// CopyFail: ends a COPY FROM STDIN the proxy cannot feed.
+pub fn copy_fail(buf: &mut BytesMut, reason: &str) {
+    message(buf, b'f', |b| cstr(b, reason));
 }
 
 pub fn sync(buf: &mut BytesMut) {

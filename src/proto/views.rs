@@ -44,6 +44,10 @@ pub struct ErrorFields<'a> {
     pub severity: &'a str,
     pub code: &'a str,
     pub message: &'a str,
+    pub detail: &'a str,
+    pub hint: &'a str,
+    /// The cursor position in the statement text (1-based), as text.
+    pub position: &'a str,
 }
 
 pub fn error_fields(body: &[u8]) -> Option<ErrorFields<'_>> {
@@ -61,6 +65,9 @@ pub fn error_fields(body: &[u8]) -> Option<ErrorFields<'_>> {
             b'S' if f.severity.is_empty() => f.severity = value,
             b'C' => f.code = value,
             b'M' => f.message = value,
+            b'D' => f.detail = value,
+            b'H' => f.hint = value,
+            b'P' => f.position = value,
             _ => {}
         }
     }
@@ -145,6 +152,66 @@ pub fn two_text_columns(body: &[u8]) -> Option<(&str, Option<&str>)> {
     let first = col()??;
     let second = col()?;
     b.done().then_some((first, second))
+}
+
+/// A column of a RowDescription ('T'): its name and type OID.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Column<'a> {
+    pub name: &'a str,
+    pub type_oid: u32,
+}
+
+/// RowDescription ('T'): the columns, or None when malformed.
+pub fn row_description(body: &[u8]) -> Option<Vec<Column<'_>>> {
+    let mut b = Body(body);
+    let (&count, rest) = b.0.split_first_chunk::<2>()?;
+    b.0 = rest;
+    let count = i16::from_be_bytes(count);
+    // Each column takes at least 19 bytes: a bound before allocating.
+    if count < 0 || count as usize * 19 > b.0.len() {
+        return None;
+    }
+    let mut cols = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let name = b.cstr()?;
+        let (_table, rest) = b.0.split_at_checked(6)?;
+        b.0 = rest;
+        let type_oid = b.i32()? as u32;
+        let (_rest_of_column, rest) = b.0.split_at_checked(8)?;
+        b.0 = rest;
+        cols.push(Column { name, type_oid });
+    }
+    b.done().then_some(cols)
+}
+
+/// The fields of a DataRow ('D') in order (None: SQL NULL), or None when malformed.
+pub fn data_row(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let mut b = Body(body);
+    let (&count, rest) = b.0.split_first_chunk::<2>()?;
+    b.0 = rest;
+    let count = i16::from_be_bytes(count);
+    if count < 0 || count as usize * 4 > b.0.len() {
+        return None;
+    }
+    let mut fields = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let len = b.i32()?;
+        if len < 0 {
+            fields.push(None);
+            continue;
+        }
+        let (v, rest) = b.0.split_at_checked(len as usize)?;
+        b.0 = rest;
+        fields.push(Some(v));
+    }
+    b.done().then_some(fields)
+}
+
+/// CommandComplete ('C'): the command tag.
+pub fn command_tag(body: &[u8]) -> Option<&str> {
+    let mut b = Body(body);
+    let tag = b.cstr()?;
+    b.done().then_some(tag)
 }
 
 /// PasswordMessage ('p'): the text up to its terminator.

@@ -2,9 +2,11 @@
 //! upstream auth method, pgsluice started in-process on free ports, and small clients.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod agents;
 pub mod certs;
 pub mod faults;
 pub mod jwks;
+pub mod mcp;
 pub mod raw;
 
 use pgsluice::app::Running;

@@ -523,7 +523,9 @@ async fn first_parameters(
         let mut server = checkout_idle_wait(pool, reg).await?;
         server.hand_to(arrival.id, reset);
         sync(&mut server, &params).await?;
-        deliver_claims(config, bearer, arrival.id, &mut server).await?;
+        server
+            .deliver_claims(config, bearer, arrival.id, INTERNAL_TIMEOUT)
+            .await?;
         let cancel = app.cancels.register(Some(server.pid));
         cancel.handle.attach(server.cancel_target());
         return Ok((server.params.clone(), Some(server), cancel));
@@ -570,43 +572,6 @@ pub(super) async fn recheck_md5(
     answer
         .proves(&crate::auth::Secret::parse(&user.password))
         .then_some(user)
-}
-
-/// Session mode: the client's claims (or the end of another client's seal) before its
-/// first statement, in a round trip of its own at login.
-async fn deliver_claims(
-    config: &crate::config::Config,
-    bearer: Option<&crate::identity::claims::Bearer>,
-    client: u64,
-    server: &mut ServerConn,
-) -> Result<(), ClientError> {
-    use crate::identity::claims;
-    if bearer.is_none() && server.claims.clear() {
-        return Ok(());
-    }
-    let now = claims::Current::of(config, &server.upstream.user, &server.claims);
-    let due = claims::due(bearer, &now, client, &mut server.claims, server.pid).map_err(|_| {
-        ClientError::server_unavailable(
-            "a server holds sealed claims the configuration has no key for",
-        )
-    })?;
-    for d in due {
-        match server
-            .query_pairs_with(d.sql, &d.params(), INTERNAL_TIMEOUT)
-            .await
-        {
-            Ok(_) => {}
-            Err(InternalError::Server(e)) => {
-                tracing::warn!(server = server.id, error = %e, "setting a client's claims failed");
-                return Err(ClientError {
-                    severity: emit::Severity::Fatal,
-                    ..e
-                });
-            }
-            Err(InternalError::Io(_)) => return Err(ClientError::server_lost()),
-        }
-    }
-    Ok(())
 }
 
 /// Login-time checkout: no cancel key exists yet, so nothing can cancel the wait.
