@@ -23,7 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["backend"],
     &["relay"],
     // The process: shared state and what serves clients, the console and HTTP.
-    &["app", "frontend", "admin", "http", "metrics"],
+    &["app", "frontend", "admin", "http", "mcp", "metrics"],
     &["demo", "install_sql", "main", "lib"],
 ];
 

@@ -207,24 +207,32 @@ async fn sessions_of_both_2025_revisions_see_their_own_rows() {
     }
 }
 
-/// Runs tests/clients/mcp_check.py with `plan`; its JSON report.
-async fn python_sdk(plan: Value) -> Value {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
-    let out = tokio::process::Command::new("python3")
-        .arg(dir.join("mcp_check.py"))
-        .arg(plan.to_string())
-        .current_dir(&dir)
+fn clients_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+/// Runs a client program (installed by .ci/run) to success; the JSON it printed (all of
+/// its output, or its last line).
+async fn client_json(cmd: &mut tokio::process::Command, what: &str) -> Value {
+    let out = cmd
+        .current_dir(clients_dir())
         .output()
         .await
-        .unwrap_or_else(|e| panic!("cannot run python3 (the SDK is installed by .ci/run): {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {what} (installed by .ci/run): {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "mcp_check.py failed:\n{stdout}\n{stderr}"
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("mcp_check.py printed no JSON ({e}):\n{stdout}\n{stderr}"))
+    assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}");
+    serde_json::from_str(&stdout)
+        .or_else(|_| serde_json::from_str(stdout.lines().last().unwrap_or("")))
+        .unwrap_or_else(|e| panic!("{what} printed no JSON ({e}):\n{stdout}\n{stderr}"))
+}
+
+/// Runs tests/clients/mcp_check.py (the official Python SDK) with `plan`; its report.
+async fn python_sdk(plan: Value) -> Value {
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(clients_dir().join("mcp_check.py"))
+        .arg(plan.to_string());
+    client_json(&mut cmd, "mcp_check.py").await
 }
 
 /// Every tool through the official Python SDK, in the stateless revision (discover) and in
@@ -449,6 +457,50 @@ async fn readers_cannot_write_and_writers_commit_only_success() {
     after.push("from-mcp".into());
     after.sort();
     assert_eq!(all_bodies(&pg).await, after);
+    // COPY has no place in a tool call: refused, and the server is fine afterwards.
+    let r = svc
+        .call(
+            "execute",
+            json!({ "sql": "COPY notes (owner, body) FROM STDIN" }),
+        )
+        .await;
+    assert_eq!(sqlstate(&r), "57014", "{r}");
+    assert!(
+        r["structuredContent"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not available through MCP"),
+        "{r}"
+    );
+    let r = svc
+        .call("query", json!({ "sql": "COPY notes TO STDOUT" }))
+        .await;
+    assert_eq!(sqlstate(&r), "0A000", "{r}");
+    let r = svc
+        .call("query", json!({ "sql": "SELECT count(*) AS n FROM notes" }))
+        .await;
+    assert_eq!(column(&r), [json!(5)], "{r}");
+    // What a committed statement leaves in the session is gone by the next call.
+    let r = svc.call("execute", json!({ "sql": "SELECT set_config('app.leak', 'svc-secret', false), set_config('role', 'postgres', false) IS NULL" })).await;
+    assert_eq!(
+        sqlstate(&r),
+        "42501",
+        "SET ROLE to a role it is not a member of: {r}"
+    );
+    let r = svc
+        .call(
+            "execute",
+            json!({ "sql": "SELECT set_config('app.leak', 'svc-secret', false)" }),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    let r = svc.call("query", json!({ "sql": "SELECT current_setting('app.leak', true) AS leak, current_user::text AS who" })).await;
+    assert_eq!(r["structuredContent"]["rows"][0][1], "service_role", "{r}");
+    assert!(
+        matches!(&r["structuredContent"]["rows"][0][0], Value::Null)
+            || r["structuredContent"]["rows"][0][0] == "",
+        "{r}"
+    );
     // Bob sees the row the service wrote for him, through RLS.
     let mut b = Session::open(addr, &bob(), "2025-11-25").await;
     let r = b
@@ -658,5 +710,365 @@ async fn limits_and_cancellation() {
     assert!(
         until(|| running(&pg, "hang_up_test"), 0).await,
         "the statement kept running after its client left"
+    );
+}
+
+/// `pgsluice mcp --stdio` as a desktop client starts it: the Python SDK's stdio client runs
+/// the binary with the agent's API key in the environment.
+#[tokio::test]
+async fn stdio_mode_serves_a_subprocess() {
+    let pg = database().await;
+    let dir = scratch("stdio");
+    let config = dir.join("pgsluice.toml");
+    std::fs::write(&config, mcp_config(&pg, AUD, None)).unwrap();
+    let stdio = |key: &str| {
+        json!({
+            "command": env!("CARGO_BIN_EXE_pgsluice"),
+            "args": ["mcp", "--stdio", "--config", config.to_str().unwrap()],
+            "env": { "PGSLUICE_API_KEY": key, "PGSLUICE_LOG": "warn" },
+        })
+    };
+    let report = python_sdk(json!({
+        "stdio": stdio(BATCH_KEY), "mode": "legacy",
+        "calls": [["query", { "sql": "SELECT body FROM notes ORDER BY body" }],
+                  ["query", { "sql": "SELECT pgsluice_test_missing()" }]],
+    }))
+    .await;
+    assert_eq!(report["server"], "pgsluice");
+    assert_eq!(
+        report["results"][0]["structuredContent"]["rows"],
+        json!([["batch-1"]])
+    );
+    assert_eq!(sqlstate(&report["results"][1]), "42883");
+    // A wrong key: the process says why on stderr and exits non-zero.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsluice"))
+        .args(["mcp", "--stdio", "--config", config.to_str().unwrap()])
+        .env("PGSLUICE_API_KEY", "sk-wrong")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the token was refused (unknown_api_key)"),
+        "{err}"
+    );
+}
+
+/// Every call is an audit line, a metric and a SHOW QUERIES entry; the audit line carries no
+/// token and, for identities with audit_statements, the statement.
+#[tokio::test]
+async fn calls_are_audited_measured_and_listed() {
+    let pg = database().await;
+    let log = scratch("observe").join("audit.log");
+    let text = mcp_config(&pg, AUD, Some(&log)).replace(
+        "name = \"batch-agent\"",
+        "name = \"batch-agent\"\naudit_statements = true",
+    );
+    let proxy = Proxy::start(&text).await;
+    let addr = http(&proxy);
+    let token = alice();
+    let mut a = Session::open(addr, &token, "2025-11-25").await;
+    a.call(
+        "query",
+        json!({ "sql": "SELECT body FROM notes WHERE id = 1" }),
+    )
+    .await;
+    a.call(
+        "query",
+        json!({ "sql": "SELECT body FROM notes WHERE id = 2" }),
+    )
+    .await;
+    a.call("query", json!({ "sql": "SELECT * FROM nowhere" }))
+        .await;
+    proxy.running.app.audit.flush().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(&token), "a token reached the audit log");
+    let calls: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "mcp_call")
+        .collect();
+    assert_eq!(calls.len(), 3, "{text}");
+    assert_eq!(calls[0]["identity"], ALICE);
+    assert_eq!(calls[0]["role"], "authenticated");
+    assert_eq!(calls[0]["tool"], "query");
+    assert_eq!(calls[0]["rows"], 1);
+    assert_eq!(calls[0]["sqlstate"], Value::Null);
+    // The same statement shape, the same fingerprint.
+    assert_eq!(calls[0]["fingerprint"], calls[1]["fingerprint"]);
+    assert_eq!(calls[2]["sqlstate"], "42P01");
+    assert_eq!(
+        calls[0]["statement"],
+        Value::Null,
+        "alice's statements are not audited"
+    );
+    // The batch agent's are (audit_statements), and its pools are only those of `app`.
+    let mut batch = Session::open(addr, BATCH_KEY, "2025-11-25").await;
+    let r = batch.call("pool_status", json!({})).await;
+    let pools = r["structuredContent"]["pools"].as_array().unwrap();
+    assert!(
+        !pools.is_empty() && pools.iter().all(|p| p["database"] == "app"),
+        "{pools:?}"
+    );
+    batch
+        .call("query", json!({ "sql": "SELECT 'audited' AS a" }))
+        .await;
+    proxy.running.app.audit.flush().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last: Value = text
+        .lines()
+        .rfind(|l| l.contains("mcp_call"))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap();
+    assert_eq!(
+        (&last["identity"], &last["statement"]),
+        (&json!("batch-agent"), &json!("SELECT 'audited' AS a"))
+    );
+
+    let (status, metrics) = {
+        let r = request(addr, "GET", "/metrics", &[], b"").await;
+        (r.status, r.body)
+    };
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("pgsluice_mcp_tool_calls_total{tool=\"query\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pgsluice_mcp_tool_errors_total{tool=\"query\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("pgsluice_mcp_tool_call_duration_seconds_count{tool=\"query\"} 4"));
+    let queries = proxy.running.app.queries.rows();
+    let q = queries
+        .iter()
+        .find(|q| q.text.contains("from notes where id = ?"))
+        .unwrap_or_else(|| panic!("{queries:?}"));
+    assert_eq!(
+        (q.calls, &*q.role, &*q.database),
+        (2, "authenticated", "app")
+    );
+}
+
+/// A small deterministic generator (xorshift), so a failing input can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A valid message with bytes flipped, cut, repeated or spliced.
+fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
+    let mut b = seed.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        if b.is_empty() {
+            break;
+        }
+        let at = rng.below(b.len());
+        match rng.below(5) {
+            0 => b[at] = rng.next() as u8,
+            1 => b.truncate(at),
+            2 => {
+                let bytes = b"{}[]\",:\\0 \x00\xff";
+                b.insert(at, bytes[rng.below(bytes.len())]);
+            }
+            3 => {
+                let piece = b[at..].to_vec();
+                b.extend_from_slice(&piece);
+            }
+            _ => {
+                b.remove(at);
+            }
+        }
+    }
+    b
+}
+
+/// Malformed JSON-RPC, wrong methods, huge and deep bodies: every reply is a well-formed
+/// HTTP answer with the right JSON-RPC code where one applies, nothing hangs, and the
+/// endpoint still serves a real session afterwards.
+#[tokio::test]
+async fn json_rpc_fuzz_never_breaks_the_endpoint() {
+    let pg = database().await;
+    let proxy = Proxy::start(&mcp_config(
+        &pg,
+        &format!("{AUD}\nmax_request_bytes = 65536"),
+        None,
+    ))
+    .await;
+    let addr = http(&proxy);
+    let token = alice();
+    let auth = format!("Bearer {token}");
+    let session = Session::open(addr, &token, "2025-11-25").await;
+    let headers = |extra: &[(&'static str, &str)]| -> Vec<(String, String)> {
+        let mut h = vec![
+            ("Authorization".to_owned(), auth.clone()),
+            ("Content-Type".to_owned(), "application/json".to_owned()),
+            (
+                "Accept".to_owned(),
+                "application/json, text/event-stream".to_owned(),
+            ),
+            ("Mcp-Session-Id".to_owned(), session.id.clone()),
+            ("MCP-Protocol-Version".to_owned(), "2025-11-25".to_owned()),
+        ];
+        h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        h
+    };
+    let send = |method: &'static str, h: Vec<(String, String)>, body: Vec<u8>| async move {
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            request(addr, method, "/mcp", &h, &body),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{method} with {} bytes hung", body.len()))
+    };
+
+    // Known answers first.
+    let r = send("POST", headers(&[]), b"{not json".to_vec()).await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_i64()),
+        (400, Some(-32700)),
+        "{r:?}"
+    );
+    let r = send(
+        "POST",
+        headers(&[]),
+        rpc(5, "no/such/method", json!({})).to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(r.json()["error"]["code"], -32601, "{r:?}");
+    let unknown_tool = rpc(
+        6,
+        "tools/call",
+        json!({ "name": "drop_everything", "arguments": {} }),
+    );
+    let r = send("POST", headers(&[]), unknown_tool.to_string().into_bytes()).await;
+    assert_eq!(r.json()["error"]["code"], -32602, "{r:?}");
+    let bad_args = rpc(
+        7,
+        "tools/call",
+        json!({ "name": "query", "arguments": { "sql": 42 } }),
+    );
+    let r = send("POST", headers(&[]), bad_args.to_string().into_bytes()).await;
+    assert_eq!(r.json()["result"]["isError"], true, "{r:?}");
+    let huge = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"params\":{{\"pad\":\"{}\"}}}}",
+        "x".repeat(200_000)
+    );
+    let r = send("POST", headers(&[]), huge.into_bytes()).await;
+    assert_eq!(r.status, 413, "{r:?}");
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let r = send("POST", headers(&[]), deep.into_bytes()).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    for method in ["PUT", "PATCH", "GET", "OPTIONS"] {
+        let r = send(method, headers(&[]), Vec::new()).await;
+        assert!((400..500).contains(&r.status), "{method}: {r:?}");
+    }
+    let r = send(
+        "POST",
+        headers(&[("Content-Type", "text/plain")]),
+        b"{}".to_vec(),
+    )
+    .await;
+    assert!((400..500).contains(&r.status), "{r:?}");
+
+    // Then mutations of real messages.
+    let seeds: Vec<Vec<u8>> = [
+        rpc(10, "tools/call", json!({ "name": "query", "arguments": { "sql": "SELECT 1", "params": [1, "a", null] } })),
+        rpc(11, "tools/list", json!({})),
+        rpc(12, "resources/read", json!({ "uri": "pgsluice://app/table/public/notes" })),
+        rpc(13, "initialize", json!({ "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": { "name": "f", "version": "1" } })),
+        json!([rpc(14, "ping", json!({})), { "jsonrpc": "2.0", "method": "notifications/initialized" }]),
+    ]
+    .iter()
+    .map(|m| m.to_string().into_bytes())
+    .collect();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for i in 0..300 {
+        let body = mutate(&mut rng, &seeds[i % seeds.len()]);
+        let r = send("POST", headers(&[]), body.clone()).await;
+        assert!(
+            (200..300).contains(&r.status) || (400..500).contains(&r.status),
+            "input {i} {:?} got {r:?}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let mut after = Session::open(addr, &token, "2025-06-18").await;
+    let r = after
+        .call("query", json!({ "sql": "SELECT count(*) AS n FROM notes" }))
+        .await;
+    assert_eq!(column(&r), [json!(2)]);
+}
+
+/// Runs the MCP Inspector CLI (npm @modelcontextprotocol/inspector) against `url` with
+/// `args`; its JSON output.
+async fn inspector(url: &str, token: &str, args: &[&str]) -> Value {
+    let catalog = scratch("inspector").join("catalog.json");
+    let mut cmd =
+        tokio::process::Command::new(clients_dir().join("node_modules/.bin/mcp-inspector"));
+    cmd.args(["--cli", url, "--transport", "http"])
+        .args(["--header", &format!("Authorization: Bearer {token}")])
+        .args(args)
+        .env("MCP_CATALOG_PATH", &catalog);
+    client_json(&mut cmd, "the MCP Inspector").await
+}
+
+/// The MCP Inspector CLI lists the tools and calls one, with RLS applied.
+#[tokio::test]
+async fn inspector_cli_completes_a_session() {
+    let pg = database().await;
+    let proxy = Proxy::start(&mcp_config(&pg, AUD, None)).await;
+    let url = format!("http://{}/mcp", http(&proxy));
+    let tools = inspector(&url, &bob(), &["--method", "tools/list"]).await;
+    let names: Vec<&str> = tools["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{tools}"))
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    for t in [
+        "query",
+        "list_databases",
+        "list_schemas",
+        "list_tables",
+        "describe_table",
+        "explain",
+        "pool_status",
+    ] {
+        assert!(names.contains(&t), "{t} missing from {names:?}");
+    }
+    let r = inspector(
+        &url,
+        &bob(),
+        &[
+            "--method",
+            "tools/call",
+            "--tool-name",
+            "query",
+            "--tool-arg",
+            "sql=SELECT body FROM notes ORDER BY body",
+        ],
+    )
+    .await;
+    assert_eq!(r["structuredContent"]["rows"], json!([["bob-1"]]), "{r}");
+    let r = inspector(&url, &service(), &["--method", "tools/list"]).await;
+    assert!(
+        r["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "execute"),
+        "{r}"
     );
 }

@@ -10,4 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = views::auth_request(data);
     let _ = views::sasl_initial_response(data);
     let _ = views::password(data);
+    let _ = views::row_description(data);
+    let _ = views::data_row(data);
+    let _ = views::command_tag(data);
 });

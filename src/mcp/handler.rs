@@ -257,6 +257,8 @@ impl Server {
                     "duration_ms": took.as_secs_f64() * 1000.0,
                     "rows": called.rows,
                     "sqlstate": called.sqlstate,
+                    // As the wire path's statement lines: only for identities that ask.
+                    "statement": called.sql.as_deref().filter(|_| identity.audit_statements),
                 }),
             );
         }

@@ -173,11 +173,16 @@ pub async fn handle(
         }
         Err(_) => return rpc_error(StatusCode::BAD_REQUEST, -32700, "request body unreadable"),
     };
-    let message: Option<Value> = serde_json::from_slice(&body).ok();
-    if let Some(m) = &message
-        && wants_write(m)
-        && !super::tools::may_write(&config, &identity)
-    {
+    let screened = if parts.method == Method::POST {
+        match screen(&body) {
+            Ok(s) => Some(s),
+            Err((status, code, why)) => return rpc_error(status, code, why),
+        }
+    } else {
+        None
+    };
+    let screened = screened.unwrap_or_default();
+    if screened.writes && !super::tools::may_write(&config, &identity) {
         tracing::info!(identity = %identity.name, "mcp: write tool refused (insufficient_scope)");
         let r = rpc_error(StatusCode::FORBIDDEN, -32600, "this identity may not write");
         return with_authenticate(
@@ -188,9 +193,7 @@ pub async fn handle(
             ),
         );
     }
-    if message.as_ref().is_some_and(is_initialize)
-        && endpoint.sessions.sessions.read().await.len() >= MAX_SESSIONS
-    {
+    if screened.initialize && endpoint.sessions.sessions.read().await.len() >= MAX_SESSIONS {
         return rpc_error(
             StatusCode::SERVICE_UNAVAILABLE,
             -32603,
@@ -378,6 +381,37 @@ async fn authenticate(
             ))
         }
     }
+}
+
+/// What the front needs to know of a POST body before rmcp reads it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Screened {
+    /// It calls a write tool (alone or in a batch).
+    pub writes: bool,
+    /// It is an initialize request (a new session).
+    pub initialize: bool,
+}
+
+/// A POST body: JSON-RPC (an object or a batch), or the error to answer with.
+pub fn screen(body: &[u8]) -> Result<Screened, (StatusCode, i64, &'static str)> {
+    let message: Value = serde_json::from_slice(body).map_err(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            -32700,
+            "Parse error: the body is not JSON",
+        )
+    })?;
+    if !(message.is_object() || message.is_array()) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            -32600,
+            "Invalid Request: expected a JSON-RPC object",
+        ));
+    }
+    Ok(Screened {
+        writes: wants_write(&message),
+        initialize: is_initialize(&message),
+    })
 }
 
 /// Whether a JSON-RPC message (or batch) calls a write tool.

@@ -225,7 +225,7 @@ fn bad(message: impl Into<String>) -> SqlError {
 pub struct Args<'a>(pub &'a Map<String, Value>);
 
 impl Args<'_> {
-    fn text(&self, key: &str) -> Result<Option<&str>, SqlError> {
+    pub fn text(&self, key: &str) -> Result<Option<&str>, SqlError> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
@@ -233,13 +233,13 @@ impl Args<'_> {
         }
     }
 
-    fn required(&self, key: &str) -> Result<&str, SqlError> {
+    pub fn required(&self, key: &str) -> Result<&str, SqlError> {
         self.text(key)?
             .ok_or_else(|| bad(format!("argument {key:?} is required")))
     }
 
     /// Bind parameters as text (None: NULL).
-    fn params(&self) -> Result<Vec<Option<String>>, SqlError> {
+    pub fn params(&self) -> Result<Vec<Option<String>>, SqlError> {
         let Some(v) = self.0.get("params") else {
             return Ok(Vec::new());
         };
@@ -260,7 +260,7 @@ impl Args<'_> {
             .collect())
     }
 
-    fn flag(&self, key: &str) -> Result<bool, SqlError> {
+    pub fn flag(&self, key: &str) -> Result<bool, SqlError> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(false),
             Some(Value::Bool(b)) => Ok(*b),
@@ -268,7 +268,7 @@ impl Args<'_> {
         }
     }
 
-    fn max_rows(&self) -> Result<Option<usize>, SqlError> {
+    pub fn max_rows(&self) -> Result<Option<usize>, SqlError> {
         match self.0.get("max_rows") {
             None | Some(Value::Null) => Ok(None),
             Some(v) => match v.as_u64() {
@@ -390,7 +390,7 @@ pub async fn call(
         },
         "describe_table" => describe(c, &args).await,
         "list_databases" => Ok(list_databases(&config, identity)),
-        "pool_status" => Ok(pool_status(app, identity)),
+        "pool_status" => Ok(pool_status(c)),
         _ => return None,
     };
     Some(outcome.unwrap_or_else(|e| Called::failed(None, e)))
@@ -511,12 +511,14 @@ fn list_databases(config: &Config, identity: &Identity) -> Called {
     Called::value(v, text, None, names.len())
 }
 
-fn pool_status(app: &App, identity: &Identity) -> Called {
-    let pools: Vec<Value> = app
+fn pool_status(c: &Caller<'_>) -> Called {
+    let pools: Vec<Value> = c
+        .app
         .pools
         .all()
         .into_iter()
-        .filter(|p| *p.key.role == *identity.role)
+        .filter(|p| *p.key.role == *c.identity.role)
+        .filter(|p| crate::identity::database_allowed(c.config, c.identity, &p.key.database))
         .map(|p| {
             let c = p.counts();
             json!({

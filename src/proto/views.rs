@@ -227,6 +227,34 @@ mod tests {
     use bytes::BytesMut;
 
     #[test]
+    fn row_descriptions_and_data_rows() {
+        let mut rd = vec![0, 2];
+        for (name, oid) in [("id", 23u32), ("note", 25)] {
+            rd.extend_from_slice(name.as_bytes());
+            rd.push(0);
+            rd.extend_from_slice(&[0; 6]);
+            rd.extend_from_slice(&oid.to_be_bytes());
+            rd.extend_from_slice(&[0; 8]);
+        }
+        let cols = row_description(&rd).unwrap();
+        assert_eq!(
+            cols[1],
+            Column {
+                name: "note",
+                type_oid: 25
+            }
+        );
+        assert_eq!(row_description(&rd[..rd.len() - 1]), None);
+        // A count the body cannot hold is refused before anything is allocated.
+        assert_eq!(row_description(&[0x7f, 0xff, b'a', 0]), None);
+        let dr = [0, 2, 0, 0, 0, 1, b'7', 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(data_row(&dr), Some(vec![Some(&b"7"[..]), None]));
+        assert_eq!(data_row(&dr[..6]), None);
+        assert_eq!(command_tag(b"SELECT 3\0"), Some("SELECT 3"));
+        assert_eq!(command_tag(b"SELECT 3"), None);
+    }
+
+    #[test]
     fn reads_what_emit_writes() {
         let mut b = BytesMut::new();
         emit::error_response(&mut b, emit::Severity::Fatal, "28P01", "nope", Some("d"));
