@@ -13,9 +13,20 @@ use support::agents::*;
 use support::mcp::{Reply, post, request};
 use support::*;
 
-/// The agents.toml sections plus `[http]` and `[mcp]` (`mcp_extra` inside `[mcp]`).
+/// The agents.toml sections (compat claims) plus `[http]` and `[mcp]` (`mcp_extra` inside
+/// `[mcp]`).
 fn mcp_config(pg: &DevDb, mcp_extra: &str, audit: Option<&std::path::Path>) -> String {
-    let base = agent_config(pg, "compat", "", "");
+    mcp_config_in(pg, "compat", "", mcp_extra, audit)
+}
+
+fn mcp_config_in(
+    pg: &DevDb,
+    claims_mode: &str,
+    db_extra: &str,
+    mcp_extra: &str,
+    audit: Option<&std::path::Path>,
+) -> String {
+    let base = agent_config(pg, claims_mode, "", db_extra);
     let audit = audit.map_or(String::new(), |p| {
         format!("[audit]\ndestination = \"{}\"\n", p.display())
     });
@@ -225,6 +236,30 @@ async fn client_json(cmd: &mut tokio::process::Command, what: &str) -> Value {
     serde_json::from_str(&stdout)
         .or_else(|_| serde_json::from_str(stdout.lines().last().unwrap_or("")))
         .unwrap_or_else(|e| panic!("{what} printed no JSON ({e}):\n{stdout}\n{stderr}"))
+}
+
+/// Sealed claims (`pgsluice.uid()`, set only through the proxy's HMAC) reach RLS for MCP
+/// calls too, with two identities taking turns on one server connection.
+#[tokio::test]
+async fn sealed_claims_reach_rls_for_mcp_calls() {
+    let pg = start_postgres();
+    prepare(&pg).await;
+    let text = mcp_config_in(&pg, "sealed", "pool_size = 1", AUD, None);
+    install(&pg, &text).await;
+    own_rows_policy(&pg, "pgsluice.uid()").await;
+    let proxy = Proxy::start(&text).await;
+    let addr = http(&proxy);
+    let sql = json!({ "sql": "SELECT body, pgsluice.uid()::text AS me FROM notes ORDER BY body" });
+    let mut a = Session::open(addr, &alice(), "2025-06-18").await;
+    let mut b = Session::open(addr, &bob(), "2025-06-18").await;
+    for _ in 0..2 {
+        let r = a.call("query", sql.clone()).await;
+        assert_eq!(r["structuredContent"]["rows"], json!([["alice-1", ALICE], ["alice-2", ALICE]]), "{r}");
+        let r = b.call("query", sql.clone()).await;
+        assert_eq!(r["structuredContent"]["rows"], json!([["bob-1", BOB]]), "{r}");
+    }
+    let r = b.call("query", json!({ "sql": "SELECT count(*) AS n FROM pgsluice.sealed" })).await;
+    assert_eq!(sqlstate(&r), "42501", "the seal table is not the agent's to read: {r}");
 }
 
 /// Runs tests/clients/mcp_check.py (the official Python SDK) with `plan`; its report.
