@@ -254,12 +254,29 @@ async fn sealed_claims_reach_rls_for_mcp_calls() {
     let mut b = Session::open(addr, &bob(), "2025-06-18").await;
     for _ in 0..2 {
         let r = a.call("query", sql.clone()).await;
-        assert_eq!(r["structuredContent"]["rows"], json!([["alice-1", ALICE], ["alice-2", ALICE]]), "{r}");
+        assert_eq!(
+            r["structuredContent"]["rows"],
+            json!([["alice-1", ALICE], ["alice-2", ALICE]]),
+            "{r}"
+        );
         let r = b.call("query", sql.clone()).await;
-        assert_eq!(r["structuredContent"]["rows"], json!([["bob-1", BOB]]), "{r}");
+        assert_eq!(
+            r["structuredContent"]["rows"],
+            json!([["bob-1", BOB]]),
+            "{r}"
+        );
     }
-    let r = b.call("query", json!({ "sql": "SELECT count(*) AS n FROM pgsluice.sealed" })).await;
-    assert_eq!(sqlstate(&r), "42501", "the seal table is not the agent's to read: {r}");
+    let r = b
+        .call(
+            "query",
+            json!({ "sql": "SELECT count(*) AS n FROM pgsluice.sealed" }),
+        )
+        .await;
+    assert_eq!(
+        sqlstate(&r),
+        "42501",
+        "the seal table is not the agent's to read: {r}"
+    );
 }
 
 /// Runs tests/clients/mcp_check.py (the official Python SDK) with `plan`; its report.
@@ -430,11 +447,18 @@ async fn readers_cannot_write_and_writers_commit_only_success() {
         let r = a.call("query", json!({ "sql": sql })).await;
         assert_eq!(sqlstate(&r), "25006", "{sql}: {r}");
     }
-    // Leaving the read-only transaction and writing takes two statements: the second is refused.
+    // Leaving the read-only transaction: refused by its first word, and a second statement by the server.
     let r = a
         .call(
             "query",
             json!({ "sql": "COMMIT; INSERT INTO notes (owner, body) VALUES ('x', 'two')" }),
+        )
+        .await;
+    assert_eq!(sqlstate(&r), "0A000", "{r}");
+    let r = a
+        .call(
+            "query",
+            json!({ "sql": "SELECT 1; INSERT INTO notes (owner, body) VALUES ('x', 'two')" }),
         )
         .await;
     assert_eq!(sqlstate(&r), "42601", "{r}");
@@ -499,7 +523,7 @@ async fn readers_cannot_write_and_writers_commit_only_success() {
             json!({ "sql": "COPY notes (owner, body) FROM STDIN" }),
         )
         .await;
-    assert_eq!(sqlstate(&r), "57014", "{r}");
+    assert_eq!(sqlstate(&r), "0A000", "{r}");
     assert!(
         r["structuredContent"]["error"]["message"]
             .as_str()
@@ -1106,4 +1130,150 @@ async fn inspector_cli_completes_a_session() {
             .any(|t| t["name"] == "execute"),
         "{r}"
     );
+}
+
+/// A call cannot leave its transaction, keep a prepared statement or an advisory lock on
+/// the shared server; a session answers only the identity that opened it, which may hold
+/// at most 64; `writers` names API keys and subjects as well as roles.
+#[tokio::test]
+async fn calls_stay_in_their_transaction_and_sessions_with_their_owner() {
+    let pg = database().await;
+    let writers = format!(r#"writers = ["key:batch-agent", "sub:{BOB}"]"#);
+    let text = mcp_config(&pg, AUD, None).replace(r#"writers = ["service_role"]"#, &writers);
+    let proxy = Proxy::start(&text).await;
+    let addr = http(&proxy);
+    let before = all_bodies(&pg).await;
+    let mut a = Session::open(addr, &alice(), "2025-11-25").await;
+    for sql in [
+        "COMMIT",
+        "  /* leave */ end",
+        "BEGIN",
+        "start transaction read write",
+        "SAVEPOINT s",
+        "PREPARE p AS SELECT 1",
+        "EXECUTE p",
+        "DEALLOCATE ALL",
+        "COPY notes FROM STDIN",
+    ] {
+        let r = a.call("query", json!({ "sql": sql })).await;
+        assert_eq!(sqlstate(&r), "0A000", "{sql}: {r}");
+    }
+    // Session advisory locks outlive a transaction: the call's are released with it.
+    for tool in ["query", "execute"] {
+        let mut w = Session::open(addr, BATCH_KEY, "2025-11-25").await;
+        let r = w
+            .call(
+                tool,
+                json!({ "sql": "SELECT pg_advisory_lock(4242) IS NULL AS locked" }),
+            )
+            .await;
+        assert_eq!(r["isError"], false, "{r}");
+    }
+    let held: i64 = superuser(&pg)
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0);
+
+    // Bob cannot use, or end, Alice's session by its id.
+    let stolen = Session {
+        token: bob(),
+        id: a.id.clone(),
+        addr,
+        version: a.version.clone(),
+        next: 100,
+    };
+    let r = stolen
+        .post(&rpc(
+            101,
+            "tools/call",
+            json!({ "name": "query", "arguments": { "sql": "SELECT 1" } }),
+        ))
+        .await;
+    assert_eq!(r.status, 404, "{r:?}");
+    let bearer = format!("Bearer {}", bob());
+    let del = [
+        ("Authorization", bearer.as_str()),
+        ("Mcp-Session-Id", a.id.as_str()),
+    ];
+    let r = support::mcp::request(addr, "DELETE", "/mcp", &del, b"").await;
+    assert_eq!(r.status, 404, "{r:?}");
+    let r = a
+        .call(
+            "query",
+            json!({ "sql": "SELECT body FROM notes ORDER BY body" }),
+        )
+        .await;
+    assert_eq!(column(&r), [json!("alice-1"), json!("alice-2")]);
+    // Alice ends her own session; it is gone.
+    let bearer = format!("Bearer {}", alice());
+    let del = [
+        ("Authorization", bearer.as_str()),
+        ("Mcp-Session-Id", a.id.as_str()),
+    ];
+    let r = support::mcp::request(addr, "DELETE", "/mcp", &del, b"").await;
+    assert!((200..300).contains(&r.status), "{r:?}");
+    let r = a
+        .post(&rpc(
+            200,
+            "tools/call",
+            json!({ "name": "query", "arguments": { "sql": "SELECT 1" } }),
+        ))
+        .await;
+    assert_eq!(r.status, 404, "{r:?}");
+
+    // writers: the API key by name and Bob by subject; Alice (same role as Bob) and the
+    // service role (not listed) are readers.
+    let insert = |who: &str| json!({ "name": "execute", "arguments": { "sql": format!("INSERT INTO notes (owner, body) VALUES (auth.uid(), '{who}')") } });
+    for (token, allowed, who) in [
+        (BATCH_KEY.to_owned(), true, "by-key"),
+        (bob(), true, "by-sub"),
+        (alice(), false, "alice"),
+        (service(), false, "svc"),
+    ] {
+        let s = Session::open(addr, &token, "2025-11-25").await;
+        let r = s.post(&rpc(9, "tools/call", insert(who))).await;
+        if allowed {
+            assert_eq!(r.status, 200, "{who}: {r:?}");
+            assert_eq!(r.json()["result"]["isError"], false, "{who}: {r:?}");
+        } else {
+            assert_eq!(r.status, 403, "{who}: {r:?}");
+        }
+    }
+    let mut after = before.clone();
+    after.extend(["by-key".to_owned(), "by-sub".to_owned()]);
+    after.sort();
+    assert_eq!(all_bodies(&pg).await, after);
+
+    // 64 sessions per identity: the 65th is refused with 429, others may still open theirs.
+    let carol = token(
+        "authenticated",
+        Some("carol"),
+        json!({ "aud": "pgsluice-test" }),
+    );
+    let mut open = Vec::new();
+    for _ in 0..64 {
+        open.push(Session::open(addr, &carol, "2025-06-18").await);
+    }
+    let init = rpc(
+        1,
+        "initialize",
+        json!({ "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": { "name": "t", "version": "1" } }),
+    );
+    let r = post(addr, &carol, &[], &init).await;
+    assert_eq!(r.status, 429, "{r:?}");
+    Session::open(addr, &bob(), "2025-06-18").await;
+    let bearer = format!("Bearer {carol}");
+    let del = [
+        ("Authorization", bearer.as_str()),
+        ("Mcp-Session-Id", open[0].id.as_str()),
+    ];
+    let r = support::mcp::request(addr, "DELETE", "/mcp", &del, b"").await;
+    assert!((200..300).contains(&r.status), "{r:?}");
+    Session::open(addr, &carol, "2025-06-18").await;
 }

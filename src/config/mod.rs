@@ -336,8 +336,16 @@ impl Config {
         if mcp.max_bytes < 1024 {
             return fail("mcp.max_bytes", "must be at least 1024");
         }
-        if mcp.max_request_bytes < 1024 {
-            return fail("mcp.max_request_bytes", "must be at least 1024");
+        if !(1024..=64 << 20).contains(&mcp.max_request_bytes) {
+            return fail("mcp.max_request_bytes", "must be between 1024 and 67108864");
+        }
+        // PostgreSQL takes statement_timeout in milliseconds, up to i32::MAX.
+        let t = mcp.statement_timeout.0;
+        if !(0.001..=2_000_000.0).contains(&t) {
+            return fail(
+                "mcp.statement_timeout",
+                "must be between 0.001 and 2000000 seconds",
+            );
         }
         if let Some(r) = &mcp.resource
             && !(r.starts_with("https://") || r.starts_with("http://"))

@@ -29,6 +29,25 @@ pub struct Identity {
     pub audit_statements: bool,
 }
 
+impl Identity {
+    /// Who this is, unambiguously: source, role and name (a JWT subject may equal an API
+    /// key's name; they are still different identities).
+    pub fn key(&self) -> String {
+        format!("{}:{}:{}", self.source.method(), self.role, self.name)
+    }
+
+    /// Whether a `[mcp] writers`-style entry names it: a role name, `key:<API key name>`
+    /// or `sub:<JWT subject>`.
+    pub fn named_by(&self, entry: &str) -> bool {
+        match (entry.split_once(':'), self.source) {
+            (Some(("key", name)), Source::ApiKey) => name == &*self.name,
+            (Some(("sub", sub)), Source::Jwt) => !sub.is_empty() && sub == &*self.subject,
+            (Some(_), _) => false,
+            (None, _) => entry == &*self.role,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     ApiKey,
@@ -127,14 +146,14 @@ pub fn database_allowed(config: &Config, identity: &Identity, database: &str) ->
     listed.is_none_or(|l| l.is_empty() || l.iter().any(|d| d.as_str() == database))
 }
 
-/// The identity an HTTP `Authorization: Bearer` token proves (MCP): a JWT (anything with a
-/// JWT header) claiming an allowed role, with one of `audiences`; else an API key, found by
-/// its hash.
+/// The identity a bearer token proves (MCP): a JWT (anything with a JWT header) claiming an
+/// allowed role, with one of `audiences` (None: `[jwt] audiences`); else an API key, found
+/// by its hash.
 pub async fn from_bearer(
     config: &Config,
     jwks: &jwks::Jwks,
     token: &str,
-    audiences: &[String],
+    audiences: Option<&[String]>,
 ) -> Result<Identity, Refusal> {
     if jsonwebtoken::decode_header(token).is_ok() {
         if config.jwt.is_none() {
@@ -142,7 +161,7 @@ pub async fn from_bearer(
         }
         let expect = jwt::Expect {
             role: None,
-            audiences: Some(audiences),
+            audiences,
         };
         return jwt::verify(config, jwks, expect, token).await;
     }

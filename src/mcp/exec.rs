@@ -35,6 +35,28 @@ const MAX_MESSAGE: usize = 1 << 20;
 /// Time past statement_timeout before the proxy gives up on the server itself.
 const GRACE: Duration = Duration::from_secs(5);
 
+/// Statements a call may not run: they would end the call's transaction (so the rest of
+/// it ran outside READ ONLY, or a prepared transaction outlived it) or change the server's
+/// prepared statements behind the proxy's back (the next client's reset would end the
+/// backend, or its statements would be gone).
+const REFUSED: &[&str] = &[
+    "begin",
+    "start",
+    "commit",
+    "end",
+    "rollback",
+    "abort",
+    "savepoint",
+    "release",
+    "prepare",
+    "deallocate",
+    "execute",
+    "copy",
+];
+
+/// The most SQL text and parameter bytes one call may send.
+pub const MAX_STATEMENT_BYTES: usize = 16 << 20;
+
 /// What a call may return and how long it may take.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -137,12 +159,37 @@ pub async fn run(
     database: &str,
     stmt: &Statement<'_>,
 ) -> Result<Rows, SqlError> {
+    refuse(stmt)?;
     let config = app.config.load_full();
     let pool = pool_for(app, &config, identity, database)?;
     let start = std::time::Instant::now();
     let result = run_on(app, &config, &pool, identity, stmt).await;
     record(app, &pool, stmt.sql, start.elapsed(), &result);
     result
+}
+
+/// A statement a call may not run, refused before any server is taken.
+fn refuse(stmt: &Statement<'_>) -> Result<(), SqlError> {
+    let size = stmt.sql.len() + stmt.params.iter().flatten().map(String::len).sum::<usize>();
+    if size > MAX_STATEMENT_BYTES {
+        return Err(SqlError::new(
+            "54000",
+            "the statement and its parameters are larger than 16 MiB",
+        ));
+    }
+    let word = crate::sql::session::first_keyword(stmt.sql);
+    match word.as_deref().filter(|w| REFUSED.contains(w)) {
+        Some(w) => Err(SqlError {
+            hint: "each call runs one statement in a transaction of its own; COPY, \
+                   transaction control and SQL-level prepared statements are not available"
+                .into(),
+            ..SqlError::new(
+                "0A000",
+                &format!("{} is not available through MCP", w.to_ascii_uppercase()),
+            )
+        }),
+        None => Ok(()),
+    }
 }
 
 /// SHOW QUERIES counts tool calls with the wire clients' statements.
@@ -184,9 +231,10 @@ async fn run_on(
         }
     };
     match out {
-        Ok(result) => {
-            lease.busy = false;
-            result
+        Ok(done) => {
+            // Otherwise the lease cancels and closes the server.
+            lease.busy = !done.reusable;
+            done.result
         }
         Err(e) => {
             tracing::info!(error = %e, "mcp: server connection failed during a call");
@@ -307,12 +355,14 @@ impl Drop for Lease {
     }
 }
 
-/// The whole transaction on `server`: Ok(Err(..)) for an error the statement raised, Err
-/// for a server that broke (the lease closes it).
-async fn transaction(
-    server: &mut ServerConn,
-    stmt: &Statement<'_>,
-) -> io::Result<Result<Rows, SqlError>> {
+/// A transaction's outcome, and whether its server may serve another client.
+struct Done {
+    result: Result<Rows, SqlError>,
+    reusable: bool,
+}
+
+/// The whole transaction on `server`: Err for a server that broke (the lease closes it).
+async fn transaction(server: &mut ServerConn, stmt: &Statement<'_>) -> io::Result<Done> {
     let mut out = BytesMut::with_capacity(stmt.sql.len() + 256);
     let begin = match stmt.mode {
         Mode::ReadOnly => "BEGIN READ ONLY",
@@ -344,18 +394,34 @@ async fn transaction(
     emit::sync(&mut out);
     server.stream.send(&out).await?;
     let result = reader.statement(&mut server.stream, &stmt.limits).await?;
+    if reader.abandoned || !matches!(reader.status, b'T' | b'E') {
+        // COPY TO STDOUT still streaming, or the transaction ended under the statement
+        // (nothing the refusals above let through should): not reused.
+        let e = SqlError::new("0A000", "the statement left the call's transaction");
+        return Ok(Done {
+            result: result.and(Err(e)),
+            reusable: false,
+        });
+    }
     let commit = stmt.mode == Mode::Write && result.is_ok();
     out.clear();
     emit::query(&mut out, if commit { "COMMIT" } else { "ROLLBACK" });
+    // Session advisory locks survive the transaction: none is kept while the server idles.
+    emit::query(&mut out, "SELECT pg_catalog.pg_advisory_unlock_all()");
     server.stream.send(&out).await?;
     let ended = reader.until_ready(&mut server.stream, None).await?;
-    if reader.status != b'I' {
+    let unlocked = reader.until_ready(&mut server.stream, None).await?;
+    if unlocked.is_err() || reader.status != b'I' {
         return Err(io::Error::other("server left in a transaction"));
     }
     // COMMIT of a transaction that failed on commit (a deferred constraint) reports it.
-    Ok(match (result, ended) {
+    let result = match (result, ended) {
         (Ok(_), Err(e)) if commit => Err(e),
         (r, _) => r,
+    };
+    Ok(Done {
+        result,
+        reusable: true,
     })
 }
 
@@ -364,6 +430,8 @@ async fn transaction(
 struct Reader {
     buf: BytesMut,
     status: u8,
+    /// Stopped reading before the server's ReadyForQuery (a COPY TO STDOUT).
+    abandoned: bool,
 }
 
 /// One message, or a DataRow too large for what is left of the byte budget (skipped).

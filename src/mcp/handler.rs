@@ -21,9 +21,10 @@ pub struct Server {
     pub app: Arc<App>,
     /// stdio: the identity from the environment.
     pub fixed: Option<Arc<Identity>>,
-    /// The identity that opened the session: later requests in it must prove the same one,
-    /// so a session id alone is worth nothing to another agent.
-    pub owner: OnceLock<Box<str>>,
+    /// The identity that opened the session ([`Identity::key`]): later requests in it must
+    /// prove the same one (the HTTP front checks every request carrying the session's id;
+    /// this is the second check, inside the session).
+    pub owner: OnceLock<String>,
 }
 
 impl Server {
@@ -44,8 +45,9 @@ impl Server {
         let Some(identity) = found else {
             return Err(ErrorData::invalid_request("not authenticated", None));
         };
-        let owner = self.owner.get_or_init(|| identity.name.clone());
-        if *owner != identity.name {
+        let key = identity.key();
+        let owner = self.owner.get_or_init(|| key.clone());
+        if *owner != key {
             tracing::warn!(owner = %owner, identity = %identity.name, "mcp: a session was used by another identity");
             return Err(ErrorData::invalid_request(
                 "this session belongs to another identity",
@@ -72,6 +74,17 @@ impl rmcp::ServerHandler for Server {
             tracing::error!(error = %e, "mcp: server info did not build");
             ServerConfig::new(Default::default())
         })
+    }
+
+    async fn initialize(
+        &self,
+        request: rmcp::model::InitializeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::InitializeResult, ErrorData> {
+        // The session's owner is whoever opens it.
+        self.identity(&ctx)?;
+        ctx.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
     }
 
     async fn list_tools(
@@ -190,7 +203,9 @@ impl rmcp::ServerHandler for Server {
         let text = match parts.as_slice() {
             [db, "schema"] => {
                 let sql = catalog::schema_resource();
-                let rows = tools::catalog_query(&caller, db, &sql, &[]).await;
+                let rows = tools::catalog_query(&caller, db, &sql, &[])
+                    .await
+                    .and_then(tools::whole);
                 match rows {
                     Ok(r) => r
                         .rows

@@ -28,15 +28,24 @@ pub type Body = BoxBody<Bytes, Infallible>;
 /// Sessions (2025 revisions) open at once; an initialize beyond it gets 503.
 const MAX_SESSIONS: usize = 1024;
 
+/// Sessions one identity may hold open; an initialize beyond it gets 429.
+const SESSIONS_PER_IDENTITY: usize = 64;
+
+const SESSION_HEADER: &str = "mcp-session-id";
+
 /// The scope a write tool needs, as 403 insufficient_scope names it.
 const WRITE_SCOPE: &str = "pgsluice:write";
 
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
-/// The MCP endpoint: rmcp's service and its sessions.
+/// The MCP endpoint: rmcp's service and its sessions, and who opened each.
 pub struct Endpoint {
     service: StreamableHttpService<Server, LocalSessionManager>,
     sessions: Arc<LocalSessionManager>,
+    /// Session id to the [`Identity::key`] that opened it: every request naming a session
+    /// (DELETE and notifications included, which never reach the handler) must come from
+    /// that identity.
+    owners: dashmap::DashMap<String, String>,
 }
 
 impl Endpoint {
@@ -54,7 +63,11 @@ impl Endpoint {
             sessions.clone(),
             config,
         );
-        Endpoint { service, sessions }
+        Endpoint {
+            service,
+            sessions,
+            owners: dashmap::DashMap::new(),
+        }
     }
 }
 
@@ -193,13 +206,25 @@ pub async fn handle(
             ),
         );
     }
-    if screened.initialize && endpoint.sessions.sessions.read().await.len() >= MAX_SESSIONS {
-        return rpc_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            -32603,
-            "too many MCP sessions: try again later",
-        );
+    let key = identity.key();
+    let session = parts
+        .headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(id) = &session
+        && endpoint.owners.get(id).is_some_and(|o| *o != key)
+    {
+        tracing::warn!(identity = %identity.name, "mcp: a request named another identity's session");
+        // As for an unknown session: nothing says whose it is.
+        return rpc_error(StatusCode::NOT_FOUND, -32001, "Session not found");
     }
+    if screened.initialize
+        && let Some(r) = too_many_sessions(endpoint, &key).await
+    {
+        return r;
+    }
+    let is_delete = parts.method == Method::DELETE;
     parts.extensions.insert(identity);
     // Cancelled when the reply is dropped before its end: the client went away, so its
     // call stops on the server (the stateless revision's own token covers only that one).
@@ -212,6 +237,20 @@ pub async fn handle(
         Ok(r) => r,
         Err(never) => match never {},
     };
+    if screened.initialize
+        && let Some(id) = reply
+            .headers()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+    {
+        endpoint.owners.insert(id.to_owned(), key);
+    }
+    if is_delete
+        && reply.status().is_success()
+        && let Some(id) = &session
+    {
+        endpoint.owners.remove(id);
+    }
     reply.map(|inner| {
         Watched {
             inner,
@@ -358,7 +397,7 @@ async fn authenticate(
     } else {
         mcp.audiences.clone()
     };
-    match crate::identity::from_bearer(config, &app.jwks, token, &audiences).await {
+    match crate::identity::from_bearer(config, &app.jwks, token, Some(&audiences)).await {
         Ok(identity) => {
             app.metrics.auth_result(identity.source.method(), true);
             Ok(Arc::new(identity))
@@ -431,6 +470,32 @@ fn wants_write(m: &Value) -> bool {
 
 fn is_initialize(m: &Value) -> bool {
     m.get("method").and_then(Value::as_str) == Some("initialize")
+}
+
+/// 503 when the endpoint holds its most sessions, 429 when this identity holds its own
+/// most; None when a new one may open. Forgets owners of sessions rmcp has ended.
+async fn too_many_sessions(endpoint: &Endpoint, key: &str) -> Option<Response<Body>> {
+    let open = endpoint.sessions.sessions.read().await;
+    if endpoint.owners.len() > open.len() {
+        endpoint
+            .owners
+            .retain(|id, _| open.contains_key(id.as_str()));
+    }
+    if open.len() >= MAX_SESSIONS {
+        return Some(rpc_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            -32603,
+            "too many MCP sessions: try again later",
+        ));
+    }
+    let mine = endpoint.owners.iter().filter(|o| o.value() == key).count();
+    (mine >= SESSIONS_PER_IDENTITY).then(|| {
+        rpc_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            -32603,
+            "this identity has too many open MCP sessions: close some (DELETE)",
+        )
+    })
 }
 
 #[cfg(test)]

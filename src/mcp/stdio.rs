@@ -30,12 +30,14 @@ pub async fn run(config: Config) -> Result<(), String> {
     let app = App::new(config, audit);
     let identity = {
         let config = app.config.load();
-        let audiences = match config.mcp.as_ref() {
-            Some(m) if !m.audiences.is_empty() => m.audiences.clone(),
-            Some(m) => vec![super::http::resource(&config, m)],
-            None => Vec::new(),
-        };
-        crate::identity::from_bearer(&config, &app.jwks, &token, &audiences)
+        // No HTTP resource here: `[mcp] audiences` when set, else `[jwt] audiences`, as a
+        // wire login checks.
+        let audiences = config
+            .mcp
+            .as_ref()
+            .map(|m| m.audiences.as_slice())
+            .filter(|a| !a.is_empty());
+        crate::identity::from_bearer(&config, &app.jwks, &token, audiences)
             .await
             .map_err(|why| format!("the token was refused ({})", why.as_str()))?
     };

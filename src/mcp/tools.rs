@@ -13,13 +13,13 @@ use std::sync::Arc;
 /// Tools that change data: only identities `[mcp] writers` names may call them.
 pub const WRITE_TOOLS: &[&str] = &["execute"];
 
-/// Whether `identity` may write (`[mcp] writers` names its role or itself).
+/// Whether `identity` may write (`[mcp] writers` names its role, its API key as
+/// `key:<name>` or its JWT subject as `sub:<subject>`).
 pub fn may_write(config: &Config, identity: &Identity) -> bool {
-    config.mcp.as_ref().is_some_and(|m| {
-        m.writers
-            .iter()
-            .any(|w| *w == *identity.role || *w == *identity.name)
-    })
+    config
+        .mcp
+        .as_ref()
+        .is_some_and(|m| m.writers.iter().any(|w| identity.named_by(w)))
 }
 
 fn rows_schema() -> Value {
@@ -461,6 +461,20 @@ pub async fn catalog_query(
     exec::run(c.app, c.identity, db, &stmt).await
 }
 
+/// A one-value catalog result, or an error when it did not fit in max_bytes (cut JSON is
+/// no answer).
+pub fn whole(rows: exec::Rows) -> Result<exec::Rows, SqlError> {
+    match rows.truncated {
+        None => Ok(rows),
+        Some(_) => Err(SqlError {
+            code: "54000".into(),
+            message: "the result is larger than [mcp] max_bytes".into(),
+            hint: "list_tables and describe_table give it in parts".into(),
+            ..SqlError::default()
+        }),
+    }
+}
+
 /// describe_table's JSON (or a 42P01 result when there is no such table).
 pub async fn describe_json(
     c: &Caller<'_>,
@@ -470,7 +484,7 @@ pub async fn describe_json(
 ) -> Result<(String, Value), SqlError> {
     let sql = catalog::describe_table();
     let params = [Some(schema.to_owned()), Some(table.to_owned())];
-    let rows = catalog_query(c, db, &sql, &params).await?;
+    let rows = whole(catalog_query(c, db, &sql, &params).await?)?;
     let json = rows
         .rows
         .first()

@@ -198,6 +198,15 @@ pub fn scan(text: &str) -> Touched {
     out
 }
 
+/// The statement's first keyword, lowercased (None: it starts with something else, such as
+/// a parenthesis or a quoted name).
+pub fn first_keyword(text: &str) -> Option<String> {
+    match Lexer::new(text).next()? {
+        Token::Word(w) => Some(w.to_ascii_lowercase()),
+        _ => None,
+    }
+}
+
 /// `DEALLOCATE [PREPARE] name` as the whole text: the name (protocol-level statements are
 /// the client's own in transaction mode, so the proxy answers it). `None` for anything else,
 /// `DEALLOCATE ALL` included (the server runs that one).
