@@ -31,6 +31,8 @@ pub struct App {
     pub auth_cache: crate::auth::passthrough::AuthCache,
     /// Per-address limits: open connections, attempt rate, lockouts.
     pub limits: crate::admission::limits::Limits,
+    /// Per-identity limits: client connections, servers held, transaction rate.
+    pub identities: Arc<crate::admission::identities::Identities>,
     /// Client-facing TLS (certificate reloaded when its files change).
     pub tls: Arc<crate::net::tls::Acceptor>,
     /// The last pg_stat_activity sample of each upstream (SHOW ACTIVITY).
@@ -72,6 +74,7 @@ impl App {
             activity,
             tls,
             limits: Default::default(),
+            identities: Default::default(),
             auth_cache: Default::default(),
             audit,
             pools,

@@ -59,6 +59,27 @@ impl ClientError {
     pub fn too_many_clients() -> Self {
         Self::fatal("53300", "sorry, too many clients already")
     }
+    /// 53300 for one transaction, with a message saying which limit (shedding, an
+    /// identity's share of a pool); the connection stays open.
+    pub fn over_limit(message: impl Into<String>) -> Self {
+        ClientError {
+            severity: Severity::Error,
+            code: Cow::Borrowed("53300"),
+            message: message.into(),
+        }
+    }
+    /// 53300 refusing a connection (an identity's max_user_client_connections).
+    pub fn over_limit_fatal(message: impl Into<String>) -> Self {
+        Self::fatal("53300", message)
+    }
+    /// 53400 (configuration_limit_exceeded) for a transaction over its identity's rate.
+    pub fn over_rate(message: impl Into<String>) -> Self {
+        ClientError {
+            severity: Severity::Error,
+            code: Cow::Borrowed("53400"),
+            message: message.into(),
+        }
+    }
     /// 57P03: no server connection could be had.
     pub fn server_unavailable(message: impl Into<String>) -> Self {
         Self::fatal("57P03", message)

@@ -61,6 +61,19 @@ pub struct Metrics {
     pub client_errors: Family<ErrorLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     tls_handshakes: Family<TlsLabels, Counter>,
+    limit_refusals: Family<LimitLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PriorityLabels {
+    database: String,
+    role: String,
+    priority: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -84,6 +97,7 @@ impl Metrics {
             client_errors: Family::default(),
             reloads: Family::default(),
             tls_handshakes: Family::default(),
+            limit_refusals: Family::default(),
             mcp_calls: Family::default(),
             mcp_errors: Family::default(),
             mcp_seconds: Family::new_with_constructor(tool_histogram),
@@ -130,6 +144,12 @@ impl Metrics {
             m.tls_handshakes.clone(),
         );
         registry.register(
+            "limit_refusals",
+            "Clients or transactions refused by a per-identity limit (max_user_connections, \
+             max_user_client_connections, transactions_per_second)",
+            m.limit_refusals.clone(),
+        );
+        registry.register(
             "build",
             "pgsluice build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -147,6 +167,13 @@ impl Metrics {
         let class = sqlstate.get(..2).unwrap_or("??").to_owned();
         self.client_errors
             .get_or_create(&ErrorLabels { class })
+            .inc();
+    }
+
+    /// A client or transaction refused by the per-identity limit named.
+    pub fn limit_refused(&self, limit: &'static str) {
+        self.limit_refusals
+            .get_or_create(&LimitLabels { limit })
             .inc();
     }
 
@@ -309,7 +336,21 @@ impl Collector for PoolCollector {
         let mut paused_rows = Vec::new();
         let mut up_rows = Vec::new();
         let mut circuit_rows = Vec::new();
+        let mut class_rows = Vec::new();
+        let mut served_rows = Vec::new();
+        let mut shed_rows = Vec::new();
         for p in &pools {
+            let waiting = p.waiting_by_class();
+            for (i, priority) in ["low", "normal", "high"].into_iter().enumerate() {
+                let l = PriorityLabels {
+                    database: p.key.database.to_string(),
+                    role: p.key.role.to_string(),
+                    priority,
+                };
+                class_rows.push((l.clone(), waiting[i] as f64));
+                served_rows.push((l.clone(), p.stats.served[i].load(Ordering::Relaxed)));
+                shed_rows.push((l, p.stats.shed[i].load(Ordering::Relaxed)));
+            }
             let mine = clients.iter().filter(|c| c.facts.pool == p.key);
             let (mut active, mut waiting, mut oldest) = (0u64, 0u64, 0u64);
             for c in mine {
@@ -418,7 +459,31 @@ impl Collector for PoolCollector {
             gauge,
         )?;
 
+        family(
+            &mut enc,
+            "clients_waiting_by_class",
+            "Clients queued for a server connection now, by priority class",
+            g,
+            &class_rows,
+            gauge,
+        )?;
         let c = MetricType::Counter;
+        family(
+            &mut enc,
+            "served_by_class",
+            "Server connections handed to clients, by priority class",
+            c,
+            &served_rows,
+            counter,
+        )?;
+        family(
+            &mut enc,
+            "shed",
+            "Clients refused by shedding (shed_queue_length, shed_wait), by priority class",
+            c,
+            &shed_rows,
+            counter,
+        )?;
         let totals: Vec<_> = pools
             .iter()
             .map(|p| (labels(p), p.stats.totals.snapshot()))

@@ -208,7 +208,7 @@ fn accepts_the_whole_agents_contract() {
     assert_eq!(key.subject.as_str(), BATCH);
     assert!(c.mcp.as_ref().unwrap().enabled);
     let interactive = c.user("interactive").unwrap();
-    assert_eq!(interactive.priority, pgsluice::config::Priority::High);
+    assert_eq!(interactive.priority, Some(pgsluice::config::Priority::High));
     // It shares the upstream role (and so the pool) with "agent".
     assert_eq!(
         interactive.server_user,

@@ -67,5 +67,6 @@ pub fn user_entry(name: &str, secret: String) -> User {
         allow_addresses: Vec::new(),
         deny_addresses: Vec::new(),
         priority: Default::default(),
+        limits: Default::default(),
     }
 }

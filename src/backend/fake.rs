@@ -85,6 +85,7 @@ pub fn settings(size: usize) -> PoolSettings {
         wait_timeout: Some(Duration::from_secs(120)),
         check_query: None,
         check_delay: Duration::from_secs(30),
+        fairness: Default::default(),
     }
 }
 

@@ -13,5 +13,5 @@ pub mod statements;
 pub mod upstream_auth;
 
 pub use crate::pool_key::PoolKey;
-pub use pool::{CheckoutError, Pool};
+pub use pool::{CheckoutError, Demand, Pool};
 pub use server::ServerConn;

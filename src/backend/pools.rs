@@ -105,6 +105,13 @@ fn plan(
         wait_timeout: g.query_wait_timeout.enabled(),
         check_query: Some(g.server_check_query.to_string()).filter(|q| !q.trim().is_empty()),
         check_delay: g.server_check_delay.duration(),
+        fairness: crate::backend::pool::Fairness {
+            default_class: db.priority.unwrap_or_default(),
+            aging: g.priority_aging.duration(),
+            reserve: db.priority_reserve.unwrap_or(g.priority_reserve),
+            shed_queue: db.shed_queue_length.unwrap_or(g.shed_queue_length),
+            shed_wait: db.shed_wait.unwrap_or(g.shed_wait).enabled(),
+        },
     };
     (key, upstream, settings)
 }

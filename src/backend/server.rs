@@ -47,7 +47,7 @@ pub struct Connection {
     pub last_used: Instant,
     pub upstream: Arc<super::connect::Upstream>,
     /// Holds this connection's place in its pool's count until dropped.
-    pub(super) _slot: Slot,
+    pub(super) slot: Slot,
 }
 
 /// Longest message the proxy reads whole from a server outside the relay (its own statements).

@@ -25,6 +25,84 @@ impl Priority {
     }
 }
 
+/// What happens to a client at one of its identity's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLimit {
+    /// It waits its turn (up to query_wait_timeout).
+    #[default]
+    Wait,
+    /// Its transaction is refused with an error naming the limit.
+    Refuse,
+}
+
+/// The `limits` table of a `[[users]]`, `[[api_keys]]` or `[[roles]]` entry (docs/pooling.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitKeys {
+    /// Servers it may hold at once in a pool.
+    pub max_user_connections: Option<usize>,
+    /// Client connections it may have open.
+    pub max_user_client_connections: Option<usize>,
+    /// Transactions it may start per second (transaction mode), and the burst above that.
+    pub transactions_per_second: Option<u32>,
+    pub transaction_burst: Option<u32>,
+    pub at_max_user_connections: Option<OnLimit>,
+    pub over_transaction_rate: Option<OnLimit>,
+}
+
+impl LimitKeys {
+    /// These keys where set, `under`'s elsewhere.
+    pub fn over(self, under: LimitKeys) -> LimitKeys {
+        LimitKeys {
+            max_user_connections: self.max_user_connections.or(under.max_user_connections),
+            max_user_client_connections: self
+                .max_user_client_connections
+                .or(under.max_user_client_connections),
+            transactions_per_second: self
+                .transactions_per_second
+                .or(under.transactions_per_second),
+            transaction_burst: self.transaction_burst.or(under.transaction_burst),
+            at_max_user_connections: self
+                .at_max_user_connections
+                .or(under.at_max_user_connections),
+            over_transaction_rate: self.over_transaction_rate.or(under.over_transaction_rate),
+        }
+    }
+
+    /// The limits in force (0: none).
+    pub fn resolve(self) -> IdentityLimits {
+        let rate = self.transactions_per_second.unwrap_or(0);
+        IdentityLimits {
+            max_user_connections: self.max_user_connections.unwrap_or(0),
+            max_user_client_connections: self.max_user_client_connections.unwrap_or(0),
+            transactions_per_second: rate,
+            transaction_burst: self.transaction_burst.unwrap_or(rate).max(rate.min(1)),
+            at_max_user_connections: self.at_max_user_connections.unwrap_or_default(),
+            over_transaction_rate: self.over_transaction_rate.unwrap_or(OnLimit::Refuse),
+        }
+    }
+}
+
+/// An identity's limits, resolved (0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IdentityLimits {
+    pub max_user_connections: usize,
+    pub max_user_client_connections: usize,
+    pub transactions_per_second: u32,
+    pub transaction_burst: u32,
+    pub at_max_user_connections: OnLimit,
+    pub over_transaction_rate: OnLimit,
+}
+
+impl IdentityLimits {
+    pub fn is_none(&self) -> bool {
+        self.max_user_connections == 0
+            && self.max_user_client_connections == 0
+            && self.transactions_per_second == 0
+    }
+}
+
 /// How a token identity's claims reach Row Level Security.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -120,8 +198,9 @@ pub struct Role {
     pub name: Text,
     pub server_user: Text,
     pub server_password: Text,
+    /// The class of identities acting as it (default: the database's).
     #[serde(default)]
-    pub priority: Priority,
+    pub priority: Option<Priority>,
     /// The role is meant to bypass RLS (Supabase's service_role): install-sql does not warn
     /// about its BYPASSRLS.
     #[serde(default)]
@@ -129,6 +208,9 @@ pub struct Role {
     /// Every statement of tokens mapped to this role goes to the audit log.
     #[serde(default)]
     pub audit_statements: bool,
+    /// Limits of each identity acting as it (each token subject separately).
+    #[serde(default)]
+    pub limits: LimitKeys,
 }
 
 impl std::fmt::Debug for Role {
@@ -162,6 +244,9 @@ pub struct ApiKey {
     /// duration, rows, SQLSTATE); defaults to its role's setting.
     #[serde(default)]
     pub audit_statements: Option<bool>,
+    /// Its limits; what it leaves out comes from its role, then `[general]`.
+    #[serde(default)]
+    pub limits: LimitKeys,
 }
 
 /// One key hash or several.

@@ -209,12 +209,47 @@ impl Config {
         }
         self.validate_agents(&users)?;
         self.validate_mcp()?;
+        self.validate_fairness()?;
         for name in self.admin.users.iter().chain(&self.admin.stats_users) {
             if !users.contains(name.as_str()) {
                 return Err((
                     0..0,
                     "admin.users",
                     format!("admin user {:?} has no [[users]] entry", name.as_str()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The queue's knobs: aging keeps a guarantee, and a priority reserve leaves the lower
+    /// classes at least one place.
+    fn validate_fairness(&self) -> Result<(), (Range<usize>, &'static str, String)> {
+        let g = &self.general;
+        if !(g.priority_aging.0 > 0.0 && g.priority_aging.0 <= 3600.0) {
+            return Err((
+                0..0,
+                "general.priority_aging",
+                "must be more than 0 and at most 3600 seconds".into(),
+            ));
+        }
+        for db in &self.databases {
+            let d = db.get_ref();
+            let size = d.pool_size.unwrap_or(g.default_pool_size);
+            let reserve = d.priority_reserve.unwrap_or(g.priority_reserve);
+            if reserve >= size {
+                let key = if d.priority_reserve.is_some() {
+                    "priority_reserve"
+                } else {
+                    "general.priority_reserve"
+                };
+                return Err((
+                    db.span(),
+                    key,
+                    format!(
+                        "{reserve} leaves no place of database {:?}'s pool_size {size} to the lower classes",
+                        d.name.as_str()
+                    ),
                 ));
             }
         }
@@ -374,6 +409,19 @@ impl Config {
     }
 
     /// The `[[roles]]` entry named `name`.
+    /// The limits of an identity: its own entry's keys, then its role's, then `[general]`.
+    pub fn identity_limits(&self, own: LimitKeys, role: Option<&Role>) -> IdentityLimits {
+        let g = &self.general;
+        let general = LimitKeys {
+            max_user_connections: Some(g.max_user_connections),
+            max_user_client_connections: Some(g.max_user_client_connections),
+            ..LimitKeys::default()
+        };
+        own.over(role.map_or(LimitKeys::default(), |r| r.limits))
+            .over(general)
+            .resolve()
+    }
+
     pub fn role(&self, name: &str) -> Option<&Role> {
         self.roles
             .iter()

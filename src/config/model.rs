@@ -61,6 +61,17 @@ pub struct General {
     pub reserve_pool_size: usize,
     pub reserve_pool_timeout: Seconds,
     pub max_db_connections: usize,
+    /// How far a waiter goes ahead of the class below it (docs/pooling.md).
+    pub priority_aging: Seconds,
+    /// Places of each pool only the high class may take.
+    pub priority_reserve: usize,
+    /// Each identity's limits unless its entry says otherwise (0: none).
+    pub max_user_connections: usize,
+    pub max_user_client_connections: usize,
+    /// Waiting clients at which the lowest class is shed (0: never).
+    pub shed_queue_length: usize,
+    /// Expected wait beyond which the lowest class is shed (0: never).
+    pub shed_wait: Seconds,
     pub server_lifetime: Seconds,
     pub server_idle_timeout: Seconds,
     pub server_connect_timeout: Seconds,
@@ -152,6 +163,12 @@ impl Default for General {
             reserve_pool_size: 0,
             reserve_pool_timeout: Seconds(5.0),
             max_db_connections: 0,
+            priority_aging: Seconds(5.0),
+            priority_reserve: 0,
+            shed_queue_length: 0,
+            shed_wait: Seconds(0.0),
+            max_user_connections: 0,
+            max_user_client_connections: 0,
             server_lifetime: Seconds(3600.0),
             server_idle_timeout: Seconds(600.0),
             server_connect_timeout: Seconds(15.0),
@@ -408,6 +425,16 @@ pub struct Database {
     pub reserve_pool_size: Option<usize>,
     #[serde(default)]
     pub max_db_connections: Option<usize>,
+    /// The class of its clients that name none (docs/pooling.md), and the fairness knobs
+    /// overriding `[general]`'s.
+    #[serde(default)]
+    pub priority: Option<super::Priority>,
+    #[serde(default)]
+    pub priority_reserve: Option<usize>,
+    #[serde(default)]
+    pub shed_queue_length: Option<usize>,
+    #[serde(default)]
+    pub shed_wait: Option<Seconds>,
     /// Per-database TLS to the upstream, overriding `[general]`.
     #[serde(default)]
     pub server_tls_sslmode: Option<super::tls::SslMode>,
@@ -449,9 +476,12 @@ pub struct User {
     pub allow_addresses: Vec<Cidr>,
     #[serde(default)]
     pub deny_addresses: Vec<Cidr>,
-    /// Its class in the wait queue (low | normal | high).
+    /// Its class in the wait queue (low | normal | high; default: the database's).
     #[serde(default)]
-    pub priority: super::Priority,
+    pub priority: Option<super::Priority>,
+    /// Its limits; what it leaves out comes from `[general]`.
+    #[serde(default)]
+    pub limits: super::LimitKeys,
 }
 
 impl std::fmt::Debug for User {

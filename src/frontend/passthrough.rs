@@ -37,7 +37,11 @@ pub async fn lookup(
     let pool = app.pools.pool_for(config, auth_db, auth_user, None);
     let never = tokio::sync::Notify::new();
     let mut server = pool
-        .checkout(pin!(never.notified()))
+        // A login waits on it: ahead of the queue's lower classes.
+        .checkout(
+            pin!(never.notified()),
+            &crate::backend::Demand::of(crate::config::Priority::High),
+        )
         .await
         .map_err(|e| e.to_client())?;
     let rows = server

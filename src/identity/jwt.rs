@@ -102,5 +102,6 @@ fn identity(
         priority: mapped.priority,
         claims: Value::Object(claims).to_string().into(),
         audit_statements: mapped.audit_statements,
+        limits: config.identity_limits(Default::default(), Some(mapped)),
     })
 }

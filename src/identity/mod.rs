@@ -22,11 +22,14 @@ pub struct Identity {
     pub issuer: Option<Box<str>>,
     /// The `[[roles]]` entry it acts as.
     pub role: Box<str>,
-    pub priority: Priority,
+    /// Its class, when its key or role names one (else its database's).
+    pub priority: Option<Priority>,
     /// The claims as JSON, for `request.jwt.claims` or the seal.
     pub claims: Arc<str>,
     /// Its statements go to the audit log.
     pub audit_statements: bool,
+    /// Its limits (its key's, its role's, `[general]`'s).
+    pub limits: crate::config::IdentityLimits,
 }
 
 impl Identity {
@@ -34,6 +37,16 @@ impl Identity {
     /// key's name; they are still different identities).
     pub fn key(&self) -> String {
         format!("{}:{}:{}", self.source.method(), self.role, self.name)
+    }
+
+    /// What its limits are counted under: `key:<name>`, `sub:<subject>` (`role:<role>` for
+    /// a token without one).
+    pub fn limit_key(&self) -> String {
+        match self.source {
+            Source::ApiKey => format!("key:{}", self.name),
+            Source::Jwt if self.subject.is_empty() => format!("role:{}", self.role),
+            Source::Jwt => format!("sub:{}", self.subject),
+        }
     }
 
     /// Whether a `[mcp] writers`-style entry names it: a role name, `key:<API key name>`
@@ -134,6 +147,8 @@ pub fn pool_user(config: &Config, identity: &Identity) -> Option<crate::config::
         allow_addresses: Vec::new(),
         deny_addresses: Vec::new(),
         priority: identity.priority,
+        // Token clients' limits are the identity's own.
+        limits: Default::default(),
     })
 }
 

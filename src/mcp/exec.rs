@@ -208,6 +208,35 @@ fn record(app: &App, pool: &Pool, sql: &str, took: Duration, result: &Result<Row
     app.queries.record(&pool.key, &mut vec![sample]);
 }
 
+/// A call counts against its identity's transaction rate (waiting or refused as configured)
+/// and takes its share of the pool, as a wire client's transaction does.
+async fn within_limits(
+    app: &App,
+    identity: &Identity,
+) -> Result<Option<Arc<crate::backend::pool::Share>>, SqlError> {
+    use crate::admission::identities::RateVerdict;
+    if identity.limits.is_none() {
+        return Ok(None);
+    }
+    let admitted = app
+        .identities
+        .admit(&identity.limit_key(), identity.limits, false)?;
+    loop {
+        match admitted.start_transaction() {
+            RateVerdict::Go => return Ok(admitted.share()),
+            // A call waits at most a second for its rate; then it is refused like the rest.
+            RateVerdict::WaitFor(d) if d <= Duration::from_secs(1) => tokio::time::sleep(d).await,
+            RateVerdict::WaitFor(_) => {
+                return Err(SqlError::new(
+                    "53400",
+                    "the transaction rate limit's wait is too long for a tool call",
+                ));
+            }
+            RateVerdict::Refused(e) => return Err(e.into()),
+        }
+    }
+}
+
 async fn run_on(
     app: &Arc<App>,
     config: &crate::config::Config,
@@ -294,8 +323,15 @@ impl Lease {
     ) -> Result<Lease, SqlError> {
         let never = tokio::sync::Notify::new();
         let notified = std::pin::pin!(never.notified());
+        let share = within_limits(app, identity).await?;
+        let demand = crate::backend::Demand {
+            class: identity
+                .priority
+                .unwrap_or(pool.settings().fairness.default_class),
+            share,
+        };
         let server = pool
-            .checkout(notified)
+            .checkout(notified, &demand)
             .await
             .map_err(|e| SqlError::from(e.to_client()))?;
         let mut lease = Lease {

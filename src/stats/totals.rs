@@ -125,6 +125,9 @@ pub struct PoolStats {
     pub prepared_evictions: AtomicU64,
     pub connects_ok: AtomicU64,
     pub connects_failed: AtomicU64,
+    /// Servers handed to clients, and clients shed, by class (low, normal, high).
+    pub served: [AtomicU64; 3],
+    pub shed: [AtomicU64; 3],
     /// Server errors relayed, by SQLSTATE class (errors are rare: a lock is fine).
     errors: Mutex<Vec<([u8; 2], u64)>>,
     period: Mutex<Period>,
@@ -148,6 +151,8 @@ impl Default for PoolStats {
             prepared_evictions: AtomicU64::new(0),
             connects_ok: AtomicU64::new(0),
             connects_failed: AtomicU64::new(0),
+            served: Default::default(),
+            shed: Default::default(),
             errors: Mutex::new(Vec::new()),
             period: Mutex::new(Period {
                 started: Instant::now(),
@@ -159,6 +164,14 @@ impl Default for PoolStats {
 }
 
 impl PoolStats {
+    pub fn served(&self, class: crate::config::Priority) {
+        self.served[class as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn shed(&self, class: crate::config::Priority) {
+        self.shed[class as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A server connection went to a client after `wait_us` of waiting.
     pub fn assigned(&self, wait_us: u64) {
         self.totals

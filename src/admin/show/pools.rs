@@ -1,5 +1,6 @@
 //! SHOW POOLS: one row per (database, role) pool: its clients by state, its servers by
-//! state, the longest current wait; then pgsluice's paused, pool_size and upstream_up.
+//! state, the longest current wait; then pgsluice's paused, pool_size and upstream_up, and
+//! per priority class the clients waiting, servers handed out and clients shed.
 
 use super::{Table, Type, split_us};
 use crate::app::App;
@@ -27,6 +28,15 @@ pub fn table(app: &App) -> Table {
         ("paused", Type::Int4),
         ("pool_size", Type::Int4),
         ("upstream_up", Type::Int4),
+        ("cl_waiting_high", Type::Int4),
+        ("cl_waiting_normal", Type::Int4),
+        ("cl_waiting_low", Type::Int4),
+        ("served_high", Type::Int8),
+        ("served_normal", Type::Int8),
+        ("served_low", Type::Int8),
+        ("shed_high", Type::Int8),
+        ("shed_normal", Type::Int8),
+        ("shed_low", Type::Int8),
     ]);
     let clients = app.clients.all();
     let now = crate::stats::unix_micros();
@@ -47,6 +57,11 @@ pub fn table(app: &App) -> Table {
         let servers = p.servers();
         let count = |s: ServerState| servers.iter().filter(|i| i.state() == s).count();
         let (secs, us) = split_us(oldest);
+        let by_class = p.waiting_by_class();
+        let load = |a: &[std::sync::atomic::AtomicU64; 3], i: usize| {
+            a[i].load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let s = &p.stats;
         t.push(vec![
             p.key.database.as_ref().into(),
             p.key.role.as_ref().into(),
@@ -67,6 +82,15 @@ pub fn table(app: &App) -> Table {
             p.is_paused().into(),
             p.settings().size.into(),
             (!p.upstream_failing()).into(),
+            (by_class[2] as u64).into(),
+            (by_class[1] as u64).into(),
+            (by_class[0] as u64).into(),
+            load(&s.served, 2).into(),
+            load(&s.served, 1).into(),
+            load(&s.served, 0).into(),
+            load(&s.shed, 2).into(),
+            load(&s.shed, 1).into(),
+            load(&s.shed, 0).into(),
         ]);
     }
     t

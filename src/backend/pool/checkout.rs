@@ -9,6 +9,8 @@ use super::*;
 pub(super) enum Grant {
     Conn(ServerConn),
     Slot(Slot),
+    /// Shed to make room for a higher class: why.
+    Shed(String),
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -20,31 +22,23 @@ pub(super) enum Take<'a> {
     Wait(Ticket<'a>, bool),
 }
 
-pub(super) struct Waiter {
-    pub(super) id: u64,
-    pub(super) tx: oneshot::Sender<Grant>,
-}
-
 impl Pool {
     pub(super) fn try_slot(self: &Arc<Self>, st: &mut State, limit: usize) -> Option<Slot> {
         if st.open < limit && self.db.try_acquire() {
             st.open += 1;
-            Some(Slot {
-                pool: Arc::downgrade(self),
-                armed: true,
-                server: 0,
-            })
+            Some(Slot::new(self))
         } else {
             None
         }
     }
 
     /// Gets a server connection: an idle one, a new one while the pool has room, or the next
-    /// one released, waiting in FIFO order. `cancel` (already enabled) aborts the wait: a
-    /// client's CancelRequest.
+    /// one released, waiting in the queue's order ([`queue`]). `cancel` (already enabled)
+    /// aborts the wait: a client's CancelRequest.
     pub async fn checkout(
         self: &Arc<Self>,
         mut cancel: Pin<&mut Notified<'_>>,
+        demand: &Demand,
     ) -> Result<ServerConn, CheckoutError> {
         let start = tokio::time::Instant::now();
         // An owned snapshot, not a guard: this may wait for a long time (the fast path is
@@ -54,12 +48,16 @@ impl Pool {
         if self.is_paused() {
             self.wait_resumed(&mut cancel, deadline).await?;
         }
-        let r = self
-            .checkout_inner(cancel, &settings, start, deadline)
+        let mut r = self
+            .checkout_inner(cancel, &settings, start, deadline, demand)
             .await;
-        if let Ok(conn) = &r {
+        if let Ok(conn) = &mut r {
+            if settings.fairness.shed_wait.is_some() {
+                conn.slot.hold.taken = Some(Instant::now());
+            }
             conn.info.set_state(ServerState::Active);
             self.stats.assigned(start.elapsed().as_micros() as u64);
+            self.stats.served(demand.class);
         }
         r
     }
@@ -70,10 +68,11 @@ impl Pool {
         settings: &PoolSettings,
         start: tokio::time::Instant,
         deadline: Option<tokio::time::Instant>,
+        demand: &Demand,
     ) -> Result<ServerConn, CheckoutError> {
         let mut reserve_at = (settings.reserve_size > 0).then(|| start + settings.reserve_timeout);
         loop {
-            let mut ticket = match self.next_step() {
+            let mut ticket = match self.next_step(demand) {
                 Take::Idle(conn) => {
                     if let Some(conn) = self.vet(conn, settings).await {
                         return Ok(conn);
@@ -102,7 +101,7 @@ impl Pool {
                     }
                     _ = sleep_until(reserve_at.unwrap_or(start)), if reserve_at.is_some() => {
                         reserve_at = None;
-                        if let Some(slot) = self.reserve_slot(ticket.id) {
+                        if let Some(slot) = self.reserve_slot(ticket.id, demand) {
                             ticket.rx = None;
                             tracing::info!(pool = %self.key, "waited reserve_pool_timeout: opening a reserve connection");
                             return self.open(slot).await;
@@ -118,16 +117,20 @@ impl Pool {
                     }
                 }
                 Some(Grant::Slot(slot)) => return self.open(slot).await,
+                Some(Grant::Shed(why)) => return Err(CheckoutError::Shed(why)),
                 None => {}
             }
         }
     }
 
     /// Decides under the lock what a checkout does next; the awaiting happens outside it.
-    pub(super) fn next_step(self: &Arc<Self>) -> Take<'_> {
+    pub(super) fn next_step(self: &Arc<Self>, demand: &Demand) -> Take<'_> {
         let settings = self.settings.load();
+        let rules = settings.rules();
         let mut st = lock(&self.state);
-        if let Some(conn) = st.idle.pop() {
+        let may = st.waiters.may_hold(demand, &rules);
+        if may && let Some(mut conn) = st.idle.pop() {
+            conn.slot.hold = st.waiters.hold(demand);
             return Take::Idle(conn);
         }
         if let Some((at, err)) = &st.last_failure
@@ -135,14 +138,41 @@ impl Pool {
         {
             return Take::Fail(CheckoutError::RecentFailure(err.clone()));
         }
-        if let Some(slot) = self.try_slot(&mut st, settings.size) {
+        if may && let Some(mut slot) = self.try_slot(&mut st, settings.size) {
+            slot.hold = st.waiters.hold(demand);
             return Take::Open(slot);
+        }
+        if let Some(share) = st.waiters.refuses(demand) {
+            return Take::Fail(CheckoutError::ShareFull {
+                who: share.who.clone(),
+                max: share.max,
+            });
+        }
+        if let Some(why) = overloaded(&st, &settings) {
+            // The lowest class goes first: a queued one below this client, else this client.
+            match st.waiters.shed_below(demand.class) {
+                Some(w) => {
+                    tracing::info!(pool = %self.key, class = w.demand.class.as_str(), "{why}: shedding a waiting client");
+                    self.stats.shed(w.demand.class);
+                    let _ = w.tx.send(Grant::Shed(why));
+                }
+                None => {
+                    tracing::info!(pool = %self.key, class = demand.class.as_str(), "{why}: shedding a client");
+                    self.stats.shed(demand.class);
+                    return Take::Fail(CheckoutError::Shed(why));
+                }
+            }
         }
         let at_db_cap = st.open < settings.size;
         let id = st.next_waiter;
         st.next_waiter += 1;
         let (tx, rx) = oneshot::channel();
-        st.waiters.push_back(Waiter { id, tx });
+        st.waiters.push(Waiter {
+            id,
+            tx,
+            demand: demand.clone(),
+            since: tokio::time::Instant::now(),
+        });
         let ticket = Ticket {
             pool: self,
             id,
@@ -153,12 +183,19 @@ impl Pool {
 
     /// A place in the reserve for a waiter that waited reserve_pool_timeout, taking it out of
     /// the queue. None if the reserve is full or the waiter was served meanwhile.
-    pub(super) fn reserve_slot(self: &Arc<Self>, waiter: u64) -> Option<Slot> {
+    pub(super) fn reserve_slot(self: &Arc<Self>, waiter: u64, demand: &Demand) -> Option<Slot> {
         let settings = self.settings.load();
+        let rules = Rules {
+            size: settings.size + settings.reserve_size,
+            ..settings.rules()
+        };
         let mut st = lock(&self.state);
-        let at = st.waiters.iter().position(|w| w.id == waiter)?;
-        let slot = self.try_slot(&mut st, settings.size + settings.reserve_size)?;
-        st.waiters.remove(at);
+        if !st.waiters.contains(waiter) || !st.waiters.may_hold(demand, &rules) {
+            return None;
+        }
+        let mut slot = self.try_slot(&mut st, rules.size)?;
+        st.waiters.remove(waiter);
+        slot.hold = st.waiters.hold(demand);
         Some(slot)
     }
 
@@ -169,22 +206,27 @@ impl Pool {
     ///
     /// Among the few most recently used, the one `client` itself used last is preferred: it
     /// needs no hand-over reset (see [`super::server::Connection::hand_to`]).
-    pub fn try_idle(&self, client: u64) -> Option<ServerConn> {
+    pub fn try_idle(&self, client: u64, demand: &Demand) -> Option<ServerConn> {
         if self.is_paused() {
             return None;
         }
         let settings = self.settings.load();
-        let conn = {
+        let mut conn = {
             let mut st = lock(&self.state);
+            if !st.waiters.may_hold(demand, &settings.rules()) {
+                return None;
+            }
             let n = st.idle.len();
             let own = st.idle[n.saturating_sub(AFFINITY_SCAN)..]
                 .iter()
                 .rposition(|c| c.last_client == client)
                 .map(|i| i + n.saturating_sub(AFFINITY_SCAN));
-            match own {
+            let mut conn = match own {
                 Some(i) => st.idle.remove(i),
                 None => st.idle.pop()?,
-            }
+            };
+            conn.slot.hold = st.waiters.hold(demand);
+            conn
         };
         let now = Instant::now();
         let ready = Arc::ptr_eq(&conn.upstream, &self.upstream.load())
@@ -196,11 +238,17 @@ impl Pool {
             && !conn.stream.has_pending_input_or_eof();
         if !ready {
             // Back where it was: checkout's full path deals with it.
-            lock(&self.state).idle.push(conn);
+            let mut st = lock(&self.state);
+            st.waiters.unhold(std::mem::take(&mut conn.slot.hold));
+            st.idle.push(conn);
             return None;
+        }
+        if settings.fairness.shed_wait.is_some() {
+            conn.slot.hold.taken = Some(now);
         }
         conn.info.set_state(ServerState::Active);
         self.stats.assigned(0);
+        self.stats.served(demand.class);
         Some(conn)
     }
 
@@ -290,7 +338,7 @@ impl Pool {
                     created: now,
                     last_used: now,
                     upstream,
-                    _slot: slot,
+                    slot,
                 }))
             }
             Err(e) => {
@@ -315,12 +363,36 @@ pub(super) struct Ticket<'a> {
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         let Some(mut rx) = self.rx.take() else { return };
-        lock(&self.pool.state).waiters.retain(|w| w.id != self.id);
+        lock(&self.pool.state).waiters.remove(self.id);
         rx.close();
         match rx.try_recv() {
             Ok(Grant::Conn(c)) => self.pool.release(c),
             Ok(Grant::Slot(s)) => drop(s),
-            Err(_) => {}
+            Ok(Grant::Shed(_)) | Err(_) => {}
         }
     }
+}
+
+/// Why a new waiter would overload the queue (shed_queue_length, shed_wait), if it would.
+fn overloaded(st: &State, settings: &PoolSettings) -> Option<String> {
+    let f = &settings.fairness;
+    let waiting = st.waiters.len();
+    if f.shed_queue > 0 && waiting >= f.shed_queue {
+        return Some(format!(
+            "pgsluice is shedding load: {waiting} clients are waiting for this pool \
+             (shed_queue_length {}); lowest priority first",
+            f.shed_queue
+        ));
+    }
+    let bound = f.shed_wait?;
+    // Each server serves a waiter every hold time, on average.
+    let expected_us = (waiting + 1) as f64 * st.hold_us / settings.size.max(1) as f64;
+    (expected_us > bound.as_micros() as f64).then(|| {
+        format!(
+            "pgsluice is shedding load: the expected wait for this pool ({:.1} s) is over \
+             shed_wait ({} s); lowest priority first",
+            expected_us / 1e6,
+            bound.as_secs_f64()
+        )
+    })
 }

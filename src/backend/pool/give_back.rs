@@ -4,7 +4,7 @@
 use super::*;
 
 impl Pool {
-    /// Returns a clean connection (idle, no transaction): to the longest waiter, else to idle.
+    /// Returns a clean connection (idle, no transaction): to the next waiter, else to idle.
     pub fn release(self: &Arc<Self>, mut conn: ServerConn) {
         conn.last_used = Instant::now();
         if !Arc::ptr_eq(&conn.upstream, &self.upstream.load()) {
@@ -21,15 +21,21 @@ impl Pool {
             return;
         }
         conn.info.set_state(ServerState::Idle);
-        while let Some(w) = st.waiters.pop_front() {
+        if let Some(taken) = st.waiters.unhold(std::mem::take(&mut conn.slot.hold)) {
+            let held = conn.last_used.saturating_duration_since(taken);
+            st.hold_us = 0.9 * st.hold_us + 0.1 * held.as_micros() as f64;
+        }
+        let rules = settings.rules();
+        while let Some(w) = st.waiters.pop(&rules) {
+            conn.slot.hold = st.waiters.hold(&w.demand);
             match w.tx.send(Grant::Conn(conn)) {
                 Ok(()) => return,
-                Err(Grant::Conn(c)) => conn = c,
-                Err(Grant::Slot(s)) => {
-                    // Cannot happen: we sent a connection. Keep the count right regardless.
-                    s.disarm();
-                    return;
+                Err(Grant::Conn(mut c)) => {
+                    st.waiters.unhold(std::mem::take(&mut c.slot.hold));
+                    conn = c;
                 }
+                // Cannot happen: we sent a connection.
+                Err(_) => return,
             }
         }
         if self.db.max == 0 {
@@ -49,18 +55,20 @@ impl Pool {
     }
 
     /// A connection closed: its place goes to a waiter, or back to the pool and database.
-    pub(super) fn place_freed(self: &Arc<Self>) {
+    pub(super) fn place_freed(self: &Arc<Self>, hold: queue::Hold) {
+        let rules = self.settings.load().rules();
         let mut st = lock(&self.state);
-        while let Some(w) = st.waiters.pop_front() {
-            let slot = Slot {
-                pool: Arc::downgrade(self),
-                armed: true,
-                server: 0,
-            };
+        st.waiters.unhold(hold);
+        while let Some(w) = st.waiters.pop(&rules) {
+            let mut slot = Slot::new(self);
+            slot.hold = st.waiters.hold(&w.demand);
             match w.tx.send(Grant::Slot(slot)) {
                 Ok(()) => return,
-                Err(Grant::Slot(s)) => s.disarm(),
-                Err(Grant::Conn(_)) => return,
+                Err(Grant::Slot(mut s)) => {
+                    st.waiters.unhold(std::mem::take(&mut s.hold));
+                    s.disarm();
+                }
+                Err(_) => return,
             }
         }
         st.open -= 1;
@@ -74,17 +82,21 @@ impl Pool {
         if st.waiters.is_empty() {
             return false;
         }
-        let size = self.settings.load().size;
-        let Some(slot) = self.try_slot(&mut st, size) else {
+        let rules = self.settings.load().rules();
+        let Some(slot) = self.try_slot(&mut st, rules.size) else {
             return false;
         };
         let mut slot = Some(slot);
-        while let Some(w) = st.waiters.pop_front() {
-            if let Some(s) = slot.take() {
+        while let Some(w) = st.waiters.pop(&rules) {
+            if let Some(mut s) = slot.take() {
+                s.hold = st.waiters.hold(&w.demand);
                 match w.tx.send(Grant::Slot(s)) {
                     Ok(()) => return true,
-                    Err(Grant::Slot(s)) => slot = Some(s),
-                    Err(Grant::Conn(_)) => return true,
+                    Err(Grant::Slot(mut s)) => {
+                        st.waiters.unhold(std::mem::take(&mut s.hold));
+                        slot = Some(s);
+                    }
+                    Err(_) => return true,
                 }
             }
         }

@@ -73,9 +73,20 @@ pub struct Slot {
     pub(super) armed: bool,
     /// The server connection filling this place, once opened (for SHOW SERVERS).
     pub(super) server: u64,
+    /// What its client counts against while it holds the server.
+    pub(super) hold: queue::Hold,
 }
 
 impl Slot {
+    pub(super) fn new(pool: &Arc<Pool>) -> Slot {
+        Slot {
+            pool: Arc::downgrade(pool),
+            armed: true,
+            server: 0,
+            hold: queue::Hold::default(),
+        }
+    }
+
     pub(super) fn disarm(mut self) {
         self.armed = false;
     }
@@ -89,7 +100,7 @@ impl Drop for Slot {
             if self.server != 0 {
                 lock(&pool.servers).remove(&self.server);
             }
-            pool.place_freed();
+            pool.place_freed(std::mem::take(&mut self.hold));
         }
     }
 }

@@ -13,7 +13,6 @@ use crate::stats::servers::{ServerInfo, ServerState};
 use crate::stats::totals::PoolStats;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -23,12 +22,15 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::sleep_until;
 
 pub use crate::pool_key::PoolKey;
-use checkout::{Grant, Waiter};
+use checkout::Grant;
 pub use limit::{DbLimit, Slot};
+pub use queue::{Demand, Share};
+use queue::{Queue, Rules, Waiter};
 
 mod checkout;
 mod give_back;
 mod limit;
+mod queue;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct PoolSettings {
@@ -43,6 +45,44 @@ pub struct PoolSettings {
     pub wait_timeout: Option<Duration>,
     pub check_query: Option<String>,
     pub check_delay: Duration,
+    pub fairness: Fairness,
+}
+
+/// Who goes first when the pool is busy (docs/pooling.md).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fairness {
+    /// The class of clients that name none.
+    pub default_class: crate::config::Priority,
+    /// How far ahead of a lower class a waiter goes, per class (priority_aging).
+    pub aging: Duration,
+    /// Places of pool_size only the high class may take (priority_reserve).
+    pub reserve: usize,
+    /// Waiters at which the lowest class is shed (shed_queue_length; 0: never).
+    pub shed_queue: usize,
+    /// Expected wait beyond which the lowest class is shed (shed_wait).
+    pub shed_wait: Option<Duration>,
+}
+
+impl Default for Fairness {
+    fn default() -> Self {
+        Fairness {
+            default_class: crate::config::Priority::Normal,
+            aging: Duration::from_secs(5),
+            reserve: 0,
+            shed_queue: 0,
+            shed_wait: None,
+        }
+    }
+}
+
+impl PoolSettings {
+    fn rules(&self) -> Rules {
+        Rules {
+            aging: self.fairness.aging,
+            reserve: self.fairness.reserve,
+            size: self.size,
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -59,9 +99,11 @@ const AFFINITY_SCAN: usize = 64;
 struct State {
     idle: Vec<ServerConn>,
     open: usize,
-    waiters: VecDeque<Waiter>,
+    waiters: Queue,
     next_waiter: u64,
     last_failure: Option<(Instant, ClientError)>,
+    /// How long a client holds a server, on average lately (µs; for shed_wait).
+    hold_us: f64,
 }
 
 pub struct Pool {
@@ -96,6 +138,10 @@ pub enum CheckoutError {
     WaitTimeout,
     #[error("canceled while waiting for a server connection")]
     Canceled,
+    #[error("{0}")]
+    Shed(String),
+    #[error("{who} already holds max_user_connections ({max}) servers of this pool")]
+    ShareFull { who: Box<str>, max: usize },
 }
 
 impl CheckoutError {
@@ -107,6 +153,8 @@ impl CheckoutError {
                 "query_wait_timeout: no server connection became free in time",
             ),
             CheckoutError::Canceled => ClientError::canceled(),
+            CheckoutError::Shed(why) => ClientError::over_limit(why.clone()),
+            CheckoutError::ShareFull { .. } => ClientError::over_limit(self.to_string()),
         }
     }
 }
@@ -166,6 +214,11 @@ impl Pool {
         });
         lock(&db.pools).push(Arc::downgrade(&pool));
         pool
+    }
+
+    /// Clients waiting, by class: low, normal, high.
+    pub fn waiting_by_class(&self) -> [usize; 3] {
+        lock(&self.state).waiters.counts()
     }
 
     pub fn counts(&self) -> PoolCounts {
@@ -301,5 +354,7 @@ impl Pool {
     }
 }
 
+#[cfg(test)]
+mod fairness_tests;
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,7 @@ fn pool(s: PoolSettings) -> (Arc<Pool>, Arc<Fake>) {
 async fn checkout(pool: &Arc<Pool>) -> Result<ServerConn, CheckoutError> {
     let never = Notify::new();
     let notified = pin!(never.notified());
-    pool.checkout(notified).await
+    pool.checkout(notified, &Demand::default()).await
 }
 
 /// A checkout on its own task, and a moment for it to join the queue.
@@ -84,7 +84,7 @@ async fn waiters_are_served_in_arrival_order() {
         t.await.unwrap();
     }
     assert_eq!(*lock(&order), [0, 1, 2, 3]);
-    assert_eq!(pool.try_idle(0).map(|c| c.id), Some(id));
+    assert_eq!(pool.try_idle(0, &Demand::default()).map(|c| c.id), Some(id));
 }
 
 #[tokio::test(start_paused = true)]
@@ -113,7 +113,7 @@ async fn a_cancel_takes_the_waiter_out_of_the_queue() {
     let task = tokio::spawn(async move {
         let mut notified = pin!(c.notified());
         notified.as_mut().enable();
-        p.checkout(notified).await
+        p.checkout(notified, &Demand::default()).await
     });
     for _ in 0..10 {
         tokio::task::yield_now().await;
@@ -150,7 +150,9 @@ async fn the_idle_list_hands_out_the_most_recently_used_first() {
     for c in conns {
         pool.release(c);
     }
-    let again: Vec<u64> = (0..3).map(|_| pool.try_idle(0).unwrap().id).collect();
+    let again: Vec<u64> = (0..3)
+        .map(|_| pool.try_idle(0, &Demand::default()).unwrap().id)
+        .collect();
     assert_eq!(again, [ids[2], ids[1], ids[0]]);
 }
 
@@ -165,8 +167,14 @@ async fn a_client_gets_back_the_server_it_used_last() {
     pool.release(a);
     pool.release(b);
     pool.release(c);
-    assert_eq!(pool.try_idle(7).map(|s| s.id), Some(a_id));
-    assert_eq!(pool.try_idle(9).map(|s| s.id), Some(c_id));
+    assert_eq!(
+        pool.try_idle(7, &Demand::default()).map(|s| s.id),
+        Some(a_id)
+    );
+    assert_eq!(
+        pool.try_idle(9, &Demand::default()).map(|s| s.id),
+        Some(c_id)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -241,7 +249,10 @@ async fn maintenance_keeps_the_most_recently_used_and_retires_the_rest() {
     pool.release(warm);
     pool.maintain().await;
     assert_eq!(counts(&pool), (1, 1, 0));
-    assert_eq!(pool.try_idle(0).map(|c| c.id), Some(warm_id));
+    assert_eq!(
+        pool.try_idle(0, &Demand::default()).map(|c| c.id),
+        Some(warm_id)
+    );
 }
 
 #[tokio::test]
@@ -253,7 +264,7 @@ async fn a_server_past_server_lifetime_is_not_reused() {
     let first_id = first.id;
     pool.release(first);
     tokio::time::sleep(Duration::from_millis(60)).await;
-    assert!(pool.try_idle(0).is_none());
+    assert!(pool.try_idle(0, &Demand::default()).is_none());
     let next = checkout(&pool).await.unwrap();
     assert_ne!(next.id, first_id);
     assert_eq!((fake.opened(), counts(&pool)), (2, (1, 0, 0)));
@@ -269,7 +280,7 @@ async fn a_server_that_died_while_idle_is_evicted() {
     // The reactor learns of the closed socket when it next polls.
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(
-        pool.try_idle(0).is_none(),
+        pool.try_idle(0, &Demand::default()).is_none(),
         "the fast path does not hand out a dead server"
     );
     pool.maintain().await;
@@ -382,7 +393,7 @@ async fn servers_of_a_replaced_upstream_are_not_reused() {
     let old = c.id;
     pool.apply(upstream("elsewhere"), settings(2));
     pool.release(c);
-    assert!(pool.try_idle(0).is_none());
+    assert!(pool.try_idle(0, &Demand::default()).is_none());
     let next = checkout(&pool).await.unwrap();
     assert_ne!(next.id, old);
     assert_eq!(fake.opened(), 2);
@@ -392,7 +403,7 @@ async fn servers_of_a_replaced_upstream_are_not_reused() {
 async fn pause_holds_checkouts_until_resume() {
     let (pool, fake) = pool(settings(2));
     pool.pause();
-    assert!(pool.try_idle(0).is_none());
+    assert!(pool.try_idle(0, &Demand::default()).is_none());
     let waiter = queued(&pool).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!waiter.is_finished());

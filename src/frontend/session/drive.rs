@@ -88,10 +88,15 @@ pub(super) async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
 async fn on_event(app: &App, c: &mut Client, relay: &mut Relay, event: Event) -> ControlFlow<()> {
     match event {
         Event::NeedServer => {
+            if c.admitted.as_ref().is_some_and(|a| a.rate_limited())
+                && !Box::pin(within_rate(app, c, relay)).await
+            {
+                return ControlFlow::Continue(());
+            }
             // The usual case awaits nothing: an idle server that already carries the
             // client's settings. Waiting, syncing and failing are boxed, so their state
             // is not part of every client's task.
-            let mut idle = c.pool.try_idle(c.id);
+            let mut idle = c.pool.try_idle(c.id, &c.demand);
             let ready = idle
                 .as_mut()
                 .is_some_and(|s| ready_in_pipeline(c, relay, s));
@@ -344,6 +349,9 @@ pub(super) async fn attach(
             c.reg.info.linked(0);
             let err = e.to_client();
             tracing::info!(conn = c.id, pool = %c.pool.key, error = %e, "no server for client");
+            if matches!(e, crate::backend::CheckoutError::ShareFull { .. }) {
+                app.metrics.limit_refused("max_user_connections");
+            }
             if err.is_fatal() && !matches!(e, crate::backend::CheckoutError::Connect(_)) {
                 Box::pin(tell_and_close(app, c, relay, err)).await;
                 return false;
@@ -482,6 +490,35 @@ fn claims_due<'c>(
     })
 }
 
+/// Whether the client's identity may start a transaction now: waits while its rate says to
+/// (up to query_wait_timeout), or refuses the transaction with 53400.
+async fn within_rate(app: &App, c: &mut Client, relay: &mut Relay) -> bool {
+    use crate::admission::identities::RateVerdict;
+    let Some(admitted) = c.admitted.as_ref() else {
+        return true;
+    };
+    let limit = c.pool.settings().wait_timeout;
+    let start = tokio::time::Instant::now();
+    loop {
+        let err = match admitted.start_transaction() {
+            RateVerdict::Go => return true,
+            RateVerdict::WaitFor(d) if limit.is_none_or(|l| start.elapsed() + d <= l) => {
+                tokio::time::sleep(d).await;
+                continue;
+            }
+            RateVerdict::WaitFor(_) => crate::error::ClientError::over_rate(
+                "the transaction rate limit's wait is longer than query_wait_timeout",
+            ),
+            RateVerdict::Refused(e) => e,
+        };
+        tracing::info!(conn = c.id, error = %err, "transaction refused by its identity's rate");
+        app.metrics.client_error(&err.code);
+        app.metrics.limit_refused("transactions_per_second");
+        relay.refuse_request(&err);
+        return false;
+    }
+}
+
 /// The pool's queue, watching for the client leaving (None) or canceling.
 pub(super) async fn wait_for_server(
     c: &mut Client,
@@ -491,7 +528,7 @@ pub(super) async fn wait_for_server(
     let mut notified = pin!(handle.wake.notified());
     notified.as_mut().enable();
     c.reg.info.waiting(crate::stats::unix_micros());
-    let checkout = c.pool.checkout(notified);
+    let checkout = c.pool.checkout(notified, &c.demand);
     let buffered = relay.client_buffer();
     tokio::select! {
         biased;

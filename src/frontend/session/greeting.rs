@@ -158,13 +158,25 @@ pub(super) async fn login(
         params.reported.set("application_name", &named);
     }
     let bearer = identity.as_ref().map(bearer);
+    let admitted = match admit_identity(app, &config, &user, identity.as_deref()) {
+        Ok(a) => a,
+        Err(e) => return refuse(e),
+    };
+    let demand = crate::backend::Demand {
+        class: identity
+            .as_ref()
+            .and_then(|i| i.priority)
+            .or(user.priority)
+            .unwrap_or(pool.settings().fairness.default_class),
+        share: admitted.as_ref().and_then(|a| a.share()),
+    };
     let who = Who {
         user: &startup.user,
         pool: &pool,
         params: &params,
         method,
         sni: arrival.tls.as_ref().and_then(|t| t.sni.clone()),
-        priority: identity.as_ref().map_or(user.priority, |i| i.priority),
+        priority: demand.class,
         identity,
     };
     let reg = register(app, stream, &arrival, who);
@@ -172,6 +184,7 @@ pub(super) async fn login(
         pool: &pool,
         reg: &reg,
         bearer: bearer.as_deref(),
+        demand: &demand,
     };
     let (params, server, cancel) =
         match first_parameters(app, &config, &arrival, first, params).await {
@@ -196,7 +209,33 @@ pub(super) async fn login(
         server,
         reg,
         bearer,
+        demand,
+        admitted,
     }))
+}
+
+/// Counts the client against its identity's limits (none kept when it has none).
+fn admit_identity(
+    app: &Arc<App>,
+    config: &crate::config::Config,
+    user: &crate::config::User,
+    identity: Option<&crate::identity::Identity>,
+) -> Result<Option<Box<crate::admission::identities::Admitted>>, ClientError> {
+    let limits = match identity {
+        Some(i) => i.limits,
+        None => config.identity_limits(user.limits, None),
+    };
+    if limits.is_none() {
+        return Ok(None);
+    }
+    let who = match identity {
+        Some(i) => i.limit_key(),
+        None => format!("user:{}", user.name),
+    };
+    let admitted = app.identities.admit(&who, limits, true).inspect_err(|_| {
+        app.metrics.limit_refused("max_user_client_connections");
+    })?;
+    Ok(Some(Box::new(admitted)))
 }
 
 /// A token client's claims.
@@ -508,6 +547,7 @@ struct First<'a> {
     pool: &'a Arc<Pool>,
     reg: &'a Registered,
     bearer: Option<&'a crate::identity::claims::Bearer>,
+    demand: &'a crate::backend::Demand,
 }
 
 async fn first_parameters(
@@ -517,10 +557,15 @@ async fn first_parameters(
     first: First<'_>,
     params: SessionParams,
 ) -> Result<(SessionParams, Option<ServerConn>, Registration), ClientError> {
-    let First { pool, reg, bearer } = first;
+    let First {
+        pool,
+        reg,
+        bearer,
+        demand,
+    } = first;
     let reset = config.general.handover_reset;
     if arrival.mode == PoolMode::Session {
-        let mut server = checkout_idle_wait(pool, reg).await?;
+        let mut server = checkout_idle_wait(pool, reg, demand).await?;
         server.hand_to(arrival.id, reset);
         sync(&mut server, &params).await?;
         server
@@ -533,7 +578,7 @@ async fn first_parameters(
     let defaults = match pool.defaults() {
         Some(d) => d,
         None => {
-            let s = checkout_idle_wait(pool, reg).await?;
+            let s = checkout_idle_wait(pool, reg, demand).await?;
             let d = s.params.clone();
             pool.release(s);
             d
@@ -547,7 +592,7 @@ async fn first_parameters(
     // Only a server can say how it spells what the client asked for, except for an
     // application_name it keeps as sent (libpq clients send one on every login).
     if sync_statement(&merged, &defaults).is_some() && !reported_verbatim(&merged, &defaults) {
-        let mut server = checkout_idle_wait(pool, reg).await?;
+        let mut server = checkout_idle_wait(pool, reg, demand).await?;
         server.hand_to(arrival.id, reset);
         sync(&mut server, &merged).await?;
         merged.reported = server.params.reported.clone();
@@ -578,11 +623,15 @@ pub(super) async fn recheck_md5(
 pub(super) async fn checkout_idle_wait(
     pool: &Arc<Pool>,
     reg: &Registered,
+    demand: &crate::backend::Demand,
 ) -> Result<ServerConn, ClientError> {
     let never = tokio::sync::Notify::new();
     let notified = pin!(never.notified());
     reg.info.waiting(crate::stats::unix_micros());
-    let r = pool.checkout(notified).await.map_err(|e| e.to_client());
+    let r = pool
+        .checkout(notified, demand)
+        .await
+        .map_err(|e| e.to_client());
     reg.info.linked(0);
     r
 }

@@ -60,6 +60,10 @@ struct Client {
     handover: Option<Box<Handover>>,
     /// A token client's claims, set on each server its transactions run on.
     bearer: Option<Box<crate::identity::claims::Bearer>>,
+    /// Its class in the pool's queue and its identity's share.
+    demand: crate::backend::Demand,
+    /// Counted against its identity's limits (when it has any) until it leaves.
+    admitted: Option<Box<crate::admission::identities::Admitted>>,
 }
 
 /// A transaction-mode client's LISTEN state.
@@ -78,6 +82,8 @@ struct Pooled {
     server: Option<ServerConn>,
     reg: Registered,
     bearer: Option<Box<crate::identity::claims::Bearer>>,
+    demand: crate::backend::Demand,
+    admitted: Option<Box<crate::admission::identities::Admitted>>,
 }
 
 /// Serves one accepted connection to its end. Never panics on client input; every refusal is
@@ -243,6 +249,8 @@ async fn serve_inner(
         id,
         handover: None,
         bearer: l.bearer,
+        demand: l.demand,
+        admitted: l.admitted,
     };
     let (max_prepared, max_client) = {
         let g = &app.config.load().general;

@@ -42,7 +42,7 @@ impl Rig {
         let (pool, fake) = pool_on(settings(1), DbLimit::new(0));
         let never = tokio::sync::Notify::new();
         let server = pool
-            .checkout(std::pin::pin!(never.notified()))
+            .checkout(std::pin::pin!(never.notified()), &Default::default())
             .await
             .unwrap();
         let server_peer = peer(fake.take_peer(server.pid).unwrap());

@@ -1,0 +1,272 @@
+//! Who waits for a server and in what order: one FIFO per priority class, served by
+//! deadline. A waiter's deadline is its arrival plus `priority_aging` for each class it is
+//! below the top, so a high-priority waiter goes ahead of lower ones that arrived less than
+//! that before it, and nobody is overtaken by a waiter that arrived more than
+//! 2 × `priority_aging` after it: low priority always progresses.
+//!
+//! Also what a holder of a server counts against ([`Hold`]): the part of the pool the lower
+//! classes may use (`priority_reserve`) and its identity's share (`max_server_connections`).
+
+use super::Grant;
+pub use crate::admission::identities::Share;
+use crate::config::Priority;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+const CLASSES: usize = 3;
+
+/// Who asks for a server: its class and the share of the pool its identity may hold.
+#[derive(Clone, Debug, Default)]
+pub struct Demand {
+    pub class: Priority,
+    pub share: Option<Arc<Share>>,
+}
+
+impl Demand {
+    pub fn of(class: Priority) -> Demand {
+        Demand { class, share: None }
+    }
+}
+
+/// What a server's holder counts against, undone when the server comes back.
+#[derive(Debug, Default)]
+pub(super) struct Hold {
+    /// Counted in [`Queue::lower_busy`].
+    pub(super) lower: bool,
+    pub(super) share: Option<Arc<Share>>,
+    /// When it was taken, where shed_wait needs the average hold time.
+    pub(super) taken: Option<std::time::Instant>,
+}
+
+pub(super) struct Waiter {
+    pub(super) id: u64,
+    pub(super) tx: oneshot::Sender<Grant>,
+    pub(super) demand: Demand,
+    pub(super) since: Instant,
+}
+
+/// The wait queue and the counts the grant rules read.
+#[derive(Default)]
+pub(super) struct Queue {
+    by_class: [VecDeque<Waiter>; CLASSES],
+    /// Servers held by classes below the top one.
+    pub(super) lower_busy: usize,
+    /// Servers held per identity with a share.
+    held: HashMap<Box<str>, usize>,
+}
+
+/// The rules a grant follows (from the pool's settings).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Rules {
+    pub(super) aging: Duration,
+    /// Places of the pool only the top class may take.
+    pub(super) reserve: usize,
+    pub(super) size: usize,
+}
+
+impl Queue {
+    pub(super) fn len(&self) -> usize {
+        self.by_class.iter().map(VecDeque::len).sum()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.by_class.iter().all(VecDeque::is_empty)
+    }
+
+    /// Waiting per class: low, normal, high.
+    pub(super) fn counts(&self) -> [usize; CLASSES] {
+        [0, 1, 2].map(|c| self.by_class[c].len())
+    }
+
+    pub(super) fn push(&mut self, w: Waiter) {
+        self.by_class[w.demand.class as usize].push_back(w);
+    }
+
+    pub(super) fn contains(&self, id: u64) -> bool {
+        self.by_class.iter().flatten().any(|w| w.id == id)
+    }
+
+    pub(super) fn remove(&mut self, id: u64) {
+        for q in &mut self.by_class {
+            q.retain(|w| w.id != id);
+        }
+    }
+
+    /// Whether `d` may take one more server now.
+    pub(super) fn may_hold(&self, d: &Demand, rules: &Rules) -> bool {
+        let top = d.class == Priority::High;
+        let lower_ok = top || rules.reserve == 0 || self.lower_busy + rules.reserve < rules.size;
+        lower_ok
+            && d.share
+                .as_ref()
+                .is_none_or(|s| self.held.get(&s.who).copied().unwrap_or(0) < s.max)
+    }
+
+    /// Whether `d` is refused rather than queued: its identity is at a cap it may not wait on.
+    pub(super) fn refuses(&self, d: &Demand) -> Option<Arc<Share>> {
+        d.share
+            .as_ref()
+            .filter(|s| s.refuse && self.held.get(&s.who).copied().unwrap_or(0) >= s.max)
+            .cloned()
+    }
+
+    /// Counts a server taken by `d`.
+    pub(super) fn hold(&mut self, d: &Demand) -> Hold {
+        let lower = d.class != Priority::High;
+        self.lower_busy += usize::from(lower);
+        if let Some(s) = &d.share {
+            *self.held.entry(s.who.clone()).or_default() += 1;
+        }
+        Hold {
+            lower,
+            share: d.share.clone(),
+            taken: None,
+        }
+    }
+
+    /// Undoes [`Queue::hold`].
+    pub(super) fn unhold(&mut self, h: Hold) -> Option<std::time::Instant> {
+        self.lower_busy -= usize::from(h.lower);
+        if let Some(s) = h.share
+            && let Some(n) = self.held.get_mut(&s.who)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&s.who);
+            }
+        }
+        h.taken
+    }
+
+    /// The next waiter to serve among those that may hold a server: the earliest deadline
+    /// (ties to the higher class), FIFO within a class.
+    pub(super) fn pop(&mut self, rules: &Rules) -> Option<Waiter> {
+        let mut best: Option<(Instant, usize, usize)> = None;
+        for c in (0..CLASSES).rev() {
+            let q = &self.by_class[c];
+            let Some(i) = q.iter().position(|w| self.may_hold(&w.demand, rules)) else {
+                continue;
+            };
+            let deadline = q[i].since + rules.aging * (CLASSES - 1 - c) as u32;
+            if best.is_none_or(|(d, ..)| deadline < d) {
+                best = Some((deadline, c, i));
+            }
+        }
+        let (_, c, i) = best?;
+        self.by_class[c].remove(i)
+    }
+
+    /// Shedding: the newest waiter of the lowest class below `class`, taken out of the queue.
+    pub(super) fn shed_below(&mut self, class: Priority) -> Option<Waiter> {
+        self.by_class[..class as usize]
+            .iter_mut()
+            .find(|q| !q.is_empty())?
+            .pop_back()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiter(id: u64, class: Priority, since: Instant) -> Waiter {
+        Waiter {
+            id,
+            tx: oneshot::channel().0,
+            demand: Demand::of(class),
+            since,
+        }
+    }
+
+    const RULES: Rules = Rules {
+        aging: Duration::from_secs(5),
+        reserve: 0,
+        size: 2,
+    };
+
+    fn order(q: &mut Queue, rules: &Rules) -> Vec<u64> {
+        std::iter::from_fn(|| q.pop(rules).map(|w| w.id)).collect()
+    }
+
+    #[test]
+    fn a_higher_class_goes_ahead_of_recent_waiters_only() {
+        let t = Instant::now();
+        let mut q = Queue::default();
+        // Low waiters that arrived 11 s, 4 s and 1 s before a high one.
+        q.push(waiter(1, Priority::Low, t));
+        q.push(waiter(2, Priority::Low, t + Duration::from_secs(7)));
+        q.push(waiter(3, Priority::Low, t + Duration::from_secs(10)));
+        q.push(waiter(4, Priority::High, t + Duration::from_secs(11)));
+        q.push(waiter(5, Priority::Normal, t + Duration::from_secs(11)));
+        // Deadlines: 1 → t+10, 2 → t+17, 3 → t+20, 4 → t+11, 5 → t+16.
+        assert_eq!(order(&mut q, &RULES), [1, 4, 5, 2, 3]);
+    }
+
+    #[test]
+    fn ties_go_to_the_higher_class_and_fifo_holds_within_a_class() {
+        let t = Instant::now();
+        let mut q = Queue::default();
+        q.push(waiter(1, Priority::Low, t));
+        q.push(waiter(2, Priority::Normal, t + Duration::from_secs(5)));
+        q.push(waiter(3, Priority::Normal, t + Duration::from_secs(5)));
+        q.push(waiter(4, Priority::High, t + Duration::from_secs(10)));
+        assert_eq!(order(&mut q, &RULES), [4, 2, 3, 1]);
+    }
+
+    #[test]
+    fn the_reserve_is_for_the_top_class() {
+        let t = Instant::now();
+        let rules = Rules {
+            reserve: 1,
+            ..RULES
+        };
+        let mut q = Queue::default();
+        let held = q.hold(&Demand::of(Priority::Normal));
+        q.push(waiter(1, Priority::Low, t));
+        q.push(waiter(2, Priority::High, t + Duration::from_secs(60)));
+        // One of two places is held by a lower class: the other is the reserve.
+        assert_eq!(order(&mut q, &rules), [2]);
+        q.unhold(held);
+        assert_eq!(order(&mut q, &rules), [1]);
+    }
+
+    #[test]
+    fn a_share_at_its_cap_waits_while_others_pass() {
+        let t = Instant::now();
+        let share = Arc::new(Share {
+            who: "noisy".into(),
+            max: 1,
+            refuse: false,
+        });
+        let noisy = Demand {
+            class: Priority::Normal,
+            share: Some(share.clone()),
+        };
+        let mut q = Queue::default();
+        let held = q.hold(&noisy);
+        q.push(Waiter {
+            demand: noisy.clone(),
+            ..waiter(1, Priority::Normal, t)
+        });
+        q.push(waiter(2, Priority::Normal, t + Duration::from_secs(1)));
+        assert_eq!(order(&mut q, &RULES), [2]);
+        q.unhold(held);
+        assert!(q.held.is_empty());
+        assert_eq!(order(&mut q, &RULES), [1]);
+    }
+
+    #[test]
+    fn shedding_takes_the_newest_of_the_lowest_class() {
+        let t = Instant::now();
+        let mut q = Queue::default();
+        q.push(waiter(1, Priority::Low, t));
+        q.push(waiter(2, Priority::Low, t));
+        q.push(waiter(3, Priority::Normal, t));
+        assert_eq!(q.shed_below(Priority::High).map(|w| w.id), Some(2));
+        assert_eq!(q.shed_below(Priority::Low).map(|w| w.id), None);
+        assert_eq!(q.counts(), [1, 1, 0]);
+    }
+}
