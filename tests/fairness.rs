@@ -445,3 +445,80 @@ async fn queued_low_priority_clients_can_be_canceled_and_time_out() {
     assert_eq!(sqlstate(&timed_out.err().unwrap()), "57P03");
     hold.await.unwrap();
 }
+
+/// `dedicated_connections`: with max_db_connections saturated by another pool, the owner
+/// of a dedicated place is served at once; the others share what is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dedicated_budget_is_its_owners_while_others_saturate_the_database() {
+    let pg = start_postgres();
+    let proxy = start(
+        &pg,
+        "",
+        "max_db_connections = 3",
+        &[("vip", "limits = { dedicated_connections = 1 }")],
+    )
+    .await;
+    let url = proxy.url(PoolMode::Transaction, AGENT_MD5, "app");
+    let mut busy = Vec::new();
+    for _ in 0..5 {
+        busy.push(connect(&url).await.unwrap());
+    }
+    let vip = client(&proxy, "vip").await;
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let tasks: Vec<_> = busy
+        .into_iter()
+        .map(|c| run(c, "SELECT pg_sleep(0.4), 'crowd'", "crowd".into(), &done))
+        .collect();
+    let (peak, ()) = tokio::join!(
+        peak_running(&pg, "crowd", Duration::from_millis(900)),
+        async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            for _ in 0..3 {
+                let t = Instant::now();
+                assert_eq!(text(&vip, "SELECT 'mine'").await, "mine");
+                assert!(
+                    t.elapsed() < Duration::from_millis(200),
+                    "{:?}",
+                    t.elapsed()
+                );
+            }
+        }
+    );
+    for t in tasks {
+        t.await.unwrap().1.unwrap();
+    }
+    assert_eq!(
+        peak, 2,
+        "the others share max_db_connections minus the dedicated place"
+    );
+}
+
+/// A pool grows to pool_size under load and shrinks back to min_pool_size once its servers
+/// have been idle for server_idle_timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_shrinks_back_to_min_pool_size_after_load() {
+    let pg = start_postgres();
+    let proxy = start(
+        &pg,
+        "server_idle_timeout = 1\nmin_pool_size = 1",
+        "pool_size = 5",
+        &[],
+    )
+    .await;
+    let url = proxy.url(PoolMode::Transaction, AGENT, "app");
+    let mut load = Vec::new();
+    for _ in 0..8 {
+        load.push(connect(&url).await.unwrap());
+    }
+    let queries = load.iter().map(|c| c.simple_query("SELECT pg_sleep(0.3)"));
+    for r in futures_util::future::join_all(queries).await {
+        r.unwrap();
+    }
+    assert_eq!(role_backends(&pg), 5, "grown to pool_size under load");
+    let shrunk = eventually(Duration::from_secs(15), || role_backends(&pg) == 1).await;
+    assert!(shrunk, "{} servers left", role_backends(&pg));
+    assert_eq!(
+        text(&load[0], "SELECT 'still served'").await,
+        "still served"
+    );
+}

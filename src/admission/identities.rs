@@ -20,9 +20,12 @@ use std::time::Duration;
 pub struct Share {
     /// The identity, as its limits are counted (`user:alice`, `key:batch-agent`, `sub:...`).
     pub who: Box<str>,
+    /// 0: no cap.
     pub max: usize,
     /// At the cap: refused (else it waits its turn).
     pub refuse: bool,
+    /// Places of its pool kept for it alone (dedicated_connections).
+    pub dedicated: usize,
 }
 
 struct Entry {
@@ -129,11 +132,13 @@ impl Identities {
     }
 
     fn entry(&self, who: &str, limits: IdentityLimits) -> Entry {
-        let share = (limits.max_user_connections > 0).then(|| {
+        let shared = limits.max_user_connections > 0 || limits.dedicated_connections > 0;
+        let share = shared.then(|| {
             Arc::new(Share {
                 who: who.into(),
                 max: limits.max_user_connections,
                 refuse: limits.at_max_user_connections == OnLimit::Refuse,
+                dedicated: limits.dedicated_connections,
             })
         });
         let rate = NonZeroU32::new(limits.transactions_per_second).map(|per_second| {

@@ -111,6 +111,7 @@ fn plan(
             reserve: db.priority_reserve.unwrap_or(g.priority_reserve),
             shed_queue: db.shed_queue_length.unwrap_or(g.shed_queue_length),
             shed_wait: db.shed_wait.unwrap_or(g.shed_wait).enabled(),
+            dedicated: config.dedicated_in(db, role).iter().map(|(_, n)| n).sum(),
         },
     };
     (key, upstream, settings)
@@ -144,9 +145,10 @@ impl Pools {
             .limits
             .entry(key.database.clone())
             .or_insert_with(|| {
-                DbLimit::new(
+                DbLimit::with_reserved(
                     db.max_db_connections
                         .unwrap_or(config.general.max_db_connections),
+                    config.dedicated_total(db),
                 )
             })
             .clone();

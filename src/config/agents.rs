@@ -49,6 +49,9 @@ pub struct LimitKeys {
     pub transaction_burst: Option<u32>,
     pub at_max_user_connections: Option<OnLimit>,
     pub over_transaction_rate: Option<OnLimit>,
+    /// Servers of its pool kept for it alone, within max_db_connections (`[[users]]` and
+    /// `[[api_keys]]` only).
+    pub dedicated_connections: Option<usize>,
 }
 
 impl LimitKeys {
@@ -67,6 +70,7 @@ impl LimitKeys {
                 .at_max_user_connections
                 .or(under.at_max_user_connections),
             over_transaction_rate: self.over_transaction_rate.or(under.over_transaction_rate),
+            dedicated_connections: self.dedicated_connections.or(under.dedicated_connections),
         }
     }
 
@@ -80,6 +84,7 @@ impl LimitKeys {
             transaction_burst: self.transaction_burst.unwrap_or(rate).max(rate.min(1)),
             at_max_user_connections: self.at_max_user_connections.unwrap_or_default(),
             over_transaction_rate: self.over_transaction_rate.unwrap_or(OnLimit::Refuse),
+            dedicated_connections: self.dedicated_connections.unwrap_or(0),
         }
     }
 }
@@ -93,6 +98,7 @@ pub struct IdentityLimits {
     pub transaction_burst: u32,
     pub at_max_user_connections: OnLimit,
     pub over_transaction_rate: OnLimit,
+    pub dedicated_connections: usize,
 }
 
 impl IdentityLimits {
@@ -100,6 +106,7 @@ impl IdentityLimits {
         self.max_user_connections == 0
             && self.max_user_client_connections == 0
             && self.transactions_per_second == 0
+            && self.dedicated_connections == 0
     }
 }
 
@@ -247,6 +254,13 @@ pub struct ApiKey {
     /// Its limits; what it leaves out comes from its role, then `[general]`.
     #[serde(default)]
     pub limits: LimitKeys,
+}
+
+impl ApiKey {
+    /// Whether it may use database `name` (an empty list allows every database).
+    pub fn may_use(&self, name: &str) -> bool {
+        self.databases.is_empty() || self.databases.iter().any(|d| d.as_str() == name)
+    }
 }
 
 /// One key hash or several.

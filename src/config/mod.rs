@@ -233,9 +233,21 @@ impl Config {
                 "must be more than 0 and at most 3600 seconds".into(),
             ));
         }
+        if let Some(r) = self
+            .roles
+            .iter()
+            .find(|r| r.get_ref().limits.dedicated_connections.is_some())
+        {
+            return Err((
+                r.span(),
+                "limits.dedicated_connections",
+                "belongs on a [[users]] or [[api_keys]] entry: a role's identities are not known in advance".into(),
+            ));
+        }
         for db in &self.databases {
             let d = db.get_ref();
             let size = d.pool_size.unwrap_or(g.default_pool_size);
+            self.validate_dedicated(db, size)?;
             let reserve = d.priority_reserve.unwrap_or(g.priority_reserve);
             if reserve >= size {
                 let key = if d.priority_reserve.is_some() {
@@ -252,6 +264,59 @@ impl Config {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Dedicated places leave at least one place of each pool, and of max_db_connections,
+    /// to everyone else.
+    fn validate_dedicated(
+        &self,
+        db: &toml::Spanned<Database>,
+        size: usize,
+    ) -> Result<(), (Range<usize>, &'static str, String)> {
+        let d = db.get_ref();
+        let roles = self
+            .users
+            .iter()
+            .map(|u| {
+                u.get_ref()
+                    .server_user
+                    .as_deref()
+                    .unwrap_or(&u.get_ref().name)
+                    .to_owned()
+            })
+            .chain(
+                self.roles
+                    .iter()
+                    .map(|r| r.get_ref().server_user.to_string()),
+            );
+        for role in roles {
+            let kept: usize = self.dedicated_in(d, &role).iter().map(|(_, n)| n).sum();
+            if kept >= size {
+                return Err((
+                    db.span(),
+                    "limits.dedicated_connections",
+                    format!(
+                        "{kept} dedicated places leave none of database {:?}'s pool_size {size} for role {role}'s other clients",
+                        d.name.as_str()
+                    ),
+                ));
+            }
+        }
+        let max = d
+            .max_db_connections
+            .unwrap_or(self.general.max_db_connections);
+        let kept = self.dedicated_total(d);
+        if max > 0 && kept >= max {
+            return Err((
+                db.span(),
+                "limits.dedicated_connections",
+                format!(
+                    "{kept} dedicated places leave none of database {:?}'s max_db_connections {max}",
+                    d.name.as_str()
+                ),
+            ));
         }
         Ok(())
     }
@@ -422,6 +487,41 @@ impl Config {
             .resolve()
     }
 
+    /// The dedicated budgets in the pool of upstream role `role` on `db`: the identity (as
+    /// its limits are counted) and its places.
+    pub fn dedicated_in(&self, db: &Database, role: &str) -> Vec<(String, usize)> {
+        let users = self.users.iter().map(|u| u.get_ref()).filter_map(|u| {
+            let n = u.limits.dedicated_connections.filter(|n| *n > 0)?;
+            let pool_role = u.server_user.as_deref().unwrap_or(&u.name);
+            (pool_role == role).then(|| (format!("user:{}", u.name), n))
+        });
+        let keys = self.api_keys.iter().map(|k| k.get_ref()).filter_map(|k| {
+            let n = k.limits.dedicated_connections.filter(|n| *n > 0)?;
+            let mapped = self.role(&k.role)?;
+            let here = k.may_use(&db.name);
+            (here && mapped.server_user.as_str() == role).then(|| (format!("key:{}", k.name), n))
+        });
+        users.chain(keys).collect()
+    }
+
+    /// Every dedicated place of `db`'s pools: what max_db_connections keeps for them.
+    pub fn dedicated_total(&self, db: &Database) -> usize {
+        let users = self.users.iter().map(|u| {
+            let u = u.get_ref();
+            u.limits.dedicated_connections.unwrap_or(0)
+        });
+        let keys = self.api_keys.iter().map(|k| {
+            let k = k.get_ref();
+            let here = k.may_use(&db.name);
+            if here {
+                k.limits.dedicated_connections.unwrap_or(0)
+            } else {
+                0
+            }
+        });
+        users.chain(keys).sum()
+    }
+
     pub fn role(&self, name: &str) -> Option<&Role> {
         self.roles
             .iter()
@@ -573,6 +673,44 @@ password = "admin-pw"
         assert!(
             !shown.contains("aaaaaaaa") && !shown.contains("pg-pw"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn fairness_keys_that_would_lock_clients_out_are_refused() {
+        let src = MINIMAL.replace("pool_size = 20", "pool_size = 20\npriority_reserve = 20");
+        let e = parse(&src).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("priority_reserve"), "{e}");
+        assert!(e.reason.contains("no place"), "{e}");
+        let src = MINIMAL.replace(
+            "server_password = \"pg-pw\"",
+            "server_password = \"pg-pw\"\nlimits = { dedicated_connections = 20 }",
+        );
+        let e = parse(&src).unwrap_err();
+        assert_eq!(
+            e.key.as_deref(),
+            Some("limits.dedicated_connections"),
+            "{e}"
+        );
+        let src = format!("{MINIMAL}\n[general]\npriority_aging = 0\n");
+        let e = parse(&src).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("general.priority_aging"), "{e}");
+        let src = MINIMAL.replace(
+            "server_password = \"pg-pw\"",
+            "server_password = \"pg-pw\"\npriority = \"high\"\nlimits = { max_user_connections = 2, dedicated_connections = 1, at_max_user_connections = \"refuse\" }",
+        );
+        let c = parse(&src).unwrap();
+        let agent = c.user("agent").unwrap();
+        let limits = c.identity_limits(agent.limits, None);
+        assert_eq!(
+            (limits.max_user_connections, limits.dedicated_connections),
+            (2, 1)
+        );
+        assert_eq!(limits.at_max_user_connections, OnLimit::Refuse);
+        let db = c.database("app").unwrap();
+        assert_eq!(
+            c.dedicated_in(db, "postgres"),
+            [("user:agent".to_owned(), 1)]
         );
     }
 }

@@ -23,8 +23,15 @@ pub(super) enum Take<'a> {
 }
 
 impl Pool {
-    pub(super) fn try_slot(self: &Arc<Self>, st: &mut State, limit: usize) -> Option<Slot> {
-        if st.open < limit && self.db.try_acquire() {
+    /// A place for a new connection: `for_dedicated` when it is for a client on one of its
+    /// identity's dedicated places (the database keeps room for those).
+    pub(super) fn try_slot(
+        self: &Arc<Self>,
+        st: &mut State,
+        limit: usize,
+        for_dedicated: bool,
+    ) -> Option<Slot> {
+        if st.open < limit && self.db.try_acquire(for_dedicated) {
             st.open += 1;
             Some(Slot::new(self))
         } else {
@@ -126,7 +133,7 @@ impl Pool {
     /// Decides under the lock what a checkout does next; the awaiting happens outside it.
     pub(super) fn next_step(self: &Arc<Self>, demand: &Demand) -> Take<'_> {
         let settings = self.settings.load();
-        let rules = settings.rules();
+        let rules = self.rules(&settings);
         let mut st = lock(&self.state);
         let may = st.waiters.may_hold(demand, &rules);
         if may && let Some(mut conn) = st.idle.pop() {
@@ -138,7 +145,8 @@ impl Pool {
         {
             return Take::Fail(CheckoutError::RecentFailure(err.clone()));
         }
-        if may && let Some(mut slot) = self.try_slot(&mut st, settings.size) {
+        let dedicated = st.waiters.dedicated_for(demand);
+        if may && let Some(mut slot) = self.try_slot(&mut st, settings.size, dedicated) {
             slot.hold = st.waiters.hold(demand);
             return Take::Open(slot);
         }
@@ -185,15 +193,13 @@ impl Pool {
     /// the queue. None if the reserve is full or the waiter was served meanwhile.
     pub(super) fn reserve_slot(self: &Arc<Self>, waiter: u64, demand: &Demand) -> Option<Slot> {
         let settings = self.settings.load();
-        let rules = Rules {
-            size: settings.size + settings.reserve_size,
-            ..settings.rules()
-        };
+        let rules = self.rules(&settings);
         let mut st = lock(&self.state);
         if !st.waiters.contains(waiter) || !st.waiters.may_hold(demand, &rules) {
             return None;
         }
-        let mut slot = self.try_slot(&mut st, rules.size)?;
+        let dedicated = st.waiters.dedicated_for(demand);
+        let mut slot = self.try_slot(&mut st, rules.size, dedicated)?;
         st.waiters.remove(waiter);
         slot.hold = st.waiters.hold(demand);
         Some(slot)
@@ -213,7 +219,7 @@ impl Pool {
         let settings = self.settings.load();
         let mut conn = {
             let mut st = lock(&self.state);
-            if !st.waiters.may_hold(demand, &settings.rules()) {
+            if !st.waiters.may_hold(demand, &self.rules(&settings)) {
                 return None;
             }
             let n = st.idle.len();

@@ -180,6 +180,7 @@ fn share(who: &str, max: usize, refuse: bool) -> Demand {
             who: who.into(),
             max,
             refuse,
+            dedicated: 0,
         })),
     }
 }
@@ -254,4 +255,55 @@ async fn futures_join(
         out.push(t.await.unwrap());
     }
     out
+}
+
+#[tokio::test(start_paused = true)]
+async fn dedicated_places_are_kept_for_their_owner_in_the_pool_and_the_database() {
+    let db = DbLimit::with_reserved(3, 1);
+    let vip = Demand {
+        class: Priority::Low,
+        share: Some(Arc::new(Share {
+            who: "key:vip".into(),
+            max: 0,
+            refuse: false,
+            dedicated: 1,
+        })),
+    };
+    let fair = Fairness {
+        dedicated: 1,
+        ..Fairness::default()
+    };
+    let (own, _) = pool_on(
+        PoolSettings {
+            fairness: fair,
+            ..settings(2)
+        },
+        db.clone(),
+    );
+    let (other, _) = pool_on(settings(5), db.clone());
+    // Another pool fills what the database shares: 2 of 3.
+    let a = take(&other, &Demand::default()).await.unwrap();
+    let b = take(&other, &Demand::default()).await.unwrap();
+    let served = Arc::new(Mutex::new(Vec::new()));
+    let blocked = client(&other, Demand::default(), 1, Duration::ZERO, &served);
+    // In the owner's pool, a shared client gets no server either: the one place left is
+    // the owner's.
+    let shared = client(&own, Demand::default(), 2, Duration::ZERO, &served);
+    settle().await;
+    assert_eq!((counts(&other).2, counts(&own).2), (1, 1));
+    // The owner is served at once, low class or not.
+    let mine = take(&own, &vip).await.unwrap();
+    assert_eq!(db.open.load(Ordering::Relaxed), 3);
+    // Its server coming back does not go to the shared waiter: that place is the owner's
+    // (the server closes, as another pool waits at the database's cap).
+    own.release(mine);
+    settle().await;
+    assert_eq!(counts(&own), (0, 0, 1));
+    assert_eq!(counts(&other), (2, 0, 1));
+    let again = take(&own, &vip).await.unwrap();
+    drop(again);
+    drop((a, b));
+    blocked.await.unwrap().unwrap();
+    shared.await.unwrap().unwrap();
+    assert_eq!(tags(&served).len(), 2);
 }

@@ -25,7 +25,7 @@ impl Pool {
             let held = conn.last_used.saturating_duration_since(taken);
             st.hold_us = 0.9 * st.hold_us + 0.1 * held.as_micros() as f64;
         }
-        let rules = settings.rules();
+        let rules = self.rules(&settings);
         while let Some(w) = st.waiters.pop(&rules) {
             conn.slot.hold = st.waiters.hold(&w.demand);
             match w.tx.send(Grant::Conn(conn)) {
@@ -56,7 +56,7 @@ impl Pool {
 
     /// A connection closed: its place goes to a waiter, or back to the pool and database.
     pub(super) fn place_freed(self: &Arc<Self>, hold: queue::Hold) {
-        let rules = self.settings.load().rules();
+        let rules = self.rules(&self.settings.load());
         let mut st = lock(&self.state);
         st.waiters.unhold(hold);
         while let Some(w) = st.waiters.pop(&rules) {
@@ -82,30 +82,27 @@ impl Pool {
         if st.waiters.is_empty() {
             return false;
         }
-        let rules = self.settings.load().rules();
-        let Some(slot) = self.try_slot(&mut st, rules.size) else {
-            return false;
-        };
-        let mut slot = Some(slot);
+        let settings = self.settings.load();
+        let rules = self.rules(&settings);
         while let Some(w) = st.waiters.pop(&rules) {
-            if let Some(mut s) = slot.take() {
-                s.hold = st.waiters.hold(&w.demand);
-                match w.tx.send(Grant::Slot(s)) {
-                    Ok(()) => return true,
-                    Err(Grant::Slot(mut s)) => {
-                        st.waiters.unhold(std::mem::take(&mut s.hold));
-                        slot = Some(s);
-                    }
-                    Err(_) => return true,
+            let dedicated = st.waiters.dedicated_for(&w.demand);
+            let Some(mut s) = self.try_slot(&mut st, settings.size, dedicated) else {
+                st.waiters.unpop(w);
+                return false;
+            };
+            s.hold = st.waiters.hold(&w.demand);
+            match w.tx.send(Grant::Slot(s)) {
+                Ok(()) => return true,
+                Err(Grant::Slot(mut s)) => {
+                    // It left: the place goes back, and on to the next waiter.
+                    st.waiters.unhold(std::mem::take(&mut s.hold));
+                    s.disarm();
+                    st.open -= 1;
+                    self.db.give_back();
                 }
+                Err(_) => return true,
             }
         }
-        if let Some(s) = slot {
-            s.disarm();
-        }
-        st.open -= 1;
-        drop(st);
-        self.db.open.fetch_sub(1, Ordering::AcqRel);
         false
     }
 
@@ -152,7 +149,7 @@ impl Pool {
                 if st.open >= min_size {
                     break;
                 }
-                match self.try_slot(&mut st, min_size) {
+                match self.try_slot(&mut st, min_size, false) {
                     Some(s) => s,
                     None => break,
                 }

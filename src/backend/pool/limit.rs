@@ -3,32 +3,67 @@
 
 use super::*;
 
-/// Server connections open to one database across its pools (max_db_connections).
+/// Server connections open to one database across its pools (max_db_connections), of which
+/// `reserved` are kept for identities' dedicated places: connections not held on one share
+/// the rest.
 #[derive(Default)]
 pub struct DbLimit {
     pub(super) max: usize,
     pub(super) open: AtomicUsize,
+    reserved: usize,
+    /// Servers held on dedicated places now, across the database's pools.
+    pub(super) dedicated_busy: Arc<AtomicUsize>,
     pub(super) pools: Mutex<Vec<Weak<Pool>>>,
 }
 
 impl DbLimit {
     pub fn new(max: usize) -> Arc<DbLimit> {
+        DbLimit::with_reserved(max, 0)
+    }
+
+    /// `reserved`: every dedicated place of the database's pools.
+    pub fn with_reserved(max: usize, reserved: usize) -> Arc<DbLimit> {
         Arc::new(DbLimit {
             max,
+            reserved,
             ..DbLimit::default()
         })
     }
 
-    pub(super) fn try_acquire(&self) -> bool {
+    /// A place for one more connection, for a client on a dedicated place (`dedicated`:
+    /// anywhere under max_db_connections) or not (only while the connections not held on
+    /// dedicated places leave `reserved` free).
+    pub(super) fn try_acquire(&self, dedicated: bool) -> bool {
         if self.max == 0 {
             self.open.fetch_add(1, Ordering::Relaxed);
             return true;
         }
+        let limit = if dedicated {
+            self.max
+        } else {
+            let held = self.dedicated_busy.load(Ordering::Acquire);
+            (self.max - self.reserved + held).min(self.max)
+        };
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
+                (n < limit).then_some(n + 1)
             })
             .is_ok()
+    }
+
+    /// More connections are open than dedicated holders and the shared part account for
+    /// (dedicated servers came back): none may go to a client not on a dedicated place.
+    pub(super) fn overcommitted(&self) -> bool {
+        if self.max == 0 || self.reserved == 0 {
+            return false;
+        }
+        let held = self.dedicated_busy.load(Ordering::Acquire);
+        self.open.load(Ordering::Acquire) > self.max - self.reserved + held
+    }
+
+    /// Gives back the place [`DbLimit::try_acquire`] took, without handing it on.
+    pub(super) fn give_back(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// At the database cap, a pool with waiters takes the place of an idle connection of
@@ -53,7 +88,7 @@ impl DbLimit {
     }
 
     pub(super) fn release(&self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.give_back();
         if self.max == 0 {
             return;
         }

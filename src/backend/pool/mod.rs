@@ -61,6 +61,8 @@ pub struct Fairness {
     pub shed_queue: usize,
     /// Expected wait beyond which the lowest class is shed (shed_wait).
     pub shed_wait: Option<Duration>,
+    /// Places kept for identities' dedicated budgets (dedicated_connections).
+    pub dedicated: usize,
 }
 
 impl Default for Fairness {
@@ -71,6 +73,18 @@ impl Default for Fairness {
             reserve: 0,
             shed_queue: 0,
             shed_wait: None,
+            dedicated: 0,
+        }
+    }
+}
+
+impl Pool {
+    /// The grant rules now: the settings', and whether the database's shared part has room
+    /// for a client not on a dedicated place.
+    fn rules(&self, settings: &PoolSettings) -> Rules {
+        Rules {
+            shared_ok: !self.db.overcommitted(),
+            ..settings.rules()
         }
     }
 }
@@ -78,9 +92,13 @@ impl Default for Fairness {
 impl PoolSettings {
     fn rules(&self) -> Rules {
         Rules {
+            shared_ok: true,
             aging: self.fairness.aging,
             reserve: self.fairness.reserve,
-            size: self.size,
+            // A server over pool_size is a reserve_pool_size one, given only after
+            // reserve_pool_timeout (try_slot's limit); once open it serves the queue.
+            size: self.size + self.reserve_size,
+            dedicated: self.fairness.dedicated,
         }
     }
 }
@@ -202,7 +220,10 @@ impl Pool {
             upstream: ArcSwap::from_pointee(upstream),
             settings: ArcSwap::from_pointee(settings),
             db: db.clone(),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                waiters: Queue::counting_into(db.dedicated_busy.clone()),
+                ..State::default()
+            }),
             conn_ids,
             defaults: Mutex::new(None),
             stats: Arc::new(PoolStats::default()),

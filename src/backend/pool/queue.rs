@@ -4,14 +4,17 @@
 //! that before it, and nobody is overtaken by a waiter that arrived more than
 //! 2 × `priority_aging` after it: low priority always progresses.
 //!
-//! Also what a holder of a server counts against ([`Hold`]): the part of the pool the lower
-//! classes may use (`priority_reserve`) and its identity's share (`max_server_connections`).
+//! Also what a holder of a server counts against ([`Hold`]): its identity's dedicated places
+//! (`dedicated_connections`) while it has some left, else the shared part of the pool, of
+//! which the lower classes may use all but `priority_reserve`; and its identity's cap
+//! (`max_user_connections`).
 
 use super::Grant;
 pub use crate::admission::identities::Share;
 use crate::config::Priority;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -34,6 +37,10 @@ impl Demand {
 /// What a server's holder counts against, undone when the server comes back.
 #[derive(Debug, Default)]
 pub(super) struct Hold {
+    /// Made by [`Queue::hold`] (not a connection nobody holds).
+    pub(super) counted: bool,
+    /// On one of its identity's dedicated places (else a shared one).
+    pub(super) dedicated: bool,
     /// Counted in [`Queue::lower_busy`].
     pub(super) lower: bool,
     pub(super) share: Option<Arc<Share>>,
@@ -52,10 +59,13 @@ pub(super) struct Waiter {
 #[derive(Default)]
 pub(super) struct Queue {
     by_class: [VecDeque<Waiter>; CLASSES],
-    /// Servers held by classes below the top one.
+    /// Shared places held, and those held by classes below the top one.
+    pub(super) busy: usize,
     pub(super) lower_busy: usize,
-    /// Servers held per identity with a share.
+    /// Servers held per identity with a share (dedicated places included).
     held: HashMap<Box<str>, usize>,
+    /// Servers held on dedicated places across the database's pools (its [`super::DbLimit`]'s).
+    db_dedicated: Arc<AtomicUsize>,
 }
 
 /// The rules a grant follows (from the pool's settings).
@@ -64,10 +74,30 @@ pub(super) struct Rules {
     pub(super) aging: Duration,
     /// Places of the pool only the top class may take.
     pub(super) reserve: usize,
+    /// Servers the queue may hand out at once: pool_size and reserve_pool_size.
     pub(super) size: usize,
+    /// Places kept for identities' dedicated budgets.
+    pub(super) dedicated: usize,
+    /// The database's connections not held on dedicated places leave its reserve free: a
+    /// client not on a dedicated place may hold a server.
+    pub(super) shared_ok: bool,
 }
 
 impl Queue {
+    pub(super) fn counting_into(db_dedicated: Arc<AtomicUsize>) -> Queue {
+        Queue {
+            db_dedicated,
+            ..Queue::default()
+        }
+    }
+
+    /// Whether `d` would take one of its identity's dedicated places.
+    pub(super) fn dedicated_for(&self, d: &Demand) -> bool {
+        d.share
+            .as_ref()
+            .is_some_and(|s| self.held_by(s) < s.dedicated)
+    }
+
     pub(super) fn len(&self) -> usize {
         self.by_class.iter().map(VecDeque::len).sum()
     }
@@ -85,6 +115,11 @@ impl Queue {
         self.by_class[w.demand.class as usize].push_back(w);
     }
 
+    /// Puts back a waiter [`Queue::pop`] took, at the head of its class.
+    pub(super) fn unpop(&mut self, w: Waiter) {
+        self.by_class[w.demand.class as usize].push_front(w);
+    }
+
     pub(super) fn contains(&self, id: u64) -> bool {
         self.by_class.iter().flatten().any(|w| w.id == id)
     }
@@ -95,32 +130,51 @@ impl Queue {
         }
     }
 
+    fn held_by(&self, s: &Share) -> usize {
+        self.held.get(&s.who).copied().unwrap_or(0)
+    }
+
     /// Whether `d` may take one more server now.
     pub(super) fn may_hold(&self, d: &Demand, rules: &Rules) -> bool {
+        if let Some(s) = &d.share {
+            let held = self.held_by(s);
+            if s.max > 0 && held >= s.max {
+                return false;
+            }
+            if held < s.dedicated {
+                return true;
+            }
+        }
+        let shared = rules.size.saturating_sub(rules.dedicated);
         let top = d.class == Priority::High;
-        let lower_ok = top || rules.reserve == 0 || self.lower_busy + rules.reserve < rules.size;
-        lower_ok
-            && d.share
-                .as_ref()
-                .is_none_or(|s| self.held.get(&s.who).copied().unwrap_or(0) < s.max)
+        rules.shared_ok
+            && self.busy < shared
+            && (top || rules.reserve == 0 || self.lower_busy + rules.reserve < shared)
     }
 
     /// Whether `d` is refused rather than queued: its identity is at a cap it may not wait on.
     pub(super) fn refuses(&self, d: &Demand) -> Option<Arc<Share>> {
         d.share
             .as_ref()
-            .filter(|s| s.refuse && self.held.get(&s.who).copied().unwrap_or(0) >= s.max)
+            .filter(|s| s.refuse && s.max > 0 && self.held_by(s) >= s.max)
             .cloned()
     }
 
-    /// Counts a server taken by `d`.
+    /// Counts a server taken by `d`: on a dedicated place of its identity while it has one.
     pub(super) fn hold(&mut self, d: &Demand) -> Hold {
-        let lower = d.class != Priority::High;
+        let dedicated = self.dedicated_for(d);
+        if dedicated {
+            self.db_dedicated.fetch_add(1, Ordering::AcqRel);
+        }
+        let lower = !dedicated && d.class != Priority::High;
+        self.busy += usize::from(!dedicated);
         self.lower_busy += usize::from(lower);
         if let Some(s) = &d.share {
             *self.held.entry(s.who.clone()).or_default() += 1;
         }
         Hold {
+            counted: true,
+            dedicated,
             lower,
             share: d.share.clone(),
             taken: None,
@@ -129,6 +183,11 @@ impl Queue {
 
     /// Undoes [`Queue::hold`].
     pub(super) fn unhold(&mut self, h: Hold) -> Option<std::time::Instant> {
+        // The default hold of a connection nobody holds (maintenance) counted nothing.
+        self.busy -= usize::from(h.counted && !h.dedicated);
+        if h.dedicated {
+            self.db_dedicated.fetch_sub(1, Ordering::AcqRel);
+        }
         self.lower_busy -= usize::from(h.lower);
         if let Some(s) = h.share
             && let Some(n) = self.held.get_mut(&s.who)
@@ -185,6 +244,8 @@ mod tests {
         aging: Duration::from_secs(5),
         reserve: 0,
         size: 2,
+        dedicated: 0,
+        shared_ok: true,
     };
 
     fn order(q: &mut Queue, rules: &Rules) -> Vec<u64> {
@@ -240,6 +301,7 @@ mod tests {
             who: "noisy".into(),
             max: 1,
             refuse: false,
+            dedicated: 0,
         });
         let noisy = Demand {
             class: Priority::Normal,
