@@ -337,6 +337,7 @@ impl Collector for PoolCollector {
         let mut up_rows = Vec::new();
         let mut circuit_rows = Vec::new();
         let mut class_rows = Vec::new();
+        let mut limit_rows = Vec::new();
         let mut served_rows = Vec::new();
         let mut shed_rows = Vec::new();
         for p in &pools {
@@ -375,6 +376,7 @@ impl Collector for PoolCollector {
                 server_rows.push((state(p, s.as_str()), n as f64));
             }
             let size = p.settings().size;
+            limit_rows.push((labels(p), p.concurrency_limit().unwrap_or(size) as f64));
             let busy = servers
                 .iter()
                 .filter(|i| i.state() != ServerState::Idle)
@@ -424,6 +426,14 @@ impl Collector for PoolCollector {
             "Configured pool_size",
             g,
             &size_rows,
+            gauge,
+        )?;
+        family(
+            &mut enc,
+            "pool_concurrency_limit",
+            "Server connections the pool may use at once: the adaptive limit (adaptive_limit), else pool_size",
+            g,
+            &limit_rows,
             gauge,
         )?;
         family(

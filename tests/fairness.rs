@@ -522,3 +522,58 @@ async fn the_pool_shrinks_back_to_min_pool_size_after_load() {
         "still served"
     );
 }
+
+/// `adaptive_limit`: when the upstream slows (latency injected by a relay), the pool uses
+/// fewer servers at once; when it recovers, the limit is pool_size again. No client fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adaptive_limit_follows_the_upstreams_latency() {
+    let pg = start_postgres();
+    let relay = support::faults::FaultRelay::start(pg.port).await;
+    let text = (config_text(&pg, "", "pool_size = 16\nadaptive_limit = true")
+        + "\n[http]\naddr = \"127.0.0.1:0\"\n")
+        .replacen(
+            &format!("port = {}", pg.port),
+            &format!("port = {}", relay.port),
+            1,
+        );
+    let proxy = Proxy::start(&text).await;
+    let url = proxy.url(PoolMode::Transaction, AGENT, "app");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..20 {
+        let c = connect(&url).await.unwrap();
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                c.simple_query("SELECT 1").await.unwrap();
+                n += 1;
+            }
+            n
+        }));
+    }
+    // Latency jitters on a busy machine, and the limit with it: near pool_size, not at it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let limit = || pool_value(&pg, &proxy, "concurrency_limit");
+    assert!(limit() >= 11, "{}", limit());
+    relay.set_latency(60);
+    let lowered = eventually(Duration::from_secs(20), || limit() <= 6).await;
+    assert!(lowered, "{:?}", console(&pg, &proxy, ADMIN, "SHOW POOLS"));
+    assert!(pool_value(&pg, &proxy, "sv_active") <= 8);
+    relay.set_latency(0);
+    let restored = eventually(Duration::from_secs(20), || limit() >= 12).await;
+    assert!(restored, "{}", limit());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in load {
+        assert!(t.await.unwrap() > 0);
+    }
+    // Idle now: nothing moves the limit, and /metrics shows what SHOW POOLS does.
+    assert_eq!(
+        metric(
+            &proxy,
+            "pgsluice_pool_concurrency_limit{database=\"app\",role=\"app_scram\"}"
+        )
+        .await,
+        pool_value(&pg, &proxy, "concurrency_limit") as f64
+    );
+}

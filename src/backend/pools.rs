@@ -112,6 +112,7 @@ fn plan(
             shed_queue: db.shed_queue_length.unwrap_or(g.shed_queue_length),
             shed_wait: db.shed_wait.unwrap_or(g.shed_wait).enabled(),
             dedicated: config.dedicated_in(db, role).iter().map(|(_, n)| n).sum(),
+            adaptive: db.adaptive_limit.unwrap_or(g.adaptive_limit),
         },
     };
     (key, upstream, settings)

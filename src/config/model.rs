@@ -72,6 +72,9 @@ pub struct General {
     pub shed_queue_length: usize,
     /// Expected wait beyond which the lowest class is shed (0: never).
     pub shed_wait: Seconds,
+    /// Servers in use at once follow the upstream's latency, between min_pool_size and
+    /// pool_size (docs/pooling.md).
+    pub adaptive_limit: bool,
     pub server_lifetime: Seconds,
     pub server_idle_timeout: Seconds,
     pub server_connect_timeout: Seconds,
@@ -167,6 +170,7 @@ impl Default for General {
             priority_reserve: 0,
             shed_queue_length: 0,
             shed_wait: Seconds(0.0),
+            adaptive_limit: false,
             max_user_connections: 0,
             max_user_client_connections: 0,
             server_lifetime: Seconds(3600.0),
@@ -435,6 +439,8 @@ pub struct Database {
     pub shed_queue_length: Option<usize>,
     #[serde(default)]
     pub shed_wait: Option<Seconds>,
+    #[serde(default)]
+    pub adaptive_limit: Option<bool>,
     /// Per-database TLS to the upstream, overriding `[general]`.
     #[serde(default)]
     pub server_tls_sslmode: Option<super::tls::SslMode>,

@@ -43,6 +43,8 @@ impl Fault {
 pub struct FaultRelay {
     pub port: u16,
     fault: Arc<AtomicU64>,
+    /// Milliseconds every connection, open or new, waits before forwarding a server chunk.
+    latency: Arc<AtomicU64>,
     /// Connections accepted so far.
     pub accepted: Arc<AtomicU64>,
 }
@@ -53,19 +55,26 @@ impl FaultRelay {
         let port = l.local_addr().unwrap().port();
         let fault = Arc::new(AtomicU64::new(0));
         let accepted = Arc::new(AtomicU64::new(0));
-        let (f, a) = (fault.clone(), accepted.clone());
+        let latency = Arc::new(AtomicU64::new(0));
+        let (f, a, lat) = (fault.clone(), accepted.clone(), latency.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = l.accept().await {
                 a.fetch_add(1, Ordering::Relaxed);
                 let fault = Fault::decode(f.load(Ordering::Relaxed));
-                tokio::spawn(pump(client, upstream_port, fault));
+                tokio::spawn(pump(client, upstream_port, fault, lat.clone()));
             }
         });
         FaultRelay {
             port,
             fault,
+            latency,
             accepted,
         }
+    }
+
+    /// Latency added to every server chunk of every connection from now on (0: none).
+    pub fn set_latency(&self, ms: u64) {
+        self.latency.store(ms, Ordering::Relaxed);
     }
 
     /// The fault for connections accepted from now on.
@@ -74,7 +83,7 @@ impl FaultRelay {
     }
 }
 
-async fn pump(client: TcpStream, upstream_port: u16, fault: Fault) {
+async fn pump(client: TcpStream, upstream_port: u16, fault: Fault, latency: Arc<AtomicU64>) {
     if fault == Fault::Reset {
         let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
         drop(client);
@@ -107,6 +116,10 @@ async fn pump(client: TcpStream, upstream_port: u16, fault: Fault) {
             }
             Fault::Delay(ms) => tokio::time::sleep(Duration::from_millis(u64::from(ms))).await,
             _ => {}
+        }
+        let ms = latency.load(Ordering::Relaxed);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         sent += chunk.len() as u64;
         if cw.write_all(chunk).await.is_err() {

@@ -1,6 +1,7 @@
 //! SHOW POOLS: one row per (database, role) pool: its clients by state, its servers by
 //! state, the longest current wait; then pgsluice's paused, pool_size and upstream_up, and
-//! per priority class the clients waiting, servers handed out and clients shed.
+//! per priority class the clients waiting, servers handed out and clients shed, and the
+//! servers it may use at once (the adaptive limit, else pool_size).
 
 use super::{Table, Type, split_us};
 use crate::app::App;
@@ -37,6 +38,7 @@ pub fn table(app: &App) -> Table {
         ("shed_high", Type::Int8),
         ("shed_normal", Type::Int8),
         ("shed_low", Type::Int8),
+        ("concurrency_limit", Type::Int4),
     ]);
     let clients = app.clients.all();
     let now = crate::stats::unix_micros();
@@ -91,6 +93,7 @@ pub fn table(app: &App) -> Table {
             load(&s.shed, 2).into(),
             load(&s.shed, 1).into(),
             load(&s.shed, 0).into(),
+            (p.concurrency_limit().unwrap_or(p.settings().size) as u64).into(),
         ]);
     }
     t

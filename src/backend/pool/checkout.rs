@@ -59,7 +59,7 @@ impl Pool {
             .checkout_inner(cancel, &settings, start, deadline, demand)
             .await;
         if let Ok(conn) = &mut r {
-            if settings.fairness.shed_wait.is_some() {
+            if settings.fairness.times_holds() {
                 conn.slot.hold.taken = Some(Instant::now());
             }
             conn.info.set_state(ServerState::Active);
@@ -249,7 +249,7 @@ impl Pool {
             st.idle.push(conn);
             return None;
         }
-        if settings.fairness.shed_wait.is_some() {
+        if settings.fairness.times_holds() {
             conn.slot.hold.taken = Some(now);
         }
         conn.info.set_state(ServerState::Active);

@@ -21,9 +21,14 @@ impl Pool {
             return;
         }
         conn.info.set_state(ServerState::Idle);
+        let in_use = st.waiters.busy;
         if let Some(taken) = st.waiters.unhold(std::mem::take(&mut conn.slot.hold)) {
-            let held = conn.last_used.saturating_duration_since(taken);
-            st.hold_us = 0.9 * st.hold_us + 0.1 * held.as_micros() as f64;
+            let held = conn.last_used.saturating_duration_since(taken).as_micros() as f64;
+            st.hold_us = 0.9 * st.hold_us + 0.1 * held;
+            adapt(&mut st, &settings, held, in_use);
+        }
+        if !settings.fairness.adaptive {
+            st.waiters.adaptive = None;
         }
         let rules = self.rules(&settings);
         while let Some(w) = st.waiters.pop(&rules) {
@@ -168,4 +173,16 @@ impl Pool {
             c.terminate().await;
         }
     }
+}
+
+/// Feeds the adaptive limit a server's hold time (starting it when the settings turned it
+/// on).
+fn adapt(st: &mut State, settings: &PoolSettings, held_us: f64, in_use: usize) {
+    if !settings.fairness.adaptive {
+        return;
+    }
+    st.waiters
+        .adaptive
+        .get_or_insert_with(|| super::adaptive::Gradient::new(settings.min_size, settings.size))
+        .sample(held_us, in_use);
 }

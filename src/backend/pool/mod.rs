@@ -27,6 +27,7 @@ pub use limit::{DbLimit, Slot};
 pub use queue::{Demand, Share};
 use queue::{Queue, Rules, Waiter};
 
+mod adaptive;
 mod checkout;
 mod give_back;
 mod limit;
@@ -63,6 +64,15 @@ pub struct Fairness {
     pub shed_wait: Option<Duration>,
     /// Places kept for identities' dedicated budgets (dedicated_connections).
     pub dedicated: usize,
+    /// Servers in use at once follow the upstream's latency (adaptive_limit).
+    pub adaptive: bool,
+}
+
+impl Fairness {
+    /// Whether the time each server is held is measured (shed_wait and adaptive_limit).
+    fn times_holds(&self) -> bool {
+        self.shed_wait.is_some() || self.adaptive
+    }
 }
 
 impl Default for Fairness {
@@ -74,6 +84,7 @@ impl Default for Fairness {
             shed_queue: 0,
             shed_wait: None,
             dedicated: 0,
+            adaptive: false,
         }
     }
 }
@@ -235,6 +246,15 @@ impl Pool {
         });
         lock(&db.pools).push(Arc::downgrade(&pool));
         pool
+    }
+
+    /// Servers that may be in use at once now: the adaptive limit, or None when it is off.
+    pub fn concurrency_limit(&self) -> Option<usize> {
+        lock(&self.state)
+            .waiters
+            .adaptive
+            .as_ref()
+            .map(|g| g.limit())
     }
 
     /// Clients waiting, by class: low, normal, high.

@@ -66,6 +66,8 @@ pub(super) struct Queue {
     held: HashMap<Box<str>, usize>,
     /// Servers held on dedicated places across the database's pools (its [`super::DbLimit`]'s).
     db_dedicated: Arc<AtomicUsize>,
+    /// The adaptive concurrency limit on shared places, when `adaptive_limit` is on.
+    pub(super) adaptive: Option<super::adaptive::Gradient>,
 }
 
 /// The rules a grant follows (from the pool's settings).
@@ -92,6 +94,7 @@ impl Queue {
     }
 
     /// Whether `d` would take one of its identity's dedicated places.
+    #[inline]
     pub(super) fn dedicated_for(&self, d: &Demand) -> bool {
         d.share
             .as_ref()
@@ -130,11 +133,13 @@ impl Queue {
         }
     }
 
+    #[inline]
     fn held_by(&self, s: &Share) -> usize {
         self.held.get(&s.who).copied().unwrap_or(0)
     }
 
     /// Whether `d` may take one more server now.
+    #[inline]
     pub(super) fn may_hold(&self, d: &Demand, rules: &Rules) -> bool {
         if let Some(s) = &d.share {
             let held = self.held_by(s);
@@ -145,7 +150,11 @@ impl Queue {
                 return true;
             }
         }
-        let shared = rules.size.saturating_sub(rules.dedicated);
+        let size = self
+            .adaptive
+            .as_ref()
+            .map_or(rules.size, |g| g.limit().min(rules.size));
+        let shared = size.saturating_sub(rules.dedicated);
         let top = d.class == Priority::High;
         rules.shared_ok
             && self.busy < shared
@@ -161,6 +170,7 @@ impl Queue {
     }
 
     /// Counts a server taken by `d`: on a dedicated place of its identity while it has one.
+    #[inline]
     pub(super) fn hold(&mut self, d: &Demand) -> Hold {
         let dedicated = self.dedicated_for(d);
         if dedicated {
@@ -182,6 +192,7 @@ impl Queue {
     }
 
     /// Undoes [`Queue::hold`].
+    #[inline]
     pub(super) fn unhold(&mut self, h: Hold) -> Option<std::time::Instant> {
         // The default hold of a connection nobody holds (maintenance) counted nothing.
         self.busy -= usize::from(h.counted && !h.dedicated);

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The adaptive concurrency limit against fixed pool sizes, on a deliberately overloaded
+# upstream: CLIENTS pgbench clients (64) run a CPU-bound query (about 5 ms of CPU each) in
+# transaction mode against one PostgreSQL on this machine, through pgsluice with fixed pool
+# sizes and with `adaptive_limit = true` (pool_size 32), in turn, ROUNDS times. Reports tps
+# and p50/p99 latency (pgbench --log) per configuration, medians over rounds.
+#
+#   benches/adaptive.sh                         # 15 s per run, 2 rounds
+#   SIZES="2 4 8" DURATION=30 ROUNDS=3 benches/adaptive.sh
+#
+# Needs PostgreSQL's server binaries and pgbench (as benches/e2e.sh).
+set -euo pipefail
+DURATION=${DURATION:-15}
+CLIENTS=${CLIENTS:-64}
+ROUNDS=${ROUNDS:-2}
+SIZES=${SIZES:-2 4 8 16 32}
+SCALE=1
+POOL=32
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PGBIN=${PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
+
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
+
+CONFIGS=()
+for size in $SIZES; do
+  POOL=$size start_sluice "fixed$size" "$SLUICE"
+  CONFIGS+=("fixed$size")
+done
+POOL=32 SLUICE_GENERAL="adaptive_limit = true" start_sluice adaptive "$SLUICE"
+CONFIGS+=(adaptive)
+sleep 1
+
+echo "SELECT count(*) FROM generate_series(1, 300000) g WHERE g % 7 = 0;" > "$WORK/cpu.sql"
+RESULTS="$WORK/results.tsv"
+: > "$RESULTS"
+
+run() {
+  local name=$1 out tps p50 p99
+  rm -f "$WORK"/lat.*
+  out=$(cd "$WORK" && PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "${TX_PORT[$name]}" -U bench -n \
+    -T "$DURATION" -c "$CLIENTS" -j 2 -f "$WORK/cpu.sql" --log --log-prefix=lat bench 2>&1) || true
+  tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | tail -1)
+  if [ -z "$tps" ]; then
+    echo "pgbench failed on $name:" >&2; echo "$out" | tail -5 >&2
+    return
+  fi
+  read -r p50 p99 < <(cat "$WORK"/lat.* | awk '{print $3}' | sort -n | awk '
+    { v[NR] = $1 } END { printf "%.1f %.1f\n", v[int(NR * 0.5) + 1] / 1000, v[int(NR * 0.99) + 1] / 1000 }')
+  printf '%s\t%s\t%s\t%s\n' "$name" "$tps" "$p50" "$p99" >> "$RESULTS"
+  printf '  %-10s tps %8.1f  p50 %7.1f ms  p99 %7.1f ms\n' "$name" "$tps" "$p50" "$p99"
+}
+
+for round in $(seq "$ROUNDS"); do
+  echo "round $round"
+  for c in "${CONFIGS[@]}"; do run "$c"; done
+done
+
+echo
+echo "medians over $ROUNDS rounds ($CLIENTS clients, $DURATION s each, $(nproc) cores)"
+printf '%-10s %10s %10s %10s\n' config tps p50_ms p99_ms
+for c in "${CONFIGS[@]}"; do
+  awk -v c="$c" -F'\t' '$1 == c { t[++n] = $2; a[n] = $3; b[n] = $4 }
+    function med(x, n,   i, j, s) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (x[j] < x[i]) { s = x[i]; x[i] = x[j]; x[j] = s }
+      return n % 2 ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2 }
+    END { if (n) printf "%-10s %10.1f %10.1f %10.1f\n", c, med(t, n), med(a, n), med(b, n) }' "$RESULTS"
+done
