@@ -70,6 +70,13 @@ struct LimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLimitLabels {
+    database: String,
+    role: String,
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PriorityLabels {
     database: String,
     role: String,
@@ -340,6 +347,7 @@ impl Collector for PoolCollector {
         let mut limit_rows = Vec::new();
         let mut served_rows = Vec::new();
         let mut shed_rows = Vec::new();
+        let mut wait_rows = Vec::new();
         for p in &pools {
             let waiting = p.waiting_by_class();
             for (i, priority) in ["low", "normal", "high"].into_iter().enumerate() {
@@ -351,6 +359,17 @@ impl Collector for PoolCollector {
                 class_rows.push((l.clone(), waiting[i] as f64));
                 served_rows.push((l.clone(), p.stats.served[i].load(Ordering::Relaxed)));
                 shed_rows.push((l, p.stats.shed[i].load(Ordering::Relaxed)));
+            }
+            for (limit, n) in [
+                ("max_user_connections", &p.stats.share_waits),
+                ("transactions_per_second", &p.stats.rate_waits),
+            ] {
+                let l = PoolLimitLabels {
+                    database: p.key.database.to_string(),
+                    role: p.key.role.to_string(),
+                    limit,
+                };
+                wait_rows.push((l, n.load(Ordering::Relaxed)));
             }
             let mine = clients.iter().filter(|c| c.facts.pool == p.key);
             let (mut active, mut waiting, mut oldest) = (0u64, 0u64, 0u64);
@@ -484,6 +503,14 @@ impl Collector for PoolCollector {
             "Server connections handed to clients, by priority class",
             c,
             &served_rows,
+            counter,
+        )?;
+        family(
+            &mut enc,
+            "limit_waits",
+            "Checkouts that waited at their identity's max_user_connections, and transactions paced by their identity's transactions_per_second",
+            c,
+            &wait_rows,
             counter,
         )?;
         family(

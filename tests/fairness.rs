@@ -577,3 +577,44 @@ async fn the_adaptive_limit_follows_the_upstreams_latency() {
         pool_value(&pg, &proxy, "concurrency_limit") as f64
     );
 }
+
+/// The stated bound on real servers: with `priority_aging = 0.5`, a low-priority client is
+/// served within about 2 x 0.5 s plus the queue ahead of it, while high-priority clients keep
+/// the pool saturated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_priority_clients_progress_under_sustained_high_priority_load() {
+    let pg = start_postgres();
+    let proxy = start(
+        &pg,
+        "priority_aging = 0.5",
+        "pool_size = 2",
+        &[("hi", "priority = \"high\""), ("lo", "priority = \"low\"")],
+    )
+    .await;
+    let highs = clients(&proxy, "hi", 6).await;
+    let lo = client(&proxy, "lo").await;
+    let until = Instant::now() + Duration::from_secs(8);
+    let load: Vec<_> = highs
+        .into_iter()
+        .map(|c| {
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    c.simple_query("SELECT pg_sleep(0.05)").await.unwrap();
+                }
+            })
+        })
+        .collect();
+    pool_reaches(&pg, &proxy, "cl_waiting_high", 4).await;
+    for _ in 0..3 {
+        let t = Instant::now();
+        assert_eq!(text(&lo, "SELECT 'low'").await, "low");
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert!(
+            Instant::now() < until,
+            "served while the high load still ran"
+        );
+    }
+    for t in load {
+        t.await.unwrap();
+    }
+}

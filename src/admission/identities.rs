@@ -19,7 +19,7 @@ use std::time::Duration;
 #[derive(Debug, PartialEq, Eq)]
 pub struct Share {
     /// The identity, as its limits are counted (`user:alice`, `key:batch-agent`, `sub:...`).
-    pub who: Box<str>,
+    pub who: Arc<str>,
     /// 0: no cap.
     pub max: usize,
     /// At the cap: refused (else it waits its turn).

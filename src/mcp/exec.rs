@@ -329,6 +329,7 @@ impl Lease {
                 .priority
                 .unwrap_or(pool.settings().fairness.default_class),
             share,
+            session: false,
         };
         let server = pool
             .checkout(notified, &demand)

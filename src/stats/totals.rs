@@ -128,6 +128,10 @@ pub struct PoolStats {
     /// Servers handed to clients, and clients shed, by class (low, normal, high).
     pub served: [AtomicU64; 3],
     pub shed: [AtomicU64; 3],
+    /// Checkouts that waited at their identity's max_user_connections, and transactions
+    /// that waited for their identity's rate.
+    pub share_waits: AtomicU64,
+    pub rate_waits: AtomicU64,
     /// Server errors relayed, by SQLSTATE class (errors are rare: a lock is fine).
     errors: Mutex<Vec<([u8; 2], u64)>>,
     period: Mutex<Period>,
@@ -153,6 +157,8 @@ impl Default for PoolStats {
             connects_failed: AtomicU64::new(0),
             served: Default::default(),
             shed: Default::default(),
+            share_waits: AtomicU64::new(0),
+            rate_waits: AtomicU64::new(0),
             errors: Mutex::new(Vec::new()),
             period: Mutex::new(Period {
                 started: Instant::now(),

@@ -40,6 +40,14 @@ impl Gradient {
         }
     }
 
+    /// New bounds (a RELOAD changed pool_size or min_pool_size).
+    pub(super) fn bound(&mut self, min: usize, max: usize) {
+        let max = max.max(1) as f64;
+        self.max = max;
+        self.min = (min.max(1) as f64).min(max);
+        self.limit = self.limit.clamp(self.min, self.max);
+    }
+
     /// Servers that may be in use at once now.
     pub(super) fn limit(&self) -> usize {
         self.limit.round() as usize

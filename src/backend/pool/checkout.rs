@@ -18,6 +18,8 @@ pub(super) enum Take<'a> {
     Idle(ServerConn),
     Open(Slot),
     Fail(CheckoutError),
+    /// An idle server to close before trying again.
+    Surplus(ServerConn),
     /// Queued; true when the pool has room but its database is at max_db_connections.
     Wait(Ticket<'a>, bool),
 }
@@ -59,7 +61,7 @@ impl Pool {
             .checkout_inner(cancel, &settings, start, deadline, demand)
             .await;
         if let Ok(conn) = &mut r {
-            if settings.fairness.times_holds() {
+            if settings.fairness.times_holds() && !demand.session {
                 conn.slot.hold.taken = Some(Instant::now());
             }
             conn.info.set_state(ServerState::Active);
@@ -88,6 +90,10 @@ impl Pool {
                 }
                 Take::Open(slot) => return self.open(slot).await,
                 Take::Fail(e) => return Err(e),
+                Take::Surplus(conn) => {
+                    drop(conn);
+                    continue;
+                }
                 Take::Wait(ticket, at_db_cap) => {
                     if at_db_cap && let Some(idle) = self.db.take_idle_elsewhere(self) {
                         tracing::debug!(pool = %self.key, server = idle.id, "max_db_connections: closing an idle server of another pool");
@@ -140,6 +146,11 @@ impl Pool {
             conn.slot.hold = st.waiters.hold(demand);
             return Take::Idle(conn);
         }
+        if !rules.shared_ok && !st.waiters.dedicated_for(demand) && !st.idle.is_empty() {
+            // Dedicated servers came back and idle: one is closed, so the shared part of the
+            // database is within its bounds again.
+            return Take::Surplus(st.idle.remove(0));
+        }
         if let Some((at, err)) = &st.last_failure
             && settings.login_retry.is_some_and(|d| at.elapsed() < d)
         {
@@ -171,7 +182,11 @@ impl Pool {
                 }
             }
         }
-        let at_db_cap = st.open < settings.size;
+        if st.waiters.at_cap(demand) {
+            self.stats.share_waits.fetch_add(1, Ordering::Relaxed);
+        }
+        // Room in the pool, yet no new server: the database's cap (not this client's own).
+        let at_db_cap = (may || !rules.shared_ok) && st.open < settings.size;
         let id = st.next_waiter;
         st.next_waiter += 1;
         let (tx, rx) = oneshot::channel();
@@ -247,9 +262,12 @@ impl Pool {
             let mut st = lock(&self.state);
             st.waiters.unhold(std::mem::take(&mut conn.slot.hold));
             st.idle.push(conn);
+            if !st.waiters.is_empty() {
+                self.serve_idle(&mut st, &self.rules(&settings));
+            }
             return None;
         }
-        if settings.fairness.times_holds() {
+        if settings.fairness.times_holds() && !demand.session {
             conn.slot.hold.taken = Some(now);
         }
         conn.info.set_state(ServerState::Active);
@@ -382,7 +400,11 @@ impl Drop for Ticket<'_> {
 /// Why a new waiter would overload the queue (shed_queue_length, shed_wait), if it would.
 fn overloaded(st: &State, settings: &PoolSettings) -> Option<String> {
     let f = &settings.fairness;
-    let waiting = st.waiters.len();
+    if f.shed_queue == 0 && f.shed_wait.is_none() {
+        return None;
+    }
+    // Waiters held back only by their own identity's cap load nobody else.
+    let waiting = st.waiters.len() - st.waiters.capped();
     if f.shed_queue > 0 && waiting >= f.shed_queue {
         return Some(format!(
             "pgsluice is shedding load: {waiting} clients are waiting for this pool \

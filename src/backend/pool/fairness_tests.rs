@@ -182,6 +182,7 @@ fn share(who: &str, max: usize, refuse: bool) -> Demand {
             refuse,
             dedicated: 0,
         })),
+        session: false,
     }
 }
 
@@ -268,6 +269,7 @@ async fn dedicated_places_are_kept_for_their_owner_in_the_pool_and_the_database(
             refuse: false,
             dedicated: 1,
         })),
+        session: false,
     };
     let fair = Fairness {
         dedicated: 1,
@@ -306,4 +308,52 @@ async fn dedicated_places_are_kept_for_their_owner_in_the_pool_and_the_database(
     blocked.await.unwrap().unwrap();
     shared.await.unwrap().unwrap();
     assert_eq!(tags(&served).len(), 2);
+}
+
+/// One pool filling the database: after its owner gives dedicated servers back, the shared
+/// clients keep being served (the surplus server closes instead of sitting idle).
+#[tokio::test(start_paused = true)]
+async fn shared_clients_are_served_after_the_owner_gives_servers_back() {
+    let db = DbLimit::with_reserved(3, 1);
+    let vip = Demand {
+        share: Some(Arc::new(Share {
+            who: "key:vip".into(),
+            max: 0,
+            refuse: false,
+            dedicated: 1,
+        })),
+        ..Demand::default()
+    };
+    let (pool, _) = pool_on(
+        PoolSettings {
+            fairness: Fairness {
+                dedicated: 1,
+                ..Fairness::default()
+            },
+            ..settings(3)
+        },
+        db.clone(),
+    );
+    let a = take(&pool, &Demand::default()).await.unwrap();
+    let b = take(&pool, &Demand::default()).await.unwrap();
+    let mine = take(&pool, &vip).await.unwrap();
+    let served = Arc::new(Mutex::new(Vec::new()));
+    let waiting = client(&pool, Demand::default(), 1, Duration::ZERO, &served);
+    settle().await;
+    pool.release(mine);
+    settle().await;
+    assert_eq!(
+        db.open.load(Ordering::Relaxed),
+        2,
+        "the owner's server closed"
+    );
+    pool.release(a);
+    tokio::time::timeout(Duration::from_secs(1), waiting)
+        .await
+        .expect("the shared waiter is served")
+        .unwrap()
+        .unwrap();
+    // And the owner still finds its place.
+    let again = take(&pool, &vip).await.unwrap();
+    drop((again, b));
 }

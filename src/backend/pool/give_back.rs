@@ -46,6 +46,17 @@ impl Pool {
         if self.db.max == 0 {
             // No database cap to share: back to idle under the same lock (every transaction).
             st.idle.push(conn);
+            if !st.waiters.is_empty() {
+                // The adaptive limit may have grown: idle servers for waiters it now allows.
+                self.serve_idle(&mut st, &rules);
+            }
+            return;
+        }
+        if !rules.shared_ok {
+            // A dedicated server came back with the database's shared part full: closed, so
+            // it stays within max_db_connections minus the dedicated places.
+            drop(st);
+            drop(conn);
             return;
         }
         drop(st);
@@ -61,9 +72,9 @@ impl Pool {
 
     /// A connection closed: its place goes to a waiter, or back to the pool and database.
     pub(super) fn place_freed(self: &Arc<Self>, hold: queue::Hold) {
-        let rules = self.rules(&self.settings.load());
         let mut st = lock(&self.state);
         st.waiters.unhold(hold);
+        let rules = self.rules(&self.settings.load());
         while let Some(w) = st.waiters.pop(&rules) {
             let mut slot = Slot::new(self);
             slot.hold = st.waiters.hold(&w.demand);
@@ -79,6 +90,21 @@ impl Pool {
         st.open -= 1;
         drop(st);
         self.db.release();
+    }
+
+    /// Idle servers to the waiters the rules now allow (after the rules changed: a larger
+    /// adaptive limit, new settings, an idle server put back).
+    pub(super) fn serve_idle(&self, st: &mut State, rules: &Rules) {
+        while !st.idle.is_empty()
+            && let Some(w) = st.waiters.pop(rules)
+        {
+            let Some(mut conn) = st.idle.pop() else { break };
+            conn.slot.hold = st.waiters.hold(&w.demand);
+            if let Err(Grant::Conn(mut c)) = w.tx.send(Grant::Conn(conn)) {
+                st.waiters.unhold(std::mem::take(&mut c.slot.hold));
+                st.idle.push(c);
+            }
+        }
     }
 
     /// Called when the database cap frees a place: true if a waiter here took it.
@@ -181,8 +207,15 @@ fn adapt(st: &mut State, settings: &PoolSettings, held_us: f64, in_use: usize) {
     if !settings.fairness.adaptive {
         return;
     }
-    st.waiters
+    // Never so low that the shared places, past the dedicated ones and the high class's
+    // reserve, are none: shared clients' samples are what lets it grow again.
+    let f = &settings.fairness;
+    let floor = settings.min_size.max(f.dedicated + f.reserve + 1);
+    let bounds = (floor.min(settings.size), settings.size);
+    let g = st
+        .waiters
         .adaptive
-        .get_or_insert_with(|| super::adaptive::Gradient::new(settings.min_size, settings.size))
-        .sample(held_us, in_use);
+        .get_or_insert_with(|| super::adaptive::Gradient::new(bounds.0, bounds.1));
+    g.bound(bounds.0, bounds.1);
+    g.sample(held_us, in_use);
 }

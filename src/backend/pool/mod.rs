@@ -170,7 +170,7 @@ pub enum CheckoutError {
     #[error("{0}")]
     Shed(String),
     #[error("{who} already holds max_user_connections ({max}) servers of this pool")]
-    ShareFull { who: Box<str>, max: usize },
+    ShareFull { who: Arc<str>, max: usize },
 }
 
 impl CheckoutError {
@@ -351,8 +351,15 @@ impl Pool {
         if **self.settings.load() != settings {
             tracing::info!(pool = %self.key, pool_size = settings.size, "pool settings changed");
             self.settings.store(Arc::new(settings));
-            // A larger pool has room for waiters now.
+            // A larger pool has room for waiters now, and idle servers may be theirs.
             while self.grant_free_place() {}
+            let settings = self.settings();
+            let rules = self.rules(&settings);
+            let mut st = lock(&self.state);
+            if !settings.fairness.adaptive {
+                st.waiters.adaptive = None;
+            }
+            self.serve_idle(&mut st, &rules);
         }
     }
 

@@ -26,11 +26,17 @@ const CLASSES: usize = 3;
 pub struct Demand {
     pub class: Priority,
     pub share: Option<Arc<Share>>,
+    /// A session-mode client: it holds its server for the whole session, so how long it
+    /// holds one says nothing about the upstream (not sampled for adaptive_limit, shed_wait).
+    pub session: bool,
 }
 
 impl Demand {
     pub fn of(class: Priority) -> Demand {
-        Demand { class, share: None }
+        Demand {
+            class,
+            ..Demand::default()
+        }
     }
 }
 
@@ -62,8 +68,9 @@ pub(super) struct Queue {
     /// Shared places held, and those held by classes below the top one.
     pub(super) busy: usize,
     pub(super) lower_busy: usize,
-    /// Servers held per identity with a share (dedicated places included).
-    held: HashMap<Box<str>, usize>,
+    /// Servers held per identity with a share (dedicated places included). Keys share the
+    /// identity's string: counting allocates nothing.
+    held: HashMap<Arc<str>, usize>,
     /// Servers held on dedicated places across the database's pools (its [`super::DbLimit`]'s).
     db_dedicated: Arc<AtomicUsize>,
     /// The adaptive concurrency limit on shared places, when `adaptive_limit` is on.
@@ -161,11 +168,27 @@ impl Queue {
             && (top || rules.reserve == 0 || self.lower_busy + rules.reserve < shared)
     }
 
+    /// Whether `d`'s identity holds its max_user_connections.
+    pub(super) fn at_cap(&self, d: &Demand) -> bool {
+        d.share
+            .as_ref()
+            .is_some_and(|s| s.max > 0 && self.held_by(s) >= s.max)
+    }
+
+    /// Waiters held back only by their own identity's max_user_connections.
+    pub(super) fn capped(&self) -> usize {
+        self.by_class
+            .iter()
+            .flatten()
+            .filter(|w| self.at_cap(&w.demand))
+            .count()
+    }
+
     /// Whether `d` is refused rather than queued: its identity is at a cap it may not wait on.
     pub(super) fn refuses(&self, d: &Demand) -> Option<Arc<Share>> {
         d.share
             .as_ref()
-            .filter(|s| s.refuse && s.max > 0 && self.held_by(s) >= s.max)
+            .filter(|s| s.refuse && self.at_cap(d))
             .cloned()
     }
 
@@ -180,7 +203,12 @@ impl Queue {
         self.busy += usize::from(!dedicated);
         self.lower_busy += usize::from(lower);
         if let Some(s) = &d.share {
-            *self.held.entry(s.who.clone()).or_default() += 1;
+            match self.held.get_mut(&s.who) {
+                Some(n) => *n += 1,
+                None => {
+                    self.held.insert(s.who.clone(), 1);
+                }
+            }
         }
         Hold {
             counted: true,
@@ -317,6 +345,7 @@ mod tests {
         let noisy = Demand {
             class: Priority::Normal,
             share: Some(share.clone()),
+            session: false,
         };
         let mut q = Queue::default();
         let held = q.hold(&noisy);

@@ -503,6 +503,8 @@ async fn within_rate(app: &App, c: &mut Client, relay: &mut Relay) -> bool {
         let err = match admitted.start_transaction() {
             RateVerdict::Go => return true,
             RateVerdict::WaitFor(d) if limit.is_none_or(|l| start.elapsed() + d <= l) => {
+                let waits = &c.pool.stats.rate_waits;
+                waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(d).await;
                 continue;
             }

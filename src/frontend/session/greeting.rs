@@ -169,6 +169,7 @@ pub(super) async fn login(
             .or(user.priority)
             .unwrap_or(pool.settings().fairness.default_class),
         share: admitted.as_ref().and_then(|a| a.share()),
+        session: arrival.mode == PoolMode::Session,
     };
     let who = Who {
         user: &startup.user,
