@@ -8,6 +8,7 @@
 
 use crate::config::{IdentityLimits, OnLimit};
 use crate::error::ClientError;
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
@@ -29,10 +30,16 @@ pub struct Share {
 }
 
 struct Entry {
-    limits: IdentityLimits,
     /// Clients and calls holding it.
     refs: AtomicUsize,
     clients: AtomicUsize,
+    /// Replaced when an admission brings other limits (a RELOAD): its clients count on.
+    rules: ArcSwap<Rules>,
+}
+
+/// An identity's limits and what enforces them.
+struct Rules {
+    limits: IdentityLimits,
     share: Option<Arc<Share>>,
     rate: Option<Arc<Buckets>>,
 }
@@ -68,7 +75,8 @@ pub enum RateVerdict {
 
 impl Identities {
     /// Counts one client (`client`) or call of `who`: 53300 when its client connections are at
-    /// max_user_client_connections. Limits changed by RELOAD apply once its last client left.
+    /// max_user_client_connections. Limits changed by RELOAD apply from the next admission
+    /// on (to clients admitted since; a connected client keeps its share of a pool).
     pub fn admit(
         self: &Arc<Self>,
         who: &str,
@@ -76,15 +84,15 @@ impl Identities {
         client: bool,
     ) -> Result<Admitted, ClientError> {
         let entry = {
-            let mut slot = self
+            let slot = self
                 .table
                 .entry(who.into())
                 .or_insert_with(|| Arc::new(self.entry(who, limits)));
-            if slot.refs.load(Ordering::Acquire) == 0 && slot.limits != limits {
-                *slot = Arc::new(self.entry(who, limits));
+            if slot.rules.load().limits != limits {
+                slot.rules.store(Arc::new(self.rules(who, limits)));
             }
             let e = slot.value();
-            let max = e.limits.max_user_client_connections;
+            let max = limits.max_user_client_connections;
             if client && max > 0 && e.clients.load(Ordering::Acquire) >= max {
                 drop(slot);
                 self.forget_if_unused(who);
@@ -132,6 +140,14 @@ impl Identities {
     }
 
     fn entry(&self, who: &str, limits: IdentityLimits) -> Entry {
+        Entry {
+            refs: AtomicUsize::new(0),
+            clients: AtomicUsize::new(0),
+            rules: ArcSwap::from_pointee(self.rules(who, limits)),
+        }
+    }
+
+    fn rules(&self, who: &str, limits: IdentityLimits) -> Rules {
         let shared = limits.max_user_connections > 0 || limits.dedicated_connections > 0;
         let share = shared.then(|| {
             Arc::new(Share {
@@ -153,10 +169,8 @@ impl Identities {
                 })
                 .clone()
         });
-        Entry {
+        Rules {
             limits,
-            refs: AtomicUsize::new(0),
-            clients: AtomicUsize::new(0),
             share,
             rate,
         }
@@ -175,23 +189,24 @@ impl Identities {
 impl Admitted {
     /// The share of a pool it may hold, if limited.
     pub fn share(&self) -> Option<Arc<Share>> {
-        self.entry.share.clone()
+        self.entry.rules.load().share.clone()
     }
 
     /// Whether it has a transaction rate to check.
     pub fn rate_limited(&self) -> bool {
-        self.entry.rate.is_some()
+        self.entry.rules.load().rate.is_some()
     }
 
     /// Takes a transaction from its bucket, or says how long to wait, or refuses (53400).
     pub fn start_transaction(&self) -> RateVerdict {
-        let Some(rate) = &self.entry.rate else {
+        let rules = self.entry.rules.load();
+        let Some(rate) = &rules.rate else {
             return RateVerdict::Go;
         };
         match rate.check_key(&self.who) {
             Ok(()) => RateVerdict::Go,
             Err(not_until) => {
-                let l = &self.entry.limits;
+                let l = &rules.limits;
                 if l.over_transaction_rate == OnLimit::Wait {
                     use governor::clock::Clock;
                     let now = governor::clock::DefaultClock::default().now();
@@ -286,6 +301,19 @@ mod tests {
             "a millisecond refills one transaction of 1000/s"
         );
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn new_limits_apply_to_an_identity_that_stays_connected() {
+        let t = Arc::new(Identities::default());
+        let _a = t.admit("key:a", limits(3, 0), true).unwrap();
+        let _b = t.admit("key:a", limits(3, 0), true).unwrap();
+        // RELOAD tightened it to 2: the third is refused although two never left.
+        let err = t.admit("key:a", limits(2, 0), true).err().unwrap();
+        assert!(
+            err.message.contains("max_user_client_connections 2"),
+            "{err}"
+        );
     }
 
     #[test]

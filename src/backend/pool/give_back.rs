@@ -115,10 +115,21 @@ impl Pool {
         }
         let settings = self.settings.load();
         let rules = self.rules(&settings);
-        while let Some(w) = st.waiters.pop(&rules) {
+        loop {
+            // The next waiter, if the database has a place for it (a dedicated one may take
+            // a place the shared part may not).
+            let db = &self.db;
+            let open = st.open;
+            let fits = |q: &Queue, w: &Waiter| {
+                open < settings.size && db.would_admit(q.dedicated_for(&w.demand))
+            };
+            let Some(w) = st.waiters.pop_if(&rules, fits) else {
+                return false;
+            };
             let dedicated = st.waiters.dedicated_for(&w.demand);
             let Some(mut s) = self.try_slot(&mut st, settings.size, dedicated) else {
-                st.waiters.unpop(w);
+                // Taken meanwhile by another pool: it waits on, in its place.
+                st.waiters.reinsert(w);
                 return false;
             };
             s.hold = st.waiters.hold(&w.demand);
@@ -134,7 +145,6 @@ impl Pool {
                 Err(_) => return true,
             }
         }
-        false
     }
 
     /// Retires idle connections past server_idle_timeout (above min_pool_size) or

@@ -51,6 +51,20 @@ impl DbLimit {
             .is_ok()
     }
 
+    /// Whether [`DbLimit::try_acquire`] would succeed now (it may not by the time it runs).
+    pub(super) fn would_admit(&self, dedicated: bool) -> bool {
+        if self.max == 0 {
+            return true;
+        }
+        let limit = if dedicated {
+            self.max
+        } else {
+            let held = self.dedicated_busy.load(Ordering::Acquire);
+            (self.max - self.reserved + held).min(self.max)
+        };
+        self.open.load(Ordering::Acquire) < limit
+    }
+
     /// More connections are open than dedicated holders and the shared part account for
     /// (dedicated servers came back): none may go to a client not on a dedicated place.
     pub(super) fn overcommitted(&self) -> bool {

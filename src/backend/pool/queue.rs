@@ -125,9 +125,11 @@ impl Queue {
         self.by_class[w.demand.class as usize].push_back(w);
     }
 
-    /// Puts back a waiter [`Queue::pop`] took, at the head of its class.
-    pub(super) fn unpop(&mut self, w: Waiter) {
-        self.by_class[w.demand.class as usize].push_front(w);
+    /// Puts back a waiter taken out of the queue, where its arrival places it in its class.
+    pub(super) fn reinsert(&mut self, w: Waiter) {
+        let q = &mut self.by_class[w.demand.class as usize];
+        let at = q.partition_point(|o| o.since <= w.since);
+        q.insert(at, w);
     }
 
     pub(super) fn contains(&self, id: u64) -> bool {
@@ -242,6 +244,27 @@ impl Queue {
     /// The next waiter to serve among those that may hold a server: the earliest deadline
     /// (ties to the higher class), FIFO within a class.
     pub(super) fn pop(&mut self, rules: &Rules) -> Option<Waiter> {
+        let (c, i) = self.next(rules)?;
+        self.by_class[c].remove(i)
+    }
+
+    /// The waiter [`Queue::pop`] would take, if `also` allows it, taken out of the queue; the
+    /// queue is unchanged otherwise.
+    pub(super) fn pop_if(
+        &mut self,
+        rules: &Rules,
+        also: impl FnOnce(&Queue, &Waiter) -> bool,
+    ) -> Option<Waiter> {
+        let (c, i) = self.next(rules)?;
+        if also(self, &self.by_class[c][i]) {
+            self.by_class[c].remove(i)
+        } else {
+            None
+        }
+    }
+
+    /// Where the next waiter to serve is: (class, position).
+    fn next(&self, rules: &Rules) -> Option<(usize, usize)> {
         let mut best: Option<(Instant, usize, usize)> = None;
         for c in (0..CLASSES).rev() {
             let q = &self.by_class[c];
@@ -253,8 +276,7 @@ impl Queue {
                 best = Some((deadline, c, i));
             }
         }
-        let (_, c, i) = best?;
-        self.by_class[c].remove(i)
+        best.map(|(_, c, i)| (c, i))
     }
 
     /// Shedding: the newest waiter of the lowest class below `class`, taken out of the queue.
