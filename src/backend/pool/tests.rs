@@ -376,6 +376,42 @@ async fn a_smaller_pool_closes_servers_as_they_come_back() {
     assert_eq!(counts(&pool), (1, 1, 0));
 }
 
+/// Shrunk under load: servers coming back close, and their places do not go to waiters until
+/// the pool is down to its new size (no close-and-reopen per transaction).
+#[tokio::test]
+async fn a_smaller_pool_under_load_comes_down_to_its_size() {
+    let (pool, fake) = pool(settings(3));
+    let conns = [
+        checkout(&pool).await.unwrap(),
+        checkout(&pool).await.unwrap(),
+        checkout(&pool).await.unwrap(),
+    ];
+    let waiter = queued(&pool).await;
+    pool.apply(upstream("fake"), settings(1));
+    let mut conns = conns.into_iter();
+    for c in conns.by_ref().take(2) {
+        pool.release(c);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(
+        counts(&pool),
+        (1, 0, 1),
+        "down to 1, the waiter still waits"
+    );
+    assert_eq!(
+        fake.opened(),
+        3,
+        "no server opened for the waiter meanwhile"
+    );
+    for c in conns {
+        pool.release(c);
+    }
+    assert!(waiter.await.unwrap().is_ok());
+    assert_eq!(fake.opened(), 3);
+}
+
 #[tokio::test]
 async fn a_larger_pool_serves_its_waiters_at_once() {
     let (pool, fake) = pool(settings(1));
