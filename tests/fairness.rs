@@ -618,3 +618,43 @@ async fn low_priority_clients_progress_under_sustained_high_priority_load() {
         t.await.unwrap();
     }
 }
+
+/// A client that holds its transactions open (pausing between its statements) is not a slow
+/// upstream: the adaptive limit's samples are its queries' time (not how long it held the
+/// server), averaged per window and clipped, so the limit stays near pool_size for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_idling_in_its_transactions_does_not_lower_the_adaptive_limit() {
+    let pg = start_postgres();
+    let proxy = start(&pg, "", "pool_size = 16\nadaptive_limit = true", &[]).await;
+    let url = proxy.url(PoolMode::Transaction, AGENT, "app");
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let c = connect(&url).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < until {
+                c.simple_query("SELECT 1").await.unwrap();
+            }
+        }));
+    }
+    let mut idler = connect(&url).await.unwrap();
+    tasks.push(tokio::spawn(async move {
+        while Instant::now() < until {
+            let tx = idler.transaction().await.unwrap();
+            tx.simple_query("SELECT 1").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tx.commit().await.unwrap();
+        }
+    }));
+    let limit = || pool_value(&pg, &proxy, "concurrency_limit");
+    assert!(eventually(Duration::from_secs(3), || limit() >= 12).await);
+    let mut lowest = i64::MAX;
+    while Instant::now() + Duration::from_millis(300) < until {
+        lowest = lowest.min(limit());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(lowest >= 10, "the limit fell to {lowest}");
+}

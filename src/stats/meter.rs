@@ -79,7 +79,11 @@ pub struct Meter {
     binds: u64,
     prepared_hits: u64,
     prepared_misses: u64,
-    prepared_evictions: u64,
+    /// Few per transaction, and flushed at its end: 32 bits, paired with `busy_us`.
+    prepared_evictions: u32,
+    /// Query time since the last [`Meter::take_busy_us`] (saturating): what the server spent
+    /// on the client's transaction, without the client's own pauses inside it.
+    busy_us: u32,
     /// When the running query and transaction began ([`clock_us`]; 0: none running).
     query_start: u64,
     xact_start: u64,
@@ -310,6 +314,9 @@ impl Meter {
         let us = now - start;
         self.queries += 1;
         self.query_us += us;
+        self.busy_us = self
+            .busy_us
+            .saturating_add(u32::try_from(us).unwrap_or(u32::MAX));
         if let Some(s) = &self.sinks {
             s.pool.query_latency.observe_us(us);
         }
@@ -344,6 +351,11 @@ impl Meter {
         }
     }
 
+    /// The query time counted since the last call.
+    pub fn take_busy_us(&mut self) -> u64 {
+        u64::from(std::mem::take(&mut self.busy_us))
+    }
+
     /// Adds everything counted so far to the shared totals.
     pub fn flush(&mut self) {
         let Some(s) = &self.sinks else { return };
@@ -363,7 +375,8 @@ impl Meter {
         add(&t.binds, &mut self.binds);
         add(&s.pool.prepared_hits, &mut self.prepared_hits);
         add(&t.server_parses, &mut self.prepared_misses);
-        add(&s.pool.prepared_evictions, &mut self.prepared_evictions);
+        let mut evictions = u64::from(std::mem::take(&mut self.prepared_evictions));
+        add(&s.pool.prepared_evictions, &mut evictions);
         if !self.samples.is_empty() {
             s.queries.record(&s.key, &mut self.samples);
             // Between transactions the list goes back: an idle client holds none.

@@ -4,6 +4,15 @@
 use super::*;
 
 impl Pool {
+    /// [`Pool::release`], with how long the client's queries took on it (its queries'
+    /// request-to-ReadyForQuery time): the adaptive limit's sample is the lesser of that and
+    /// how long the server was held, so neither a client's pauses inside its transaction nor
+    /// its wait in the queue before its first query count as the server being slow.
+    pub fn release_busy(self: &Arc<Self>, mut conn: ServerConn, busy_us: u64) {
+        conn.slot.hold.busy_us = Some(busy_us);
+        self.release(conn);
+    }
+
     /// Returns a clean connection (idle, no transaction): to the next waiter, else to idle.
     pub fn release(self: &Arc<Self>, mut conn: ServerConn) {
         conn.last_used = Instant::now();
@@ -22,8 +31,10 @@ impl Pool {
         }
         conn.info.set_state(ServerState::Idle);
         let in_use = st.waiters.busy;
+        let busy_us = conn.slot.hold.busy_us;
         if let Some(taken) = st.waiters.unhold(std::mem::take(&mut conn.slot.hold)) {
-            let held = conn.last_used.saturating_duration_since(taken).as_micros() as f64;
+            let held = conn.last_used.saturating_duration_since(taken).as_micros() as u64;
+            let held = busy_us.map_or(held, |b| b.min(held)) as f64;
             st.hold_us = 0.9 * st.hold_us + 0.1 * held;
             adapt(&mut st, &settings, held, in_use);
         }

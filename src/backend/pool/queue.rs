@@ -52,6 +52,8 @@ pub(super) struct Hold {
     pub(super) share: Option<Arc<Share>>,
     /// When it was taken, where shed_wait needs the average hold time.
     pub(super) taken: Option<std::time::Instant>,
+    /// How long its client's queries took on it, when the client measured them.
+    pub(super) busy_us: Option<u64>,
 }
 
 pub(super) struct Waiter {
@@ -218,6 +220,7 @@ impl Queue {
             lower,
             share: d.share.clone(),
             taken: None,
+            busy_us: None,
         }
     }
 

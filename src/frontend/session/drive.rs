@@ -375,8 +375,9 @@ pub(super) fn return_server(c: &mut Client, relay: &mut Relay, server: ServerCon
         }
     }
     c.reg.info.linked(0);
+    let busy_us = relay.meter.take_busy_us();
     if reusable {
-        c.pool.release(server);
+        c.pool.release_busy(server, busy_us);
     } else {
         tracing::debug!(
             conn = c.id,
