@@ -374,6 +374,15 @@ async fn shedding_refuses_the_lowest_class_first() {
         &[("mid", ""), ("lo", "priority = \"low\"")],
     )
     .await;
+    // The order servers ran the statements in, as the database saw it.
+    agents::superuser(&pg)
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE fair_order (id serial, tag text);
+             GRANT ALL ON fair_order, fair_order_id_seq TO {SCRAM_ROLE}"
+        ))
+        .await
+        .unwrap();
     let holder = client(&proxy, "mid").await;
     let lows = clients(&proxy, "lo", 4).await;
     let mid = client(&proxy, "mid").await;
@@ -384,10 +393,18 @@ async fn shedding_refuses_the_lowest_class_first() {
     let mut queued = Vec::new();
     for n in 0..3 {
         let c = lows.next().unwrap();
-        queued.push(run(c, "SELECT 1", format!("lo{n}"), &done));
+        let sql =
+            ["lo0", "lo1", "lo2"].map(|t| format!("INSERT INTO fair_order (tag) VALUES ('{t}')"));
+        let sql: &'static str = Box::leak(sql[n as usize].clone().into_boxed_str());
+        queued.push(run(c, sql, format!("lo{n}"), &done));
         pool_reaches(&pg, &proxy, "cl_waiting_low", n + 1).await;
     }
-    let mid = run(mid, "SELECT 1", "mid".into(), &done);
+    let mid = run(
+        mid,
+        "INSERT INTO fair_order (tag) VALUES ('mid')",
+        "mid".into(),
+        &done,
+    );
     pool_reaches(&pg, &proxy, "shed_low", 1).await;
     let late = lows.next().unwrap();
     let e = late.simple_query("SELECT 1").await.err().unwrap();
@@ -399,9 +416,15 @@ async fn shedding_refuses_the_lowest_class_first() {
     // The newest low waiter was shed for the normal one, which went first.
     assert_eq!(results, [Ok(()), Ok(()), Err("53300".to_owned())]);
     assert_eq!(pool_value(&pg, &proxy, "shed_low"), 2);
-    let order = done.lock().unwrap().clone();
-    let at = |t: &str| order.iter().position(|o| o == t).unwrap();
-    assert!(at("mid") < at("lo0") && at("lo0") < at("lo1"), "{order:?}");
+    let order: Vec<String> = agents::superuser(&pg)
+        .await
+        .query("SELECT tag FROM fair_order ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(order, ["mid", "lo0", "lo1"]);
 }
 
 async fn futures(

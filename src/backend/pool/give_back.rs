@@ -127,8 +127,8 @@ impl Pool {
         let settings = self.settings.load();
         let rules = self.rules(&settings);
         loop {
-            // The next waiter, if the database has a place for it (a dedicated one may take
-            // a place the shared part may not).
+            // The next waiter the database has a place for (a dedicated one may take a place
+            // the shared part may not).
             let db = &self.db;
             let open = st.open;
             let fits = |q: &Queue, w: &Waiter| {

@@ -247,31 +247,33 @@ impl Queue {
     /// The next waiter to serve among those that may hold a server: the earliest deadline
     /// (ties to the higher class), FIFO within a class.
     pub(super) fn pop(&mut self, rules: &Rules) -> Option<Waiter> {
-        let (c, i) = self.next(rules)?;
-        self.by_class[c].remove(i)
+        self.pop_if(rules, |_, _| true)
     }
 
-    /// The waiter [`Queue::pop`] would take, if `also` allows it, taken out of the queue; the
-    /// queue is unchanged otherwise.
+    /// [`Queue::pop`] among the waiters `also` allows too (a new server's place in the
+    /// database fits them).
     pub(super) fn pop_if(
         &mut self,
         rules: &Rules,
-        also: impl FnOnce(&Queue, &Waiter) -> bool,
+        also: impl Fn(&Queue, &Waiter) -> bool,
     ) -> Option<Waiter> {
-        let (c, i) = self.next(rules)?;
-        if also(self, &self.by_class[c][i]) {
-            self.by_class[c].remove(i)
-        } else {
-            None
-        }
+        let (c, i) = self.next(rules, also)?;
+        self.by_class[c].remove(i)
     }
 
     /// Where the next waiter to serve is: (class, position).
-    fn next(&self, rules: &Rules) -> Option<(usize, usize)> {
+    fn next(
+        &self,
+        rules: &Rules,
+        also: impl Fn(&Queue, &Waiter) -> bool,
+    ) -> Option<(usize, usize)> {
         let mut best: Option<(Instant, usize, usize)> = None;
         for c in (0..CLASSES).rev() {
             let q = &self.by_class[c];
-            let Some(i) = q.iter().position(|w| self.may_hold(&w.demand, rules)) else {
+            let found = q
+                .iter()
+                .position(|w| self.may_hold(&w.demand, rules) && also(self, w));
+            let Some(i) = found else {
                 continue;
             };
             let deadline = q[i].since + rules.aging * (CLASSES - 1 - c) as u32;
