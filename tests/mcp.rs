@@ -1277,3 +1277,59 @@ async fn calls_stay_in_their_transaction_and_sessions_with_their_owner() {
     assert!((200..300).contains(&r.status), "{r:?}");
     Session::open(addr, &carol, "2025-06-18").await;
 }
+
+/// An MCP identity's limits apply to its tool calls as to its wire transactions: its rate
+/// refuses a call with 53400 naming the limit, its `max_user_connections` holds its calls to
+/// its share of the pool, and another identity is unaffected.
+#[tokio::test]
+async fn identity_limits_apply_to_tool_calls() {
+    let pg = database().await;
+    let text = mcp_config(&pg, AUD, None).replace(
+        "priority = \"low\"",
+        "priority = \"low\"\nlimits = { transactions_per_second = 2, max_user_connections = 1 }",
+    );
+    let proxy = Proxy::start(&text).await;
+    let addr = http(&proxy);
+    let mut batch = Session::open(addr, BATCH_KEY, "2025-11-25").await;
+    let mut again = Session::open(addr, BATCH_KEY, "2025-11-25").await;
+    // Two calls at once, one server at a time (and the burst of 2 spent).
+    let slow = json!({ "sql": "SELECT pg_sleep(0.4)::text AS slept" });
+    let start = Instant::now();
+    let (r1, r2) = tokio::join!(batch.call("query", slow.clone()), again.call("query", slow));
+    assert_eq!(
+        (r1["isError"].clone(), r2["isError"].clone()),
+        (json!(false), json!(false))
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        start.elapsed()
+    );
+    let sql = json!({ "sql": "SELECT body FROM notes ORDER BY body" });
+    // The bucket refilled a little while those ran: at most 2 more, then refused.
+    let mut results = Vec::new();
+    for _ in 0..4 {
+        results.push(batch.call("query", sql.clone()).await);
+    }
+    let served = results.iter().take_while(|r| r["isError"] == false).count();
+    assert!(served <= 2, "{results:?}");
+    let r = &results[served];
+    assert_eq!(sqlstate(r), "53400", "{r}");
+    assert!(
+        r["structuredContent"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("transactions_per_second 2"),
+        "{r}"
+    );
+    // Alice has no limits: served at once.
+    let mut a = Session::open(addr, &alice(), "2025-11-25").await;
+    for _ in 0..5 {
+        let r = a.call("query", sql.clone()).await;
+        assert_eq!(column(&r), [json!("alice-1"), json!("alice-2")], "{r}");
+    }
+    // The bucket refills (one call per 500 ms).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = batch.call("query", sql).await;
+    assert_eq!(column(&r), [json!("batch-1")], "{r}");
+}
