@@ -38,12 +38,7 @@ impl DbLimit {
             self.open.fetch_add(1, Ordering::Relaxed);
             return true;
         }
-        let limit = if dedicated {
-            self.max
-        } else {
-            let held = self.dedicated_busy.load(Ordering::Acquire);
-            (self.max - self.reserved + held).min(self.max)
-        };
+        let limit = self.limit_for(dedicated);
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)
@@ -53,16 +48,17 @@ impl DbLimit {
 
     /// Whether [`DbLimit::try_acquire`] would succeed now (it may not by the time it runs).
     pub(super) fn would_admit(&self, dedicated: bool) -> bool {
-        if self.max == 0 {
-            return true;
+        self.max == 0 || self.open.load(Ordering::Acquire) < self.limit_for(dedicated)
+    }
+
+    /// Connections that may be open for a client on a dedicated place (all of max) or not
+    /// (max less the dedicated places not in use).
+    fn limit_for(&self, dedicated: bool) -> usize {
+        if dedicated {
+            return self.max;
         }
-        let limit = if dedicated {
-            self.max
-        } else {
-            let held = self.dedicated_busy.load(Ordering::Acquire);
-            (self.max - self.reserved + held).min(self.max)
-        };
-        self.open.load(Ordering::Acquire) < limit
+        let held = self.dedicated_busy.load(Ordering::Acquire);
+        (self.max - self.reserved + held).min(self.max)
     }
 
     /// More connections are open than dedicated holders and the shared part account for
@@ -71,8 +67,7 @@ impl DbLimit {
         if self.max == 0 || self.reserved == 0 {
             return false;
         }
-        let held = self.dedicated_busy.load(Ordering::Acquire);
-        self.open.load(Ordering::Acquire) > self.max - self.reserved + held
+        self.open.load(Ordering::Acquire) > self.limit_for(false)
     }
 
     /// Gives back the place [`DbLimit::try_acquire`] took, without handing it on.

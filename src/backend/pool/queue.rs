@@ -77,6 +77,11 @@ pub(super) struct Queue {
     db_dedicated: Arc<AtomicUsize>,
     /// The adaptive concurrency limit on shared places, when `adaptive_limit` is on.
     pub(super) adaptive: Option<super::adaptive::Gradient>,
+    /// Waiters whose identity holds its max_user_connections, out of the class queues so no
+    /// grant scans past them: one comes back (by arrival) each time that identity gives a
+    /// server back.
+    parked: HashMap<Arc<str>, VecDeque<Waiter>>,
+    parked_n: usize,
 }
 
 /// The rules a grant follows (from the pool's settings).
@@ -111,20 +116,65 @@ impl Queue {
     }
 
     pub(super) fn len(&self) -> usize {
-        self.by_class.iter().map(VecDeque::len).sum()
+        self.by_class.iter().map(VecDeque::len).sum::<usize>() + self.parked_n
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.by_class.iter().all(VecDeque::is_empty)
+        self.parked_n == 0 && self.by_class.iter().all(VecDeque::is_empty)
     }
 
     /// Waiting per class: low, normal, high.
     pub(super) fn counts(&self) -> [usize; CLASSES] {
-        [0, 1, 2].map(|c| self.by_class[c].len())
+        let mut n = [0, 1, 2].map(|c| self.by_class[c].len());
+        for w in self.parked.values().flatten() {
+            n[w.demand.class as usize] += 1;
+        }
+        n
     }
 
     pub(super) fn push(&mut self, w: Waiter) {
-        self.by_class[w.demand.class as usize].push_back(w);
+        if self.at_cap(&w.demand) {
+            self.park(w);
+        } else {
+            self.by_class[w.demand.class as usize].push_back(w);
+        }
+    }
+
+    fn park(&mut self, w: Waiter) {
+        let Some(s) = &w.demand.share else { return };
+        let who = s.who.clone();
+        self.parked.entry(who).or_default().push_back(w);
+        self.parked_n += 1;
+    }
+
+    /// Parks the waiters at the head of each class whose identity is at its cap (they became
+    /// so while waiting), so the head is one a grant may consider.
+    fn park_capped_heads(&mut self) {
+        for c in 0..CLASSES {
+            while self.by_class[c]
+                .front()
+                .is_some_and(|w| self.at_cap(&w.demand))
+            {
+                if let Some(w) = self.by_class[c].pop_front() {
+                    self.park(w);
+                }
+            }
+        }
+    }
+
+    /// The oldest parked waiter of `who` back in its class queue.
+    fn unpark(&mut self, who: &Arc<str>) {
+        let Some(list) = self.parked.get_mut(who) else {
+            return;
+        };
+        let w = list.pop_front();
+        if list.is_empty() {
+            self.parked.remove(who);
+        }
+        if let Some(w) = w {
+            self.parked_n -= 1;
+            self.reinsert(w);
+        }
     }
 
     /// Puts back a waiter taken out of the queue, where its arrival places it in its class.
@@ -136,11 +186,21 @@ impl Queue {
 
     pub(super) fn contains(&self, id: u64) -> bool {
         self.by_class.iter().flatten().any(|w| w.id == id)
+            || self.parked.values().flatten().any(|w| w.id == id)
     }
 
     pub(super) fn remove(&mut self, id: u64) {
         for q in &mut self.by_class {
             q.retain(|w| w.id != id);
+        }
+        if self.parked_n > 0 {
+            let before: usize = self.parked.values().map(VecDeque::len).sum();
+            for q in self.parked.values_mut() {
+                q.retain(|w| w.id != id);
+            }
+            self.parked.retain(|_, q| !q.is_empty());
+            let after: usize = self.parked.values().map(VecDeque::len).sum();
+            self.parked_n -= before - after;
         }
     }
 
@@ -179,13 +239,9 @@ impl Queue {
             .is_some_and(|s| s.max > 0 && self.held_by(s) >= s.max)
     }
 
-    /// Waiters held back only by their own identity's max_user_connections.
+    /// Waiters held back only by their own identity's max_user_connections (parked).
     pub(super) fn capped(&self) -> usize {
-        self.by_class
-            .iter()
-            .flatten()
-            .filter(|w| self.at_cap(&w.demand))
-            .count()
+        self.parked_n
     }
 
     /// Whether `d` is refused rather than queued: its identity is at a cap it may not wait on.
@@ -240,6 +296,9 @@ impl Queue {
             if *n == 0 {
                 self.held.remove(&s.who);
             }
+            if self.parked_n > 0 {
+                self.unpark(&s.who);
+            }
         }
         h.taken
     }
@@ -257,6 +316,9 @@ impl Queue {
         rules: &Rules,
         also: impl Fn(&Queue, &Waiter) -> bool,
     ) -> Option<Waiter> {
+        if !self.held.is_empty() {
+            self.park_capped_heads();
+        }
         let (c, i) = self.next(rules, also)?;
         self.by_class[c].remove(i)
     }
@@ -270,8 +332,12 @@ impl Queue {
         let mut best: Option<(Instant, usize, usize)> = None;
         for c in (0..CLASSES).rev() {
             let q = &self.by_class[c];
+            // Without dedicated places every waiter at a class's head may take what any other
+            // of the class may (capped ones are parked): only the head need be looked at.
+            let look = if rules.dedicated == 0 { 1 } else { q.len() };
             let found = q
                 .iter()
+                .take(look)
                 .position(|w| self.may_hold(&w.demand, rules) && also(self, w));
             let Some(i) = found else {
                 continue;
@@ -385,6 +451,46 @@ mod tests {
         q.unhold(held);
         assert!(q.held.is_empty());
         assert_eq!(order(&mut q, &RULES), [1]);
+    }
+
+    /// A hostile identity's thousands of waiters at its cap are parked: a grant looks at one
+    /// waiter per class, not at all of them, and theirs come back one per server returned.
+    #[test]
+    fn waiters_at_their_identitys_cap_are_parked_out_of_the_way() {
+        let t = Instant::now();
+        let share = Arc::new(Share {
+            who: "key:noisy".into(),
+            max: 1,
+            refuse: false,
+            dedicated: 0,
+        });
+        let noisy = Demand {
+            class: Priority::Normal,
+            share: Some(share),
+            session: false,
+        };
+        let mut q = Queue::default();
+        let held = q.hold(&noisy);
+        for id in 0..10_000 {
+            q.push(Waiter {
+                demand: noisy.clone(),
+                ..waiter(id, Priority::Normal, t)
+            });
+        }
+        q.push(waiter(20_000, Priority::Normal, t + Duration::from_secs(1)));
+        assert_eq!(
+            (q.len(), q.capped(), q.counts()),
+            (10_001, 10_000, [0, 10_001, 0])
+        );
+        assert_eq!(q.pop(&RULES).map(|w| w.id), Some(20_000));
+        assert!(q.pop(&RULES).is_none());
+        // The identity gives its server back: its oldest waiter is next.
+        q.unhold(held);
+        assert_eq!(q.capped(), 9_999);
+        let w = q.pop(&RULES).unwrap();
+        assert_eq!(w.id, 0);
+        q.remove(5);
+        assert_eq!(q.len(), 9_998);
     }
 
     #[test]
