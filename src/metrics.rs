@@ -80,7 +80,7 @@ struct PoolLimitLabels {
 struct PriorityLabels {
     database: String,
     role: String,
-    priority: &'static str,
+    priority: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -350,11 +350,13 @@ impl Collector for PoolCollector {
         let mut wait_rows = Vec::new();
         for p in &pools {
             let waiting = p.waiting_by_class();
-            for (i, priority) in ["low", "normal", "high"].into_iter().enumerate() {
+            let classes = p.settings().fairness.classes.clone();
+            for (rank, priority) in classes.iter() {
+                let i = rank.index();
                 let l = PriorityLabels {
                     database: p.key.database.to_string(),
                     role: p.key.role.to_string(),
-                    priority,
+                    priority: priority.to_owned(),
                 };
                 class_rows.push((l.clone(), waiting[i] as f64));
                 served_rows.push((l.clone(), p.stats.served[i].load(Ordering::Relaxed)));

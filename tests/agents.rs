@@ -204,11 +204,17 @@ fn accepts_the_whole_agents_contract() {
         "service_role"
     );
     let key = c.api_key("batch-agent").unwrap();
-    assert_eq!(key.priority, Some(pgsluice::config::Priority::Low));
+    assert_eq!(
+        c.class_of(key.priority.as_ref()),
+        Some(pgsluice::config::Priority::LOW)
+    );
     assert_eq!(key.subject.as_str(), BATCH);
     assert!(c.mcp.as_ref().unwrap().enabled);
     let interactive = c.user("interactive").unwrap();
-    assert_eq!(interactive.priority, Some(pgsluice::config::Priority::High));
+    assert_eq!(
+        c.class_of(interactive.priority.as_ref()),
+        Some(pgsluice::config::Priority::HIGH)
+    );
     // It shares the upstream role (and so the pool) with "agent".
     assert_eq!(
         interactive.server_user,

@@ -80,6 +80,17 @@ fn run(
     })
 }
 
+/// `c`'s statement runs at once: on a free reserve place, not after a holder's 1 s or more.
+async fn served_from_the_reserve(c: &Client) {
+    let start = Instant::now();
+    c.simple_query("SELECT 1").await.unwrap();
+    assert!(
+        start.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
 /// The most backends running `marker`'s statement at once, sampled every 20 ms for `during`.
 async fn peak_running(pg: &DevDb, marker: &str, during: Duration) -> i64 {
     let watcher = agents::superuser(pg).await;
@@ -154,20 +165,90 @@ async fn the_priority_reserve_is_never_taken_by_a_lower_class() {
         async {
             pool_reaches(&pg, &proxy, "cl_waiting_low", 4).await;
             // The third place is free for the high class while the low ones queue.
-            let start = Instant::now();
-            hi.simple_query("SELECT 1").await.unwrap();
-            assert!(
-                // Waiting for a low client's server would take up to 1 s.
-                start.elapsed() < Duration::from_millis(700),
-                "{:?}",
-                start.elapsed()
-            );
+            served_from_the_reserve(&hi).await;
         }
     );
     for t in tasks {
         t.await.unwrap().1.unwrap();
     }
     assert_eq!(peak, 2, "lower classes use pool_size - priority_reserve");
+}
+
+/// Classes a config names: ranked as listed, the last one alone may use the reserve, an
+/// unnamed client gets `default_priority`, and SHOW POOLS, SHOW CLIENTS and /metrics use
+/// the names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_classes_a_config_names_rank_as_listed() {
+    let pg = start_postgres();
+    let general = "priority_classes = [\"bulk\", \"standard\", \"interactive\", \"critical\"]\n\
+                   default_priority = \"standard\"";
+    let proxy = start(
+        &pg,
+        general,
+        "pool_size = 3\npriority_reserve = 1",
+        &[
+            ("bulk", "priority = \"bulk\""),
+            ("ui", "priority = \"interactive\""),
+            ("pager", "priority = \"critical\""),
+            ("plain", ""),
+        ],
+    )
+    .await;
+    let holders = clients(&proxy, "bulk", 2).await;
+    let plain = client(&proxy, "plain").await;
+    let ui = client(&proxy, "ui").await;
+    let pager = client(&proxy, "pager").await;
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks: Vec<_> = holders
+        .into_iter()
+        .map(|c| run(c, "SELECT pg_sleep(1.5)", "bulk".into(), &done))
+        .collect();
+    pool_reaches(&pg, &proxy, "sv_active", 2).await;
+    // The third place is the reserve: "interactive" is not the top class, so it waits.
+    tasks.push(run(ui, "SELECT 1", "ui".into(), &done));
+    pool_reaches(&pg, &proxy, "cl_waiting_interactive", 1).await;
+    assert_eq!(
+        metric(
+            &proxy,
+            "pgsluice_clients_waiting_by_class{database=\"app\",role=\"app_scram\",priority=\"interactive\"} "
+        )
+        .await,
+        1.0
+    );
+    served_from_the_reserve(&pager).await;
+    for t in tasks {
+        t.await.unwrap().1.unwrap();
+    }
+    let order = done.lock().unwrap().clone();
+    // "interactive" got a place only when a bulk client gave one back, never the reserve.
+    assert_eq!(order.first().map(String::as_str), Some("bulk"), "{order:?}");
+    assert_eq!(pool_value(&pg, &proxy, "served_critical"), 1);
+    assert_eq!(pool_value(&pg, &proxy, "served_interactive"), 1);
+    // (The pool's first login also took a server for the startup parameters.)
+    assert!(pool_value(&pg, &proxy, "served_bulk") >= 2);
+    let columns = console_columns(&pg, &proxy, "SHOW POOLS");
+    let waiting: Vec<_> = columns
+        .iter()
+        .filter(|c| c.starts_with("cl_waiting_") && *c != "cl_waiting_cancel_req")
+        .collect();
+    assert_eq!(
+        waiting,
+        [
+            "cl_waiting_critical",
+            "cl_waiting_interactive",
+            "cl_waiting_standard",
+            "cl_waiting_bulk"
+        ]
+    );
+    let rows = console(&pg, &proxy, ADMIN, "SHOW CLIENTS").unwrap();
+    let class_of = |user: &str| {
+        rows.iter()
+            .find(|r| r["user"] == user)
+            .map(|r| r["priority"].clone())
+    };
+    assert_eq!(class_of("plain").as_deref(), Some("standard"));
+    assert_eq!(class_of("pager").as_deref(), Some("critical"));
+    drop(plain);
 }
 
 /// `max_user_connections`: a noisy identity holds at most its share of the pool while

@@ -6,6 +6,7 @@ use bytes::{BufMut, BytesMut};
 use pgwire::messages::Message;
 use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
 use pgwire::messages::response::CommandComplete;
+use std::borrow::Cow;
 
 /// Column types, as PostgreSQL OIDs (pg_type.dat).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,16 +90,21 @@ impl<T: Into<Value>> From<Option<T>> for Value {
 
 #[derive(Clone, Debug, Default)]
 pub struct Table {
-    pub columns: Vec<(&'static str, Type)>,
+    pub columns: Vec<(Cow<'static, str>, Type)>,
     pub rows: Vec<Vec<Value>>,
 }
 
 impl Table {
     pub fn new(columns: &[(&'static str, Type)]) -> Table {
         Table {
-            columns: columns.to_vec(),
+            columns: columns.iter().map(|&(n, t)| (n.into(), t)).collect(),
             rows: Vec::new(),
         }
+    }
+
+    /// Adds a column named at run time (before any row).
+    pub fn column(&mut self, name: String, t: Type) {
+        self.columns.push((name.into(), t));
     }
 
     /// Appends a row; it must have one value per column.
@@ -120,7 +126,7 @@ impl Table {
             .iter()
             .map(|(name, t)| {
                 let (oid, size) = t.oid_and_size();
-                FieldDescription::new((*name).to_owned(), 0, 0, oid, size, -1, 0)
+                FieldDescription::new(name.to_string(), 0, 0, oid, size, -1, 0)
             })
             .collect();
         encode_message(&RowDescription::new(fields), out);
@@ -155,7 +161,7 @@ impl Table {
                         Value::Float(f) => serde_json::Value::from(*f),
                         Value::Null => serde_json::Value::Null,
                     };
-                    m.insert((*name).to_owned(), j);
+                    m.insert(name.to_string(), j);
                 }
                 serde_json::Value::Object(m)
             })

@@ -106,7 +106,10 @@ fn plan(
         check_query: Some(g.server_check_query.to_string()).filter(|q| !q.trim().is_empty()),
         check_delay: g.server_check_delay.duration(),
         fairness: crate::backend::pool::Fairness {
-            default_class: db.priority.unwrap_or_default(),
+            classes: config.classes.clone(),
+            default_class: config
+                .class_of(db.priority.as_ref())
+                .unwrap_or(config.classes.default),
             aging: g.priority_aging.duration(),
             reserve: db.priority_reserve.unwrap_or(g.priority_reserve),
             shed_queue: db.shed_queue_length.unwrap_or(g.shed_queue_length),

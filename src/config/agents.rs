@@ -5,23 +5,93 @@ use super::Seconds;
 use super::text::Text;
 use serde::Deserialize;
 
-/// A priority class (the fair-sharing queue honours it; SHOW CLIENTS shows it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    Low,
-    #[default]
-    Normal,
-    High,
-}
+/// A priority class: its rank in `priority_classes`, 0 the lowest (the fair-sharing queue
+/// honours it; SHOW CLIENTS shows its name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Priority(pub u8);
+
+/// Classes a config may name: the queue keeps one FIFO per class.
+pub const MAX_CLASSES: usize = 8;
 
 impl Priority {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::Low => "low",
-            Priority::Normal => "normal",
-            Priority::High => "high",
+    /// The ranks of the default classes (`low`, `normal`, `high`).
+    pub const LOW: Priority = Priority(0);
+    pub const NORMAL: Priority = Priority(1);
+    pub const HIGH: Priority = Priority(2);
+
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+/// The configured classes, lowest first (`priority_classes`), and the class of clients
+/// nothing names one for (`default_priority`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classes {
+    names: Vec<Box<str>>,
+    pub default: Priority,
+}
+
+impl Default for Classes {
+    fn default() -> Self {
+        Classes {
+            names: ["low", "normal", "high"].map(Box::from).to_vec(),
+            default: Priority::NORMAL,
         }
+    }
+}
+
+impl Classes {
+    /// Classes named lowest first; `default` must be one of them.
+    pub fn new(names: &[&str], default: &str) -> Result<Classes, String> {
+        if names.is_empty() || names.len() > MAX_CLASSES {
+            return Err(format!("name between 1 and {MAX_CLASSES} classes"));
+        }
+        for (i, n) in names.iter().enumerate() {
+            let ok = !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !ok {
+                return Err(format!(
+                    "class `{n}`: use lowercase letters, digits and `_` (it names columns and labels)"
+                ));
+            }
+            if names[..i].contains(n) {
+                return Err(format!("class `{n}` is named twice"));
+            }
+        }
+        let mut classes = Classes {
+            names: names.iter().map(|n| Box::from(*n)).collect(),
+            default: Priority(0),
+        };
+        classes.default = classes
+            .rank(default)
+            .ok_or_else(|| format!("default_priority `{default}` is not in priority_classes"))?;
+        Ok(classes)
+    }
+
+    /// The rank of the class called `name`.
+    pub fn rank(&self, name: &str) -> Option<Priority> {
+        let i = self.names.iter().position(|n| &**n == name)?;
+        u8::try_from(i).ok().map(Priority)
+    }
+
+    pub fn name(&self, p: Priority) -> &str {
+        self.names.get(p.index()).map_or("?", |n| n)
+    }
+
+    /// The highest class: the only one that may use priority_reserve.
+    pub fn top(&self) -> Priority {
+        Priority(u8::try_from(self.names.len().saturating_sub(1)).unwrap_or(0))
+    }
+
+    /// Classes, lowest first.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (Priority, &str)> {
+        // At most MAX_CLASSES names: every index fits in a u8.
+        self.names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (Priority(i as u8), &**n))
     }
 }
 
@@ -207,7 +277,7 @@ pub struct Role {
     pub server_password: Text,
     /// The class of identities acting as it (default: the database's).
     #[serde(default)]
-    pub priority: Option<Priority>,
+    pub priority: Option<Text>,
     /// The role is meant to bypass RLS (Supabase's service_role): install-sql does not warn
     /// about its BYPASSRLS.
     #[serde(default)]
@@ -246,7 +316,7 @@ pub struct ApiKey {
     pub databases: Vec<Text>,
     /// Its class; defaults to its role's.
     #[serde(default)]
-    pub priority: Option<Priority>,
+    pub priority: Option<Text>,
     /// Every statement of this key's connections goes to the audit log (normalized text,
     /// duration, rows, SQLSTATE); defaults to its role's setting.
     #[serde(default)]

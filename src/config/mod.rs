@@ -70,6 +70,11 @@ impl Config {
         };
         let mut config: Config = toml::from_str(source)
             .map_err(|e| locate(e.span(), None, e.message().trim().to_owned()))?;
+        let g = &config.general;
+        let names: Vec<&str> = g.priority_classes.iter().map(Text::as_str).collect();
+        let classes = Classes::new(&names, &g.default_priority)
+            .map_err(|reason| locate(None, Some("general.priority_classes"), reason))?;
+        config.classes = std::sync::Arc::new(classes);
         config
             .validate()
             .map_err(|(span, key, reason)| locate(Some(span), Some(key), reason))?;
@@ -226,6 +231,7 @@ impl Config {
     /// classes at least one place.
     fn validate_fairness(&self) -> Result<(), (Range<usize>, &'static str, String)> {
         let g = &self.general;
+        self.validate_classes()?;
         if !(g.priority_aging.0 > 0.0 && g.priority_aging.0 <= 3600.0) {
             return Err((
                 0..0,
@@ -266,6 +272,46 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Every class a user, key, role or database names is one of priority_classes.
+    fn validate_classes(&self) -> Result<(), (Range<usize>, &'static str, String)> {
+        let named = self
+            .users
+            .iter()
+            .map(|u| (u.span(), u.get_ref().priority.as_ref()))
+            .chain(
+                self.roles
+                    .iter()
+                    .map(|r| (r.span(), r.get_ref().priority.as_ref())),
+            )
+            .chain(
+                self.api_keys
+                    .iter()
+                    .map(|k| (k.span(), k.get_ref().priority.as_ref())),
+            )
+            .chain(
+                self.databases
+                    .iter()
+                    .map(|d| (d.span(), d.get_ref().priority.as_ref())),
+            );
+        for (span, class) in named {
+            if let Some(c) = class
+                && self.classes.rank(c).is_none()
+            {
+                return Err((
+                    span,
+                    "priority",
+                    format!("`{c}` is not one of priority_classes"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The class called `name`, when there is a name (validated at load: always known).
+    pub fn class_of(&self, name: Option<&Text>) -> Option<Priority> {
+        self.classes.rank(name?)
     }
 
     /// Dedicated places leave at least one place of each pool, and of max_db_connections,
@@ -674,6 +720,41 @@ password = "admin-pw"
             !shown.contains("aaaaaaaa") && !shown.contains("pg-pw"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn priority_classes_are_the_ones_the_config_names() {
+        let general = "\n[general]\npriority_classes = [\"batch\", \"std\", \"urgent\", \"page\"]\ndefault_priority = \"std\"\n";
+        let named = MINIMAL.replace(
+            "server_password = \"pg-pw\"",
+            "server_password = \"pg-pw\"\npriority = \"urgent\"",
+        );
+        let c = parse(&format!("{named}{general}")).unwrap();
+        let agent = c.user("agent").unwrap();
+        assert_eq!(c.class_of(agent.priority.as_ref()), Some(Priority(2)));
+        assert_eq!(c.classes.top(), Priority(3));
+        assert_eq!(c.classes.default, Priority(1));
+        assert_eq!(c.classes.name(Priority(0)), "batch");
+        // A class the list does not name is refused where it is used.
+        let e = parse(&format!("{MINIMAL}{general}").replace(
+            "server_password = \"pg-pw\"",
+            "server_password = \"pg-pw\"\npriority = \"high\"",
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("priority"), "{e}");
+        assert!(e.reason.contains("`high` is not one of"), "{e}");
+        assert!(e.line > 1, "{e}");
+        for (classes, why) in [
+            ("[]", "between 1 and 8"),
+            ("[\"a\", \"a\"]", "named twice"),
+            ("[\"Hi There\"]", "lowercase"),
+            ("[\"low\", \"high\"]", "default_priority `normal`"),
+        ] {
+            let src = format!("{MINIMAL}\n[general]\npriority_classes = {classes}\n");
+            let e = parse(&src).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("general.priority_classes"), "{e}");
+            assert!(e.reason.contains(why), "{classes}: {e}");
+        }
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub struct Config {
     /// The per-address limits, from `[general]`.
     #[serde(skip)]
     pub limits: LimitSettings,
+    /// The priority classes (from `priority_classes`, `default_priority`).
+    #[serde(skip)]
+    pub classes: std::sync::Arc<super::Classes>,
 }
 
 /// Process-wide knobs, the ones PgBouncer keeps in its `[pgbouncer]` section.
@@ -63,8 +66,12 @@ pub struct General {
     pub max_db_connections: usize,
     /// How far a waiter goes ahead of the class below it (docs/pooling.md).
     pub priority_aging: Seconds,
-    /// Places of each pool only the high class may take.
+    /// Places of each pool only the highest class may take.
     pub priority_reserve: usize,
+    /// The classes of the wait queue, lowest first, and the class of clients nothing names
+    /// one for.
+    pub priority_classes: Vec<Text>,
+    pub default_priority: Text,
     /// Each identity's limits unless its entry says otherwise (0: none).
     pub max_user_connections: usize,
     pub max_user_client_connections: usize,
@@ -168,6 +175,8 @@ impl Default for General {
             max_db_connections: 0,
             priority_aging: Seconds(5.0),
             priority_reserve: 0,
+            priority_classes: ["low", "normal", "high"].map(Text::new).to_vec(),
+            default_priority: Text::new("normal"),
             shed_queue_length: 0,
             shed_wait: Seconds(0.0),
             adaptive_limit: false,
@@ -432,7 +441,7 @@ pub struct Database {
     /// The class of its clients that name none (docs/pooling.md), and the fairness knobs
     /// overriding `[general]`'s.
     #[serde(default)]
-    pub priority: Option<super::Priority>,
+    pub priority: Option<Text>,
     #[serde(default)]
     pub priority_reserve: Option<usize>,
     #[serde(default)]
@@ -482,9 +491,9 @@ pub struct User {
     pub allow_addresses: Vec<Cidr>,
     #[serde(default)]
     pub deny_addresses: Vec<Cidr>,
-    /// Its class in the wait queue (low | normal | high; default: the database's).
+    /// Its class in the wait queue (one of priority_classes; default: the database's).
     #[serde(default)]
-    pub priority: Option<super::Priority>,
+    pub priority: Option<Text>,
     /// Its limits; what it leaves out comes from `[general]`.
     #[serde(default)]
     pub limits: super::LimitKeys,

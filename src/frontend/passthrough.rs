@@ -40,7 +40,7 @@ pub async fn lookup(
         // A login waits on it: ahead of the queue's lower classes.
         .checkout(
             pin!(never.notified()),
-            &crate::backend::Demand::of(crate::config::Priority::High),
+            &crate::backend::Demand::of(crate::config::Priority::HIGH),
         )
         .await
         .map_err(|e| e.to_client())?;

@@ -54,7 +54,9 @@ fn identity(config: &Config, entry: &crate::config::ApiKey) -> Result<Identity, 
         subject: entry.subject.as_str().into(),
         issuer: None,
         role: entry.role.as_str().into(),
-        priority: entry.priority.or(role.priority),
+        priority: config
+            .class_of(entry.priority.as_ref())
+            .or(config.class_of(role.priority.as_ref())),
         claims: claims.to_string().into(),
         audit_statements: entry.audit_statements.unwrap_or(role.audit_statements),
         limits: config.identity_limits(entry.limits, Some(role)),

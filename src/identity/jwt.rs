@@ -99,7 +99,7 @@ fn identity(
         subject: subject.into(),
         issuer,
         role: role.into(),
-        priority: mapped.priority,
+        priority: config.class_of(mapped.priority.as_ref()),
         claims: Value::Object(claims).to_string().into(),
         audit_statements: mapped.audit_statements,
         limits: config.identity_limits(Default::default(), Some(mapped)),

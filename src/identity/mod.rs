@@ -146,7 +146,8 @@ pub fn pool_user(config: &Config, identity: &Identity) -> Option<crate::config::
         server_password: Some(role.server_password.clone()),
         allow_addresses: Vec::new(),
         deny_addresses: Vec::new(),
-        priority: identity.priority,
+        // The identity's own class goes before a user's (greeting).
+        priority: None,
         // Token clients' limits are the identity's own.
         limits: Default::default(),
     })

@@ -3,6 +3,7 @@
 //! `stats_period` are computed by the pool's maintenance task.
 
 use super::histogram::Histogram;
+use crate::config::MAX_CLASSES;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -125,9 +126,9 @@ pub struct PoolStats {
     pub prepared_evictions: AtomicU64,
     pub connects_ok: AtomicU64,
     pub connects_failed: AtomicU64,
-    /// Servers handed to clients, and clients shed, by class (low, normal, high).
-    pub served: [AtomicU64; 3],
-    pub shed: [AtomicU64; 3],
+    /// Servers handed to clients, and clients shed, by class rank.
+    pub served: [AtomicU64; MAX_CLASSES],
+    pub shed: [AtomicU64; MAX_CLASSES],
     /// Checkouts that waited at their identity's max_user_connections, and transactions
     /// that waited for their identity's rate.
     pub share_waits: AtomicU64,
@@ -171,11 +172,11 @@ impl Default for PoolStats {
 
 impl PoolStats {
     pub fn served(&self, class: crate::config::Priority) {
-        self.served[class as usize].fetch_add(1, Ordering::Relaxed);
+        self.served[class.index().min(MAX_CLASSES - 1)].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn shed(&self, class: crate::config::Priority) {
-        self.shed[class as usize].fetch_add(1, Ordering::Relaxed);
+        self.shed[class.index().min(MAX_CLASSES - 1)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A server connection went to a client after `wait_us` of waiting.

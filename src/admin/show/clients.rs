@@ -18,6 +18,7 @@ pub fn table(app: &App) -> Table {
     ]);
     let mut t = Table::new(&columns);
     let now = crate::stats::unix_micros();
+    let classes = app.config.load().classes.clone();
     for c in app.clients.all() {
         let (state, waited) = match c.state() {
             ClientState::Active => ("active", 0),
@@ -47,7 +48,7 @@ pub fn table(app: &App) -> Table {
             c.facts.id.into(),
             c.facts.pool.role.as_ref().into(),
             c.facts.identity_name().into(),
-            c.facts.priority.as_str().into(),
+            classes.name(c.facts.priority).into(),
             c.facts.auth_method.into(),
             c.facts.pool_mode.into(),
             c.facts.sni().into(),

@@ -18,6 +18,25 @@ fn entries(g: &General) -> Vec<(&'static str, String)> {
         ("reserve_pool_size", g.reserve_pool_size.to_string()),
         ("reserve_pool_timeout", secs(g.reserve_pool_timeout)),
         ("max_db_connections", g.max_db_connections.to_string()),
+        (
+            "priority_classes",
+            g.priority_classes
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        ("default_priority", g.default_priority.to_string()),
+        ("priority_aging", secs(g.priority_aging)),
+        ("priority_reserve", g.priority_reserve.to_string()),
+        ("shed_queue_length", g.shed_queue_length.to_string()),
+        ("shed_wait", secs(g.shed_wait)),
+        ("adaptive_limit", u8::from(g.adaptive_limit).to_string()),
+        ("max_user_connections", g.max_user_connections.to_string()),
+        (
+            "max_user_client_connections",
+            g.max_user_client_connections.to_string(),
+        ),
         ("server_lifetime", secs(g.server_lifetime)),
         ("server_idle_timeout", secs(g.server_idle_timeout)),
         ("server_connect_timeout", secs(g.server_connect_timeout)),

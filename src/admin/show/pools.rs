@@ -7,6 +7,7 @@ use super::{Table, Type, split_us};
 use crate::app::App;
 use crate::stats::clients::ClientState;
 use crate::stats::servers::ServerState;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub fn table(app: &App) -> Table {
     let mut t = Table::new(&[
@@ -29,17 +30,20 @@ pub fn table(app: &App) -> Table {
         ("paused", Type::Int4),
         ("pool_size", Type::Int4),
         ("upstream_up", Type::Int4),
-        ("cl_waiting_high", Type::Int4),
-        ("cl_waiting_normal", Type::Int4),
-        ("cl_waiting_low", Type::Int4),
-        ("served_high", Type::Int8),
-        ("served_normal", Type::Int8),
-        ("served_low", Type::Int8),
-        ("shed_high", Type::Int8),
-        ("shed_normal", Type::Int8),
-        ("shed_low", Type::Int8),
-        ("concurrency_limit", Type::Int4),
     ]);
+    // Per class, highest first: cl_waiting_<class>, then served_<class>, then shed_<class>.
+    let classes = app.config.load().classes.clone();
+    let ranks: Vec<_> = classes.iter().rev().collect();
+    for (what, ty) in [
+        ("cl_waiting", Type::Int4),
+        ("served", Type::Int8),
+        ("shed", Type::Int8),
+    ] {
+        for (_, name) in &ranks {
+            t.column(format!("{what}_{name}"), ty);
+        }
+    }
+    t.column("concurrency_limit".into(), Type::Int4);
     let clients = app.clients.all();
     let now = crate::stats::unix_micros();
     let mode = app.listener_modes();
@@ -60,11 +64,9 @@ pub fn table(app: &App) -> Table {
         let count = |s: ServerState| servers.iter().filter(|i| i.state() == s).count();
         let (secs, us) = split_us(oldest);
         let by_class = p.waiting_by_class();
-        let load = |a: &[std::sync::atomic::AtomicU64; 3], i: usize| {
-            a[i].load(std::sync::atomic::Ordering::Relaxed)
-        };
+        let load = |a: &[AtomicU64], i: usize| a[i].load(Ordering::Relaxed);
         let s = &p.stats;
-        t.push(vec![
+        let mut row = vec![
             p.key.database.as_ref().into(),
             p.key.role.as_ref().into(),
             active.into(),
@@ -84,17 +86,13 @@ pub fn table(app: &App) -> Table {
             p.is_paused().into(),
             p.settings().size.into(),
             (!p.upstream_failing()).into(),
-            (by_class[2] as u64).into(),
-            (by_class[1] as u64).into(),
-            (by_class[0] as u64).into(),
-            load(&s.served, 2).into(),
-            load(&s.served, 1).into(),
-            load(&s.served, 0).into(),
-            load(&s.shed, 2).into(),
-            load(&s.shed, 1).into(),
-            load(&s.shed, 0).into(),
-            (p.concurrency_limit().unwrap_or(p.settings().size) as u64).into(),
-        ]);
+        ];
+        let ranks = ranks.iter().map(|(r, _)| r.index());
+        row.extend(ranks.clone().map(|i| (by_class[i] as u64).into()));
+        row.extend(ranks.clone().map(|i| load(&s.served, i).into()));
+        row.extend(ranks.map(|i| load(&s.shed, i).into()));
+        row.push((p.concurrency_limit().unwrap_or(p.settings().size) as u64).into());
+        t.push(row);
     }
     t
 }

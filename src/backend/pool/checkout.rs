@@ -171,12 +171,12 @@ impl Pool {
             // The lowest class goes first: a queued one below this client, else this client.
             match st.waiters.shed_below(demand.class) {
                 Some(w) => {
-                    tracing::info!(pool = %self.key, class = w.demand.class.as_str(), "{why}: shedding a waiting client");
+                    tracing::info!(pool = %self.key, class = settings.fairness.classes.name(w.demand.class), "{why}: shedding a waiting client");
                     self.stats.shed(w.demand.class);
                     let _ = w.tx.send(Grant::Shed(why));
                 }
                 None => {
-                    tracing::info!(pool = %self.key, class = demand.class.as_str(), "{why}: shedding a client");
+                    tracing::info!(pool = %self.key, class = settings.fairness.classes.name(demand.class), "{why}: shedding a client");
                     self.stats.shed(demand.class);
                     return Take::Fail(CheckoutError::Shed(why));
                 }

@@ -54,31 +54,31 @@ fn tags(served: &Mutex<Vec<(u32, tokio::time::Instant)>>) -> Vec<u32> {
 #[tokio::test(start_paused = true)]
 async fn a_high_priority_client_behind_fifty_low_ones_is_served_next() {
     let pool = pool(2, Fairness::default());
-    let a = take(&pool, &Demand::of(Priority::Low)).await.unwrap();
-    let b = take(&pool, &Demand::of(Priority::Low)).await.unwrap();
+    let a = take(&pool, &Demand::of(Priority::LOW)).await.unwrap();
+    let b = take(&pool, &Demand::of(Priority::LOW)).await.unwrap();
     let served = Arc::new(Mutex::new(Vec::new()));
     let hold = Duration::from_millis(10);
     let mut tasks: Vec<_> = (0..50)
-        .map(|n| client(&pool, Demand::of(Priority::Low), n, hold, &served))
+        .map(|n| client(&pool, Demand::of(Priority::LOW), n, hold, &served))
         .collect();
     settle().await;
     tokio::time::advance(Duration::from_secs(1)).await;
     tasks.push(client(
         &pool,
-        Demand::of(Priority::High),
+        Demand::of(Priority::HIGH),
         1000,
         hold,
         &served,
     ));
     tasks.push(client(
         &pool,
-        Demand::of(Priority::Normal),
+        Demand::of(Priority::NORMAL),
         500,
         hold,
         &served,
     ));
     settle().await;
-    assert_eq!(pool.waiting_by_class(), [50, 1, 1]);
+    assert_eq!(pool.waiting_by_class()[..3], [50, 1, 1]);
     pool.release(a);
     settle().await;
     pool.release(b);
@@ -112,7 +112,7 @@ async fn a_low_priority_client_progresses_under_sustained_high_priority_load() {
         tokio::spawn(async move {
             let mut tasks = Vec::new();
             for n in 0..180 {
-                tasks.push(client(&pool, Demand::of(Priority::High), n, hold, &served));
+                tasks.push(client(&pool, Demand::of(Priority::HIGH), n, hold, &served));
                 tokio::time::sleep(Duration::from_millis(333)).await;
             }
             tasks
@@ -120,7 +120,7 @@ async fn a_low_priority_client_progresses_under_sustained_high_priority_load() {
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
     let arrived = tokio::time::Instant::now();
-    let low = client(&pool, Demand::of(Priority::Low), 9999, hold, &served);
+    let low = client(&pool, Demand::of(Priority::LOW), 9999, hold, &served);
     low.await.unwrap().unwrap();
     let waited = lock(&served)
         .iter()
@@ -148,20 +148,20 @@ async fn the_priority_reserve_is_never_taken_by_a_lower_class() {
             ..Fairness::default()
         },
     );
-    let low = take(&pool, &Demand::of(Priority::Low)).await.unwrap();
-    let normal = take(&pool, &Demand::of(Priority::Normal)).await.unwrap();
+    let low = take(&pool, &Demand::of(Priority::LOW)).await.unwrap();
+    let normal = take(&pool, &Demand::of(Priority::NORMAL)).await.unwrap();
     let served = Arc::new(Mutex::new(Vec::new()));
     let hold = Duration::from_millis(10);
-    let waiting = client(&pool, Demand::of(Priority::Low), 1, hold, &served);
+    let waiting = client(&pool, Demand::of(Priority::LOW), 1, hold, &served);
     settle().await;
     assert_eq!(counts(&pool), (2, 0, 1), "the third place is the reserve");
-    let high = take(&pool, &Demand::of(Priority::High)).await.unwrap();
+    let high = take(&pool, &Demand::of(Priority::HIGH)).await.unwrap();
     assert_eq!(counts(&pool), (3, 0, 1));
     // A high-priority server coming back does not go to the low waiter: still the reserve.
     pool.release(high);
     settle().await;
     assert_eq!(counts(&pool), (3, 1, 1));
-    assert!(pool.try_idle(0, &Demand::of(Priority::Normal)).is_none());
+    assert!(pool.try_idle(0, &Demand::of(Priority::NORMAL)).is_none());
     pool.release(low);
     waiting.await.unwrap().unwrap();
     assert_eq!(tags(&served), [1]);
@@ -175,7 +175,7 @@ fn counts(pool: &Pool) -> (usize, usize, usize) {
 
 fn share(who: &str, max: usize, refuse: bool) -> Demand {
     Demand {
-        class: Priority::Normal,
+        class: Priority::NORMAL,
         share: Some(Arc::new(Share {
             who: who.into(),
             max,
@@ -224,15 +224,15 @@ async fn shedding_refuses_the_lowest_class_first() {
     let served = Arc::new(Mutex::new(Vec::new()));
     let hold = Duration::from_millis(1);
     let lows: Vec<_> = (0..3)
-        .map(|n| client(&pool, Demand::of(Priority::Low), n, hold, &served))
+        .map(|n| client(&pool, Demand::of(Priority::LOW), n, hold, &served))
         .collect();
     settle().await;
     // A normal client arrives at a full queue: the newest low one is shed for it.
-    let normal = client(&pool, Demand::of(Priority::Normal), 10, hold, &served);
+    let normal = client(&pool, Demand::of(Priority::NORMAL), 10, hold, &served);
     settle().await;
-    assert_eq!(pool.waiting_by_class(), [2, 1, 0]);
+    assert_eq!(pool.waiting_by_class()[..3], [2, 1, 0]);
     // A low one arriving now is itself the lowest: shed at once.
-    let r = take(&pool, &Demand::of(Priority::Low)).await;
+    let r = take(&pool, &Demand::of(Priority::LOW)).await;
     let err = r.err().unwrap().to_client();
     assert_eq!(err.code, "53300");
     assert!(err.message.contains("shed_queue_length 3"), "{err}");
@@ -262,7 +262,7 @@ async fn futures_join(
 async fn dedicated_places_are_kept_for_their_owner_in_the_pool_and_the_database() {
     let db = DbLimit::with_reserved(3, 1);
     let vip = Demand {
-        class: Priority::Low,
+        class: Priority::LOW,
         share: Some(Arc::new(Share {
             who: "key:vip".into(),
             max: 0,

@@ -52,7 +52,8 @@ pub struct PoolSettings {
 /// Who goes first when the pool is busy (docs/pooling.md).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Fairness {
-    /// The class of clients that name none.
+    /// The classes, and the class of clients that name none.
+    pub classes: Arc<crate::config::Classes>,
     pub default_class: crate::config::Priority,
     /// How far ahead of a lower class a waiter goes, per class (priority_aging).
     pub aging: Duration,
@@ -78,7 +79,8 @@ impl Fairness {
 impl Default for Fairness {
     fn default() -> Self {
         Fairness {
-            default_class: crate::config::Priority::Normal,
+            classes: Arc::default(),
+            default_class: crate::config::Priority::NORMAL,
             aging: Duration::from_secs(5),
             reserve: 0,
             shed_queue: 0,
@@ -226,13 +228,14 @@ impl Pool {
         paused: bool,
         connector: Arc<dyn Connector>,
     ) -> Arc<Pool> {
+        let top = settings.fairness.classes.top();
         let pool = Arc::new(Pool {
             key,
             upstream: ArcSwap::from_pointee(upstream),
             settings: ArcSwap::from_pointee(settings),
             db: db.clone(),
             state: Mutex::new(State {
-                waiters: Queue::counting_into(db.dedicated_busy.clone()),
+                waiters: Queue::counting_into(db.dedicated_busy.clone(), top),
                 ..State::default()
             }),
             conn_ids,
@@ -257,8 +260,8 @@ impl Pool {
             .map(|g| g.limit())
     }
 
-    /// Clients waiting, by class: low, normal, high.
-    pub fn waiting_by_class(&self) -> [usize; 3] {
+    /// Clients waiting, by class rank.
+    pub fn waiting_by_class(&self) -> [usize; crate::config::MAX_CLASSES] {
         lock(&self.state).waiters.counts()
     }
 
@@ -356,6 +359,7 @@ impl Pool {
             let settings = self.settings();
             let rules = self.rules(&settings);
             let mut st = lock(&self.state);
+            st.waiters.top = settings.fairness.classes.top();
             if !settings.fairness.adaptive {
                 st.waiters.adaptive = None;
             }

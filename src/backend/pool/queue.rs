@@ -11,15 +11,13 @@
 
 use super::Grant;
 pub use crate::admission::identities::Share;
-use crate::config::Priority;
+use crate::config::{MAX_CLASSES, Priority};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-
-const CLASSES: usize = 3;
 
 /// Who asks for a server: its class and the share of the pool its identity may hold.
 #[derive(Clone, Debug, Default)]
@@ -66,7 +64,9 @@ pub(super) struct Waiter {
 /// The wait queue and the counts the grant rules read.
 #[derive(Default)]
 pub(super) struct Queue {
-    by_class: [VecDeque<Waiter>; CLASSES],
+    by_class: [VecDeque<Waiter>; MAX_CLASSES],
+    /// The highest class (the only one not counted in `lower_busy`).
+    pub(super) top: Priority,
     /// Shared places held, and those held by classes below the top one.
     pub(super) busy: usize,
     pub(super) lower_busy: usize,
@@ -99,10 +99,16 @@ pub(super) struct Rules {
     pub(super) shared_ok: bool,
 }
 
+/// A class's queue: classes beyond the last queue (none are configured) share it.
+fn class_index(c: Priority) -> usize {
+    c.index().min(MAX_CLASSES - 1)
+}
+
 impl Queue {
-    pub(super) fn counting_into(db_dedicated: Arc<AtomicUsize>) -> Queue {
+    pub(super) fn counting_into(db_dedicated: Arc<AtomicUsize>, top: Priority) -> Queue {
         Queue {
             db_dedicated,
+            top,
             ..Queue::default()
         }
     }
@@ -123,11 +129,14 @@ impl Queue {
         self.parked_n == 0 && self.by_class.iter().all(VecDeque::is_empty)
     }
 
-    /// Waiting per class: low, normal, high.
-    pub(super) fn counts(&self) -> [usize; CLASSES] {
-        let mut n = [0, 1, 2].map(|c| self.by_class[c].len());
+    /// Waiting per class, by rank.
+    pub(super) fn counts(&self) -> [usize; MAX_CLASSES] {
+        let mut n = [0; MAX_CLASSES];
+        for (c, q) in self.by_class.iter().enumerate() {
+            n[c] = q.len();
+        }
         for w in self.parked.values().flatten() {
-            n[w.demand.class as usize] += 1;
+            n[w.demand.class.index()] += 1;
         }
         n
     }
@@ -136,7 +145,7 @@ impl Queue {
         if self.at_cap(&w.demand) {
             self.park(w);
         } else {
-            self.by_class[w.demand.class as usize].push_back(w);
+            self.by_class[class_index(w.demand.class)].push_back(w);
         }
     }
 
@@ -150,7 +159,7 @@ impl Queue {
     /// Parks the waiters at the head of each class whose identity is at its cap (they became
     /// so while waiting), so the head is one a grant may consider.
     fn park_capped_heads(&mut self) {
-        for c in 0..CLASSES {
+        for c in 0..MAX_CLASSES {
             while self.by_class[c]
                 .front()
                 .is_some_and(|w| self.at_cap(&w.demand))
@@ -179,7 +188,7 @@ impl Queue {
 
     /// Puts back a waiter taken out of the queue, where its arrival places it in its class.
     pub(super) fn reinsert(&mut self, w: Waiter) {
-        let q = &mut self.by_class[w.demand.class as usize];
+        let q = &mut self.by_class[class_index(w.demand.class)];
         let at = q.partition_point(|o| o.since <= w.since);
         q.insert(at, w);
     }
@@ -226,7 +235,7 @@ impl Queue {
             .as_ref()
             .map_or(rules.size, |g| g.limit().min(rules.size));
         let shared = size.saturating_sub(rules.dedicated);
-        let top = d.class == Priority::High;
+        let top = d.class >= self.top;
         rules.shared_ok
             && self.busy < shared
             && (top || rules.reserve == 0 || self.lower_busy + rules.reserve < shared)
@@ -259,7 +268,7 @@ impl Queue {
         if dedicated {
             self.db_dedicated.fetch_add(1, Ordering::AcqRel);
         }
-        let lower = !dedicated && d.class != Priority::High;
+        let lower = !dedicated && d.class < self.top;
         self.busy += usize::from(!dedicated);
         self.lower_busy += usize::from(lower);
         if let Some(s) = &d.share {
@@ -330,8 +339,11 @@ impl Queue {
         also: impl Fn(&Queue, &Waiter) -> bool,
     ) -> Option<(usize, usize)> {
         let mut best: Option<(Instant, usize, usize)> = None;
-        for c in (0..CLASSES).rev() {
+        for c in (0..MAX_CLASSES).rev() {
             let q = &self.by_class[c];
+            if q.is_empty() {
+                continue;
+            }
             // Without dedicated places every waiter at a class's head may take what any other
             // of the class may (capped ones are parked): only the head need be looked at.
             let look = if rules.dedicated == 0 { 1 } else { q.len() };
@@ -342,7 +354,8 @@ impl Queue {
             let Some(i) = found else {
                 continue;
             };
-            let deadline = q[i].since + rules.aging * (CLASSES - 1 - c) as u32;
+            let below_top = self.top.index().saturating_sub(c);
+            let deadline = q[i].since + rules.aging * below_top as u32;
             if best.is_none_or(|(d, ..)| deadline < d) {
                 best = Some((deadline, c, i));
             }
@@ -352,7 +365,7 @@ impl Queue {
 
     /// Shedding: the newest waiter of the lowest class below `class`, taken out of the queue.
     pub(super) fn shed_below(&mut self, class: Priority) -> Option<Waiter> {
-        self.by_class[..class as usize]
+        self.by_class[..class_index(class)]
             .iter_mut()
             .find(|q| !q.is_empty())?
             .pop_back()
@@ -362,6 +375,11 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A queue of the default classes.
+    fn queue() -> Queue {
+        Queue::counting_into(Arc::default(), Priority::HIGH)
+    }
 
     fn waiter(id: u64, class: Priority, since: Instant) -> Waiter {
         Waiter {
@@ -387,13 +405,13 @@ mod tests {
     #[test]
     fn a_higher_class_goes_ahead_of_recent_waiters_only() {
         let t = Instant::now();
-        let mut q = Queue::default();
+        let mut q = queue();
         // Low waiters that arrived 11 s, 4 s and 1 s before a high one.
-        q.push(waiter(1, Priority::Low, t));
-        q.push(waiter(2, Priority::Low, t + Duration::from_secs(7)));
-        q.push(waiter(3, Priority::Low, t + Duration::from_secs(10)));
-        q.push(waiter(4, Priority::High, t + Duration::from_secs(11)));
-        q.push(waiter(5, Priority::Normal, t + Duration::from_secs(11)));
+        q.push(waiter(1, Priority::LOW, t));
+        q.push(waiter(2, Priority::LOW, t + Duration::from_secs(7)));
+        q.push(waiter(3, Priority::LOW, t + Duration::from_secs(10)));
+        q.push(waiter(4, Priority::HIGH, t + Duration::from_secs(11)));
+        q.push(waiter(5, Priority::NORMAL, t + Duration::from_secs(11)));
         // Deadlines: 1 → t+10, 2 → t+17, 3 → t+20, 4 → t+11, 5 → t+16.
         assert_eq!(order(&mut q, &RULES), [1, 4, 5, 2, 3]);
     }
@@ -401,11 +419,11 @@ mod tests {
     #[test]
     fn ties_go_to_the_higher_class_and_fifo_holds_within_a_class() {
         let t = Instant::now();
-        let mut q = Queue::default();
-        q.push(waiter(1, Priority::Low, t));
-        q.push(waiter(2, Priority::Normal, t + Duration::from_secs(5)));
-        q.push(waiter(3, Priority::Normal, t + Duration::from_secs(5)));
-        q.push(waiter(4, Priority::High, t + Duration::from_secs(10)));
+        let mut q = queue();
+        q.push(waiter(1, Priority::LOW, t));
+        q.push(waiter(2, Priority::NORMAL, t + Duration::from_secs(5)));
+        q.push(waiter(3, Priority::NORMAL, t + Duration::from_secs(5)));
+        q.push(waiter(4, Priority::HIGH, t + Duration::from_secs(10)));
         assert_eq!(order(&mut q, &RULES), [4, 2, 3, 1]);
     }
 
@@ -416,10 +434,10 @@ mod tests {
             reserve: 1,
             ..RULES
         };
-        let mut q = Queue::default();
-        let held = q.hold(&Demand::of(Priority::Normal));
-        q.push(waiter(1, Priority::Low, t));
-        q.push(waiter(2, Priority::High, t + Duration::from_secs(60)));
+        let mut q = queue();
+        let held = q.hold(&Demand::of(Priority::NORMAL));
+        q.push(waiter(1, Priority::LOW, t));
+        q.push(waiter(2, Priority::HIGH, t + Duration::from_secs(60)));
         // One of two places is held by a lower class: the other is the reserve.
         assert_eq!(order(&mut q, &rules), [2]);
         q.unhold(held);
@@ -436,17 +454,17 @@ mod tests {
             dedicated: 0,
         });
         let noisy = Demand {
-            class: Priority::Normal,
+            class: Priority::NORMAL,
             share: Some(share.clone()),
             session: false,
         };
-        let mut q = Queue::default();
+        let mut q = queue();
         let held = q.hold(&noisy);
         q.push(Waiter {
             demand: noisy.clone(),
-            ..waiter(1, Priority::Normal, t)
+            ..waiter(1, Priority::NORMAL, t)
         });
-        q.push(waiter(2, Priority::Normal, t + Duration::from_secs(1)));
+        q.push(waiter(2, Priority::NORMAL, t + Duration::from_secs(1)));
         assert_eq!(order(&mut q, &RULES), [2]);
         q.unhold(held);
         assert!(q.held.is_empty());
@@ -465,22 +483,22 @@ mod tests {
             dedicated: 0,
         });
         let noisy = Demand {
-            class: Priority::Normal,
+            class: Priority::NORMAL,
             share: Some(share),
             session: false,
         };
-        let mut q = Queue::default();
+        let mut q = queue();
         let held = q.hold(&noisy);
         for id in 0..10_000 {
             q.push(Waiter {
                 demand: noisy.clone(),
-                ..waiter(id, Priority::Normal, t)
+                ..waiter(id, Priority::NORMAL, t)
             });
         }
-        q.push(waiter(20_000, Priority::Normal, t + Duration::from_secs(1)));
+        q.push(waiter(20_000, Priority::NORMAL, t + Duration::from_secs(1)));
         assert_eq!(
-            (q.len(), q.capped(), q.counts()),
-            (10_001, 10_000, [0, 10_001, 0])
+            (q.len(), q.capped(), &q.counts()[..3]),
+            (10_001, 10_000, &[0, 10_001, 0][..])
         );
         assert_eq!(q.pop(&RULES).map(|w| w.id), Some(20_000));
         assert!(q.pop(&RULES).is_none());
@@ -494,14 +512,38 @@ mod tests {
     }
 
     #[test]
+    fn more_classes_age_by_their_distance_below_the_top() {
+        // Five classes: 0 is four agings below the top, 3 one.
+        let t = Instant::now();
+        let mut q = Queue::counting_into(Arc::default(), Priority(4));
+        let aging = RULES.aging;
+        q.push(waiter(1, Priority(0), t));
+        q.push(waiter(2, Priority(3), t + aging * 2));
+        q.push(waiter(3, Priority(4), t + aging * 4));
+        // Deadlines: 1 at t+4a, 2 at t+3a, 3 at t+4a (ties go to the higher class).
+        let order: Vec<u64> = std::iter::from_fn(|| q.pop(&RULES).map(|w| w.id)).collect();
+        assert_eq!(order, [2, 3, 1]);
+        // The reserve is the top class's alone.
+        let rules = Rules {
+            reserve: 1,
+            size: 2,
+            ..RULES
+        };
+        let held = q.hold(&Demand::of(Priority(3)));
+        assert!(!q.may_hold(&Demand::of(Priority(3)), &rules));
+        assert!(q.may_hold(&Demand::of(Priority(4)), &rules));
+        q.unhold(held);
+    }
+
+    #[test]
     fn shedding_takes_the_newest_of_the_lowest_class() {
         let t = Instant::now();
-        let mut q = Queue::default();
-        q.push(waiter(1, Priority::Low, t));
-        q.push(waiter(2, Priority::Low, t));
-        q.push(waiter(3, Priority::Normal, t));
-        assert_eq!(q.shed_below(Priority::High).map(|w| w.id), Some(2));
-        assert_eq!(q.shed_below(Priority::Low).map(|w| w.id), None);
-        assert_eq!(q.counts(), [1, 1, 0]);
+        let mut q = queue();
+        q.push(waiter(1, Priority::LOW, t));
+        q.push(waiter(2, Priority::LOW, t));
+        q.push(waiter(3, Priority::NORMAL, t));
+        assert_eq!(q.shed_below(Priority::HIGH).map(|w| w.id), Some(2));
+        assert_eq!(q.shed_below(Priority::LOW).map(|w| w.id), None);
+        assert_eq!(q.counts()[..3], [1, 1, 0]);
     }
 }

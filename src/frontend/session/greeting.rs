@@ -166,7 +166,7 @@ pub(super) async fn login(
         class: identity
             .as_ref()
             .and_then(|i| i.priority)
-            .or(user.priority)
+            .or(config.class_of(user.priority.as_ref()))
             .unwrap_or(pool.settings().fairness.default_class),
         share: admitted.as_ref().and_then(|a| a.share()),
         session: arrival.mode == PoolMode::Session,

@@ -334,7 +334,7 @@ async fn audit_login(app: &App, id: u64, mode: PoolMode, outcome: &LoginOutcome,
                 "pool": l.pool.key.to_string(),
                 "method": facts.auth_method,
                 "mode": mode.as_str(),
-                "priority": facts.priority.as_str(),
+                "priority": l.pool.settings().fairness.classes.name(facts.priority),
             });
             if let Some(i) = &facts.identity {
                 // Who, never the token or key itself.
