@@ -8,9 +8,11 @@
 #   overloading the database from the first transaction; reports tps and p50/p99 latency.
 # SCENARIO=surge: the load alternates every PHASE seconds (10) between light statements that
 #   wait (pg_sleep(0.05): concurrency helps) and the CPU-bound one (concurrency only makes
-#   each slower), with the role's statement_timeout at TIMEOUT (1s), as agents set it;
-#   benches/surge.py drives it and counts timeouts instead of stopping. Reports statements
-#   finished in time per second, errors, and p50/p99 of those finished.
+#   each slower; CPU_ROWS=300000 rows, about 20 ms), with the role's statement_timeout at
+#   TIMEOUT (1s), as agents set it;
+#   benches/surge.py drives it and counts timeouts instead of stopping. Reports light and
+#   heavy statements finished in time per second (tps is the light ones), timeouts
+#   (errors), and p50/p99 of those finished.
 #
 #   benches/adaptive.sh                         # 15 s per run, 2 rounds
 #   SIZES="2 4 8" DURATION=30 ROUNDS=3 benches/adaptive.sh
@@ -42,7 +44,7 @@ POOL=32 SLUICE_GENERAL="adaptive_limit = true" start_sluice adaptive "$SLUICE"
 CONFIGS+=(adaptive)
 sleep 1
 
-CPU="SELECT count(*) FROM generate_series(1, 300000) g WHERE g % 7 = 0"
+CPU="SELECT count(*) FROM generate_series(1, ${CPU_ROWS:-300000}) g WHERE g % 7 = 0"
 echo "$CPU;" > "$WORK/cpu.sql"
 # Even phases wait, odd ones burn CPU (an uncorrelated subquery runs only when its branch does).
 echo "SELECT CASE WHEN (extract(epoch FROM clock_timestamp())::bigint / $PHASE) % 2 = 0
@@ -54,11 +56,12 @@ RESULTS="$WORK/results.tsv"
 : > "$RESULTS"
 
 run_surge() {
-  local name=$1 tps errors p50 p99
-  read -r tps errors p50 p99 < <(python3 "$ROOT/benches/surge.py" \
+  local name=$1 light heavy errors p50 p99 lost
+  read -r light heavy errors p50 p99 lost < <(python3 "$ROOT/benches/surge.py" \
     "postgresql://bench:bench@127.0.0.1:${TX_PORT[$name]}/bench" "$CLIENTS" "$DURATION" "$WORK/surge.sql")
-  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$tps" "$p50" "$p99" "$errors" >> "$RESULTS"
-  printf '  %-10s ok/s %8.1f  p50 %7.1f ms  p99 %7.1f ms  errors %s\n' "$name" "$tps" "$p50" "$p99" "$errors"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$light" "$p50" "$p99" "$errors" "$heavy" >> "$RESULTS"
+  printf '  %-10s light/s %7.1f  heavy/s %5.1f  timeouts %5s  p50 %7.1f ms  p99 %7.1f ms  lost %s\n' \
+    "$name" "$light" "$heavy" "$errors" "$p50" "$p99" "$lost"
 }
 
 run() {
@@ -85,10 +88,10 @@ done
 
 echo
 echo "$SCENARIO: medians over $ROUNDS rounds ($CLIENTS clients, $DURATION s each, $(nproc) cores)"
-printf '%-10s %10s %10s %10s %10s\n' config tps p50_ms p99_ms errors
+printf '%-10s %10s %10s %10s %10s %10s\n' config tps p50_ms p99_ms errors heavy/s
 for c in "${CONFIGS[@]}"; do
-  awk -v c="$c" -F'\t' '$1 == c { t[++n] = $2; a[n] = $3; b[n] = $4; e[n] = $5 + 0 }
+  awk -v c="$c" -F'\t' '$1 == c { t[++n] = $2; a[n] = $3; b[n] = $4; e[n] = $5 + 0; h[n] = $6 + 0 }
     function med(x, n,   i, j, s) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (x[j] < x[i]) { s = x[i]; x[i] = x[j]; x[j] = s }
       return n % 2 ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2 }
-    END { if (n) printf "%-10s %10.1f %10.1f %10.1f %10d\n", c, med(t, n), med(a, n), med(b, n), med(e, n) }' "$RESULTS"
+    END { if (n) printf "%-10s %10.1f %10.1f %10.1f %10d %10.1f\n", c, med(t, n), med(a, n), med(b, n), med(e, n), med(h, n) }' "$RESULTS"
 done
