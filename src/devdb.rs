@@ -181,6 +181,63 @@ impl DevDb {
         Err(err("could not start PostgreSQL"))
     }
 
+    /// A streaming hot standby of `primary` (pg_basebackup -R over its unix socket; the
+    /// primary's pg_hba.conf needs `local replication all trust`), started on a port of its
+    /// own.
+    pub fn standby_of(primary: &DevDb) -> io::Result<DevDb> {
+        let dir = std::env::temp_dir().join(format!(
+            "pgsluice-pg-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        if let Some((uid, gid)) = primary.run_as {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+        }
+        let mut db = DevDb {
+            bindir: primary.bindir.clone(),
+            dir: dir.clone(),
+            port: 0,
+            socket_dir: dir.clone(),
+            child: None,
+            run_as: primary.run_as,
+        };
+        let out = db
+            .command("pg_basebackup")
+            .arg("-h")
+            .arg(&primary.socket_dir)
+            .args([
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-D",
+            ])
+            .arg(dir.join("data"))
+            .output()?;
+        if !out.status.success() {
+            return Err(err(format!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        db.port = free_port()?;
+        db.launch()?;
+        Ok(db)
+    }
+
+    /// Promotes a standby and waits until it accepts writes.
+    pub fn promote(&self) -> io::Result<()> {
+        self.psql("SELECT pg_promote(true, 30)")?;
+        Ok(())
+    }
+
     fn command(&self, program: &str) -> Command {
         self.run_as_owner(self.bindir.join(program))
     }

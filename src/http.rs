@@ -132,6 +132,7 @@ fn console_table(path: &str) -> Option<&'static str> {
         "/databases" => "databases",
         "/queries" => "queries",
         "/activity" => "activity",
+        "/upstreams" => "upstreams",
         _ => return None,
     })
 }
@@ -185,7 +186,7 @@ async fn handle(
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /health, /ready, /metrics, /pools, /clients, /servers, /stats, /databases, /queries, /activity\n".into(),
+            "not found: try /health, /ready, /metrics, /pools, /clients, /servers, /stats, /databases, /queries, /activity, /upstreams\n".into(),
         ),
     })
 }
@@ -210,6 +211,8 @@ async fn readiness(app: &App) -> (bool, serde_json::Value) {
             password: None,
             tls: None,
             passthrough: None,
+            tenant: None,
+            route: None,
         };
         let ok = matches!(
             tokio::time::timeout(PROBE_TIMEOUT, probe.open_socket()).await,

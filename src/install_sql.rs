@@ -154,6 +154,8 @@ pub fn parse_url(url: &str) -> Result<Upstream, String> {
         password,
         tls,
         passthrough: None,
+        tenant: None,
+        route: None,
     })
 }
 

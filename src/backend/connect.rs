@@ -3,6 +3,7 @@
 //! and BackendKeyData until the first ReadyForQuery (protocol 53.2.1).
 
 use super::params::SessionParams;
+use super::route::{Endpoint, Route};
 use super::upstream_auth::Login;
 use crate::error::ClientError;
 use crate::net::Stream;
@@ -12,6 +13,7 @@ use crate::proto::{emit, views};
 use bytes::BytesMut;
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpStream, UnixStream};
 
@@ -29,6 +31,10 @@ pub struct Upstream {
     pub tls: Option<TlsTarget>,
     /// Without a password: what logs in instead (the stored md5 hash, or SCRAM keys).
     pub passthrough: Option<Passthrough>,
+    /// Supavisor's tenant: the login's user name is `user.tenant`.
+    pub tenant: Option<String>,
+    /// The database's upstreams when it has several (else `host`/`port` is the server).
+    pub route: Option<Arc<Route>>,
 }
 
 /// Logging in upstream without the plaintext password.
@@ -41,6 +47,24 @@ pub enum Passthrough {
 }
 
 impl Upstream {
+    /// This login at endpoint `e`.
+    pub fn at(&self, e: &Endpoint) -> Upstream {
+        Upstream {
+            host: e.host.to_string(),
+            port: e.port,
+            tenant: e.tenant.as_deref().map(str::to_owned),
+            ..self.clone()
+        }
+    }
+
+    /// The user name the server sees.
+    fn login_user(&self) -> std::borrow::Cow<'_, str> {
+        match &self.tenant {
+            Some(t) => format!("{}.{t}", self.user).into(),
+            None => self.user.as_str().into(),
+        }
+    }
+
     /// The SCRAM ClientKey this upstream logs in with, if any (kept across RELOAD).
     pub fn client_key(&self) -> Option<[u8; 32]> {
         match &self.passthrough {
@@ -107,6 +131,9 @@ pub enum ConnectError {
     Tls(String),
     #[error("SCRAM passthrough: {0} (the password may have changed upstream)")]
     Passthrough(String),
+    /// None of a database's upstreams could serve: why, per upstream.
+    #[error("{0}")]
+    NoUpstream(String),
 }
 
 impl ConnectError {
@@ -119,6 +146,8 @@ impl ConnectError {
                 &e.code,
                 format!("server login failed: {}", e.message),
             ),
+            // Says which servers and why (their states, never credentials).
+            ConnectError::NoUpstream(why) => ClientError::server_unavailable(why),
             _ => ClientError::server_unavailable(
                 "server unavailable: pgsluice cannot connect to the database server",
             ),
@@ -217,7 +246,10 @@ async fn establish_inner(up: &Upstream) -> Result<Established, ConnectError> {
         stream = negotiate_tls(stream, &up.host, tls).await?;
     }
     let mut out = BytesMut::with_capacity(128);
-    emit::startup(&mut out, &[("user", &up.user), ("database", &up.dbname)]);
+    emit::startup(
+        &mut out,
+        &[("user", &up.login_user()), ("database", &up.dbname)],
+    );
     stream.send(&out).await?;
     let mut buf = BytesMut::with_capacity(1024);
     let mut login = Login::Start;

@@ -69,6 +69,8 @@ pub fn upstream(host: &str) -> Upstream {
         password: None,
         tls: None,
         passthrough: None,
+        tenant: None,
+        route: None,
     }
 }
 

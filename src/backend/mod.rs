@@ -8,6 +8,7 @@ pub mod notify;
 pub mod params;
 pub mod pool;
 pub mod pools;
+pub mod route;
 pub mod server;
 pub mod statements;
 pub mod upstream_auth;

@@ -4,6 +4,9 @@
 
 use super::connect::{Passthrough, TlsTarget, Upstream};
 use super::pool::{DbLimit, Pool, PoolKey, PoolSettings};
+use super::route::health::Checks;
+use super::route::{Endpoint, Endpoints, Route};
+use crate::config::SessionAttrs;
 use crate::config::{Config, Database, User};
 use crate::net::tls::UpstreamTls;
 use dashmap::DashMap;
@@ -25,6 +28,8 @@ pub struct Pools {
     /// Upstream TLS configurations by what they are built from (pools with the same
     /// settings share one; cleared on RELOAD).
     tls_configs: Mutex<HashMap<UpstreamTls, Arc<rustls::ClientConfig>>>,
+    /// Every upstream server, by address: one health check and one circuit each.
+    endpoints: Endpoints,
 }
 
 #[derive(Default)]
@@ -89,6 +94,8 @@ fn plan(
             }),
         tls,
         passthrough: passthrough(user, client_key),
+        tenant: None,
+        route: None,
     };
     let settings = PoolSettings {
         size: db.pool_size.unwrap_or(g.default_pool_size),
@@ -122,6 +129,59 @@ fn plan(
 }
 
 impl Pools {
+    /// [`plan`] with this process's TLS configurations and endpoints.
+    fn plan(
+        &self,
+        config: &Config,
+        db: &Database,
+        user: &User,
+        client_key: Option<[u8; 32]>,
+    ) -> (PoolKey, Upstream, PoolSettings) {
+        let (key, mut upstream, settings) =
+            plan(config, db, user, self.tls_for(config, db), client_key);
+        upstream.route = self.route_for(config, db);
+        (key, upstream, settings)
+    }
+
+    /// The database's upstreams when it lists several or wants a kind of server: None for
+    /// one `host`/`port` wanted as it is (no role to learn, nothing to choose).
+    fn route_for(&self, config: &Config, db: &Database) -> Option<Arc<Route>> {
+        if db.upstreams.is_empty() && db.target_session_attrs == SessionAttrs::Any {
+            return None;
+        }
+        let g = &config.general;
+        let checks = Checks {
+            interval: g.health_check_interval.duration(),
+            successes: g.health_check_successes,
+            failures: g.circuit_failures,
+            backoff: g.circuit_backoff.duration(),
+            timeout: g
+                .server_connect_timeout
+                .enabled()
+                .unwrap_or(Duration::from_secs(15)),
+            max_lag: g.max_standby_lag.0,
+        };
+        let endpoints = db
+            .endpoints()
+            .iter()
+            .map(|e| self.endpoints.get(e, db.port, checks))
+            .collect();
+        Some(Arc::new(Route {
+            attrs: db.target_session_attrs,
+            endpoints,
+            max_lag: g.max_standby_lag.0,
+            tolerance: g.proximity_tolerance.duration(),
+            region: g.region.as_deref().map(Arc::from),
+            failures: checks.failures,
+            backoff: checks.backoff,
+        }))
+    }
+
+    /// Every upstream server the databases list, with what was learned of it.
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.endpoints.all()
+    }
+
     /// The pool for `user` on `db`, created (and its maintenance started) on first use.
     /// `client_key`: the SCRAM ClientKey the client's login revealed, for SCRAM passthrough
     /// when the configuration holds no upstream password for the user.
@@ -137,14 +197,12 @@ impl Pools {
             let up = p.upstream();
             if client_key.is_some() && up.password.is_none() && up.client_key() != client_key {
                 // The first passthrough login of this role, or its password changed.
-                let (_, upstream, settings) =
-                    plan(config, db, user, self.tls_for(config, db), client_key);
+                let (_, upstream, settings) = self.plan(config, db, user, client_key);
                 p.apply(upstream, settings);
             }
             return p;
         }
-        let (key, upstream, settings) =
-            plan(config, db, user, self.tls_for(config, db), client_key);
+        let (key, upstream, settings) = self.plan(config, db, user, client_key);
         let limit = self
             .limits
             .entry(key.database.clone())
@@ -212,7 +270,7 @@ impl Pools {
                 .find(|u| u.server_user.as_deref().unwrap_or(&u.name) == &*pool.key.role);
             let Some(user) = user else { continue };
             let key = pool.upstream().client_key();
-            let (_, upstream, settings) = plan(config, db, user, self.tls_for(config, db), key);
+            let (_, upstream, settings) = self.plan(config, db, user, key);
             pool.apply(upstream, settings);
         }
     }

@@ -46,6 +46,8 @@ pub struct Connection {
     pub created: Instant,
     pub last_used: Instant,
     pub upstream: Arc<super::connect::Upstream>,
+    /// The endpoint it was opened on, when its database has several.
+    pub via: Option<super::route::Via>,
     /// Holds this connection's place in its pool's count until dropped.
     pub(super) slot: Slot,
 }

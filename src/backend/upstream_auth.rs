@@ -246,6 +246,8 @@ mod tests {
             password: Some("secret".into()),
             tls: None,
             passthrough: None,
+            tenant: None,
+            route: None,
         }
     }
 

@@ -7,15 +7,43 @@ pub mod hba;
 mod model;
 mod text;
 pub mod tls;
+mod upstreams;
 
 pub use agents::*;
 pub use model::*;
 pub use text::{Text, substitute};
+pub use upstreams::*;
 
 use std::collections::HashSet;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+
+/// A database names its server with `host`/`port` or with `upstreams`, not both; each
+/// upstream has a host and a port.
+fn validate_upstreams(d: &Database) -> Result<(), (&'static str, String)> {
+    if d.upstreams.is_empty() {
+        return Ok(());
+    }
+    if d.host.as_str() != "127.0.0.1" || d.port != 5432 {
+        return Err((
+            "upstreams",
+            format!(
+                "database {:?} names its server with host/port and with upstreams: keep one",
+                d.name.as_str()
+            ),
+        ));
+    }
+    for u in &d.upstreams {
+        if u.host.is_empty() || u.port == Some(0) {
+            return Err((
+                "upstreams",
+                "each upstream needs a host and a port between 1 and 65535".into(),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// A configuration mistake, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,6 +222,15 @@ impl Config {
             }
             if d.port == 0 {
                 return Err((db.span(), "port", "must be between 1 and 65535".into()));
+            }
+            validate_upstreams(d).map_err(|(key, why)| (db.span(), key, why))?;
+        }
+        for (key, v) in [
+            ("general.circuit_failures", g.circuit_failures),
+            ("general.health_check_successes", g.health_check_successes),
+        ] {
+            if v == 0 {
+                return Err((0..0, key, "must be at least 1".into()));
             }
         }
         let mut users = HashSet::new();

@@ -82,6 +82,15 @@ pub struct General {
     /// Servers in use at once follow the upstream's latency, between min_pool_size and
     /// pool_size (docs/pooling.md).
     pub adaptive_limit: bool,
+    /// Health checks, circuit breakers and proximity of upstreams (docs/resilience.md).
+    pub health_check_interval: Seconds,
+    pub health_check_successes: u32,
+    pub max_standby_lag: Seconds,
+    pub circuit_failures: u32,
+    pub circuit_backoff: Seconds,
+    pub proximity_tolerance: Seconds,
+    /// Where this instance runs: upstreams of the same `region` are preferred.
+    pub region: Option<Text>,
     pub server_lifetime: Seconds,
     pub server_idle_timeout: Seconds,
     pub server_connect_timeout: Seconds,
@@ -180,6 +189,13 @@ impl Default for General {
             shed_queue_length: 0,
             shed_wait: Seconds(0.0),
             adaptive_limit: false,
+            health_check_interval: Seconds(2.0),
+            health_check_successes: 2,
+            max_standby_lag: Seconds(0.0),
+            circuit_failures: 3,
+            circuit_backoff: Seconds(2.0),
+            proximity_tolerance: Seconds(0.002),
+            region: None,
             max_user_connections: 0,
             max_user_client_connections: 0,
             server_lifetime: Seconds(3600.0),
@@ -430,6 +446,12 @@ pub struct Database {
     /// The upstream database; defaults to `name`.
     #[serde(default)]
     pub dbname: Option<Text>,
+    /// Several servers instead of `host`/`port` (docs/resilience.md), and which of them its
+    /// clients want.
+    #[serde(default)]
+    pub upstreams: Vec<super::UpstreamEntry>,
+    #[serde(default)]
+    pub target_session_attrs: super::SessionAttrs,
     #[serde(default)]
     pub pool_size: Option<usize>,
     #[serde(default)]
@@ -464,6 +486,22 @@ pub struct Database {
     pub allow_addresses: Vec<Cidr>,
     #[serde(default)]
     pub deny_addresses: Vec<Cidr>,
+}
+
+impl Database {
+    /// Its servers: `upstreams`, or the one `host`/`port` names.
+    pub fn endpoints(&self) -> Vec<super::UpstreamEntry> {
+        if !self.upstreams.is_empty() {
+            return self.upstreams.clone();
+        }
+        vec![super::UpstreamEntry {
+            host: self.host.clone(),
+            port: Some(self.port),
+            region: None,
+            kind: super::EndpointKind::Postgres,
+            tenant: None,
+        }]
+    }
 }
 
 fn default_host() -> Text {

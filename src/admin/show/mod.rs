@@ -12,6 +12,7 @@ mod pools;
 mod queries;
 mod servers;
 mod stats;
+mod upstreams;
 mod users;
 
 use super::table::{Table, Type};
@@ -33,6 +34,7 @@ pub fn table(app: &App, what: &str) -> Option<Table> {
         "mem" => mem::table(app),
         "queries" => queries::table(app),
         "activity" => activity::table(app),
+        "upstreams" => upstreams::table(app),
         "version" => {
             let mut t = Table::new(&[("version", Type::Text)]);
             t.push(vec![version().into()]);
@@ -50,7 +52,7 @@ pub fn version() -> String {
 fn help() -> Table {
     let mut t = Table::new(&[("command", Type::Text)]);
     for c in [
-        "SHOW HELP|POOLS|STATS|STATS_TOTALS|STATS_AVERAGES|CLIENTS|SERVERS|DATABASES|USERS|CONFIG|LISTS|MEM|QUERIES|ACTIVITY|VERSION",
+        "SHOW HELP|POOLS|STATS|STATS_TOTALS|STATS_AVERAGES|CLIENTS|SERVERS|DATABASES|USERS|CONFIG|LISTS|MEM|QUERIES|ACTIVITY|UPSTREAMS|VERSION",
         "RELOAD",
         "PAUSE [db]",
         "RESUME [db]",

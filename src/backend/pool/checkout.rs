@@ -250,7 +250,7 @@ impl Pool {
             conn
         };
         let now = Instant::now();
-        let ready = Arc::ptr_eq(&conn.upstream, &self.upstream.load())
+        let ready = self.current(&conn)
             && settings
                 .lifetime
                 .is_none_or(|l| now.saturating_duration_since(conn.created) < l)
@@ -277,12 +277,23 @@ impl Pool {
     }
 
     /// Checks an idle connection before use: age, stray input or EOF, and the check query.
+    /// Whether `conn` was opened under the pool's upstream as it is now: the same template
+    /// (a routed connection: the same route), and its endpoint has not changed role since.
+    #[inline]
+    pub(super) fn current(&self, conn: &ServerConn) -> bool {
+        let now = self.upstream.load();
+        match (&conn.via, &conn.upstream.route, &now.route) {
+            (Some(via), Some(was), Some(is)) => Arc::ptr_eq(was, is) && !via.stale(is),
+            _ => Arc::ptr_eq(&conn.upstream, &now),
+        }
+    }
+
     pub(super) async fn vet(
         &self,
         mut conn: ServerConn,
         settings: &PoolSettings,
     ) -> Option<ServerConn> {
-        if !Arc::ptr_eq(&conn.upstream, &self.upstream.load()) {
+        if !self.current(&conn) {
             conn.terminate().await;
             return None;
         }
@@ -316,10 +327,20 @@ impl Pool {
         self: &Arc<Self>,
         mut slot: Slot,
     ) -> Result<ServerConn, CheckoutError> {
-        let upstream = self.upstream();
+        let template = self.upstream();
         let timeout = self.settings.load().connect_timeout;
-        match self.connector.establish(&upstream, timeout).await {
-            Ok(est) => {
+        let opened = match &template.route {
+            Some(route) => {
+                crate::backend::route::connect(&*self.connector, &template, route, timeout)
+                    .await
+                    .map(|(est, up, via)| (est, up, Some(via)))
+            }
+            None => (self.connector.establish(&template, timeout).await)
+                .map(|est| (est, template.clone(), None)),
+        };
+        let upstream = template;
+        match opened {
+            Ok((est, upstream, via)) => {
                 self.stats.connects_ok.fetch_add(1, Ordering::Relaxed);
                 lock(&self.state).last_failure = None;
                 // Servers that logged in alike share one baseline list, so a client's cached
@@ -362,6 +383,7 @@ impl Pool {
                     created: now,
                     last_used: now,
                     upstream,
+                    via,
                     slot,
                 }))
             }

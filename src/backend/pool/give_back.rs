@@ -16,7 +16,7 @@ impl Pool {
     /// Returns a clean connection (idle, no transaction): to the next waiter, else to idle.
     pub fn release(self: &Arc<Self>, mut conn: ServerConn) {
         conn.last_used = Instant::now();
-        if !Arc::ptr_eq(&conn.upstream, &self.upstream.load()) {
+        if !self.current(&conn) {
             tracing::debug!(pool = %self.key, server = conn.id, "closing a connection to the previous upstream");
             tokio::spawn(conn.terminate());
             return;

@@ -1,0 +1,155 @@
+//! Opening a server connection on a database with several upstreams, as libpq does with
+//! several hosts and `target_session_attrs`: try the candidates in order, ask each server
+//! after login what it is, keep the first that fits (prefer-standby: a standby in a first
+//! pass, anything in a second). What each server said, and each failure, is remembered.
+
+use super::endpoint::{Endpoint, Role};
+use super::{ROLE_QUERY, Route, role_from_params};
+use crate::backend::connect::{ConnectError, Connector, Established, Upstream};
+use crate::backend::server::query_pairs;
+use crate::config::SessionAttrs;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A server connection's endpoint, counted there while the connection lives.
+pub struct Via {
+    pub endpoint: Arc<Endpoint>,
+    /// Its route's generation when it was opened: any of the route's servers changing role,
+    /// health or lag since means the choice may differ now, and retires it.
+    pub generation: u64,
+}
+
+impl Via {
+    fn new(endpoint: Arc<Endpoint>, route: &Route) -> Via {
+        endpoint.opened();
+        Via {
+            endpoint,
+            generation: route.generation(),
+        }
+    }
+
+    pub fn stale(&self, route: &Route) -> bool {
+        route.generation() != self.generation
+    }
+}
+
+impl Drop for Via {
+    fn drop(&mut self) {
+        self.endpoint.closed();
+    }
+}
+
+/// A connection that fits `route`, its login at the endpoint chosen, and that endpoint.
+pub async fn connect(
+    connector: &dyn Connector,
+    template: &Arc<Upstream>,
+    route: &Route,
+    timeout: Duration,
+) -> Result<(Established, Arc<Upstream>, Via), ConnectError> {
+    let mut why = Vec::new();
+    let passes: &[bool] = if route.attrs == SessionAttrs::PreferStandby {
+        &[true, false]
+    } else {
+        &[false]
+    };
+    for &standby_only in passes {
+        for e in route.candidates(Instant::now()) {
+            let up = Arc::new(template.at(&e));
+            match try_one(connector, &up, &e, route, timeout, standby_only).await {
+                Ok(est) => {
+                    // The same login reaches its neighbours: their health checks can start.
+                    for n in &route.endpoints {
+                        n.remember_login(template);
+                    }
+                    return Ok((est, up, Via::new(e, route)));
+                }
+                Err(Some(ConnectError::Refused(r))) => return Err(ConnectError::Refused(r)),
+                Err(Some(err)) => why.push(format!("{} ({err})", e.address())),
+                Err(None) => why.push(format!("{} ({})", e.address(), e.health().role.as_str())),
+            }
+        }
+    }
+    let now = Instant::now();
+    for e in &route.endpoints {
+        let h = e.health();
+        if h.breaker.state(now) == super::breaker::State::Open {
+            why.push(format!(
+                "{} (circuit open after {}, retrying in {:.1} s)",
+                e.address(),
+                h.last_error.as_deref().unwrap_or("failures"),
+                h.breaker.retry_in(now).as_secs_f64()
+            ));
+        }
+    }
+    why.dedup();
+    Err(ConnectError::NoUpstream(format!(
+        "no upstream of database \"{}\" can serve target_session_attrs={}: {}",
+        template.dbname,
+        route.attrs.as_str(),
+        why.join("; ")
+    )))
+}
+
+/// One candidate: Err(None) when it answered but does not fit.
+async fn try_one(
+    connector: &dyn Connector,
+    up: &Upstream,
+    e: &Endpoint,
+    route: &Route,
+    timeout: Duration,
+    standby_only: bool,
+) -> Result<Established, Option<ConnectError>> {
+    if !e.admit(Instant::now()) {
+        return Err(Some(ConnectError::NoUpstream("circuit open".into())));
+    }
+    let mut est = match connector.establish(up, timeout).await {
+        Ok(est) => est,
+        Err(err) => {
+            if !matches!(err, ConnectError::Refused(_)) {
+                e.failed(&err.to_string(), route.failures, route.backoff);
+            }
+            return Err(Some(err));
+        }
+    };
+    if route.needs_role() {
+        let (role, read_only) = match role_from_params(&est.params) {
+            Some(r) => r,
+            None => ask_role(&mut est, timeout).await.map_err(Some)?,
+        };
+        e.learned(role, read_only);
+    } else {
+        e.reached();
+    }
+    let h = e.health();
+    let fits = if standby_only {
+        h.role == Role::Standby && h.fits(SessionAttrs::Standby, route.max_lag)
+    } else {
+        h.fits(route.attrs, route.max_lag)
+    };
+    if fits {
+        Ok(est)
+    } else {
+        terminate(est).await;
+        Err(None)
+    }
+}
+
+/// What a server is, when its login parameters did not say (a pooler, an old server).
+async fn ask_role(est: &mut Established, timeout: Duration) -> Result<(Role, bool), ConnectError> {
+    let rows = query_pairs(&mut est.stream, ROLE_QUERY, timeout)
+        .await
+        .map_err(|e| ConnectError::NoUpstream(format!("asking its role failed: {e}")))?;
+    let (recovery, read_only) = rows.into_iter().next().unwrap_or_default();
+    let role = if recovery == "true" {
+        Role::Standby
+    } else {
+        Role::Primary
+    };
+    Ok((role, read_only.as_deref() == Some("on")))
+}
+
+async fn terminate(mut est: Established) {
+    let mut out = bytes::BytesMut::with_capacity(5);
+    crate::proto::emit::terminate(&mut out);
+    let _ = tokio::time::timeout(Duration::from_secs(1), est.stream.send(&out)).await;
+}

@@ -1,0 +1,275 @@
+//! Choosing a database's upstream for a new server connection (docs/resilience.md): the
+//! candidates that fit the database's `target_session_attrs` as last seen, in the order to
+//! try them (known fits, then unknown, then known misfits, since roles change; each group by
+//! region, latency within `proximity_tolerance`, then fewest open servers). The caller checks
+//! what each server says it is after login, as libpq does.
+
+pub mod breaker;
+mod connect;
+pub mod endpoint;
+pub mod health;
+
+pub use connect::{Via, connect};
+
+pub use endpoint::{Endpoint, Health, Role};
+
+use crate::backend::params::SessionParams;
+use crate::config::SessionAttrs;
+use dashmap::DashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// A database's upstreams and what its clients want of them.
+#[derive(Clone)]
+pub struct Route {
+    pub attrs: SessionAttrs,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// max_standby_lag in seconds (0: no bound).
+    pub max_lag: f64,
+    pub tolerance: Duration,
+    /// This instance's region.
+    pub region: Option<Arc<str>>,
+    /// Failures in a row that open an endpoint's circuit, and its first backoff.
+    pub failures: u32,
+    pub backoff: Duration,
+}
+
+impl PartialEq for Route {
+    /// The same servers wanted the same way (a RELOAD that changes either retires the
+    /// connections opened under the old one).
+    fn eq(&self, o: &Route) -> bool {
+        self.attrs == o.attrs
+            && self.endpoints.len() == o.endpoints.len()
+            && self
+                .endpoints
+                .iter()
+                .zip(&o.endpoints)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+impl Eq for Route {}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let addrs: Vec<String> = self.endpoints.iter().map(|e| e.address()).collect();
+        f.debug_struct("Route")
+            .field("attrs", &self.attrs.as_str())
+            .field("endpoints", &addrs)
+            .finish()
+    }
+}
+
+impl Route {
+    /// The endpoints to try for a new connection, best first; those whose circuit is open
+    /// (and unhealthy ones, while a healthy one is left) are not there.
+    pub fn candidates(&self, now: Instant) -> Vec<Arc<Endpoint>> {
+        let mut seen: Vec<(Arc<Endpoint>, Health)> = self
+            .endpoints
+            .iter()
+            .map(|e| (e.clone(), e.health()))
+            .filter(|(_, h)| h.breaker.state(now) != breaker::State::Open)
+            .collect();
+        if seen.iter().any(|(_, h)| h.healthy) {
+            seen.retain(|(_, h)| h.healthy);
+        }
+        let best = |rank: u8| {
+            seen.iter()
+                .filter(|(_, h)| self.rank(h) == rank && h.latency_us > 0.0)
+                .map(|(_, h)| h.latency_us)
+                .fold(f64::INFINITY, f64::min)
+        };
+        let tolerance = self.tolerance.as_secs_f64() * 1e6;
+        let mut keyed: Vec<_> = seen
+            .iter()
+            .map(|(e, h)| {
+                let rank = self.rank(h);
+                let elsewhere = match (&self.region, &e.region) {
+                    (Some(mine), Some(theirs)) => **mine != **theirs,
+                    _ => false,
+                };
+                let far = h.latency_us > best(rank) + tolerance;
+                let open = e.open.load(Ordering::Relaxed);
+                ((rank, elsewhere, far, open), e.clone())
+            })
+            .collect();
+        keyed.sort_by_key(|(k, _)| *k);
+        keyed.into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// 0: fits as last seen (and is preferred); 1: not known yet; 2: fits but is not
+    /// preferred (prefer-standby's primary); 3: did not fit when last seen.
+    fn rank(&self, h: &Health) -> u8 {
+        if h.role == Role::Unknown {
+            return 1;
+        }
+        match (
+            h.fits(self.attrs, self.max_lag),
+            h.preferred(self.attrs, self.max_lag),
+        ) {
+            (true, true) => 0,
+            (true, false) => 2,
+            (false, _) => 3,
+        }
+    }
+
+    /// The sum of its endpoints' generations: it moves whenever one changes role, health or
+    /// lag (a few atomic loads: read on every checkout of a routed connection).
+    pub fn generation(&self) -> u64 {
+        self.endpoints.iter().map(|e| e.generation()).sum()
+    }
+
+    /// Whether the attrs need to know a server's role at all.
+    pub fn needs_role(&self) -> bool {
+        self.attrs != SessionAttrs::Any
+    }
+}
+
+/// What a server's login parameters say it is: PostgreSQL 14 and later report
+/// `in_hot_standby` and `default_transaction_read_only`. None: it did not say (an older server
+/// or a pooler), and a query must tell.
+pub fn role_from_params(p: &SessionParams) -> Option<(Role, bool)> {
+    let standby = p.reported.get("in_hot_standby")?;
+    let read_only = p.reported.get("default_transaction_read_only") == Some("on");
+    let role = if standby == "on" {
+        Role::Standby
+    } else {
+        Role::Primary
+    };
+    Some((role, read_only))
+}
+
+/// The query that tells when the parameters do not.
+pub const ROLE_QUERY: &str = "SELECT pg_catalog.pg_is_in_recovery()::text, pg_catalog.current_setting('default_transaction_read_only')";
+
+/// Every endpoint pgsluice knows, by address, shared by the databases that list it: one
+/// health check and one circuit per server.
+#[derive(Default)]
+pub struct Endpoints {
+    by_addr: DashMap<(String, u16, Option<String>), Arc<Endpoint>>,
+}
+
+impl Endpoints {
+    /// The endpoint for this entry, made (and its health checks started) on first use.
+    pub fn get(
+        &self,
+        entry: &crate::config::UpstreamEntry,
+        default_port: u16,
+        checks: health::Checks,
+    ) -> Arc<Endpoint> {
+        let port = entry.port.unwrap_or(default_port);
+        let tenant = entry.tenant.as_ref().map(|t| t.to_string());
+        let key = (entry.host.to_string(), port, tenant);
+        if let Some(e) = self.by_addr.get(&key) {
+            return e.clone();
+        }
+        let e = Arc::new(Endpoint::new(
+            &entry.host,
+            port,
+            entry.region.as_deref(),
+            entry.kind,
+            entry.tenant.as_deref(),
+        ));
+        let e = self.by_addr.entry(key).or_insert(e).clone();
+        health::spawn(&e, checks);
+        e
+    }
+
+    pub fn all(&self) -> Vec<Arc<Endpoint>> {
+        let mut v: Vec<_> = self.by_addr.iter().map(|e| e.value().clone()).collect();
+        v.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EndpointKind;
+
+    fn endpoint(port: u16, region: &str) -> Arc<Endpoint> {
+        Arc::new(Endpoint::new(
+            "127.0.0.1",
+            port,
+            Some(region),
+            EndpointKind::Postgres,
+            None,
+        ))
+    }
+
+    fn route(attrs: SessionAttrs, endpoints: &[Arc<Endpoint>]) -> Route {
+        Route {
+            attrs,
+            endpoints: endpoints.to_vec(),
+            max_lag: 10.0,
+            tolerance: Duration::from_millis(2),
+            region: Some("here".into()),
+            failures: 3,
+            backoff: Duration::from_secs(5),
+        }
+    }
+
+    fn ports(v: &[Arc<Endpoint>]) -> Vec<u16> {
+        v.iter().map(|e| e.port).collect()
+    }
+
+    #[test]
+    fn known_fits_go_first_then_unknown_then_misfits() {
+        let (a, b, c) = (
+            endpoint(1, "here"),
+            endpoint(2, "here"),
+            endpoint(3, "here"),
+        );
+        a.learned(Role::Standby, false);
+        c.learned(Role::Primary, false);
+        let now = Instant::now();
+        let rw = route(SessionAttrs::ReadWrite, &[a.clone(), b.clone(), c.clone()]);
+        assert_eq!(ports(&rw.candidates(now)), [3, 2, 1]);
+        let ro = route(
+            SessionAttrs::PreferStandby,
+            &[c.clone(), b.clone(), a.clone()],
+        );
+        assert_eq!(ports(&ro.candidates(now)), [1, 2, 3]);
+        // An open circuit takes a server out; an unhealthy one goes while a healthy is left.
+        for _ in 0..3 {
+            c.failed("refused", 3, Duration::from_secs(5));
+        }
+        assert_eq!(ports(&rw.candidates(now)), [2, 1]);
+        b.checked(Err("check failed".into()), 2, 0.0);
+        assert_eq!(ports(&rw.candidates(now)), [1]);
+    }
+
+    #[test]
+    fn the_nearer_region_and_latency_win_then_fewer_open_servers() {
+        let (a, b, c) = (endpoint(1, "far"), endpoint(2, "here"), endpoint(3, "here"));
+        for e in [&a, &b, &c] {
+            e.learned(Role::Primary, false);
+        }
+        a.checked(Ok((Duration::from_micros(100), None)), 1, 0.0);
+        b.checked(Ok((Duration::from_micros(25_000), None)), 1, 0.0);
+        c.checked(Ok((Duration::from_micros(1_000), None)), 1, 0.0);
+        let r = route(SessionAttrs::Any, &[a.clone(), b.clone(), c.clone()]);
+        let now = Instant::now();
+        // Same region first; within it the 1 ms one is near, the 25 ms one is not.
+        assert_eq!(ports(&r.candidates(now)), [3, 2, 1]);
+        // Within the tolerance, the one with fewer open servers.
+        b.checked(Ok((Duration::from_micros(1_000), None)), 1, 0.0);
+        for _ in 0..20 {
+            b.checked(Ok((Duration::from_micros(1_500), None)), 1, 0.0);
+        }
+        c.opened();
+        assert_eq!(ports(&r.candidates(now))[..2], [2, 3]);
+    }
+
+    #[test]
+    fn roles_come_from_the_login_parameters_when_reported() {
+        let mut p = SessionParams::default();
+        assert_eq!(role_from_params(&p), None);
+        p.reported.set("in_hot_standby", "on");
+        assert_eq!(role_from_params(&p), Some((Role::Standby, false)));
+        p.reported.set("in_hot_standby", "off");
+        p.reported.set("default_transaction_read_only", "on");
+        assert_eq!(role_from_params(&p), Some((Role::Primary, true)));
+    }
+}

@@ -1,0 +1,295 @@
+//! Several upstreams per database against real PostgreSQL: a primary and a streaming standby
+//! made in the test (pg_basebackup), the contract's upstreams.toml (writes to the primary,
+//! reads to the standby, a promotion followed without restart), and the circuit breaker.
+
+mod support;
+
+use support::faults::FaultRelay;
+
+use pgsluice::config::PoolMode;
+use pgsluice::devdb::DevDb;
+use std::time::{Duration, Instant};
+use support::*;
+use tokio_postgres::Client;
+
+/// A primary that lets a standby copy it, with the tests' role and database.
+fn primary() -> DevDb {
+    let pg = DevDb::start(
+        &[
+            "local replication all trust",
+            "host all all 127.0.0.1/32 md5",
+        ],
+        &[],
+    )
+    .expect("PostgreSQL must start for the integration tests");
+    pg.psql(&format!(
+        "CREATE ROLE {SCRAM_ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}'"
+    ))
+    .unwrap();
+    pg.psql(&format!("CREATE DATABASE appdb OWNER {SCRAM_ROLE}"))
+        .unwrap();
+    pg
+}
+
+/// minimal.toml and upstreams.toml as outside tools fill them, with `general` keys.
+fn contract(pg: &DevDb, standby_port: u16, general: &str) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/contract");
+    let read = |name: &str, fallback: &str| {
+        std::fs::read_to_string(dir.join(name)).unwrap_or_else(|_| fallback.to_owned())
+    };
+    let minimal = read("minimal.toml", include_str!("data/minimal.toml"));
+    let upstreams = read("upstreams.toml", include_str!("data/upstreams.toml"));
+    format!("[general]\n{general}\n{minimal}\n{upstreams}")
+        .replace("@SESSION_PORT@", "0")
+        .replace("@TXN_PORT@", "0")
+        .replace("@HTTP_PORT@", "0")
+        .replace("@PG_PORT@", &pg.port.to_string())
+        .replace("@STANDBY_PORT@", &standby_port.to_string())
+        .replace("@PG_DB@", "appdb")
+        .replace("@AGENT_PASSWORD@", "agent-pw")
+        .replace("@PG_USER@", SCRAM_ROLE)
+        .replace("@PG_PASSWORD@", ROLE_PASSWORD)
+        .replace("@ADMIN_PASSWORD@", "admin-pw")
+}
+
+async fn client(proxy: &Proxy, db: &str) -> Result<Client, tokio_postgres::Error> {
+    connect(&proxy.url(PoolMode::Transaction, ("agent", "agent-pw"), db)).await
+}
+
+/// A client's login and one statement on `db`.
+async fn one_statement(proxy: &Proxy, db: &str) -> Result<(), tokio_postgres::Error> {
+    client(proxy, db).await?.batch_execute("SELECT 1").await
+}
+
+/// (in recovery, the server's port) of the server `c`'s next transaction runs on.
+async fn whereabouts(c: &Client) -> Result<(bool, i32), tokio_postgres::Error> {
+    let r = c
+        .query_one("SELECT pg_is_in_recovery(), inet_server_port()", &[])
+        .await?;
+    Ok((r.get(0), r.get(1)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_to_the_primary_reads_to_the_standby_and_a_promotion_is_followed() {
+    let mut pg = primary();
+    let standby = DevDb::standby_of(&pg).unwrap();
+    let text = contract(&pg, standby.port, "health_check_interval = 0.2");
+    let proxy = Proxy::start(&text).await;
+
+    let rw = client(&proxy, "app_rw").await.unwrap();
+    let ro = client(&proxy, "app_ro").await.unwrap();
+    assert_eq!(whereabouts(&rw).await.unwrap(), (false, pg.port as i32));
+    assert_eq!(whereabouts(&ro).await.unwrap(), (true, standby.port as i32));
+    rw.batch_execute(
+        "CREATE TABLE acked (n int); INSERT INTO acked SELECT generate_series(1, 100)",
+    )
+    .await
+    .unwrap();
+    // The standby replays it: app_ro reads it there.
+    let start = Instant::now();
+    loop {
+        let seen = ro.query_one("SELECT count(*) FROM acked", &[]).await;
+        if seen.is_ok_and(|r| r.get::<_, i64>(0) == 100) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never replicated"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let e = ro
+        .batch_execute("INSERT INTO acked VALUES (0)")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("25006"), "{e}");
+
+    // The primary goes away; the standby is promoted. app_rw follows with no reload.
+    pg.stop();
+    standby.promote().unwrap();
+    let start = Instant::now();
+    let mut errors = Vec::new();
+    let moved = loop {
+        assert!(start.elapsed() < Duration::from_secs(30), "{errors:?}");
+        match rw.batch_execute("INSERT INTO acked VALUES (101)").await {
+            Ok(()) => break whereabouts(&rw).await.unwrap(),
+            Err(e) => {
+                // In flight on the dead server: 08006; no writable server yet: 57P03.
+                let code = e.code().map(|c| c.code().to_owned());
+                assert!(
+                    matches!(code.as_deref(), Some("08006") | Some("57P03")),
+                    "{e}"
+                );
+                errors.push(e.to_string());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(moved, (false, standby.port as i32));
+    // Nothing acknowledged was lost.
+    let n: i64 = rw
+        .query_one("SELECT count(*) FROM acked", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 101);
+    // prefer-standby has no standby left: it reads from the new primary.
+    let ro = client(&proxy, "app_ro").await.unwrap();
+    assert_eq!(
+        whereabouts(&ro).await.unwrap(),
+        (false, standby.port as i32)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_opens_fails_fast_and_closes_after_a_probe() {
+    let mut pg = primary();
+    let upstreams = format!(
+        "\n[[databases]]\nname = \"guarded\"\ndbname = \"appdb\"\nupstreams = [{{ host = \"127.0.0.1\", port = {} }}]\n",
+        pg.port
+    );
+    let general = "health_check_interval = 0\ncircuit_failures = 2\ncircuit_backoff = 1";
+    let text = contract(&pg, 1, general)
+        .split("[[databases]]\nname = \"app_rw\"")
+        .next()
+        .unwrap()
+        .to_owned()
+        + &upstreams;
+    let proxy = Proxy::start(&text).await;
+    one_statement(&proxy, "guarded").await.unwrap();
+    pg.stop();
+    // Two failed connects open it; from then on clients fail at once, naming it.
+    let mut messages = Vec::new();
+    for _ in 0..2 {
+        let e = one_statement(&proxy, "guarded").await.unwrap_err();
+        messages.push(e.to_string());
+    }
+    let start = Instant::now();
+    let e = one_statement(&proxy, "guarded").await.unwrap_err();
+    let took = start.elapsed();
+    let db = e
+        .as_db_error()
+        .map(|d| (d.code().code().to_owned(), d.message().to_owned()));
+    let (code, message) = db.unwrap_or_else(|| panic!("{e} after {messages:?}"));
+    assert_eq!(code, "57P03");
+    assert!(
+        message.contains(&format!("127.0.0.1:{} (circuit open", pg.port)),
+        "{message}"
+    );
+    assert!(took < Duration::from_millis(500), "failed fast: {took:?}");
+    // Back up: after the backoff one probe goes through and closes the circuit.
+    pg.restart().unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    one_statement(&proxy, "guarded").await.unwrap();
+    one_statement(&proxy, "guarded").await.unwrap();
+}
+
+/// Polls `c`'s next transactions until they run where `want` says, or fails after 20 s.
+async fn until_on(c: &Client, want: (bool, i32), what: &str) {
+    let start = Instant::now();
+    loop {
+        let at = whereabouts(c).await;
+        if at.as_ref().is_ok_and(|a| *a == want) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{what}: {at:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_standby_leaves_the_read_rotation_and_returns() {
+    let pg = primary();
+    let standby = DevDb::standby_of(&pg).unwrap();
+    let general = "health_check_interval = 0.2\nmax_standby_lag = 1";
+    let proxy = Proxy::start(&contract(&pg, standby.port, general)).await;
+    let rw = client(&proxy, "app_rw").await.unwrap();
+    let ro = client(&proxy, "app_ro").await.unwrap();
+    rw.batch_execute("CREATE TABLE ticks (at timestamptz)")
+        .await
+        .unwrap();
+    until_on(
+        &ro,
+        (true, standby.port as i32),
+        "reads start on the standby",
+    )
+    .await;
+    standby.psql("SELECT pg_wal_replay_pause()").unwrap();
+    // Writes keep coming; the standby replays none of them.
+    let writer = tokio::spawn(async move {
+        for _ in 0..60 {
+            let _ = rw.batch_execute("INSERT INTO ticks VALUES (now())").await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    until_on(
+        &ro,
+        (false, pg.port as i32),
+        "a lagging standby serves no reads",
+    )
+    .await;
+    standby.psql("SELECT pg_wal_replay_resume()").unwrap();
+    until_on(
+        &ro,
+        (true, standby.port as i32),
+        "caught up, it serves reads again",
+    )
+    .await;
+    writer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_loses_traffic_to_a_fast_one() {
+    let pg = primary();
+    let slow = FaultRelay::start(pg.port).await;
+    slow.set_latency(20);
+    let general = "health_check_interval = 0.1";
+    let db = format!(
+        "\n[[databases]]\nname = \"near\"\ndbname = \"appdb\"\npool_size = 8\nupstreams = [{{ host = \"127.0.0.1\", port = {} }}, {{ host = \"127.0.0.1\", port = {} }}]\n",
+        slow.port, pg.port
+    );
+    let text = contract(&pg, 1, general)
+        .split("[[databases]]\nname = \"app_rw\"")
+        .next()
+        .unwrap()
+        .to_owned()
+        + &db;
+    let proxy = Proxy::start(&text).await;
+    one_statement(&proxy, "near").await.unwrap();
+    // Both are checked (the slow one about 20 ms a round trip): then 8 servers at once.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = slow.accepted.load(std::sync::atomic::Ordering::Relaxed);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let c = client(&proxy, "near").await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            c.batch_execute("SELECT pg_sleep(0.5)").await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let through_slow = slow.accepted.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert_eq!(through_slow, 0, "new servers went to the near upstream");
+    let rows = console(
+        &pg,
+        &proxy,
+        ("pgsluice_admin", "admin-pw"),
+        "SHOW UPSTREAMS",
+    )
+    .unwrap();
+    let row = |port: u16| {
+        rows.iter()
+            .find(|r| r["port"] == port.to_string())
+            .unwrap_or_else(|| panic!("{rows:?}"))
+            .clone()
+    };
+    let (s, f) = (row(slow.port), row(pg.port));
+    let ms =
+        |r: &std::collections::HashMap<String, String>| r["latency_ms"].parse::<f64>().unwrap();
+    assert!(ms(&s) >= 20.0 && ms(&f) < 10.0, "{s:?} {f:?}");
+    assert_eq!(
+        (s["role"].as_str(), s["circuit"].as_str()),
+        ("primary", "closed")
+    );
+}
