@@ -67,6 +67,7 @@ impl App {
             config: ArcSwap::from_pointee(config),
             metrics: crate::metrics::Metrics::new(
                 pools.map(),
+                pools.endpoint_registry(),
                 clients.clone(),
                 activity.clone(),
                 tls.clone(),

@@ -93,6 +93,7 @@ pub struct TlsLabels {
 impl Metrics {
     pub fn new(
         pools: Arc<DashMap<PoolKey, Arc<Pool>>>,
+        endpoints: Arc<crate::backend::route::Endpoints>,
         clients: Arc<Clients>,
         activity: Arc<Activity>,
         tls: Arc<crate::net::tls::Acceptor>,
@@ -163,6 +164,7 @@ impl Metrics {
         );
         registry.register_collector(Box::new(PoolCollector {
             pools,
+            endpoints,
             clients,
             activity,
             tls,
@@ -270,6 +272,7 @@ struct ClassLabels {
 /// Reads every pool at scrape time.
 struct PoolCollector {
     pools: Arc<DashMap<PoolKey, Arc<Pool>>>,
+    endpoints: Arc<crate::backend::route::Endpoints>,
     clients: Arc<Clients>,
     activity: Arc<Activity>,
     tls: Arc<crate::net::tls::Acceptor>,
@@ -313,8 +316,72 @@ fn histogram(
     e.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+    region: String,
+}
+
+impl PoolCollector {
+    /// Each upstream server of a database with several (docs/resilience.md).
+    fn encode_upstreams(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        let now = std::time::Instant::now();
+        let mut rows: [Vec<(UpstreamLabels, f64)>; 6] = Default::default();
+        for e in self.endpoints.all() {
+            let h = e.health();
+            let l = UpstreamLabels {
+                upstream: e.address(),
+                region: e.region.as_deref().unwrap_or("").to_owned(),
+            };
+            let open = h.breaker.state(now) != crate::backend::route::breaker::State::Closed;
+            let values = [
+                f64::from(u8::from(h.healthy)),
+                f64::from(u8::from(h.role == crate::backend::route::Role::Primary)),
+                f64::from(u8::from(open)),
+                h.latency_us / 1e6,
+                h.lag.unwrap_or(0.0),
+                f64::from(u8::from(h.lagging)),
+            ];
+            for (r, v) in rows.iter_mut().zip(values) {
+                r.push((l.clone(), v));
+            }
+        }
+        let help = [
+            (
+                "upstream_healthy",
+                "1 while the upstream's health checks pass",
+            ),
+            (
+                "upstream_is_primary",
+                "1 while the upstream says it is not in recovery",
+            ),
+            (
+                "upstream_circuit",
+                "1 while the upstream's circuit is open or half-open",
+            ),
+            (
+                "upstream_latency_seconds",
+                "Round trip of the upstream's health check (EWMA)",
+            ),
+            (
+                "upstream_lag_seconds",
+                "How far a standby's replay is behind",
+            ),
+            (
+                "upstream_lagging",
+                "1 while a standby lags more than max_standby_lag",
+            ),
+        ];
+        for ((name, text), r) in help.into_iter().zip(&rows) {
+            family(enc, name, text, MetricType::Gauge, r, gauge)?;
+        }
+        Ok(())
+    }
+}
+
 impl Collector for PoolCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        self.encode_upstreams(&mut enc)?;
         let mut pools: Vec<Arc<Pool>> = self.pools.iter().map(|e| e.value().clone()).collect();
         pools.sort_by(|a, b| (&a.key.database, &a.key.role).cmp(&(&b.key.database, &b.key.role)));
         let clients = self.clients.all();

@@ -45,7 +45,7 @@ fn prometheus_rules_validate_with_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("SUCCESS: 13 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 16 rules found"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +89,16 @@ async fn dashboard_and_rules_use_only_exported_metrics() {
         &format!("{tls}[http]\naddr = \"127.0.0.1:0\"\n\n[admin]"),
         1,
     );
+    // A database with several upstreams, for the pgsluice_upstream_* families of its servers.
+    let text = format!(
+        "{text}\n[[databases]]\nname = \"routed\"\ndbname = \"appdb\"\ntarget_session_attrs = \"read-write\"\nupstreams = [{{ host = \"127.0.0.1\", port = {} }}]\n",
+        pg.port
+    );
     let proxy = Proxy::start(&text).await;
+    let routed = connect(&proxy.url(PoolMode::Transaction, AGENT, "routed"))
+        .await
+        .unwrap();
+    routed.batch_execute("SELECT 1").await.unwrap();
     let c = proxy.connect(PoolMode::Transaction).await;
     let stmt = c.prepare("SELECT $1::int + 1").await.unwrap();
     for i in 0..3 {

@@ -29,7 +29,7 @@ pub struct Pools {
     /// settings share one; cleared on RELOAD).
     tls_configs: Mutex<HashMap<UpstreamTls, Arc<rustls::ClientConfig>>>,
     /// Every upstream server, by address: one health check and one circuit each.
-    endpoints: Endpoints,
+    endpoints: Arc<Endpoints>,
 }
 
 #[derive(Default)]
@@ -180,6 +180,11 @@ impl Pools {
     /// Every upstream server the databases list, with what was learned of it.
     pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
         self.endpoints.all()
+    }
+
+    /// The shared registry of upstream servers, for the metrics collector.
+    pub fn endpoint_registry(&self) -> Arc<Endpoints> {
+        self.endpoints.clone()
     }
 
     /// The pool for `user` on `db`, created (and its maintenance started) on first use.

@@ -41,6 +41,8 @@ pub struct Health {
     pub latency_us: f64,
     /// How far a standby's replay is behind, in seconds.
     pub lag: Option<f64>,
+    /// Further than max_standby_lag: out of the read rotation.
+    pub lagging: bool,
     pub last_error: Option<String>,
 }
 
@@ -54,6 +56,7 @@ impl Default for Health {
             breaker: Breaker::default(),
             latency_us: 0.0,
             lag: None,
+            lagging: false,
             last_error: None,
         }
     }
@@ -194,6 +197,7 @@ impl Endpoint {
         let lagging = |h: &Health| max_lag > 0.0 && h.lag.is_some_and(|l| l > max_lag);
         let (was_healthy, was_lagging) = (h.healthy, lagging(&h));
         self.apply_check(&mut h, outcome, needed);
+        h.lagging = lagging(&h);
         if was_healthy != h.healthy || was_lagging != lagging(&h) {
             if lagging(&h) {
                 tracing::warn!(upstream = %self.address(), lag = h.lag, "standby lags more than max_standby_lag: out of the read rotation");
