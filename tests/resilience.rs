@@ -293,3 +293,93 @@ async fn a_slow_upstream_loses_traffic_to_a_fast_one() {
         ("primary", "closed")
     );
 }
+
+/// One writer of the restart test: inserts (writer, n) until `stop`, reconnecting when its
+/// connection is closed; returns what the server acknowledged and the SQLSTATEs it saw.
+async fn writer(proxy_url: String, id: i32, stop: Instant) -> (Vec<i32>, Vec<String>) {
+    let (mut acked, mut codes) = (Vec::new(), Vec::new());
+    let mut conn: Option<Client> = None;
+    let mut n = 0;
+    while Instant::now() < stop {
+        let c = match conn.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => match tokio::time::timeout(Duration::from_secs(20), connect(&proxy_url)).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    codes.push(e.code().map_or("connect".into(), |c| c.code().to_owned()));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(_) => panic!("writer {id}: a login hung"),
+            },
+        };
+        n += 1;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&id, &n];
+        let insert = c.execute("INSERT INTO acked VALUES ($1, $2)", &params);
+        match tokio::time::timeout(Duration::from_secs(20), insert).await {
+            Ok(Ok(_)) => acked.push(n),
+            Ok(Err(e)) => codes.push(e.code().map_or("closed".into(), |c| c.code().to_owned())),
+            Err(_) => panic!("writer {id}: an INSERT hung"),
+        }
+        conn = Some(c);
+    }
+    (acked, codes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_writers_through_a_restart_lose_no_acknowledged_row_and_never_hang() {
+    let mut pg = primary();
+    let text = contract(&pg, 1, "server_connect_timeout = 10")
+        .split("[[databases]]\nname = \"app_rw\"")
+        .next()
+        .unwrap()
+        .to_owned();
+    let proxy = Proxy::start(&text).await;
+    let url = proxy.url(PoolMode::Transaction, ("agent", "agent-pw"), "app");
+    connect(&url)
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE acked (writer int, n int)")
+        .await
+        .unwrap();
+    let stop = Instant::now() + Duration::from_secs(8);
+    let writers: Vec<_> = (0..50)
+        .map(|id| tokio::spawn(writer(url.clone(), id, stop)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    pg.stop();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    pg.restart().unwrap();
+    let mut acked = std::collections::HashSet::new();
+    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    let mut after = 0;
+    for (id, w) in writers.into_iter().enumerate() {
+        let (rows, seen) = w.await.unwrap();
+        after += usize::from(rows.len() > 1);
+        for c in seen {
+            *codes.entry(c).or_default() += 1;
+        }
+        acked.extend(rows.into_iter().map(|n| (id as i32, n)));
+    }
+    // Errors are the clear ones: the server went away (57P01, 08006) or was not there yet
+    // (57P03), or the driver saw its connection closed.
+    for code in codes.keys() {
+        assert!(
+            ["57P01", "08006", "57P03", "closed"].contains(&code.as_str()),
+            "{codes:?}"
+        );
+    }
+    let c = connect(&url).await.unwrap();
+    let stored: std::collections::HashSet<(i32, i32)> = c
+        .query("SELECT writer, n FROM acked", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    eprintln!("{} rows acknowledged, errors {codes:?}", acked.len());
+    let lost: Vec<_> = acked.difference(&stored).collect();
+    assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
+    assert!(acked.len() > 500, "{} rows, errors {codes:?}", acked.len());
+    assert_eq!(after, 50, "every writer got rows in");
+}

@@ -131,12 +131,26 @@ pub enum ConnectError {
     Tls(String),
     #[error("SCRAM passthrough: {0} (the password may have changed upstream)")]
     Passthrough(String),
-    /// None of a database's upstreams could serve: why, per upstream.
-    #[error("{0}")]
-    NoUpstream(String),
+    /// None of a database's upstreams could serve: why, per upstream; `tried`: a connection
+    /// was attempted (not every circuit was open).
+    #[error("{why}")]
+    NoUpstream { why: String, tried: bool },
 }
 
 impl ConnectError {
+    /// The server could not be reached (refused, reset, timed out) or is starting up: it may
+    /// be restarting. A refused login, a protocol or TLS mistake, or a database whose upstreams' circuits are
+    /// all open is not worth trying again at once.
+    pub fn worth_retrying(&self) -> bool {
+        match self {
+            ConnectError::Io(_) | ConnectError::Timeout => true,
+            ConnectError::NoUpstream { tried, .. } => *tried,
+            // "the database system is starting up" (or shutting down, or in recovery).
+            ConnectError::Refused(e) => e.code == "57P03",
+            _ => false,
+        }
+    }
+
     /// What the client whose request needed this connection is told. Upstream addresses stay
     /// in the log; an upstream's own refusal keeps its SQLSTATE.
     pub fn to_client(&self) -> ClientError {
@@ -147,7 +161,7 @@ impl ConnectError {
                 format!("server login failed: {}", e.message),
             ),
             // Says which servers and why (their states, never credentials).
-            ConnectError::NoUpstream(why) => ClientError::server_unavailable(why),
+            ConnectError::NoUpstream { why, .. } => ClientError::server_unavailable(why),
             _ => ClientError::server_unavailable(
                 "server unavailable: pgsluice cannot connect to the database server",
             ),

@@ -323,21 +323,55 @@ impl Pool {
         Some(conn)
     }
 
+    /// Connects, trying again after a failure to reach the server (refused, reset, timed out)
+    /// with exponential backoff and full jitter until `budget` (server_connect_timeout) is
+    /// spent: a server restarting for a few seconds costs its clients a wait, not an error.
+    /// A refused login, or every candidate's circuit open, ends it at once.
+    async fn connect_retrying(
+        &self,
+        template: &Arc<Upstream>,
+        budget: Duration,
+    ) -> Result<Opened, ConnectError> {
+        let deadline = Instant::now() + budget;
+        let mut backoff = RETRY_FIRST;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let r = self.connect_once(template, left).await;
+            match r {
+                Err(e) if e.worth_retrying() && Instant::now() + backoff < deadline => {
+                    tracing::debug!(pool = %self.key, error = %e, "server connect failed: trying again");
+                    let pause = backoff.mul_f64(rand::random::<f64>());
+                    tokio::time::sleep(pause).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn connect_once(
+        &self,
+        template: &Arc<Upstream>,
+        timeout: Duration,
+    ) -> Result<Opened, ConnectError> {
+        match &template.route {
+            Some(route) => {
+                crate::backend::route::connect(&*self.connector, template, route, timeout)
+                    .await
+                    .map(|(est, up, via)| (est, up, Some(via)))
+            }
+            None => (self.connector.establish(template, timeout).await)
+                .map(|est| (est, template.clone(), None)),
+        }
+    }
+
     pub(super) async fn open(
         self: &Arc<Self>,
         mut slot: Slot,
     ) -> Result<ServerConn, CheckoutError> {
         let template = self.upstream();
         let timeout = self.settings.load().connect_timeout;
-        let opened = match &template.route {
-            Some(route) => {
-                crate::backend::route::connect(&*self.connector, &template, route, timeout)
-                    .await
-                    .map(|(est, up, via)| (est, up, Some(via)))
-            }
-            None => (self.connector.establish(&template, timeout).await)
-                .map(|est| (est, template.clone(), None)),
-        };
+        let opened = self.connect_retrying(&template, timeout).await;
         let upstream = template;
         match opened {
             Ok((est, upstream, via)) => {
@@ -397,6 +431,18 @@ impl Pool {
         }
     }
 }
+
+/// A server logged in: its stream, the login at the server chosen, and that server when the
+/// database has several.
+type Opened = (
+    crate::backend::connect::Established,
+    Arc<Upstream>,
+    Option<crate::backend::route::Via>,
+);
+
+/// The first pause before a connect is tried again, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// A place in the wait queue; leaving it (timeout, cancel, client gone) takes the entry out,
 /// and hands on anything granted in the meantime.

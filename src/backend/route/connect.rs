@@ -47,6 +47,7 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<(Established, Arc<Upstream>, Via), ConnectError> {
     let mut why = Vec::new();
+    let mut tried = false;
     let passes: &[bool] = if route.attrs == SessionAttrs::PreferStandby {
         &[true, false]
     } else {
@@ -54,6 +55,10 @@ pub async fn connect(
     };
     for &standby_only in passes {
         for e in route.candidates(Instant::now()) {
+            if !e.admit(Instant::now()) {
+                continue;
+            }
+            tried = true;
             let up = Arc::new(template.at(&e));
             match try_one(connector, &up, &e, route, timeout, standby_only).await {
                 Ok(est) => {
@@ -63,7 +68,10 @@ pub async fn connect(
                     }
                     return Ok((est, up, Via::new(e, route)));
                 }
-                Err(Some(ConnectError::Refused(r))) => return Err(ConnectError::Refused(r)),
+                // A wrong password is wrong on every server; one starting up is only busy.
+                Err(Some(ConnectError::Refused(r))) if r.code != "57P03" => {
+                    return Err(ConnectError::Refused(r));
+                }
                 Err(Some(err)) => why.push(format!("{} ({err})", e.address())),
                 Err(None) => why.push(format!("{} ({})", e.address(), e.health().role.as_str())),
             }
@@ -82,12 +90,15 @@ pub async fn connect(
         }
     }
     why.dedup();
-    Err(ConnectError::NoUpstream(format!(
-        "no upstream of database \"{}\" can serve target_session_attrs={}: {}",
-        template.dbname,
-        route.attrs.as_str(),
-        why.join("; ")
-    )))
+    Err(ConnectError::NoUpstream {
+        why: format!(
+            "no upstream of database \"{}\" can serve target_session_attrs={}: {}",
+            template.dbname,
+            route.attrs.as_str(),
+            why.join("; ")
+        ),
+        tried,
+    })
 }
 
 /// One candidate: Err(None) when it answered but does not fit.
@@ -99,9 +110,6 @@ async fn try_one(
     timeout: Duration,
     standby_only: bool,
 ) -> Result<Established, Option<ConnectError>> {
-    if !e.admit(Instant::now()) {
-        return Err(Some(ConnectError::NoUpstream("circuit open".into())));
-    }
     let mut est = match connector.establish(up, timeout).await {
         Ok(est) => est,
         Err(err) => {
@@ -138,7 +146,10 @@ async fn try_one(
 async fn ask_role(est: &mut Established, timeout: Duration) -> Result<(Role, bool), ConnectError> {
     let rows = query_pairs(&mut est.stream, ROLE_QUERY, timeout)
         .await
-        .map_err(|e| ConnectError::NoUpstream(format!("asking its role failed: {e}")))?;
+        .map_err(|e| ConnectError::NoUpstream {
+            why: format!("asking its role failed: {e}"),
+            tried: true,
+        })?;
     let (recovery, read_only) = rows.into_iter().next().unwrap_or_default();
     let role = if recovery == "true" {
         Role::Standby
