@@ -192,7 +192,7 @@ async fn handle(
 }
 
 /// Ready when the proxy accepts connections and every configured database answers a TCP
-/// (or unix socket) connect.
+/// (or unix socket) connect (one of its upstreams, when it has several).
 async fn readiness(app: &App) -> (bool, serde_json::Value) {
     if app.is_shutting_down() {
         return (
@@ -203,21 +203,28 @@ async fn readiness(app: &App) -> (bool, serde_json::Value) {
     let config = app.config.load_full();
     let mut down = Vec::new();
     for db in config.databases.iter().map(|d| d.get_ref()) {
-        let probe = Upstream {
-            host: db.host.to_string(),
-            port: db.port,
-            dbname: String::new(),
-            user: String::new(),
-            password: None,
-            tls: None,
-            passthrough: None,
-            tenant: None,
-            route: None,
-        };
-        let ok = matches!(
-            tokio::time::timeout(PROBE_TIMEOUT, probe.open_socket()).await,
-            Ok(Ok(_))
-        );
+        // A database with several upstreams is up while one of them answers.
+        let mut ok = false;
+        for e in db.endpoints() {
+            let probe = Upstream {
+                host: e.host.to_string(),
+                port: e.port.unwrap_or(db.port),
+                dbname: String::new(),
+                user: String::new(),
+                password: None,
+                tls: None,
+                passthrough: None,
+                tenant: None,
+                route: None,
+            };
+            ok = matches!(
+                tokio::time::timeout(PROBE_TIMEOUT, probe.open_socket()).await,
+                Ok(Ok(_))
+            );
+            if ok {
+                break;
+            }
+        }
         if !ok {
             down.push(db.name.to_string());
         }

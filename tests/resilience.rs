@@ -383,3 +383,61 @@ async fn fifty_writers_through_a_restart_lose_no_acknowledged_row_and_never_hang
     assert!(acked.len() > 500, "{} rows, errors {codes:?}", acked.len());
     assert_eq!(after, 50, "every writer got rows in");
 }
+
+/// A `user.tenant` upstream behind a real PgBouncer in transaction mode: transaction-mode
+/// clients are served through it; a session-mode client and LISTEN, which a transaction
+/// pooler cannot hold, get a clear error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_behind_a_transaction_pooler_serves_transactions_not_sessions() {
+    let pg = primary();
+    let bouncer = support::pgbouncer::PgBouncer::start(
+        &format!(
+            "appdb = host=127.0.0.1 port={} dbname=appdb user={SCRAM_ROLE} password={ROLE_PASSWORD}",
+            pg.port
+        ),
+        // Only the tenant-qualified name exists there: pgsluice must log in as it.
+        &format!("\"{SCRAM_ROLE}.tenant1\" \"tenant-pw\"\n"),
+    );
+    let db = format!(
+        "\n[[databases]]\nname = \"pooled\"\ndbname = \"appdb\"\nupstreams = [{{ host = \"127.0.0.1\", port = {}, kind = \"transaction_pooler\", tenant = \"tenant1\" }}]\n",
+        bouncer.port
+    );
+    let text = contract(&pg, 1, "health_check_interval = 0.2")
+        .split("[[databases]]\nname = \"app_rw\"")
+        .next()
+        .unwrap()
+        .replace(ROLE_PASSWORD, "tenant-pw")
+        + &db;
+    let proxy = Proxy::start(&text).await;
+    let c = client(&proxy, "pooled").await.unwrap();
+    for i in 0..20 {
+        let r = c
+            .query_one("SELECT current_user::text, $1::int", &[&i])
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.get::<_, String>(0), r.get::<_, i32>(1)),
+            (SCRAM_ROLE.to_owned(), i)
+        );
+    }
+    // LISTEN in transaction mode goes through the database's LISTEN connection, which needs a
+    // session: there is none to be had here.
+    let mut raw = support::raw::Raw::open(proxy.port(PoolMode::Transaction)).await;
+    raw.login(196608, "agent", "agent-pw", "pooled")
+        .await
+        .unwrap();
+    // (Raw reports the SQLSTATE; the message is the one the session-mode login shows below.)
+    assert_eq!(raw.query("LISTEN jobs").await, Err("57P03".to_owned()));
+    let session = connect(&proxy.url(PoolMode::Session, ("agent", "agent-pw"), "pooled")).await;
+    let e = session.expect_err("a session cannot be held through a transaction pooler");
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "57P03");
+    assert!(
+        db.message().contains("cannot hold a session"),
+        "{}",
+        db.message()
+    );
+    // The client is still usable after the refused LISTEN.
+    let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}

@@ -130,7 +130,7 @@ async fn sample_one(
         conns.remove(db);
     }
     if !conns.contains_key(db) {
-        match connect::establish(&upstream, timeout).await {
+        match connect::establish_own(&upstream, timeout, None).await {
             Ok(est) => {
                 conns.insert(db.clone(), (upstream.clone(), est.stream));
             }

@@ -58,7 +58,7 @@ impl Upstream {
     }
 
     /// The user name the server sees.
-    fn login_user(&self) -> std::borrow::Cow<'_, str> {
+    pub fn login_user(&self) -> std::borrow::Cow<'_, str> {
         match &self.tenant {
             Some(t) => format!("{}.{t}", self.user).into(),
             None => self.user.as_str().into(),
@@ -213,6 +213,25 @@ pub async fn establish(up: &Upstream, timeout: Duration) -> Result<Established, 
     tokio::time::timeout(timeout, establish_inner(up))
         .await
         .map_err(|_| ConnectError::Timeout)?
+}
+
+/// The proxy's own connection (LISTEN, activity samples) to `up`'s database: on a database
+/// with several upstreams, a server that fits `attrs` (default: the database's
+/// `target_session_attrs`) and can hold a session (not a transaction pooler).
+pub async fn establish_own(
+    up: &Arc<Upstream>,
+    timeout: Duration,
+    attrs: Option<crate::config::SessionAttrs>,
+) -> Result<Established, ConnectError> {
+    let Some(route) = &up.route else {
+        return establish(up, timeout).await;
+    };
+    let want = super::route::Want {
+        attrs: attrs.unwrap_or(route.attrs),
+        session: true,
+    };
+    let (est, _, _) = super::route::connect(&Direct, up, route, want, timeout).await?;
+    Ok(est)
 }
 
 /// SSLRequest, then the TLS handshake if the server agrees (protocol 53.2.10). A server that

@@ -118,7 +118,9 @@ async fn run(
             Some(c) => c,
             None => return,
         };
-        let mut conn = match connect::establish(&upstream, connect_timeout).await {
+        // NOTIFY runs on the primary, and LISTEN is refused during recovery.
+        let primary = Some(crate::config::SessionAttrs::Primary);
+        let mut conn = match connect::establish_own(&upstream, connect_timeout, primary).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "notification connection failed");

@@ -104,6 +104,13 @@ impl Connection {
         }
     }
 
+    /// Whether a session can be held on it (not through a transaction pooler).
+    pub fn keeps_sessions(&self) -> bool {
+        self.via
+            .as_ref()
+            .is_none_or(|v| v.endpoint.kind.keeps_sessions())
+    }
+
     /// Runs the proxy's own simple query (reset, check, parameter sync), discarding rows and
     /// keeping ParameterStatus. An ErrorResponse from the server is returned as the error.
     pub async fn run_internal(

@@ -112,7 +112,7 @@ impl Login {
 fn md5_answer(up: &Upstream, salt: [u8; 4]) -> Result<String, ConnectError> {
     match (&up.password, &up.passthrough) {
         (Some(pw), _) => Ok(postgres_protocol::authentication::md5_hash(
-            up.user.as_bytes(),
+            up.login_user().as_bytes(),
             pw.as_bytes(),
             salt,
         )),

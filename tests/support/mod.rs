@@ -7,6 +7,7 @@ pub mod certs;
 pub mod faults;
 pub mod jwks;
 pub mod mcp;
+pub mod pgbouncer;
 pub mod raw;
 
 use pgsluice::app::Running;

@@ -83,12 +83,12 @@ impl Pool {
         loop {
             let mut ticket = match self.next_step(demand) {
                 Take::Idle(conn) => {
-                    if let Some(conn) = self.vet(conn, settings).await {
+                    if let Some(conn) = self.vet(conn, settings, demand.session).await {
                         return Ok(conn);
                     }
                     continue;
                 }
-                Take::Open(slot) => return self.open(slot).await,
+                Take::Open(slot) => return self.open(slot, demand.session).await,
                 Take::Fail(e) => return Err(e),
                 Take::Surplus(conn) => {
                     drop(conn);
@@ -117,7 +117,7 @@ impl Pool {
                         if let Some(slot) = self.reserve_slot(ticket.id, demand) {
                             ticket.rx = None;
                             tracing::info!(pool = %self.key, "waited reserve_pool_timeout: opening a reserve connection");
-                            return self.open(slot).await;
+                            return self.open(slot, demand.session).await;
                         }
                     }
                 }
@@ -125,11 +125,11 @@ impl Pool {
             ticket.rx = None;
             match grant {
                 Some(Grant::Conn(conn)) => {
-                    if let Some(conn) = self.vet(conn, settings).await {
+                    if let Some(conn) = self.vet(conn, settings, demand.session).await {
                         return Ok(conn);
                     }
                 }
-                Some(Grant::Slot(slot)) => return self.open(slot).await,
+                Some(Grant::Slot(slot)) => return self.open(slot, demand.session).await,
                 Some(Grant::Shed(why)) => return Err(CheckoutError::Shed(why)),
                 None => {}
             }
@@ -292,8 +292,10 @@ impl Pool {
         &self,
         mut conn: ServerConn,
         settings: &PoolSettings,
+        session: bool,
     ) -> Option<ServerConn> {
-        if !self.current(&conn) {
+        // A session cannot be held through a transaction pooler (its upstream's `kind`).
+        if !self.current(&conn) || (session && !conn.keeps_sessions()) {
             conn.terminate().await;
             return None;
         }
@@ -331,12 +333,13 @@ impl Pool {
         &self,
         template: &Arc<Upstream>,
         budget: Duration,
+        session: bool,
     ) -> Result<Opened, ConnectError> {
         let deadline = Instant::now() + budget;
         let mut backoff = RETRY_FIRST;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let r = self.connect_once(template, left).await;
+            let r = self.connect_once(template, left, session).await;
             match r {
                 Err(e) if e.worth_retrying() && Instant::now() + backoff < deadline => {
                     tracing::debug!(pool = %self.key, error = %e, "server connect failed: trying again");
@@ -353,10 +356,15 @@ impl Pool {
         &self,
         template: &Arc<Upstream>,
         timeout: Duration,
+        session: bool,
     ) -> Result<Opened, ConnectError> {
         match &template.route {
             Some(route) => {
-                crate::backend::route::connect(&*self.connector, template, route, timeout)
+                let want = crate::backend::route::Want {
+                    attrs: route.attrs,
+                    session,
+                };
+                crate::backend::route::connect(&*self.connector, template, route, want, timeout)
                     .await
                     .map(|(est, up, via)| (est, up, Some(via)))
             }
@@ -365,13 +373,16 @@ impl Pool {
         }
     }
 
+    /// Opens a server connection on `slot`; `session`: for a session-mode client, so not
+    /// through a transaction pooler.
     pub(super) async fn open(
         self: &Arc<Self>,
         mut slot: Slot,
+        session: bool,
     ) -> Result<ServerConn, CheckoutError> {
         let template = self.upstream();
         let timeout = self.settings.load().connect_timeout;
-        let opened = self.connect_retrying(&template, timeout).await;
+        let opened = self.connect_retrying(&template, timeout, session).await;
         let upstream = template;
         match opened {
             Ok((est, upstream, via)) => {

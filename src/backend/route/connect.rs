@@ -39,13 +39,27 @@ impl Drop for Via {
     }
 }
 
-/// A connection that fits `route`, its login at the endpoint chosen, and that endpoint.
+/// What a connection needs: a server fitting `attrs`, and one that can hold a session
+/// (session-mode clients, LISTEN) or any.
+#[derive(Debug, Clone, Copy)]
+pub struct Want {
+    pub attrs: SessionAttrs,
+    pub session: bool,
+}
+
+/// A connection that fits `want` among `route`'s servers, its login at the endpoint chosen,
+/// and that endpoint.
 pub async fn connect(
     connector: &dyn Connector,
     template: &Arc<Upstream>,
     route: &Route,
+    want: Want,
     timeout: Duration,
 ) -> Result<(Established, Arc<Upstream>, Via), ConnectError> {
+    let route = &Route {
+        attrs: want.attrs,
+        ..route.clone()
+    };
     let mut why = Vec::new();
     let mut tried = false;
     let passes: &[bool] = if route.attrs == SessionAttrs::PreferStandby {
@@ -55,6 +69,13 @@ pub async fn connect(
     };
     for &standby_only in passes {
         for e in route.candidates(Instant::now()) {
+            if want.session && !e.kind.keeps_sessions() {
+                why.push(format!(
+                    "{} (a transaction pooler cannot hold a session or LISTEN)",
+                    e.address()
+                ));
+                continue;
+            }
             if !e.admit(Instant::now()) {
                 continue;
             }

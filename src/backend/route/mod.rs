@@ -9,7 +9,7 @@ mod connect;
 pub mod endpoint;
 pub mod health;
 
-pub use connect::{Via, connect};
+pub use connect::{Via, Want, connect};
 
 pub use endpoint::{Endpoint, Health, Role};
 
