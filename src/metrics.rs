@@ -319,6 +319,7 @@ fn histogram(
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     upstream: String,
+    tenant: String,
     region: String,
 }
 
@@ -331,6 +332,7 @@ impl PoolCollector {
             let h = e.health();
             let l = UpstreamLabels {
                 upstream: e.address(),
+                tenant: e.tenant.as_deref().unwrap_or("").to_owned(),
                 region: e.region.as_deref().unwrap_or("").to_owned(),
             };
             let open = h.breaker.state(now) != crate::backend::route::breaker::State::Closed;

@@ -278,6 +278,8 @@ impl Pools {
             let (_, upstream, settings) = self.plan(config, db, user, key);
             pool.apply(upstream, settings);
         }
+        // Servers no database lists any more: their checks stop once their connections go.
+        self.endpoints.prune();
     }
 
     pub fn pause(&self, database: Option<&str>) {

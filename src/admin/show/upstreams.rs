@@ -9,6 +9,7 @@ pub fn table(app: &App) -> Table {
     let mut t = Table::new(&[
         ("host", Type::Text),
         ("port", Type::Int4),
+        ("tenant", Type::Text),
         ("region", Type::Text),
         ("kind", Type::Text),
         ("role", Type::Text),
@@ -27,6 +28,7 @@ pub fn table(app: &App) -> Table {
         t.push(vec![
             e.host.as_ref().into(),
             u64::from(e.port).into(),
+            e.tenant.as_deref().into(),
             e.region.as_deref().into(),
             e.kind.as_str().into(),
             h.role.as_str().into(),

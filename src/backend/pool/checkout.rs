@@ -142,7 +142,7 @@ impl Pool {
         let rules = self.rules(&settings);
         let mut st = lock(&self.state);
         let may = st.waiters.may_hold(demand, &rules);
-        if may && let Some(mut conn) = st.idle.pop() {
+        if may && let Some(mut conn) = take_idle(&mut st.idle, demand.session) {
             conn.slot.hold = st.waiters.hold(demand);
             return Take::Idle(conn);
         }
@@ -441,6 +441,16 @@ impl Pool {
             }
         }
     }
+}
+
+/// The most recently used idle connection `demand` may have: a session-mode client skips
+/// those opened through a transaction pooler (they stay for the others).
+fn take_idle(idle: &mut Vec<ServerConn>, session: bool) -> Option<ServerConn> {
+    if !session {
+        return idle.pop();
+    }
+    let i = idle.iter().rposition(|c| c.keeps_sessions())?;
+    Some(idle.remove(i))
 }
 
 /// A server logged in: its stream, the login at the server chosen, and that server when the

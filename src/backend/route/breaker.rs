@@ -64,6 +64,11 @@ impl Breaker {
         }
     }
 
+    /// The probe went and said nothing (abandoned): another may go.
+    pub fn release_probe(&mut self) {
+        self.probing = false;
+    }
+
     pub fn success(&mut self) {
         *self = Breaker::default();
     }
@@ -118,6 +123,19 @@ mod tests {
         b.success();
         assert_eq!(b.state(later + Duration::from_secs(4)), State::Closed);
         assert!(b.admit(later + Duration::from_secs(4)));
+    }
+
+    #[test]
+    fn an_abandoned_probe_frees_the_half_open_circuit() {
+        let t = Instant::now();
+        let mut b = Breaker::default();
+        b.failure(t, 1, Duration::from_secs(1));
+        let later = t + Duration::from_secs(1);
+        assert!(b.admit(later));
+        assert!(!b.admit(later), "one probe at a time");
+        // Its client went away before the server said anything.
+        b.release_probe();
+        assert!(b.admit(later), "the next attempt may probe");
     }
 
     #[test]

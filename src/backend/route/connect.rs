@@ -14,17 +14,17 @@ use std::time::{Duration, Instant};
 /// A server connection's endpoint, counted there while the connection lives.
 pub struct Via {
     pub endpoint: Arc<Endpoint>,
-    /// Its route's generation when it was opened: any of the route's servers changing role,
+    /// Its route's generation when it was chosen: any of the route's servers changing role,
     /// health or lag since means the choice may differ now, and retires it.
     pub generation: u64,
 }
 
 impl Via {
-    fn new(endpoint: Arc<Endpoint>, route: &Route) -> Via {
+    fn new(endpoint: Arc<Endpoint>, generation: u64) -> Via {
         endpoint.opened();
         Via {
             endpoint,
-            generation: route.generation(),
+            generation,
         }
     }
 
@@ -39,6 +39,34 @@ impl Drop for Via {
     }
 }
 
+/// One connection attempt at an endpoint, admitted by its circuit: whatever ends it (the
+/// server answered, failed, or the client went away and dropped the future) is reported, so
+/// a half-open circuit's probe is never held forever.
+struct Attempt<'a> {
+    e: &'a Endpoint,
+    reported: bool,
+}
+
+impl Attempt<'_> {
+    fn reached(mut self) {
+        self.e.reached();
+        self.reported = true;
+    }
+
+    fn failed(mut self, why: &str, route: &Route) {
+        self.e.failed(why, route.failures, route.backoff);
+        self.reported = true;
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.e.abandoned();
+        }
+    }
+}
+
 /// What a connection needs: a server fitting `attrs`, and one that can hold a session
 /// (session-mode clients, LISTEN) or any.
 #[derive(Debug, Clone, Copy)]
@@ -48,7 +76,7 @@ pub struct Want {
 }
 
 /// A connection that fits `want` among `route`'s servers, its login at the endpoint chosen,
-/// and that endpoint.
+/// and that endpoint; all of it within `timeout`.
 pub async fn connect(
     connector: &dyn Connector,
     template: &Arc<Upstream>,
@@ -60,6 +88,7 @@ pub async fn connect(
         attrs: want.attrs,
         ..route.clone()
     };
+    let deadline = Instant::now() + timeout;
     let mut why = Vec::new();
     let mut tried = false;
     let passes: &[bool] = if route.attrs == SessionAttrs::PreferStandby {
@@ -76,21 +105,29 @@ pub async fn connect(
                 ));
                 continue;
             }
-            if !e.admit(Instant::now()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !e.admit(Instant::now()) {
                 continue;
             }
             tried = true;
+            // Read before the server is asked: a change learned meanwhile retires it.
+            let generation = route.generation();
+            let attempt = Attempt {
+                e: &e,
+                reported: false,
+            };
             let up = Arc::new(template.at(&e));
-            match try_one(connector, &up, &e, route, timeout, standby_only).await {
+            match try_one(connector, &up, attempt, route, left, standby_only).await {
                 Ok(est) => {
-                    // The same login reaches its neighbours: their health checks can start.
+                    // The same login reaches its neighbours: their health checks use it.
                     for n in &route.endpoints {
                         n.remember_login(template);
                     }
-                    return Ok((est, up, Via::new(e, route)));
+                    return Ok((est, up, Via::new(e, generation)));
                 }
-                // A wrong password is wrong on every server; one starting up is only busy.
-                Err(Some(ConnectError::Refused(r))) if r.code != "57P03" => {
+                // A wrong password is wrong on every server; other refusals (too many
+                // connections, one server's pg_hba, starting up) are that server's.
+                Err(Some(ConnectError::Refused(r))) if r.code == "28P01" => {
                     return Err(ConnectError::Refused(r));
                 }
                 Err(Some(err)) => why.push(format!("{} ({err})", e.address())),
@@ -101,7 +138,7 @@ pub async fn connect(
     let now = Instant::now();
     for e in &route.endpoints {
         let h = e.health();
-        if h.breaker.state(now) == super::breaker::State::Open {
+        if h.breaker.state(now) != super::breaker::State::Closed {
             why.push(format!(
                 "{} (circuit open after {}, retrying in {:.1} s)",
                 e.address(),
@@ -126,29 +163,41 @@ pub async fn connect(
 async fn try_one(
     connector: &dyn Connector,
     up: &Upstream,
-    e: &Endpoint,
+    attempt: Attempt<'_>,
     route: &Route,
     timeout: Duration,
     standby_only: bool,
 ) -> Result<Established, Option<ConnectError>> {
+    let e = attempt.e;
+    let started = Instant::now();
     let mut est = match connector.establish(up, timeout).await {
         Ok(est) => est,
         Err(err) => {
-            if !matches!(err, ConnectError::Refused(_)) {
-                e.failed(&err.to_string(), route.failures, route.backoff);
+            match &err {
+                // It answered: it is up, whatever it thinks of this login.
+                ConnectError::Refused(r) if r.code != "57P03" => attempt.reached(),
+                _ => attempt.failed(&err.to_string(), route),
             }
             return Err(Some(err));
         }
     };
     if route.needs_role() {
-        let (role, read_only) = match role_from_params(&est.params) {
-            Some(r) => r,
-            None => ask_role(&mut est, timeout).await.map_err(Some)?,
+        let role = match role_from_params(&est.params) {
+            Some(r) => Ok(r),
+            None => {
+                let left = timeout.saturating_sub(started.elapsed());
+                ask_role(&mut est, left).await
+            }
         };
-        e.learned(role, read_only);
-    } else {
-        e.reached();
+        match role {
+            Ok((role, read_only)) => e.learned(role, read_only),
+            Err(err) => {
+                attempt.failed(&err.to_string(), route);
+                return Err(Some(err));
+            }
+        }
     }
+    attempt.reached();
     let h = e.health();
     let fits = if standby_only {
         h.role == Role::Standby && h.fits(SessionAttrs::Standby, route.max_lag)
@@ -171,7 +220,12 @@ async fn ask_role(est: &mut Established, timeout: Duration) -> Result<(Role, boo
             why: format!("asking its role failed: {e}"),
             tried: true,
         })?;
-    let (recovery, read_only) = rows.into_iter().next().unwrap_or_default();
+    let Some((recovery, read_only)) = rows.into_iter().next() else {
+        return Err(ConnectError::NoUpstream {
+            why: "asking its role returned no row".into(),
+            tried: true,
+        });
+    };
     let role = if recovery == "true" {
         Role::Standby
     } else {

@@ -99,8 +99,10 @@ pub struct Endpoint {
     generation: AtomicU64,
     /// Servers of every pool open there now (the tie-breaker between near endpoints).
     pub open: AtomicUsize,
-    /// How health checks log in: the first pool that reached it.
+    /// How health checks log in: the latest pool login that reached it.
     login: Mutex<Option<Arc<Upstream>>>,
+    /// The health checks' knobs as the configuration has them now.
+    checks: Mutex<super::health::Checks>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -125,6 +127,7 @@ impl Endpoint {
             generation: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             login: Mutex::new(None),
+            checks: Mutex::new(super::health::Checks::default()),
         }
     }
 
@@ -166,7 +169,13 @@ impl Endpoint {
         h.last_error = None;
     }
 
-    /// A connection got through (its role not asked).
+    /// An attempt ended without saying anything of the server (its client went away): a
+    /// half-open circuit's probe is free for the next one.
+    pub fn abandoned(&self) {
+        lock(&self.health).breaker.release_probe();
+    }
+
+    /// A connection got through, or the server answered it.
     pub fn reached(&self) {
         let mut h = lock(&self.health);
         h.breaker.success();
@@ -243,11 +252,21 @@ impl Endpoint {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// A login that just worked on its database: the checks use the latest (a rotated
+    /// password or a removed user does not strand them).
     pub fn remember_login(&self, up: &Arc<Upstream>) {
         let mut l = lock(&self.login);
-        if l.is_none() {
+        if l.as_ref().is_none_or(|old| !Arc::ptr_eq(old, up)) {
             *l = Some(up.clone());
         }
+    }
+
+    pub fn set_checks(&self, checks: super::health::Checks) {
+        *lock(&self.checks) = checks;
+    }
+
+    pub fn checks(&self) -> super::health::Checks {
+        *lock(&self.checks)
     }
 
     pub fn login(&self) -> Option<Arc<Upstream>> {

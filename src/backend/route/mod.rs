@@ -36,10 +36,15 @@ pub struct Route {
 }
 
 impl PartialEq for Route {
-    /// The same servers wanted the same way (a RELOAD that changes either retires the
+    /// The same servers wanted the same way (a RELOAD that changes any of it retires the
     /// connections opened under the old one).
     fn eq(&self, o: &Route) -> bool {
         self.attrs == o.attrs
+            && self.max_lag == o.max_lag
+            && self.tolerance == o.tolerance
+            && self.region == o.region
+            && self.failures == o.failures
+            && self.backoff == o.backoff
             && self.endpoints.len() == o.endpoints.len()
             && self
                 .endpoints
@@ -63,17 +68,15 @@ impl std::fmt::Debug for Route {
 
 impl Route {
     /// The endpoints to try for a new connection, best first; those whose circuit is open
-    /// (and unhealthy ones, while a healthy one is left) are not there.
+    /// are not there, and those failing their health checks come after the healthy ones of
+    /// their kind (a missed check does not take a fitting primary away).
     pub fn candidates(&self, now: Instant) -> Vec<Arc<Endpoint>> {
-        let mut seen: Vec<(Arc<Endpoint>, Health)> = self
+        let seen: Vec<(Arc<Endpoint>, Health)> = self
             .endpoints
             .iter()
             .map(|e| (e.clone(), e.health()))
             .filter(|(_, h)| h.breaker.state(now) != breaker::State::Open)
             .collect();
-        if seen.iter().any(|(_, h)| h.healthy) {
-            seen.retain(|(_, h)| h.healthy);
-        }
         let best = |rank: u8| {
             seen.iter()
                 .filter(|(_, h)| self.rank(h) == rank && h.latency_us > 0.0)
@@ -91,7 +94,10 @@ impl Route {
                 };
                 let far = h.latency_us > best(rank) + tolerance;
                 let open = e.open.load(Ordering::Relaxed);
-                ((rank, elsewhere, far, open), e.clone())
+                (
+                    (rank == 3, !h.healthy, rank, elsewhere, far, open),
+                    e.clone(),
+                )
             })
             .collect();
         keyed.sort_by_key(|(k, _)| *k);
@@ -143,15 +149,20 @@ pub fn role_from_params(p: &SessionParams) -> Option<(Role, bool)> {
 /// The query that tells when the parameters do not.
 pub const ROLE_QUERY: &str = "SELECT pg_catalog.pg_is_in_recovery()::text, pg_catalog.current_setting('default_transaction_read_only')";
 
-/// Every endpoint pgsluice knows, by address, shared by the databases that list it: one
-/// health check and one circuit per server.
+/// Every endpoint pgsluice knows, by address and what it is, shared by the databases that
+/// list it: one health check and one circuit per server.
 #[derive(Default)]
 pub struct Endpoints {
-    by_addr: DashMap<(String, u16, Option<String>), Arc<Endpoint>>,
+    by_addr: DashMap<EndpointKey, Arc<Endpoint>>,
 }
 
+/// (host, port, tenant, kind, region): an entry changed in any of these is a new endpoint,
+/// so a RELOAD that makes a server a transaction pooler retires the connections made before.
+type EndpointKey = (String, u16, Option<String>, &'static str, Option<String>);
+
 impl Endpoints {
-    /// The endpoint for this entry, made (and its health checks started) on first use.
+    /// The endpoint for this entry, made (and its health checks started) on first use; its
+    /// checks follow `checks` from then on.
     pub fn get(
         &self,
         entry: &crate::config::UpstreamEntry,
@@ -159,26 +170,43 @@ impl Endpoints {
         checks: health::Checks,
     ) -> Arc<Endpoint> {
         let port = entry.port.unwrap_or(default_port);
-        let tenant = entry.tenant.as_ref().map(|t| t.to_string());
-        let key = (entry.host.to_string(), port, tenant);
-        if let Some(e) = self.by_addr.get(&key) {
-            return e.clone();
-        }
-        let e = Arc::new(Endpoint::new(
-            &entry.host,
+        let key = (
+            entry.host.to_string(),
             port,
-            entry.region.as_deref(),
-            entry.kind,
-            entry.tenant.as_deref(),
-        ));
-        let e = self.by_addr.entry(key).or_insert(e).clone();
-        health::spawn(&e, checks);
-        e
+            entry.tenant.as_ref().map(|t| t.to_string()),
+            entry.kind.as_str(),
+            entry.region.as_ref().map(|r| r.to_string()),
+        );
+        match self.by_addr.entry(key) {
+            dashmap::Entry::Occupied(o) => {
+                o.get().set_checks(checks);
+                o.get().clone()
+            }
+            dashmap::Entry::Vacant(v) => {
+                let e = Arc::new(Endpoint::new(
+                    &entry.host,
+                    port,
+                    entry.region.as_deref(),
+                    entry.kind,
+                    entry.tenant.as_deref(),
+                ));
+                e.set_checks(checks);
+                v.insert(e.clone());
+                health::spawn(&e);
+                e
+            }
+        }
+    }
+
+    /// Forgets endpoints no database lists and no connection uses any more (after a
+    /// RELOAD): their checks stop and their metrics go.
+    pub fn prune(&self) {
+        self.by_addr.retain(|_, e| Arc::strong_count(e) > 1);
     }
 
     pub fn all(&self) -> Vec<Arc<Endpoint>> {
         let mut v: Vec<_> = self.by_addr.iter().map(|e| e.value().clone()).collect();
-        v.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+        v.sort_by(|a, b| (&a.host, a.port, &a.tenant).cmp(&(&b.host, b.port, &b.tenant)));
         v
     }
 }
@@ -231,13 +259,23 @@ mod tests {
             &[c.clone(), b.clone(), a.clone()],
         );
         assert_eq!(ports(&ro.candidates(now)), [1, 2, 3]);
-        // An open circuit takes a server out; an unhealthy one goes while a healthy is left.
+        // An open circuit takes a server out; an unhealthy one goes after the healthy ones.
         for _ in 0..3 {
             c.failed("refused", 3, Duration::from_secs(5));
         }
         assert_eq!(ports(&rw.candidates(now)), [2, 1]);
         b.checked(Err("check failed".into()), 2, 0.0);
-        assert_eq!(ports(&rw.candidates(now)), [1]);
+        assert_eq!(
+            ports(&rw.candidates(now)),
+            [2, 1],
+            "unhealthy, but before misfits"
+        );
+        let (d, f) = (endpoint(4, "here"), endpoint(5, "here"));
+        d.learned(Role::Primary, false);
+        f.learned(Role::Primary, false);
+        d.checked(Err("check failed".into()), 2, 0.0);
+        let two = route(SessionAttrs::ReadWrite, &[d.clone(), f.clone()]);
+        assert_eq!(ports(&two.candidates(now)), [5, 4], "healthy ones first");
     }
 
     #[test]
