@@ -153,6 +153,10 @@ impl ClientError {
             ),
         )
     }
+    /// 22023: a startup parameter pgsluice reads has a value it does not know.
+    pub fn invalid_parameter(message: impl Into<String>) -> Self {
+        Self::fatal("22023", message)
+    }
     /// 0A000
     pub fn unsupported(message: impl Into<String>) -> Self {
         Self::fatal("0A000", message)

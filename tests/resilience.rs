@@ -104,6 +104,28 @@ async fn writes_go_to_the_primary_reads_to_the_standby_and_a_promotion_is_follow
         .unwrap_err();
     assert_eq!(e.code().map(|c| c.code()), Some("25006"), "{e}");
 
+    // A client may name the kind of server it wants itself, as libpq's option; the
+    // database's own clients keep theirs. A value libpq does not know is refused, and so is
+    // asking it of a database that has one server and learns nothing of it.
+    let own = |db: &str, attrs: &str| {
+        format!(
+            "{} options='-c target_session_attrs={attrs}'",
+            proxy.url(PoolMode::Transaction, ("agent", "agent-pw"), db)
+        )
+    };
+    let reader = connect(&own("app_rw", "standby")).await.unwrap();
+    assert_eq!(
+        whereabouts(&reader).await.unwrap(),
+        (true, standby.port as i32)
+    );
+    assert_eq!(whereabouts(&rw).await.unwrap(), (false, pg.port as i32));
+    let refused = |e: tokio_postgres::Error| e.code().map(|c| c.code().to_owned());
+    let e = connect(&own("app_rw", "bogus")).await.unwrap_err();
+    assert_eq!(refused(e).as_deref(), Some("22023"));
+    let e = connect(&own("app", "read-only")).await.unwrap_err();
+    assert_eq!(refused(e).as_deref(), Some("0A000"));
+    drop(reader);
+
     // The primary goes away; the standby is promoted. app_rw follows with no reload.
     pg.stop();
     standby.promote().unwrap();

@@ -104,6 +104,18 @@ impl Connection {
         }
     }
 
+    /// Whether a client may have it: a session-mode one only if a session can be held on it,
+    /// one that named its `target_session_attrs` only if its server fits them as last seen.
+    pub fn suits(&self, session: bool, attrs: Option<crate::config::SessionAttrs>) -> bool {
+        if session && !self.keeps_sessions() {
+            return false;
+        }
+        match (attrs, &self.via, &self.upstream.route) {
+            (Some(a), Some(via), Some(route)) => via.endpoint.health().fits(a, route.max_lag),
+            _ => true,
+        }
+    }
+
     /// Whether a session can be held on it (not through a transaction pooler).
     pub fn keeps_sessions(&self) -> bool {
         self.via

@@ -25,6 +25,20 @@ pub enum SessionAttrs {
 }
 
 impl SessionAttrs {
+    /// libpq's spelling.
+    pub fn parse(s: &str) -> Option<SessionAttrs> {
+        [
+            SessionAttrs::Any,
+            SessionAttrs::ReadWrite,
+            SessionAttrs::ReadOnly,
+            SessionAttrs::Primary,
+            SessionAttrs::Standby,
+            SessionAttrs::PreferStandby,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             SessionAttrs::Any => "any",

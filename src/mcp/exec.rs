@@ -330,6 +330,7 @@ impl Lease {
                 .unwrap_or(pool.settings().fairness.default_class),
             share,
             session: false,
+            attrs: None,
         };
         let server = pool
             .checkout(notified, &demand)

@@ -83,12 +83,12 @@ impl Pool {
         loop {
             let mut ticket = match self.next_step(demand) {
                 Take::Idle(conn) => {
-                    if let Some(conn) = self.vet(conn, settings, demand.session).await {
+                    if let Some(conn) = self.vet(conn, settings, demand).await {
                         return Ok(conn);
                     }
                     continue;
                 }
-                Take::Open(slot) => return self.open(slot, demand.session).await,
+                Take::Open(slot) => return self.open(slot, demand).await,
                 Take::Fail(e) => return Err(e),
                 Take::Surplus(conn) => {
                     drop(conn);
@@ -117,7 +117,7 @@ impl Pool {
                         if let Some(slot) = self.reserve_slot(ticket.id, demand) {
                             ticket.rx = None;
                             tracing::info!(pool = %self.key, "waited reserve_pool_timeout: opening a reserve connection");
-                            return self.open(slot, demand.session).await;
+                            return self.open(slot, demand).await;
                         }
                     }
                 }
@@ -125,11 +125,11 @@ impl Pool {
             ticket.rx = None;
             match grant {
                 Some(Grant::Conn(conn)) => {
-                    if let Some(conn) = self.vet(conn, settings, demand.session).await {
+                    if let Some(conn) = self.vet(conn, settings, demand).await {
                         return Ok(conn);
                     }
                 }
-                Some(Grant::Slot(slot)) => return self.open(slot, demand.session).await,
+                Some(Grant::Slot(slot)) => return self.open(slot, demand).await,
                 Some(Grant::Shed(why)) => return Err(CheckoutError::Shed(why)),
                 None => {}
             }
@@ -142,7 +142,7 @@ impl Pool {
         let rules = self.rules(&settings);
         let mut st = lock(&self.state);
         let may = st.waiters.may_hold(demand, &rules);
-        if may && let Some(mut conn) = take_idle(&mut st.idle, demand.session) {
+        if may && let Some(mut conn) = take_idle(&mut st.idle, demand) {
             conn.slot.hold = st.waiters.hold(demand);
             return Take::Idle(conn);
         }
@@ -251,6 +251,7 @@ impl Pool {
         };
         let now = Instant::now();
         let ready = self.current(&conn)
+            && (demand.attrs.is_none() || conn.suits(false, demand.attrs))
             && settings
                 .lifetime
                 .is_none_or(|l| now.saturating_duration_since(conn.created) < l)
@@ -292,10 +293,11 @@ impl Pool {
         &self,
         mut conn: ServerConn,
         settings: &PoolSettings,
-        session: bool,
+        demand: &Demand,
     ) -> Option<ServerConn> {
-        // A session cannot be held through a transaction pooler (its upstream's `kind`).
-        if !self.current(&conn) || (session && !conn.keeps_sessions()) {
+        // A session cannot be held through a transaction pooler (its upstream's `kind`), nor
+        // a client's own target_session_attrs met by a server that does not fit them.
+        if !self.current(&conn) || !conn.suits(demand.session, demand.attrs) {
             conn.terminate().await;
             return None;
         }
@@ -333,13 +335,13 @@ impl Pool {
         &self,
         template: &Arc<Upstream>,
         budget: Duration,
-        session: bool,
+        demand: &Demand,
     ) -> Result<Opened, ConnectError> {
         let deadline = Instant::now() + budget;
         let mut backoff = RETRY_FIRST;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let r = self.connect_once(template, left, session).await;
+            let r = self.connect_once(template, left, demand).await;
             match r {
                 Err(e) if e.worth_retrying() && Instant::now() + backoff < deadline => {
                     tracing::debug!(pool = %self.key, error = %e, "server connect failed: trying again");
@@ -356,13 +358,13 @@ impl Pool {
         &self,
         template: &Arc<Upstream>,
         timeout: Duration,
-        session: bool,
+        demand: &Demand,
     ) -> Result<Opened, ConnectError> {
         match &template.route {
             Some(route) => {
                 let want = crate::backend::route::Want {
-                    attrs: route.attrs,
-                    session,
+                    attrs: demand.attrs.unwrap_or(route.attrs),
+                    session: demand.session,
                 };
                 crate::backend::route::connect(&*self.connector, template, route, want, timeout)
                     .await
@@ -373,16 +375,16 @@ impl Pool {
         }
     }
 
-    /// Opens a server connection on `slot`; `session`: for a session-mode client, so not
-    /// through a transaction pooler.
+    /// Opens a server connection on `slot` that `demand` may have (a session-mode client's
+    /// not through a transaction pooler; its own target_session_attrs met).
     pub(super) async fn open(
         self: &Arc<Self>,
         mut slot: Slot,
-        session: bool,
+        demand: &Demand,
     ) -> Result<ServerConn, CheckoutError> {
         let template = self.upstream();
         let timeout = self.settings.load().connect_timeout;
-        let opened = self.connect_retrying(&template, timeout, session).await;
+        let opened = self.connect_retrying(&template, timeout, demand).await;
         let upstream = template;
         match opened {
             Ok((est, upstream, via)) => {
@@ -444,12 +446,15 @@ impl Pool {
 }
 
 /// The most recently used idle connection `demand` may have: a session-mode client skips
-/// those opened through a transaction pooler (they stay for the others).
-fn take_idle(idle: &mut Vec<ServerConn>, session: bool) -> Option<ServerConn> {
-    if !session {
+/// those opened through a transaction pooler, a client with its own target_session_attrs
+/// those on servers that do not fit them (they stay for the others).
+fn take_idle(idle: &mut Vec<ServerConn>, demand: &Demand) -> Option<ServerConn> {
+    if !demand.session && demand.attrs.is_none() {
         return idle.pop();
     }
-    let i = idle.iter().rposition(|c| c.keeps_sessions())?;
+    let i = idle
+        .iter()
+        .rposition(|c| c.suits(demand.session, demand.attrs))?;
     Some(idle.remove(i))
 }
 

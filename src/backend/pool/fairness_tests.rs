@@ -183,6 +183,7 @@ fn share(who: &str, max: usize, refuse: bool) -> Demand {
             dedicated: 0,
         })),
         session: false,
+        attrs: None,
     }
 }
 
@@ -270,6 +271,7 @@ async fn dedicated_places_are_kept_for_their_owner_in_the_pool_and_the_database(
             dedicated: 1,
         })),
         session: false,
+        attrs: None,
     };
     let fair = Fairness {
         dedicated: 1,

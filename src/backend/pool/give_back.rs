@@ -206,7 +206,7 @@ impl Pool {
                     None => break,
                 }
             };
-            match self.open(slot, false).await {
+            match self.open(slot, &Demand::default()).await {
                 Ok(conn) => self.release(conn),
                 Err(_) => break,
             }

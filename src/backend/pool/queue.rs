@@ -27,6 +27,9 @@ pub struct Demand {
     /// A session-mode client: it holds its server for the whole session, so how long it
     /// holds one says nothing about the upstream (not sampled for adaptive_limit, shed_wait).
     pub session: bool,
+    /// The kind of server the client asked for itself (its `target_session_attrs`), over
+    /// the database's.
+    pub attrs: Option<crate::config::SessionAttrs>,
 }
 
 impl Demand {
@@ -457,6 +460,7 @@ mod tests {
             class: Priority::NORMAL,
             share: Some(share.clone()),
             session: false,
+            attrs: None,
         };
         let mut q = queue();
         let held = q.hold(&noisy);
@@ -486,6 +490,7 @@ mod tests {
             class: Priority::NORMAL,
             share: Some(share),
             session: false,
+            attrs: None,
         };
         let mut q = queue();
         let held = q.hold(&noisy);

@@ -151,7 +151,17 @@ pub(super) async fn login(
         return refuse(ClientError::unknown_database(&startup.database));
     };
     let pool = app.pools.pool_for(&config, db, &user, client_key);
-    let mut params = SessionParams::from_startup(&startup.params);
+    let attrs = match wanted_attrs(&startup.params, &pool) {
+        Ok(a) => a,
+        Err(e) => return refuse(e),
+    };
+    let startup_params: Vec<(String, String)> = startup
+        .params
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case(ATTRS))
+        .cloned()
+        .collect();
+    let mut params = SessionParams::from_startup(&startup_params);
     if config.general.application_name_add_host {
         let name = params.reported.get("application_name").unwrap_or("");
         let named = format!("{name} - {}", arrival.peer.host_port());
@@ -170,6 +180,7 @@ pub(super) async fn login(
             .unwrap_or(pool.settings().fairness.default_class),
         share: admitted.as_ref().and_then(|a| a.share()),
         session: arrival.mode == PoolMode::Session,
+        attrs,
     };
     let who = Who {
         user: &startup.user,
@@ -659,4 +670,32 @@ pub(super) async fn sync(server: &mut ServerConn, want: &SessionParams) -> Resul
         }),
         Err(InternalError::Io(_)) => Err(ClientError::server_lost()),
     }
+}
+
+/// The startup parameter (or `options -c`) a client names the kind of server it wants with,
+/// as libpq's connection option of the same name (docs/resilience.md). pgsluice takes it; the
+/// server never sees it.
+const ATTRS: &str = "target_session_attrs";
+
+/// The client's own `target_session_attrs`, when it sent one: valid, and on a database that
+/// has servers to choose from.
+fn wanted_attrs(
+    params: &[(String, String)],
+    pool: &Pool,
+) -> Result<Option<crate::config::SessionAttrs>, ClientError> {
+    let Some((_, v)) = params.iter().find(|(k, _)| k.eq_ignore_ascii_case(ATTRS)) else {
+        return Ok(None);
+    };
+    let attrs = crate::config::SessionAttrs::parse(v).ok_or_else(|| {
+        ClientError::invalid_parameter(format!(
+            "invalid value for parameter \"target_session_attrs\": \"{v}\" (any, read-write, read-only, primary, standby or prefer-standby)"
+        ))
+    })?;
+    if attrs != crate::config::SessionAttrs::Any && pool.upstream().route.is_none() {
+        return Err(ClientError::unsupported(format!(
+            "target_session_attrs={v}: database \"{}\" has one server and learns nothing of it; list its servers in upstreams (docs/resilience.md)",
+            pool.key.database
+        )));
+    }
+    Ok(Some(attrs))
 }
