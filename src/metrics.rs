@@ -320,6 +320,7 @@ fn histogram(
 struct UpstreamLabels {
     upstream: String,
     tenant: String,
+    kind: &'static str,
     region: String,
 }
 
@@ -333,6 +334,7 @@ impl PoolCollector {
             let l = UpstreamLabels {
                 upstream: e.address(),
                 tenant: e.tenant.as_deref().unwrap_or("").to_owned(),
+                kind: e.kind.as_str(),
                 region: e.region.as_deref().unwrap_or("").to_owned(),
             };
             let open = h.breaker.state(now) != crate::backend::route::breaker::State::Closed;

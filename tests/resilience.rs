@@ -118,6 +118,9 @@ async fn writes_go_to_the_primary_reads_to_the_standby_and_a_promotion_is_follow
         whereabouts(&reader).await.unwrap(),
         (true, standby.port as i32)
     );
+    // Its standby connection is its own: the client that comes next is not given it.
+    let fresh = client(&proxy, "app_rw").await.unwrap();
+    assert_eq!(whereabouts(&fresh).await.unwrap(), (false, pg.port as i32));
     assert_eq!(whereabouts(&rw).await.unwrap(), (false, pg.port as i32));
     let refused = |e: tokio_postgres::Error| e.code().map(|c| c.code().to_owned());
     let e = connect(&own("app_rw", "bogus")).await.unwrap_err();

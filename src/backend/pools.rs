@@ -278,7 +278,7 @@ impl Pools {
             let (_, upstream, settings) = self.plan(config, db, user, key);
             pool.apply(upstream, settings);
         }
-        // Servers no database lists any more: their checks stop once their connections go.
+        // Servers no database lists any more and no connection uses: forgotten, checks stopped.
         self.endpoints.prune();
     }
 

@@ -48,6 +48,9 @@ pub struct Connection {
     pub upstream: Arc<super::connect::Upstream>,
     /// The endpoint it was opened on, when its database has several.
     pub via: Option<super::route::Via>,
+    /// Opened for one client's own target_session_attrs: closed when that client lets it
+    /// go, never given to another.
+    pub own: bool,
     /// Holds this connection's place in its pool's count until dropped.
     pub(super) slot: Slot,
 }
@@ -104,16 +107,14 @@ impl Connection {
         }
     }
 
-    /// Whether a client may have it: a session-mode one only if a session can be held on it,
-    /// one that named its `target_session_attrs` only if its server fits them as last seen.
+    /// Whether a client may have it: not one opened for another client's own
+    /// target_session_attrs; a session-mode client only if a session can be held on it; a
+    /// client with its own target_session_attrs only if they are the database's (else it gets
+    /// a connection of its own).
     pub fn suits(&self, session: bool, attrs: Option<crate::config::SessionAttrs>) -> bool {
-        if session && !self.keeps_sessions() {
-            return false;
-        }
-        match (attrs, &self.via, &self.upstream.route) {
-            (Some(a), Some(via), Some(route)) => via.endpoint.health().fits(a, route.max_lag),
-            _ => true,
-        }
+        !self.own
+            && (!session || self.keeps_sessions())
+            && attrs.is_none_or(|a| self.upstream.route.as_ref().is_none_or(|r| r.attrs == a))
     }
 
     /// Whether a session can be held on it (not through a transaction pooler).

@@ -161,6 +161,11 @@ impl Pool {
             slot.hold = st.waiters.hold(demand);
             return Take::Open(slot);
         }
+        if may && (demand.session || demand.attrs.is_some()) && !st.idle.is_empty() {
+            // A full pool whose idle servers this client may not have (a transaction pooler's,
+            // another kind of server): the oldest makes room for one it may.
+            return Take::Surplus(st.idle.remove(0));
+        }
         if let Some(share) = st.waiters.refuses(demand) {
             return Take::Fail(CheckoutError::ShareFull {
                 who: share.who.clone(),
@@ -429,6 +434,9 @@ impl Pool {
                     statements: Default::default(),
                     created: now,
                     last_used: now,
+                    own: demand
+                        .attrs
+                        .is_some_and(|a| upstream.route.as_ref().is_some_and(|r| r.attrs != a)),
                     upstream,
                     via,
                     slot,
@@ -449,6 +457,7 @@ impl Pool {
 /// those opened through a transaction pooler, a client with its own target_session_attrs
 /// those on servers that do not fit them (they stay for the others).
 fn take_idle(idle: &mut Vec<ServerConn>, demand: &Demand) -> Option<ServerConn> {
+    // Connections of one client's own are never idle: the rest suit every other client.
     if !demand.session && demand.attrs.is_none() {
         return idle.pop();
     }

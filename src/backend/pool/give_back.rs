@@ -16,8 +16,8 @@ impl Pool {
     /// Returns a clean connection (idle, no transaction): to the next waiter, else to idle.
     pub fn release(self: &Arc<Self>, mut conn: ServerConn) {
         conn.last_used = Instant::now();
-        if !self.current(&conn) {
-            tracing::debug!(pool = %self.key, server = conn.id, "closing a connection to the previous upstream");
+        if !self.current(&conn) || conn.own {
+            tracing::debug!(pool = %self.key, server = conn.id, "closing a connection to the previous upstream, or one client's own");
             tokio::spawn(conn.terminate());
             return;
         }

@@ -44,6 +44,8 @@ impl Drop for Via {
 /// a half-open circuit's probe is never held forever.
 struct Attempt<'a> {
     e: &'a Endpoint,
+    /// It took the half-open circuit's probe (only then has it one to free).
+    probe: bool,
     reported: bool,
 }
 
@@ -61,7 +63,7 @@ impl Attempt<'_> {
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
-        if !self.reported {
+        if !self.reported && self.probe {
             self.e.abandoned();
         }
     }
@@ -106,14 +108,15 @@ pub async fn connect(
                 continue;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || !e.admit(Instant::now()) {
+            let Some(probe) = (!left.is_zero()).then(|| e.admit(Instant::now())).flatten() else {
                 continue;
-            }
+            };
             tried = true;
             // Read before the server is asked: a change learned meanwhile retires it.
             let generation = route.generation();
             let attempt = Attempt {
                 e: &e,
+                probe,
                 reported: false,
             };
             let up = Arc::new(template.at(&e));

@@ -148,9 +148,12 @@ impl Endpoint {
         lock(&self.health).breaker.state(now)
     }
 
-    /// Whether a connection may be tried now (the breaker's say; half-open takes the probe).
-    pub fn admit(&self, now: Instant) -> bool {
-        lock(&self.health).breaker.admit(now)
+    /// Whether a connection may be tried now (the breaker's say), and whether it is the
+    /// half-open circuit's probe.
+    pub fn admit(&self, now: Instant) -> Option<bool> {
+        let mut h = lock(&self.health);
+        let probe = h.breaker.state(now) == State::HalfOpen;
+        h.breaker.admit(now).then_some(probe)
     }
 
     /// The server answered: it is `role` (and read-only or not).
@@ -247,6 +250,14 @@ impl Endpoint {
         }
     }
 
+    /// Checks were turned off: what they said last no longer ranks it.
+    pub fn unchecked(&self) {
+        let mut h = lock(&self.health);
+        h.healthy = true;
+        h.lagging = false;
+        h.lag = None;
+    }
+
     /// The generation connections opened now carry.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
@@ -254,10 +265,17 @@ impl Endpoint {
 
     /// A login that just worked on its database: the checks use the latest (a rotated
     /// password or a removed user does not strand them).
-    pub fn remember_login(&self, up: &Arc<Upstream>) {
+    pub fn remember_login(&self, up: &Upstream) {
         let mut l = lock(&self.login);
-        if l.as_ref().is_none_or(|old| !Arc::ptr_eq(old, up)) {
-            *l = Some(up.clone());
+        if l.as_deref()
+            .is_none_or(|old| old.user != up.user || old.password != up.password)
+        {
+            // A copy without the route: the route holds this endpoint, which would then hold
+            // itself and never be forgotten.
+            *l = Some(Arc::new(Upstream {
+                route: None,
+                ..up.clone()
+            }));
         }
     }
 

@@ -58,6 +58,7 @@ async fn run(weak: Weak<Endpoint>) {
         let Some(e) = weak.upgrade() else { return };
         if checks.interval.is_zero() {
             conn = None;
+            e.unchecked();
             continue;
         }
         let Some(login) = e.login() else { continue };
