@@ -100,6 +100,10 @@ pub async fn connect(
     };
     for &standby_only in passes {
         for e in route.candidates(Instant::now()) {
+            // prefer-standby's first pass looks for standbys: a known primary waits its turn.
+            if standby_only && e.health().role == Role::Primary {
+                continue;
+            }
             if want.session && !e.kind.keeps_sessions() {
                 why.push(format!(
                     "{} (a transaction pooler cannot hold a session or LISTEN)",
