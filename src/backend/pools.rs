@@ -174,6 +174,7 @@ impl Pools {
             region: g.region.as_deref().map(Arc::from),
             failures: checks.failures,
             backoff: checks.backoff,
+            attempt: checks.timeout,
         }))
     }
 

@@ -166,6 +166,10 @@ pub async fn connect(
     })
 }
 
+/// How much less than server_connect_timeout an attempt may have had and still count as
+/// given the whole of it (the first candidate starts a few microseconds into the deadline).
+const SLACK: Duration = Duration::from_millis(100);
+
 /// One candidate: Err(None) when it answered but does not fit.
 async fn try_one(
     connector: &dyn Connector,
@@ -183,6 +187,8 @@ async fn try_one(
             match &err {
                 // It answered: it is up, whatever it thinks of this login.
                 ConnectError::Refused(r) if r.code != "57P03" => attempt.reached(),
+                // Out of the time earlier candidates left, not out of its own: no verdict.
+                ConnectError::Timeout if timeout + SLACK < route.attempt => drop(attempt),
                 _ => attempt.failed(&err.to_string(), route),
             }
             return Err(Some(err));

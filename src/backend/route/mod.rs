@@ -33,6 +33,9 @@ pub struct Route {
     /// Failures in a row that open an endpoint's circuit, and its first backoff.
     pub failures: u32,
     pub backoff: Duration,
+    /// server_connect_timeout: an attempt given less (what a connect's deadline left it)
+    /// that times out says nothing against the server.
+    pub attempt: Duration,
 }
 
 impl PartialEq for Route {
@@ -235,6 +238,7 @@ mod tests {
             region: Some("here".into()),
             failures: 3,
             backoff: Duration::from_secs(5),
+            attempt: Duration::from_secs(15),
         }
     }
 
