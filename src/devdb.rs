@@ -108,26 +108,8 @@ impl DevDb {
         settings: &[(&str, &str)],
         files: &[(&str, &str)],
     ) -> io::Result<DevDb> {
-        let bindir = find_bindir()?;
-        let run_as = postgres_user()?;
-        let dir = std::env::temp_dir().join(format!(
-            "pgsluice-pg-{}-{:x}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
-        }
-        let mut db = DevDb {
-            bindir,
-            dir: dir.clone(),
-            port: 0,
-            socket_dir: dir.clone(),
-            child: None,
-            run_as,
-        };
+        let mut db = DevDb::unstarted(find_bindir()?, postgres_user()?)?;
+        let dir = db.dir.clone();
         let data = dir.join("data");
         let template = db.template()?;
         let out = db
@@ -161,7 +143,7 @@ impl DevDb {
             std::fs::write(&path, contents)?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         }
-        if let Some((uid, gid)) = run_as {
+        if let Some((uid, gid)) = db.run_as {
             let names = files.iter().map(|(n, _)| *n);
             for f in ["pg_hba.conf", "postgresql.auto.conf"]
                 .into_iter()
@@ -185,24 +167,8 @@ impl DevDb {
     /// primary's pg_hba.conf needs `local replication all trust`), started on a port of its
     /// own.
     pub fn standby_of(primary: &DevDb) -> io::Result<DevDb> {
-        let dir = std::env::temp_dir().join(format!(
-            "pgsluice-pg-{}-{:x}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        if let Some((uid, gid)) = primary.run_as {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
-        }
-        let mut db = DevDb {
-            bindir: primary.bindir.clone(),
-            dir: dir.clone(),
-            port: 0,
-            socket_dir: dir.clone(),
-            child: None,
-            run_as: primary.run_as,
-        };
+        let mut db = DevDb::unstarted(primary.bindir.clone(), primary.run_as)?;
+        let dir = db.dir.clone();
         let out = db
             .command("pg_basebackup")
             .arg("-h")
@@ -236,6 +202,28 @@ impl DevDb {
     pub fn promote(&self) -> io::Result<()> {
         self.psql("SELECT pg_promote(true, 30)")?;
         Ok(())
+    }
+
+    /// A server not yet made: its private scratch directory (owned by `run_as`), no port.
+    fn unstarted(bindir: PathBuf, run_as: Option<(u32, u32)>) -> io::Result<DevDb> {
+        let dir = std::env::temp_dir().join(format!(
+            "pgsluice-pg-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+        }
+        Ok(DevDb {
+            bindir,
+            dir: dir.clone(),
+            port: 0,
+            socket_dir: dir,
+            child: None,
+            run_as,
+        })
     }
 
     fn command(&self, program: &str) -> Command {
