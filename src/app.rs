@@ -344,9 +344,10 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
             (Bound::Unix(..), a) => a.clone(),
         };
         tracing::info!(addr = %actual, mode = spec.mode.as_str(), "listening");
-        bound.push((b, actual, spec.mode));
+        let region = spec.region.as_deref().map(Arc::from);
+        bound.push((b, actual, spec.mode, region));
     }
-    let listeners = bound.iter().map(|(_, a, m)| (a.clone(), *m)).collect();
+    let listeners = bound.iter().map(|(_, a, m, _)| (a.clone(), *m)).collect();
     let mut http = None;
     if let Some(addr) = http_addr {
         let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -356,8 +357,8 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
         tracing::info!(addr = %addr, "http endpoint listening");
         tokio::spawn(crate::http::serve(app.clone(), l));
     }
-    for (b, _, mode) in bound {
-        tokio::spawn(accept_loop(app.clone(), b, mode));
+    for (b, _, mode, region) in bound {
+        tokio::spawn(accept_loop(app.clone(), b, mode, region));
     }
     tokio::spawn(sample_activity(Arc::downgrade(&app)));
     tokio::spawn(watch_certificates(Arc::downgrade(&app)));
@@ -394,7 +395,7 @@ async fn watch_certificates(app: std::sync::Weak<App>) {
     }
 }
 
-async fn accept_loop(app: Arc<App>, bound: Bound, mode: PoolMode) {
+async fn accept_loop(app: Arc<App>, bound: Bound, mode: PoolMode, region: Option<Arc<str>>) {
     let mut stop = app.shutdown.subscribe();
     let mut backoff = crate::net::listener::AcceptBackoff::new(mode.as_str());
     loop {
@@ -406,7 +407,7 @@ async fn accept_loop(app: Arc<App>, bound: Bound, mode: PoolMode) {
                     let id = app.conn_ids.fetch_add(1, Ordering::Relaxed);
                     // The connection's log lines carry its id: the `conn` span (entered by
                     // serve outside the relay loop) or a `conn` field.
-                    let accepted = Box::new((stream, peer));
+                    let accepted = Box::new((stream, peer, region.clone()));
                     let serve = crate::frontend::session::serve(app.clone(), accepted, mode, id);
                     tokio::spawn(crate::net::isolate::isolated(id, serve));
                 }

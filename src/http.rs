@@ -215,6 +215,7 @@ async fn readiness(app: &App) -> (bool, serde_json::Value) {
                 tls: None,
                 passthrough: None,
                 tenant: None,
+                addr: None,
                 route: None,
             };
             ok = matches!(

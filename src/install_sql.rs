@@ -155,6 +155,7 @@ pub fn parse_url(url: &str) -> Result<Upstream, String> {
         tls,
         passthrough: None,
         tenant: None,
+        addr: None,
         route: None,
     })
 }

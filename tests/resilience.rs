@@ -22,12 +22,7 @@ fn primary() -> DevDb {
         &[],
     )
     .expect("PostgreSQL must start for the integration tests");
-    pg.psql(&format!(
-        "CREATE ROLE {SCRAM_ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}'"
-    ))
-    .unwrap();
-    pg.psql(&format!("CREATE DATABASE appdb OWNER {SCRAM_ROLE}"))
-        .unwrap();
+    create_role_and_db(&pg);
     pg
 }
 
@@ -50,6 +45,15 @@ fn contract(pg: &DevDb, standby_port: u16, general: &str) -> String {
         .replace("@PG_USER@", SCRAM_ROLE)
         .replace("@PG_PASSWORD@", ROLE_PASSWORD)
         .replace("@ADMIN_PASSWORD@", "admin-pw")
+}
+
+/// The contract's config without its routed databases: `app` on the one server.
+fn app_only(pg: &DevDb, general: &str) -> String {
+    contract(pg, 1, general)
+        .split("[[databases]]\nname = \"app_rw\"")
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 async fn client(proxy: &Proxy, db: &str) -> Result<Client, tokio_postgres::Error> {
@@ -174,12 +178,7 @@ async fn the_circuit_opens_fails_fast_and_closes_after_a_probe() {
         pg.port
     );
     let general = "health_check_interval = 0\ncircuit_failures = 2\ncircuit_backoff = 1";
-    let text = contract(&pg, 1, general)
-        .split("[[databases]]\nname = \"app_rw\"")
-        .next()
-        .unwrap()
-        .to_owned()
-        + &upstreams;
+    let text = app_only(&pg, general) + &upstreams;
     let proxy = Proxy::start(&text).await;
     one_statement(&proxy, "guarded").await.unwrap();
     pg.stop();
@@ -273,12 +272,7 @@ async fn a_slow_upstream_loses_traffic_to_a_fast_one() {
         "\n[[databases]]\nname = \"near\"\ndbname = \"appdb\"\npool_size = 8\nupstreams = [{{ host = \"127.0.0.1\", port = {} }}, {{ host = \"127.0.0.1\", port = {} }}]\n",
         slow.port, pg.port
     );
-    let text = contract(&pg, 1, general)
-        .split("[[databases]]\nname = \"app_rw\"")
-        .next()
-        .unwrap()
-        .to_owned()
-        + &db;
+    let text = app_only(&pg, general) + &db;
     let proxy = Proxy::start(&text).await;
     one_statement(&proxy, "near").await.unwrap();
     // Both are checked (the slow one about 20 ms a round trip): then 8 servers at once.
@@ -319,6 +313,21 @@ async fn a_slow_upstream_loses_traffic_to_a_fast_one() {
     );
 }
 
+/// The proxy of the restart tests (the contract's `app` alone, connects retried for 10 s),
+/// its transaction-mode URL, and `table` made through it.
+async fn writers_proxy(pg: &DevDb, table: &str) -> (Proxy, String) {
+    let text = app_only(pg, "server_connect_timeout = 10");
+    let proxy = Proxy::start(&text).await;
+    let url = proxy.url(PoolMode::Transaction, ("agent", "agent-pw"), "app");
+    connect(&url)
+        .await
+        .unwrap()
+        .batch_execute(table)
+        .await
+        .unwrap();
+    (proxy, url)
+}
+
 /// One writer of the restart test: inserts (writer, n) until `stop`, reconnecting when its
 /// connection is closed; returns what the server acknowledged and the SQLSTATEs it saw.
 async fn writer(proxy_url: String, id: i32, stop: Instant) -> (Vec<i32>, Vec<String>) {
@@ -354,19 +363,7 @@ async fn writer(proxy_url: String, id: i32, stop: Instant) -> (Vec<i32>, Vec<Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_writers_through_a_restart_lose_no_acknowledged_row_and_never_hang() {
     let mut pg = primary();
-    let text = contract(&pg, 1, "server_connect_timeout = 10")
-        .split("[[databases]]\nname = \"app_rw\"")
-        .next()
-        .unwrap()
-        .to_owned();
-    let proxy = Proxy::start(&text).await;
-    let url = proxy.url(PoolMode::Transaction, ("agent", "agent-pw"), "app");
-    connect(&url)
-        .await
-        .unwrap()
-        .batch_execute("CREATE TABLE acked (writer int, n int)")
-        .await
-        .unwrap();
+    let (_proxy, url) = writers_proxy(&pg, "CREATE TABLE acked (writer int, n int)").await;
     let stop = Instant::now() + Duration::from_secs(8);
     let writers: Vec<_> = (0..50)
         .map(|id| tokio::spawn(writer(url.clone(), id, stop)))
@@ -465,4 +462,166 @@ async fn a_tenant_behind_a_transaction_pooler_serves_transactions_not_sessions()
     // The client is still usable after the refused LISTEN.
     let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_with_a_region_prefers_upstreams_there() {
+    let pg = primary();
+    // The same server twice: directly in region "a", through a relay in region "b" (the
+    // relay counts the server connections opened through it).
+    let far = FaultRelay::start(pg.port).await;
+    let db = format!(
+        "\n[[databases]]\nname = \"near\"\ndbname = \"appdb\"\npool_size = 8\nupstreams = [{{ host = \"127.0.0.1\", port = {}, region = \"a\" }}, {{ host = \"127.0.0.1\", port = {}, region = \"b\" }}]\n\n[[listeners]]\naddr = \"127.0.0.1:0\"\nmode = \"transaction\"\nregion = \"b\"\n",
+        pg.port, far.port
+    );
+    // No health checks: they would open connections through the relay of their own.
+    let text = app_only(&pg, "region = \"a\"\nhealth_check_interval = 0") + &db;
+    let proxy = Proxy::start(&text).await;
+    let b_port = match &proxy.running.listeners[2].0 {
+        pgsluice::config::ListenAddr::Tcp(a) => a.port(),
+        other => panic!("{other:?}"),
+    };
+    let through_b = || far.accepted.load(std::sync::atomic::Ordering::Relaxed);
+    // Four transactions at once through each listener: the instance's region first, then
+    // the listener's, each on servers of its own region although idle ones of the other
+    // region are there.
+    let hold = |port: u16| async move {
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let c = connect(&format!(
+                "host=127.0.0.1 port={port} user=agent password=agent-pw dbname=near"
+            ))
+            .await
+            .unwrap();
+            c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+            held.push(c);
+        }
+        for c in &held {
+            c.batch_execute("COMMIT").await.unwrap();
+        }
+    };
+    hold(proxy.port(PoolMode::Transaction)).await;
+    let before = through_b();
+    assert_eq!(before, 0, "region a's clients stay in region a");
+    hold(b_port).await;
+    assert_eq!(
+        through_b() - before,
+        4,
+        "region b's clients get servers in region b"
+    );
+    // Idle servers of both regions now: each listener's clients reuse their own.
+    hold(b_port).await;
+    hold(proxy.port(PoolMode::Transaction)).await;
+    assert_eq!(through_b() - before, 4, "nothing more opened");
+}
+
+/// pgbench -c 50 inserting through a restart of the upstream: pgbench ends on time (no
+/// client hangs), the clients it aborts were told why in clear words, and every transaction
+/// its log says was acknowledged is in the table (counted per client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_50_clients_through_a_restart_lose_no_acknowledged_row() {
+    let mut pg = primary();
+    let (proxy, url) = writers_proxy(&pg, "CREATE TABLE pgb (client int)").await;
+    let dir = std::env::temp_dir().join(format!("pgsluice-pgb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("insert.sql");
+    std::fs::write(&script, "INSERT INTO pgb VALUES (:client_id);\n").unwrap();
+    let started = Instant::now();
+    let bench = tokio::process::Command::new(pg.bindir.join("pgbench"))
+        .current_dir(&dir)
+        .env("PGPASSWORD", "agent-pw")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "agent",
+            "-n",
+            "-c",
+            "50",
+            "-j",
+            "2",
+        ])
+        .args(["-T", "8", "-l", "--log-prefix", "acked"])
+        .arg("-p")
+        .arg(proxy.port(PoolMode::Transaction).to_string())
+        .arg("-f")
+        .arg(&script)
+        .arg("app")
+        .output();
+    let restart = async {
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        pg.stop();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        pg.restart().unwrap();
+    };
+    let (out, ()) = tokio::join!(bench, restart);
+    let out = out.unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // -T 8, and up to server_connect_timeout for the transactions waiting at the end.
+    assert!(started.elapsed() < Duration::from_secs(25), "{report}");
+    assert!(
+        matches!(out.status.code(), Some(0 | 2)),
+        "pgbench failed to run:\n{report}"
+    );
+    // A client pgbench aborted was told the server went away, in PostgreSQL's words.
+    for line in report.lines().filter(|l| l.contains("aborted")) {
+        assert!(
+            [
+                "terminating connection",
+                "server connection closed unexpectedly",
+                "server closed the connection",
+                "57P01",
+                "08006",
+                "57P03",
+                "no upstream",
+                "number of",
+            ]
+            .iter()
+            .any(|w| line.contains(w))
+                || line.starts_with("pgbench: error: Run was aborted"),
+            "unclear abort: {line}\n{report}"
+        );
+    }
+    // Every log line is one transaction pgbench saw acknowledged: client id first, its
+    // latency third ("failed" or "skipped" for the others).
+    let mut acked = std::collections::BTreeMap::<i32, i64>::new();
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let f = f.unwrap().path();
+        if !f
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("acked")
+        {
+            continue;
+        }
+        for line in std::fs::read_to_string(&f).unwrap().lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() >= 3 && fields[2].parse::<u64>().is_ok() {
+                *acked.entry(fields[0].parse().unwrap()).or_default() += 1;
+            }
+        }
+    }
+    let c = connect(&url).await.unwrap();
+    let stored: std::collections::BTreeMap<i32, i64> = c
+        .query("SELECT client, count(*) FROM pgb GROUP BY client", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let total: i64 = acked.values().sum();
+    eprintln!("pgbench: {total} acknowledged\n{report}");
+    assert!(total > 500, "{report}");
+    for (client, n) in &acked {
+        let have = stored.get(client).copied().unwrap_or(0);
+        assert!(
+            have >= *n,
+            "client {client}: {n} acknowledged, {have} stored"
+        );
+    }
 }

@@ -212,12 +212,7 @@ async fn upstream_over_tls_verify_full() {
         ],
     )
     .unwrap();
-    pg.psql(&format!(
-        "CREATE ROLE {SCRAM_ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}'"
-    ))
-    .unwrap();
-    pg.psql(&format!("CREATE DATABASE appdb OWNER {SCRAM_ROLE}"))
-        .unwrap();
+    create_role_and_db(&pg);
     let general = format!(
         "server_tls_sslmode = \"verify-full\"\nserver_tls_ca_file = \"{}\"",
         pki.ca.display()

@@ -33,6 +33,9 @@ pub struct Upstream {
     pub passthrough: Option<Passthrough>,
     /// Supavisor's tenant: the login's user name is `user.tenant`.
     pub tenant: Option<String>,
+    /// The address `host` resolved to, when it is one of a name's several (TLS still
+    /// verifies `host`); None: connect by `host`.
+    pub addr: Option<std::net::SocketAddr>,
     /// The database's upstreams when it has several (else `host`/`port` is the server).
     pub route: Option<Arc<Route>>,
 }
@@ -53,6 +56,7 @@ impl Upstream {
             host: e.host.to_string(),
             port: e.port,
             tenant: e.tenant.as_deref().map(str::to_owned),
+            addr: e.addr,
             ..self.clone()
         }
     }
@@ -106,6 +110,11 @@ impl Upstream {
         if self.host.starts_with('/') {
             let path = PathBuf::from(&self.host).join(format!(".s.PGSQL.{}", self.port));
             return Ok(Stream::Unix(UnixStream::connect(path).await?));
+        }
+        if let Some(addr) = self.addr {
+            let s = TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            return Ok(Stream::Tcp(s));
         }
         // Strip brackets so `[::1]` works as well as `::1`.
         let host = self.host.trim_start_matches('[').trim_end_matches(']');
@@ -229,6 +238,7 @@ pub async fn establish_own(
     let want = super::route::Want {
         attrs: attrs.unwrap_or(route.attrs),
         session: true,
+        region: None,
     };
     let (est, _, _) = super::route::connect(&Direct, up, route, want, timeout).await?;
     Ok(est)

@@ -70,6 +70,7 @@ pub fn upstream(host: &str) -> Upstream {
         tls: None,
         passthrough: None,
         tenant: None,
+        addr: None,
         route: None,
     }
 }

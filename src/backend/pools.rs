@@ -5,7 +5,7 @@
 use super::connect::{Passthrough, TlsTarget, Upstream};
 use super::pool::{DbLimit, Pool, PoolKey, PoolSettings};
 use super::route::health::Checks;
-use super::route::{Endpoint, Endpoints, Route};
+use super::route::{Endpoint, Endpoints, Route, Ttl};
 use crate::config::SessionAttrs;
 use crate::config::{Config, Database, User};
 use crate::net::tls::UpstreamTls;
@@ -95,6 +95,7 @@ fn plan(
         tls,
         passthrough: passthrough(user, client_key),
         tenant: None,
+        addr: None,
         route: None,
     };
     let settings = PoolSettings {
@@ -161,14 +162,18 @@ impl Pools {
                 .unwrap_or(Duration::from_secs(15)),
             max_lag: g.max_standby_lag.0,
         };
-        let endpoints = db
+        let ttl = Ttl {
+            found: g.dns_max_ttl.duration(),
+            failed: g.dns_nxdomain_ttl.duration(),
+        };
+        let names = db
             .endpoints()
             .iter()
-            .map(|e| self.endpoints.get(e, db.port, checks))
+            .map(|e| self.endpoints.get(e, db.port, checks, ttl))
             .collect();
         Some(Arc::new(Route {
             attrs: db.target_session_attrs,
-            endpoints,
+            names,
             max_lag: g.max_standby_lag.0,
             tolerance: g.proximity_tolerance.duration(),
             region: g.region.as_deref().map(Arc::from),

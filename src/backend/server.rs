@@ -117,6 +117,13 @@ impl Connection {
             && attrs.is_none_or(|a| self.upstream.route.as_ref().is_none_or(|r| r.attrs == a))
     }
 
+    /// Whether it runs on a server of `region` (as its upstream entry says).
+    pub fn in_region(&self, region: &str) -> bool {
+        self.via
+            .as_ref()
+            .is_some_and(|v| v.endpoint.region.as_deref() == Some(region))
+    }
+
     /// Whether a session can be held on it (not through a transaction pooler).
     pub fn keeps_sessions(&self) -> bool {
         self.via

@@ -247,6 +247,7 @@ mod tests {
             tls: None,
             passthrough: None,
             tenant: None,
+            addr: None,
             route: None,
         }
     }

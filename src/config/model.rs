@@ -91,6 +91,10 @@ pub struct General {
     pub proximity_tolerance: Seconds,
     /// Where this instance runs: upstreams of the same `region` are preferred.
     pub region: Option<Text>,
+    /// How long an upstream host name's addresses are used before it is looked up again,
+    /// and how long a failed lookup stands (PgBouncer's names).
+    pub dns_max_ttl: Seconds,
+    pub dns_nxdomain_ttl: Seconds,
     pub server_lifetime: Seconds,
     pub server_idle_timeout: Seconds,
     pub server_connect_timeout: Seconds,
@@ -196,6 +200,8 @@ impl Default for General {
             circuit_backoff: Seconds(2.0),
             proximity_tolerance: Seconds(0.002),
             region: None,
+            dns_max_ttl: Seconds(15.0),
+            dns_nxdomain_ttl: Seconds(15.0),
             max_user_connections: 0,
             max_user_client_connections: 0,
             server_lifetime: Seconds(3600.0),
@@ -262,6 +268,10 @@ pub enum AuthType {
 pub struct Listener {
     pub addr: ListenAddr,
     pub mode: PoolMode,
+    /// Where its clients are: servers opened for them prefer upstreams of this region over
+    /// `[general] region`'s.
+    #[serde(default)]
+    pub region: Option<Text>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

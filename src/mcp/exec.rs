@@ -331,6 +331,7 @@ impl Lease {
             share,
             session: false,
             attrs: None,
+            region: None,
         };
         let server = pool
             .checkout(notified, &demand)

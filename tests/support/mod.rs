@@ -50,6 +50,16 @@ pub fn start_postgres() -> DevDb {
     pg
 }
 
+/// The agent's upstream role and the database it owns, on a server started without them.
+pub fn create_role_and_db(pg: &DevDb) {
+    pg.psql(&format!(
+        "CREATE ROLE {SCRAM_ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}'"
+    ))
+    .unwrap();
+    pg.psql(&format!("CREATE DATABASE appdb OWNER {SCRAM_ROLE}"))
+        .unwrap();
+}
+
 /// The proxy's users: what clients log in with, and the upstream role each maps to.
 pub const AGENT: (&str, &str) = ("agent", "agent-pw");
 pub const AGENT_MD5: (&str, &str) = ("agent_md5", "md5-agent-pw");
@@ -239,9 +249,17 @@ pub fn console(
     user: (&str, &str),
     sql: &str,
 ) -> Result<Vec<std::collections::HashMap<String, String>>, String> {
-    let url = proxy.url(PoolMode::Session, user, "pgsluice");
+    console_at(pg, &proxy.url(PoolMode::Session, user, "pgsluice"), sql)
+}
+
+/// [`console`] at a connection string (a pgsluice this test process did not start).
+pub fn console_at(
+    pg: &DevDb,
+    url: &str,
+    sql: &str,
+) -> Result<Vec<std::collections::HashMap<String, String>>, String> {
     let out = std::process::Command::new(pg.bindir.join("psql"))
-        .arg(&url)
+        .arg(url)
         .args([
             "-XAq",
             "-F",

@@ -1,5 +1,5 @@
 //! SHOW UPSTREAMS (pgsluice's own): every server the databases list, with what was learned
-//! of it: role, health, circuit, latency, standby lag, servers open there, the last error.
+//! of it (one row per address of a host name): role, health, circuit, latency, standby lag, servers open there, the last error.
 
 use super::{Table, Type};
 use crate::app::App;
@@ -9,6 +9,7 @@ pub fn table(app: &App) -> Table {
     let mut t = Table::new(&[
         ("host", Type::Text),
         ("port", Type::Int4),
+        ("addr", Type::Text),
         ("tenant", Type::Text),
         ("region", Type::Text),
         ("kind", Type::Text),
@@ -28,6 +29,7 @@ pub fn table(app: &App) -> Table {
         t.push(vec![
             e.host.as_ref().into(),
             u64::from(e.port).into(),
+            e.addr.map(|a| a.ip().to_string()).into(),
             e.tenant.as_deref().into(),
             e.region.as_deref().into(),
             e.kind.as_str().into(),

@@ -142,6 +142,15 @@ impl Pool {
         let rules = self.rules(&settings);
         let mut st = lock(&self.state);
         let may = st.waiters.may_hold(demand, &rules);
+        if may && in_region(&st.idle, demand).is_none() && self.has_region(demand) {
+            // A client of a listener with a region: a new server there before an idle one
+            // elsewhere.
+            let dedicated = st.waiters.dedicated_for(demand);
+            if let Some(mut slot) = self.try_slot(&mut st, settings.size, dedicated) {
+                slot.hold = st.waiters.hold(demand);
+                return Take::Open(slot);
+            }
+        }
         if may && let Some(mut conn) = take_idle(&mut st.idle, demand) {
             conn.slot.hold = st.waiters.hold(demand);
             return Take::Idle(conn);
@@ -247,8 +256,10 @@ impl Pool {
                 .iter()
                 .rposition(|c| c.last_client == client)
                 .map(|i| i + n.saturating_sub(AFFINITY_SCAN));
-            let mut conn = match own {
+            let mut conn = match own.or_else(|| in_region(&st.idle, demand)) {
                 Some(i) => st.idle.remove(i),
+                // Its region's servers are all busy: checkout may open one there.
+                None if self.has_region(demand) => return None,
                 None => st.idle.pop()?,
             };
             conn.slot.hold = st.waiters.hold(demand);
@@ -280,6 +291,17 @@ impl Pool {
         self.stats.assigned(0);
         self.stats.served(demand.class);
         Some(conn)
+    }
+
+    /// Whether `demand` came through a listener whose region the database has upstreams in.
+    fn has_region(&self, demand: &Demand) -> bool {
+        demand.region.as_deref().is_some_and(|r| {
+            self.upstream
+                .load()
+                .route
+                .as_ref()
+                .is_some_and(|route| route.has_region(r))
+        })
     }
 
     /// Checks an idle connection before use: age, stray input or EOF, and the check query.
@@ -370,6 +392,7 @@ impl Pool {
                 let want = crate::backend::route::Want {
                     attrs: demand.attrs.unwrap_or(route.attrs),
                     session: demand.session,
+                    region: demand.region.clone(),
                 };
                 crate::backend::route::connect(&*self.connector, template, route, want, timeout)
                     .await
@@ -457,6 +480,9 @@ impl Pool {
 /// those opened through a transaction pooler, a client with its own target_session_attrs
 /// those on servers that do not fit them (they stay for the others).
 fn take_idle(idle: &mut Vec<ServerConn>, demand: &Demand) -> Option<ServerConn> {
+    if let Some(i) = in_region(idle, demand) {
+        return Some(idle.remove(i));
+    }
     // Connections of one client's own are never idle: the rest suit every other client.
     if !demand.session && demand.attrs.is_none() {
         return idle.pop();
@@ -465,6 +491,14 @@ fn take_idle(idle: &mut Vec<ServerConn>, demand: &Demand) -> Option<ServerConn> 
         .iter()
         .rposition(|c| c.suits(demand.session, demand.attrs))?;
     Some(idle.remove(i))
+}
+
+/// The most recently used idle connection in the region of `demand`'s listener that it may
+/// have, when its listener names one.
+fn in_region(idle: &[ServerConn], demand: &Demand) -> Option<usize> {
+    let region = demand.region.as_deref()?;
+    idle.iter()
+        .rposition(|c| c.in_region(region) && c.suits(demand.session, demand.attrs))
 }
 
 /// A server logged in: its stream, the login at the server chosen, and that server when the

@@ -184,6 +184,7 @@ fn share(who: &str, max: usize, refuse: bool) -> Demand {
         })),
         session: false,
         attrs: None,
+        region: None,
     }
 }
 
@@ -272,6 +273,7 @@ async fn dedicated_places_are_kept_for_their_owner_in_the_pool_and_the_database(
         })),
         session: false,
         attrs: None,
+        region: None,
     };
     let fair = Fairness {
         dedicated: 1,

@@ -30,6 +30,8 @@ pub struct Demand {
     /// The kind of server the client asked for itself (its `target_session_attrs`), over
     /// the database's.
     pub attrs: Option<crate::config::SessionAttrs>,
+    /// The region of the listener it came through: its servers are preferably there.
+    pub region: Option<Arc<str>>,
 }
 
 impl Demand {
@@ -461,6 +463,7 @@ mod tests {
             share: Some(share.clone()),
             session: false,
             attrs: None,
+            region: None,
         };
         let mut q = queue();
         let held = q.hold(&noisy);
@@ -491,6 +494,7 @@ mod tests {
             share: Some(share),
             session: false,
             attrs: None,
+            region: None,
         };
         let mut q = queue();
         let held = q.hold(&noisy);

@@ -71,10 +71,12 @@ impl Drop for Attempt<'_> {
 
 /// What a connection needs: a server fitting `attrs`, and one that can hold a session
 /// (session-mode clients, LISTEN) or any.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Want {
     pub attrs: SessionAttrs,
     pub session: bool,
+    /// The region to prefer over the route's (the client's listener's).
+    pub region: Option<Arc<str>>,
 }
 
 /// A connection that fits `want` among `route`'s servers, its login at the endpoint chosen,
@@ -88,10 +90,18 @@ pub async fn connect(
 ) -> Result<(Established, Arc<Upstream>, Via), ConnectError> {
     let route = &Route {
         attrs: want.attrs,
+        region: want.region.or_else(|| route.region.clone()),
         ..route.clone()
     };
     let deadline = Instant::now() + timeout;
     let mut why = Vec::new();
+    for n in &route.names {
+        // A name not looked up for dns_max_ttl is looked up again first (within the deadline).
+        let _ = tokio::time::timeout(timeout, n.fresh()).await;
+        if let (Some(e), true) = (n.lookup_error(), n.endpoints().is_empty()) {
+            why.push(format!("{} (host name lookup failed: {e})", n.host));
+        }
+    }
     let mut tried = false;
     let passes: &[bool] = if route.attrs == SessionAttrs::PreferStandby {
         &[true, false]
@@ -127,7 +137,7 @@ pub async fn connect(
             match try_one(connector, &up, attempt, route, left, standby_only).await {
                 Ok(est) => {
                     // The same login reaches its neighbours: their health checks use it.
-                    for n in &route.endpoints {
+                    for n in route.endpoints() {
                         n.remember_login(template);
                     }
                     return Ok((est, up, Via::new(e, generation)));
@@ -143,7 +153,7 @@ pub async fn connect(
         }
     }
     let now = Instant::now();
-    for e in &route.endpoints {
+    for e in route.endpoints() {
         let h = e.health();
         if h.breaker.state(now) != super::breaker::State::Closed {
             why.push(format!(

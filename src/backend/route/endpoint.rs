@@ -4,6 +4,7 @@
 use super::breaker::{Breaker, State};
 use crate::backend::connect::Upstream;
 use crate::config::{EndpointKind, SessionAttrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -90,6 +91,9 @@ impl Health {
 pub struct Endpoint {
     pub host: Box<str>,
     pub port: u16,
+    /// One of the addresses `host` resolved to (None: `host` is an IP literal or a unix
+    /// socket directory, connected to as it is).
+    pub addr: Option<SocketAddr>,
     pub region: Option<Box<str>>,
     pub kind: EndpointKind,
     pub tenant: Option<Box<str>>,
@@ -113,6 +117,7 @@ impl Endpoint {
     pub fn new(
         host: &str,
         port: u16,
+        addr: Option<SocketAddr>,
         region: Option<&str>,
         kind: EndpointKind,
         tenant: Option<&str>,
@@ -120,6 +125,7 @@ impl Endpoint {
         Endpoint {
             host: host.into(),
             port,
+            addr,
             region: region.map(Box::from),
             kind,
             tenant: tenant.map(Box::from),
@@ -131,12 +137,18 @@ impl Endpoint {
         }
     }
 
-    /// `host:port`, IPv6 literals bracketed.
+    /// `host:port`, IPv6 literals bracketed; `name/address:port` for one of a name's
+    /// addresses.
     pub fn address(&self) -> String {
-        if self.host.starts_with('/') || !self.host.contains(':') || self.host.starts_with('[') {
-            format!("{}:{}", self.host, self.port)
-        } else {
-            format!("[{}]:{}", self.host, self.port)
+        match self.addr {
+            Some(a) => format!("{}/{a}", self.host),
+            None if self.host.starts_with('/')
+                || !self.host.contains(':')
+                || self.host.starts_with('[') =>
+            {
+                format!("{}:{}", self.host, self.port)
+            }
+            None => format!("[{}]:{}", self.host, self.port),
         }
     }
 

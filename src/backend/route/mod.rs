@@ -8,10 +8,12 @@ pub mod breaker;
 mod connect;
 pub mod endpoint;
 pub mod health;
+pub mod name;
 
 pub use connect::{Via, Want, connect};
 
 pub use endpoint::{Endpoint, Health, Role};
+pub use name::{Name, Ttl};
 
 use crate::backend::params::SessionParams;
 use crate::config::SessionAttrs;
@@ -24,7 +26,8 @@ use std::time::{Duration, Instant};
 #[derive(Clone)]
 pub struct Route {
     pub attrs: SessionAttrs,
-    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Its upstreams as configured; each stands for one server or (a host name) several.
+    pub names: Vec<Arc<Name>>,
     /// max_standby_lag in seconds (0: no bound).
     pub max_lag: f64,
     pub tolerance: Duration,
@@ -48,11 +51,11 @@ impl PartialEq for Route {
             && self.region == o.region
             && self.failures == o.failures
             && self.backoff == o.backoff
-            && self.endpoints.len() == o.endpoints.len()
+            && self.names.len() == o.names.len()
             && self
-                .endpoints
+                .names
                 .iter()
-                .zip(&o.endpoints)
+                .zip(&o.names)
                 .all(|(a, b)| Arc::ptr_eq(a, b))
     }
 }
@@ -61,7 +64,7 @@ impl Eq for Route {}
 
 impl std::fmt::Debug for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let addrs: Vec<String> = self.endpoints.iter().map(|e| e.address()).collect();
+        let addrs: Vec<&str> = self.names.iter().map(|n| &*n.host).collect();
         f.debug_struct("Route")
             .field("attrs", &self.attrs.as_str())
             .field("endpoints", &addrs)
@@ -70,14 +73,30 @@ impl std::fmt::Debug for Route {
 }
 
 impl Route {
+    /// Every server its upstreams stand for now.
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.names
+            .iter()
+            .flat_map(|n| n.endpoints().to_vec())
+            .collect()
+    }
+
+    /// Whether any of its upstreams is in `region`.
+    pub fn has_region(&self, region: &str) -> bool {
+        self.names.iter().any(|n| n.region() == Some(region))
+    }
+
     /// The endpoints to try for a new connection, best first; those whose circuit is open
     /// are not there, and those failing their health checks come after the healthy ones of
     /// their kind (a missed check does not take a fitting primary away).
     pub fn candidates(&self, now: Instant) -> Vec<Arc<Endpoint>> {
         let seen: Vec<(Arc<Endpoint>, Health)> = self
-            .endpoints
-            .iter()
-            .map(|e| (e.clone(), e.health()))
+            .endpoints()
+            .into_iter()
+            .map(|e| {
+                let h = e.health();
+                (e, h)
+            })
             .filter(|(_, h)| h.breaker.state(now) != breaker::State::Open)
             .collect();
         let best = |rank: u8| {
@@ -123,10 +142,11 @@ impl Route {
         }
     }
 
-    /// The sum of its endpoints' generations: it moves whenever one changes role, health or
-    /// lag (a few atomic loads: read on every checkout of a routed connection).
+    /// The sum of its names' generations: it moves whenever a server changes role, health or
+    /// lag, or an address leaves (a few atomic loads: read on every checkout of a routed
+    /// connection).
     pub fn generation(&self) -> u64 {
-        self.endpoints.iter().map(|e| e.generation()).sum()
+        self.names.iter().map(|n| n.generation()).sum()
     }
 
     /// Whether the attrs need to know a server's role at all.
@@ -152,26 +172,27 @@ pub fn role_from_params(p: &SessionParams) -> Option<(Role, bool)> {
 /// The query that tells when the parameters do not.
 pub const ROLE_QUERY: &str = "SELECT pg_catalog.pg_is_in_recovery()::text, pg_catalog.current_setting('default_transaction_read_only')";
 
-/// Every endpoint pgsluice knows, by address and what it is, shared by the databases that
-/// list it: one health check and one circuit per server.
+/// Every upstream pgsluice knows, by what it is, shared by the databases that list it: one
+/// lookup, and per server one health check and one circuit.
 #[derive(Default)]
 pub struct Endpoints {
-    by_addr: DashMap<EndpointKey, Arc<Endpoint>>,
+    by_addr: DashMap<EndpointKey, Arc<Name>>,
 }
 
-/// (host, port, tenant, kind, region): an entry changed in any of these is a new endpoint,
+/// (host, port, tenant, kind, region): an entry changed in any of these is a new upstream,
 /// so a RELOAD that makes a server a transaction pooler retires the connections made before.
 type EndpointKey = (String, u16, Option<String>, &'static str, Option<String>);
 
 impl Endpoints {
-    /// The endpoint for this entry, made (and its health checks started) on first use; its
-    /// checks follow `checks` from then on.
+    /// The upstream for this entry, made (and its lookups and health checks started) on
+    /// first use; it follows `checks` and `ttl` from then on.
     pub fn get(
         &self,
         entry: &crate::config::UpstreamEntry,
         default_port: u16,
         checks: health::Checks,
-    ) -> Arc<Endpoint> {
+        ttl: Ttl,
+    ) -> Arc<Name> {
         let port = entry.port.unwrap_or(default_port);
         let key = (
             entry.host.to_string(),
@@ -182,34 +203,37 @@ impl Endpoints {
         );
         match self.by_addr.entry(key) {
             dashmap::Entry::Occupied(o) => {
-                o.get().set_checks(checks);
+                o.get().configure(checks, ttl);
                 o.get().clone()
             }
             dashmap::Entry::Vacant(v) => {
-                let e = Arc::new(Endpoint::new(
-                    &entry.host,
-                    port,
-                    entry.region.as_deref(),
-                    entry.kind,
-                    entry.tenant.as_deref(),
-                ));
-                e.set_checks(checks);
-                v.insert(e.clone());
-                health::spawn(&e);
-                e
+                let n = Arc::new(Name::new(entry, port));
+                n.configure(checks, ttl);
+                v.insert(n.clone());
+                n.start();
+                n
             }
         }
     }
 
-    /// Forgets endpoints no database lists and no connection uses any more (after a
-    /// RELOAD): their checks stop and their metrics go.
+    /// Forgets upstreams no database lists and no connection uses any more (after a
+    /// RELOAD): their lookups and checks stop and their metrics go.
     pub fn prune(&self) {
-        self.by_addr.retain(|_, e| Arc::strong_count(e) > 1);
+        self.by_addr.retain(|_, n| {
+            Arc::strong_count(n) > 1 || n.endpoints().iter().any(|e| Arc::strong_count(e) > 1)
+        });
     }
 
+    /// Every server, in the order of their addresses.
     pub fn all(&self) -> Vec<Arc<Endpoint>> {
-        let mut v: Vec<_> = self.by_addr.iter().map(|e| e.value().clone()).collect();
-        v.sort_by(|a, b| (&a.host, a.port, &a.tenant).cmp(&(&b.host, b.port, &b.tenant)));
+        let mut v: Vec<_> = self
+            .by_addr
+            .iter()
+            .flat_map(|n| n.value().endpoints().to_vec())
+            .collect();
+        v.sort_by(|a, b| {
+            (&a.host, a.port, &a.tenant, a.addr).cmp(&(&b.host, b.port, &b.tenant, b.addr))
+        });
         v
     }
 }
@@ -223,6 +247,7 @@ mod tests {
         Arc::new(Endpoint::new(
             "127.0.0.1",
             port,
+            None,
             Some(region),
             EndpointKind::Postgres,
             None,
@@ -232,7 +257,10 @@ mod tests {
     fn route(attrs: SessionAttrs, endpoints: &[Arc<Endpoint>]) -> Route {
         Route {
             attrs,
-            endpoints: endpoints.to_vec(),
+            names: endpoints
+                .iter()
+                .map(|e| Arc::new(Name::of(e.clone())))
+                .collect(),
             max_lag: 10.0,
             tolerance: Duration::from_millis(2),
             region: Some("here".into()),

@@ -94,6 +94,8 @@ pub(super) fn note_auth_failure(
 pub(super) struct Arrival<'a> {
     pub(super) peer: &'a Peer,
     pub(super) mode: PoolMode,
+    /// Its listener's region: servers opened for it prefer upstreams there.
+    pub(super) region: Option<Arc<str>>,
     pub(super) over_limit: bool,
     pub(super) id: u64,
     pub(super) tls: Option<handshake::TlsInfo>,
@@ -181,6 +183,7 @@ pub(super) async fn login(
         share: admitted.as_ref().and_then(|a| a.share()),
         session: arrival.mode == PoolMode::Session,
         attrs,
+        region: arrival.region.clone(),
     };
     let who = Who {
         user: &startup.user,

@@ -89,7 +89,7 @@ struct Pooled {
 /// Serves one accepted connection to its end. Never panics on client input; every refusal is
 /// an ErrorResponse and a log line. The socket and address come boxed: what a task's future
 /// takes as arguments it keeps room for all its life, and login consumes these.
-pub async fn serve(app: Arc<App>, accepted: Box<(Stream, Peer)>, mode: PoolMode, id: u64) {
+pub async fn serve(app: Arc<App>, accepted: Box<Accepted>, mode: PoolMode, id: u64) {
     // Counted until the audit line of its end is queued, so shutdown's flush includes it.
     let over_limit = !app.admit_client(mode);
     let _count = scopeguard(&app, mode);
@@ -124,6 +124,10 @@ pub async fn serve(app: Arc<App>, accepted: Box<(Stream, Peer)>, mode: PoolMode,
         Box::pin(audit_disconnected(&app, id, *a)).await;
     }
 }
+
+/// A connection as its listener accepted it: the stream, the client's address, and the
+/// listener's `region` (boxed: only the login needs it).
+pub type Accepted = (Stream, Peer, Option<Arc<str>>);
 
 /// The span of a connection's login and ending lines.
 fn conn_span(id: u64, mode: PoolMode) -> tracing::Span {
@@ -185,13 +189,13 @@ async fn audit_disconnected(app: &App, id: u64, a: Audited) {
 /// connection ended there (refused, a cancel request, the admin console's session).
 async fn serve_inner(
     app: &Arc<App>,
-    accepted: Box<(Stream, Peer)>,
+    accepted: Box<Accepted>,
     mode: PoolMode,
     id: u64,
     over_limit: bool,
     ended: &mut Ended,
 ) -> Option<Box<(Client, Relay)>> {
-    let (stream, peer) = *accepted;
+    let (stream, peer, region) = *accepted;
     // Address rules and per-address limits first, before any TLS or SCRAM work is spent.
     let address_slot = match admit_address(app, &peer) {
         Ok(slot) => slot,
@@ -211,6 +215,7 @@ async fn serve_inner(
     let arrival = Arrival {
         peer: &peer,
         mode,
+        region,
         over_limit,
         id,
         tls: None,
