@@ -142,7 +142,11 @@ impl Pool {
         let rules = self.rules(&settings);
         let mut st = lock(&self.state);
         let may = st.waiters.may_hold(demand, &rules);
-        if may && in_region(&st.idle, demand).is_none() && self.has_region(demand) {
+        let failing = st
+            .last_failure
+            .as_ref()
+            .is_some_and(|(at, _)| settings.login_retry.is_some_and(|d| at.elapsed() < d));
+        if may && !failing && in_region(&st.idle, demand).is_none() && self.has_region(demand) {
             // A client of a listener with a region: a new server there before an idle one
             // elsewhere.
             let dedicated = st.waiters.dedicated_for(demand);
@@ -293,14 +297,14 @@ impl Pool {
         Some(conn)
     }
 
-    /// Whether `demand` came through a listener whose region the database has upstreams in.
+    /// Whether `demand` came through a listener with a region where a new server for it
+    /// would be opened now.
     fn has_region(&self, demand: &Demand) -> bool {
         demand.region.as_deref().is_some_and(|r| {
-            self.upstream
-                .load()
-                .route
+            let up = self.upstream.load();
+            up.route
                 .as_ref()
-                .is_some_and(|route| route.has_region(r))
+                .is_some_and(|route| route.leads_in(r, demand.attrs.unwrap_or(route.attrs)))
         })
     }
 

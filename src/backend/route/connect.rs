@@ -29,7 +29,7 @@ impl Via {
     }
 
     pub fn stale(&self, route: &Route) -> bool {
-        route.generation() != self.generation
+        route.generation() != self.generation || self.endpoint.departed()
     }
 }
 
@@ -96,8 +96,12 @@ pub async fn connect(
     let deadline = Instant::now() + timeout;
     let mut why = Vec::new();
     for n in &route.names {
-        // A name not looked up for dns_max_ttl is looked up again first (within the deadline).
-        let _ = tokio::time::timeout(timeout, n.fresh()).await;
+        // A name with no address yet is looked up first (within the deadline); the others
+        // are kept fresh in the background, never holding a connect up.
+        if n.endpoints().is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let _ = tokio::time::timeout(left, n.fresh()).await;
+        }
         if let (Some(e), true) = (n.lookup_error(), n.endpoints().is_empty()) {
             why.push(format!("{} (host name lookup failed: {e})", n.host));
         }

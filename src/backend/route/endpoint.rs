@@ -101,6 +101,8 @@ pub struct Endpoint {
     /// Bumped when its role changes: connections opened before are retired (read on every
     /// checkout of one of its connections, so an atomic, not under the lock).
     generation: AtomicU64,
+    /// Its host name no longer resolves to it: its connections retire.
+    departed: std::sync::atomic::AtomicBool,
     /// Servers of every pool open there now (the tie-breaker between near endpoints).
     pub open: AtomicUsize,
     /// How health checks log in: the latest pool login that reached it.
@@ -131,6 +133,7 @@ impl Endpoint {
             tenant: tenant.map(Box::from),
             health: Mutex::new(Health::default()),
             generation: AtomicU64::new(0),
+            departed: Default::default(),
             open: AtomicUsize::new(0),
             login: Mutex::new(None),
             checks: Mutex::new(super::health::Checks::default()),
@@ -268,6 +271,15 @@ impl Endpoint {
         h.healthy = true;
         h.lagging = false;
         h.lag = None;
+    }
+
+    /// Its name's lookup no longer finds it.
+    pub fn depart(&self) {
+        self.departed.store(true, Ordering::Release);
+    }
+
+    pub fn departed(&self) -> bool {
+        self.departed.load(Ordering::Acquire)
     }
 
     /// The generation connections opened now carry.

@@ -81,9 +81,19 @@ impl Route {
             .collect()
     }
 
-    /// Whether any of its upstreams is in `region`.
-    pub fn has_region(&self, region: &str) -> bool {
-        self.names.iter().any(|n| n.region() == Some(region))
+    /// Whether a connection wanting `attrs` from a client of `region` would be opened in
+    /// that region now (its best candidate is there: healthy, fitting, circuit closed).
+    pub fn leads_in(&self, region: &str, attrs: SessionAttrs) -> bool {
+        if !self.names.iter().any(|n| n.region() == Some(region)) {
+            return false;
+        }
+        let there = Route {
+            attrs,
+            region: Some(region.into()),
+            ..self.clone()
+        };
+        let best = there.candidates(Instant::now()).into_iter().next();
+        best.is_some_and(|e| e.region.as_deref() == Some(region) && there.rank(&e.health()) < 3)
     }
 
     /// The endpoints to try for a new connection, best first; those whose circuit is open

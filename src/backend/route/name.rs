@@ -10,7 +10,6 @@ use super::health::{self, Checks};
 use crate::config::{EndpointKind, UpstreamEntry};
 use arc_swap::ArcSwap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -29,16 +28,21 @@ pub struct Name {
     tenant: Option<Box<str>>,
     /// A host name, looked up (an IP literal or a socket directory is its one endpoint).
     looked_up: bool,
-    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
-    /// Grows by one plus the generations of the endpoints that left, each time some leave:
-    /// the routes' generation (a sum) keeps moving forward, so their connections retire.
-    departed: AtomicU64,
+    now: ArcSwap<Addresses>,
     /// The last lookup: when, and whether it failed. One lookup at a time.
     last: tokio::sync::Mutex<Option<(Instant, bool)>>,
     ttl: Mutex<Ttl>,
     checks: Mutex<Checks>,
     /// Why the last lookup failed.
     error: Mutex<Option<String>>,
+}
+
+/// The servers a name stands for, and the generations of those that left (so that the
+/// routes' generation, a sum, never goes back when one leaves); swapped as one.
+#[derive(Default)]
+struct Addresses {
+    endpoints: Arc<Vec<Arc<Endpoint>>>,
+    departed: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -65,15 +69,14 @@ impl Name {
             kind: entry.kind,
             tenant: entry.tenant.as_deref().map(Box::from),
             looked_up,
-            endpoints: ArcSwap::from_pointee(Vec::new()),
-            departed: AtomicU64::new(0),
+            now: ArcSwap::from_pointee(Addresses::default()),
             last: tokio::sync::Mutex::new(None),
             ttl: Mutex::new(Ttl::default()),
             checks: Mutex::new(Checks::default()),
             error: Mutex::new(None),
         };
         if !looked_up {
-            name.endpoints.store(Arc::new(vec![name.endpoint(None)]));
+            name.store(vec![name.endpoint(None)], 0);
         }
         name
     }
@@ -89,7 +92,7 @@ impl Name {
             tenant: None,
         };
         let name = Name::new(&entry, e.port);
-        name.endpoints.store(Arc::new(vec![e]));
+        name.store(vec![e], 0);
         name
     }
 
@@ -121,15 +124,23 @@ impl Name {
         self.region.as_deref()
     }
 
-    /// The servers it stands for now (none while a name has never resolved).
-    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
-        self.endpoints.load_full()
+    fn store(&self, endpoints: Vec<Arc<Endpoint>>, departed: u64) {
+        self.now.store(Arc::new(Addresses {
+            endpoints: Arc::new(endpoints),
+            departed,
+        }));
     }
 
-    /// Moves whenever an address leaves or one of its servers changes role, health or lag.
+    /// The servers it stands for now (none while a name has never resolved).
+    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.now.load().endpoints.clone()
+    }
+
+    /// Moves forward whenever one of its servers changes role, health or lag (an address
+    /// leaving retires only its own connections: [`Endpoint::departed`]).
     pub fn generation(&self) -> u64 {
-        let sum: u64 = self.endpoints.load().iter().map(|e| e.generation()).sum();
-        self.departed.load(Ordering::Acquire) + sum
+        let now = self.now.load();
+        now.departed + now.endpoints.iter().map(|e| e.generation()).sum::<u64>()
     }
 
     /// The configuration's knobs, for its endpoints now and those it finds later.
@@ -146,17 +157,19 @@ impl Name {
         lock(&self.error).clone()
     }
 
-    /// Looks the name up again if its last lookup is older than it may be.
-    pub async fn fresh(&self) {
+    /// Looks the name up again if its last lookup is older than it may be; returns how long
+    /// the outcome stands.
+    pub async fn fresh(&self) -> Duration {
+        let ttl = *lock(&self.ttl);
         if !self.looked_up {
-            return;
+            return ttl.found;
         }
         let mut last = self.last.lock().await;
-        let ttl = *lock(&self.ttl);
+        let stands = |failed| if failed { ttl.failed } else { ttl.found };
         if let Some((at, failed)) = *last
-            && at.elapsed() < if failed { ttl.failed } else { ttl.found }
+            && at.elapsed() < stands(failed)
         {
-            return;
+            return stands(failed) - at.elapsed();
         }
         let found = tokio::net::lookup_host((&*self.host, self.port))
             .await
@@ -171,6 +184,7 @@ impl Name {
             Err(e) => self.lookup_failed(e.to_string()),
         };
         *last = Some((Instant::now(), failed));
+        stands(failed)
     }
 
     fn lookup_failed(&self, why: String) -> bool {
@@ -179,12 +193,13 @@ impl Name {
         true
     }
 
-    /// A lookup found `addrs`: each is an endpoint, those known before kept as they are.
+    /// A lookup found `addrs`: each is an endpoint, those known before kept as they are; those
+    /// that left are marked so, and their connections retire.
     fn found(&self, mut addrs: Vec<SocketAddr>) {
         let mut seen = std::collections::HashSet::new();
         addrs.retain(|a| seen.insert(*a));
-        let old = self.endpoints();
-        let kept = |a: &SocketAddr| old.iter().find(|e| e.addr == Some(*a)).cloned();
+        let before = self.now.load_full();
+        let old = &before.endpoints;
         let left: Vec<&Arc<Endpoint>> = old
             .iter()
             .filter(|e| !e.addr.is_some_and(|a| addrs.contains(&a)))
@@ -192,22 +207,28 @@ impl Name {
         if left.is_empty() && old.len() == addrs.len() {
             return;
         }
+        // New addresses are checked with the login their neighbours were.
+        let login = old.iter().find_map(|e| e.login());
         let new: Vec<Arc<Endpoint>> = addrs
             .iter()
-            .map(|a| {
-                kept(a).unwrap_or_else(|| {
+            .map(|a| match old.iter().find(|e| e.addr == Some(*a)) {
+                Some(e) => e.clone(),
+                None => {
                     let e = self.endpoint(Some(*a));
+                    if let Some(l) = &login {
+                        e.remember_login(l);
+                    }
                     health::spawn(&e);
                     e
-                })
+                }
             })
             .collect();
-        if !left.is_empty() {
-            let gone: u64 = left.iter().map(|e| e.generation()).sum();
-            self.departed.fetch_add(1 + gone, Ordering::AcqRel);
+        for e in &left {
+            e.depart();
         }
+        let gone: u64 = left.iter().map(|e| e.generation()).sum();
         tracing::info!(upstream = %self.host, addresses = ?addrs, "upstream host name resolved");
-        self.endpoints.store(Arc::new(new));
+        self.store(new, before.departed + gone);
     }
 }
 
@@ -216,10 +237,9 @@ impl Name {
 async fn refresh(weak: Weak<Name>) {
     loop {
         let Some(name) = weak.upgrade() else { return };
-        name.fresh().await;
-        let ttl = lock(&name.ttl).found.max(Duration::from_secs(1));
+        let stands = name.fresh().await.max(Duration::from_secs(1));
         drop(name);
-        tokio::time::sleep(ttl).await;
+        tokio::time::sleep(stands).await;
     }
 }
 
@@ -267,20 +287,15 @@ mod tests {
         assert_eq!(n.generation(), before);
         assert!(Arc::ptr_eq(&n.endpoints()[0], &first[0]));
 
-        // A new address joins without retiring anything.
-        n.found(vec![
-            addr("10.0.0.1:5432"),
-            addr("10.0.0.2:5432"),
-            addr("10.0.0.3:5432"),
-        ]);
-        assert_eq!(n.generation(), before);
-        // One leaving moves the generation forward, even one that had changed role.
+        // A new address joins, one leaves: only the one that left is marked departed (its
+        // connections retire), and the generation never goes back.
         n.found(vec![addr("10.0.0.2:5432"), addr("10.0.0.3:5432")]);
-        assert!(n.generation() > before);
+        assert!(first[0].departed() && !first[1].departed());
+        assert_eq!(n.generation(), before);
         let now = n.endpoints();
         assert!(Arc::ptr_eq(&now[0], &first[1]), "kept with its health");
-        let after = n.generation();
-        n.found(vec![addr("10.0.0.3:5432")]);
-        assert!(n.generation() > after);
+        now[1].learned(Role::Primary, false);
+        now[1].learned(Role::Standby, false);
+        assert!(n.generation() > before);
     }
 }
