@@ -1,12 +1,13 @@
 //! Application state shared by every task (one `Arc<App>`, no process globals, so a test can
 //! run several proxies in one process) and the startup of listeners.
 
+mod listening;
+
 use crate::auth::Secret;
 use crate::auth::scram::{self, Verifier};
 use crate::backend::pools::Pools;
 use crate::config::{Config, ListenAddr, PoolMode};
 use crate::frontend::cancel::Cancels;
-use crate::net::listener::{self, Bound};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use std::collections::{BTreeMap, HashSet};
@@ -52,6 +53,10 @@ pub struct App {
     /// LISTEN connections for transaction-mode clients, one per database.
     notify_hubs: DashMap<Arc<str>, Arc<crate::backend::notify::NotifyHub>>,
     log_reloader: std::sync::OnceLock<LogReloader>,
+    /// The listeners open now (RELOAD opens and closes them).
+    pub listening: listening::Listening,
+    /// Itself, for what RELOAD starts (accept loops hold the App).
+    me: std::sync::Weak<App>,
 }
 
 impl App {
@@ -63,7 +68,9 @@ impl App {
         ));
         let activity = Arc::new(crate::backend::activity::Activity::default());
         let tls = Arc::new(crate::net::tls::Acceptor::default());
-        Arc::new(App {
+        Arc::new_cyclic(|me| App {
+            me: me.clone(),
+            listening: Default::default(),
             config: ArcSwap::from_pointee(config),
             metrics: crate::metrics::Metrics::new(
                 pools.map(),
@@ -224,7 +231,8 @@ impl App {
 
     /// RELOAD: reads the configuration file again and applies it: pool sizes, limits and
     /// timeouts, users and passwords, upstream addresses (connections to an old address are
-    /// replaced), query tracking and the log level. Listeners need a restart.
+    /// replaced), query tracking, the log level and the listeners (new ones open, removed ones
+    /// close; connections accepted before stay).
     pub fn reload(&self) -> Result<(), String> {
         let result = self.reload_inner();
         self.metrics.reload(result.is_ok());
@@ -243,15 +251,12 @@ impl App {
             return Err("RELOAD needs a configuration file (pgsluice --config FILE)".into());
         };
         let new = Config::load(&path).map_err(|e| e.to_string())?;
-        let listeners = |c: &Config| -> Vec<(ListenAddr, PoolMode)> {
-            c.listeners
-                .iter()
-                .map(|l| (l.get_ref().addr.clone(), l.get_ref().mode))
-                .collect()
-        };
-        if listeners(&new) != listeners(&old) {
-            tracing::warn!("RELOAD: listener changes take effect after a restart");
-        }
+        // Bound before anything changes: a listener that cannot be fails the RELOAD alone.
+        let wanted = listeners(&new);
+        let fresh = self
+            .listening
+            .bind_new(&wanted)
+            .map_err(|e| e.to_string())?;
         if new.general.log_level != old.general.log_level
             && let Some(f) = self.log_reloader.get()
         {
@@ -265,6 +270,9 @@ impl App {
         self.pools.reload(&new);
         self.config.store(Arc::new(new));
         self.warm_verifiers();
+        if let Some(me) = self.me.upgrade() {
+            self.listening.apply(&me, &wanted, fresh);
+        }
         Ok(())
     }
 }
@@ -284,19 +292,46 @@ pub struct Running {
 impl Running {
     /// The first TCP address bound for `mode`.
     pub fn addr(&self, mode: PoolMode) -> Option<SocketAddr> {
-        self.listeners.iter().find_map(|(a, m)| match a {
-            ListenAddr::Tcp(sa) if *m == mode => Some(*sa),
-            _ => None,
-        })
+        self.app.listening.tcp(mode)
     }
 
-    /// Stops accepting, waits up to shutdown_timeout for clients to leave, closes idle servers.
+    /// A graceful shutdown (SIGTERM, the console's SHUTDOWN): stops accepting; a client
+    /// between transactions is told (57P01) and closed at once, one in a transaction when it
+    /// ends, a session-mode client when it leaves; at shutdown_timeout everyone left is closed.
     pub async fn shutdown(&self) {
         self.app.shutdown.send_replace(true);
         let limit = self.app.config.load().general.shutdown_timeout.duration();
         let deadline = tokio::time::Instant::now() + limit;
-        while self.app.client_count() > 0 && tokio::time::Instant::now() < deadline {
+        loop {
+            for c in self.app.clients.all() {
+                if c.link() == 0 && c.state() != crate::stats::clients::ClientState::Waiting {
+                    c.kill();
+                }
+            }
+            if self.app.client_count() == 0 || tokio::time::Instant::now() >= deadline {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.close().await;
+    }
+
+    /// A fast shutdown (SIGINT): every client is told (57P01) and closed now, transactions in
+    /// flight rolled back.
+    pub async fn shutdown_fast(&self) {
+        self.app.shutdown.send_replace(true);
+        self.close().await;
+    }
+
+    /// Closes the clients left (waiting up to a second for them to be told), then the idle
+    /// servers; the audit log is on disk when it returns.
+    async fn close(&self) {
+        for c in self.app.clients.all() {
+            c.kill();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while self.app.client_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for pool in self.app.pools.all() {
             pool.close_idle().await;
@@ -312,15 +347,15 @@ impl Drop for Running {
     }
 }
 
+fn listeners(c: &Config) -> Vec<crate::config::Listener> {
+    c.listeners.iter().map(|l| l.get_ref().clone()).collect()
+}
+
 /// Binds every listener (failing before serving anything if one cannot be bound) and
 /// starts accepting.
 pub async fn start(config: Config) -> std::io::Result<Running> {
     let http_addr = config.http.as_ref().map(|h| h.addr);
-    let specs: Vec<_> = config
-        .listeners
-        .iter()
-        .map(|l| l.get_ref().clone())
-        .collect();
+    let specs = listeners(&config);
     let audit_dest = config.audit.as_ref().map(|a| a.destination());
     let audit = crate::audit::Audit::start(audit_dest.as_ref()).await?;
     let tls_files = config.tls.as_ref().and_then(|t| t.files());
@@ -331,23 +366,7 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
         .load(tls_files.as_ref())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("TLS: {e}")))?;
     app.warm_verifiers();
-    let mut bound = Vec::new();
-    for spec in &specs {
-        let b = listener::bind(&spec.addr).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", spec.addr))
-        })?;
-        let actual = match (&b, &spec.addr) {
-            (Bound::Tcp(_), _) => ListenAddr::Tcp(b.local_addr().unwrap_or(match spec.addr {
-                ListenAddr::Tcp(a) => a,
-                ListenAddr::Unix(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
-            })),
-            (Bound::Unix(..), a) => a.clone(),
-        };
-        tracing::info!(addr = %actual, mode = spec.mode.as_str(), "listening");
-        let region = spec.region.as_deref().map(Arc::from);
-        bound.push((b, actual, spec.mode, region));
-    }
-    let listeners = bound.iter().map(|(_, a, m, _)| (a.clone(), *m)).collect();
+    let fresh = app.listening.bind_new(&specs)?;
     let mut http = None;
     if let Some(addr) = http_addr {
         let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -357,9 +376,8 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
         tracing::info!(addr = %addr, "http endpoint listening");
         tokio::spawn(crate::http::serve(app.clone(), l));
     }
-    for (b, _, mode, region) in bound {
-        tokio::spawn(accept_loop(app.clone(), b, mode, region));
-    }
+    app.listening.apply(&app, &specs, fresh);
+    let listeners = app.listening.addrs();
     tokio::spawn(sample_activity(Arc::downgrade(&app)));
     tokio::spawn(watch_certificates(Arc::downgrade(&app)));
     Ok(Running {
@@ -391,32 +409,6 @@ async fn watch_certificates(app: std::sync::Weak<App>) {
             Err(e) => {
                 tracing::warn!(error = %e, "TLS certificate files changed but do not load; keeping the old ones")
             }
-        }
-    }
-}
-
-async fn accept_loop(app: Arc<App>, bound: Bound, mode: PoolMode, region: Option<Arc<str>>) {
-    let mut stop = app.shutdown.subscribe();
-    let mut backoff = crate::net::listener::AcceptBackoff::new(mode.as_str());
-    loop {
-        let keepalive = app.config.load().general.tcp_keepalive;
-        tokio::select! {
-            r = bound.accept(keepalive) => match r {
-                Ok((stream, peer)) => {
-                    backoff.reset();
-                    let id = app.conn_ids.fetch_add(1, Ordering::Relaxed);
-                    // The connection's log lines carry its id: the `conn` span (entered by
-                    // serve outside the relay loop) or a `conn` field.
-                    let accepted = Box::new((stream, peer, region.clone()));
-                    let serve = crate::frontend::session::serve(app.clone(), accepted, mode, id);
-                    tokio::spawn(crate::net::isolate::isolated(id, serve));
-                }
-                // Out of descriptors and similar: back off instead of spinning.
-                Err(e) => {
-                    backoff.failed(&e).await;
-                }
-            },
-            _ = async { let _ = stop.wait_for(|s| *s).await.map(|_| ()); } => return,
         }
     }
 }

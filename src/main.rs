@@ -198,12 +198,17 @@ fn main() -> ExitCode {
                     .map_err(|e| e.to_string())?;
                 running.app.set_log_reloader(log_reloader);
                 reload_on_sighup(running.app.clone());
-                tokio::select! {
-                    _ = wait_for_signal() => {}
-                    _ = running.app.shutdown_requested() => {}
+                let fast = tokio::select! {
+                    fast = wait_for_signal() => fast,
+                    _ = running.app.shutdown_requested() => false,
+                };
+                if fast {
+                    tracing::info!("SIGINT: fast shutdown, closing every client now");
+                    running.shutdown_fast().await;
+                } else {
+                    tracing::info!("shutting down: transactions in flight finish (up to shutdown_timeout)");
+                    running.shutdown().await;
                 }
-                tracing::info!("shutting down: waiting for clients to finish");
-                running.shutdown().await;
                 Ok(())
             }
         }
@@ -237,17 +242,18 @@ fn reload_on_sighup(app: std::sync::Arc<pgsluice::app::App>) {
     });
 }
 
-async fn wait_for_signal() {
+/// SIGTERM (graceful) or SIGINT (fast: true).
+async fn wait_for_signal() -> bool {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
-            return;
+            return true;
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => true,
+        _ = term.recv() => false,
     }
 }

@@ -37,49 +37,111 @@ fn wait_for(rx: &mpsc::Receiver<String>, needle: &str, limit: Duration) -> bool 
     false
 }
 
+/// The binary running a config for `pg` (with `general` keys) on fixed ports.
+struct Launched {
+    child: std::process::Child,
+    log: mpsc::Receiver<String>,
+    session: u16,
+    txn: u16,
+    file: std::path::PathBuf,
+    text: String,
+    dir: std::path::PathBuf,
+}
+
+impl Launched {
+    fn start(pg: &pgsluice::devdb::DevDb, general: &str, name: &str) -> Launched {
+        let session = pgsluice::devdb::free_port().unwrap();
+        let txn = pgsluice::devdb::free_port().unwrap();
+        let text = config_text(pg, general, "pool_size = 2")
+            .replacen("127.0.0.1:0", &format!("127.0.0.1:{session}"), 1)
+            .replacen("127.0.0.1:0", &format!("127.0.0.1:{txn}"), 1);
+        let dir = std::env::temp_dir().join(format!("pgsluice-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pgsluice.toml");
+        std::fs::write(&file, &text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pgsluice"))
+            .arg("--config")
+            .arg(&file)
+            .args(["--log-format", "json"])
+            .env_remove("PGSLUICE_LOG")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let log = lines(&mut child);
+        Launched {
+            child,
+            log,
+            session,
+            txn,
+            file,
+            text,
+            dir,
+        }
+    }
+
+    /// A client once the binary listens.
+    async fn client(&self, port: u16) -> tokio_postgres::Client {
+        let start = Instant::now();
+        loop {
+            let url = format!(
+                "host=127.0.0.1 port={port} user={} password={} dbname=app",
+                AGENT.0, AGENT.1
+            );
+            match connect(&url).await {
+                Ok(c) => return c,
+                Err(_) if start.elapsed() < Duration::from_secs(20) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("pgsluice did not start: {e}"),
+            }
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    /// Its exit status, waiting at most `limit`.
+    fn exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pgsluice did not exit in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_changes_log_level_and_shutdown_exits() {
     let pg = start_postgres();
-    let session = pgsluice::devdb::free_port().unwrap();
-    let txn = pgsluice::devdb::free_port().unwrap();
-    let text = config_text(&pg, "log_level = \"warn\"", "pool_size = 2")
-        .replacen("127.0.0.1:0", &format!("127.0.0.1:{session}"), 1)
-        .replacen("127.0.0.1:0", &format!("127.0.0.1:{txn}"), 1);
-    let dir = std::env::temp_dir().join(format!("pgsluice-bin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("pgsluice.toml");
-    std::fs::write(&file, &text).unwrap();
-
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgsluice"))
-        .arg("--config")
-        .arg(&file)
-        .args(["--log-format", "json"])
-        .env_remove("PGSLUICE_LOG")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let log = lines(&mut child);
+    let mut bin = Launched::start(&pg, "log_level = \"warn\"", "bin");
+    let (session, file, text) = (bin.session, bin.file.clone(), bin.text.clone());
     let url = |user: (&str, &str), db: &str| {
         format!(
             "host=127.0.0.1 port={session} user={} password={} dbname={db}",
             user.0, user.1
         )
     };
-    // Up: connect once it listens.
-    let start = Instant::now();
-    let c = loop {
-        match connect(&url(AGENT, "app")).await {
-            Ok(c) => break c,
-            Err(_) if start.elapsed() < Duration::from_secs(20) => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(e) => panic!("pgsluice did not start: {e}"),
-        }
-    };
+    let c = bin.client(session).await;
     // At warn, a login logs nothing.
     assert!(
-        !wait_for(&log, "client logged in", Duration::from_millis(500)),
+        !wait_for(&bin.log, "client logged in", Duration::from_millis(500)),
         "info lines at log_level warn"
     );
 
@@ -92,19 +154,18 @@ async fn reload_changes_log_level_and_shutdown_exits() {
     assert!(ok, "{err}");
     let _second = connect(&url(AGENT, "app")).await.unwrap();
     assert!(
-        wait_for(&log, "client logged in", Duration::from_secs(5)),
+        wait_for(&bin.log, "client logged in", Duration::from_secs(5)),
         "RELOAD to log_level info must show logins"
     );
 
     // SIGHUP reloads as RELOAD does, and drops nobody.
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    bin.signal(libc::SIGHUP);
     assert!(
-        wait_for(&log, "configuration reloaded", Duration::from_secs(5)),
+        wait_for(&bin.log, "configuration reloaded", Duration::from_secs(5)),
         "SIGHUP must reload the configuration"
     );
     assert!(
-        child.try_wait().unwrap().is_none(),
+        bin.child.try_wait().unwrap().is_none(),
         "SIGHUP ended the process"
     );
     let v: i32 = c.query_one("SELECT 4", &[]).await.unwrap().get(0);
@@ -122,17 +183,100 @@ async fn reload_changes_log_level_and_shutdown_exits() {
     assert_eq!(v, 5);
     drop(c);
     drop(_second);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pgsluice did not exit after SHUTDOWN"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = bin.exit_within(Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Rows of `ops` as PostgreSQL has them (straight to the server, not through pgsluice).
+async fn stored(pg: &pgsluice::devdb::DevDb) -> i64 {
+    let c = connect(&format!(
+        "host=127.0.0.1 port={} user={SCRAM_ROLE} password={ROLE_PASSWORD} dbname=appdb",
+        pg.port
+    ))
+    .await
+    .unwrap();
+    c.query_one("SELECT count(*) FROM ops", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A transaction-mode client with a transaction open (one row inserted into `ops`), and a
+/// session-mode client holding its server.
+async fn in_flight(bin: &Launched) -> (tokio_postgres::Client, tokio_postgres::Client) {
+    let writer = bin.client(bin.txn).await;
+    writer
+        .batch_execute("CREATE TABLE ops (n int)")
+        .await
+        .unwrap();
+    let session = bin.client(bin.session).await;
+    session.batch_execute("SELECT 1").await.unwrap();
+    writer
+        .batch_execute("BEGIN; INSERT INTO ops VALUES (1)")
+        .await
+        .unwrap();
+    (writer, session)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_transactions_in_flight_commit_and_closes_everyone_else() {
+    let pg = start_postgres();
+    let mut bin = Launched::start(&pg, "shutdown_timeout = 3", "term");
+    let (writer, session) = in_flight(&bin).await;
+    let idle = bin.client(bin.txn).await;
+    idle.batch_execute("SELECT 1").await.unwrap();
+
+    let started = Instant::now();
+    bin.signal(libc::SIGTERM);
+    // Between transactions: told and closed at once.
+    let e = loop {
+        match idle.batch_execute("SELECT 1").await {
+            Err(e) => break e,
+            Ok(()) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(2),
+                    "the idle client stays"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(idle.is_closed() || sqlstate(&e) == "57P01", "{e}");
+    // No new clients.
+    assert!(
+        connect(&format!(
+            "host=127.0.0.1 port={} user={} password={} dbname=app",
+            bin.txn, AGENT.0, AGENT.1
+        ))
+        .await
+        .is_err()
+    );
+    // The transaction in flight commits; then its client is closed too.
+    writer
+        .batch_execute("INSERT INTO ops VALUES (2); COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(stored(&pg).await, 2);
+    // A session-mode client keeps its session until shutdown_timeout.
+    session.batch_execute("SELECT 2").await.unwrap();
+    let status = bin.exit_within(Duration::from_secs(6));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "exited before shutdown_timeout with a session open"
+    );
+    assert!(session.batch_execute("SELECT 3").await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_closes_everyone_at_once_and_rolls_back() {
+    let pg = start_postgres();
+    let mut bin = Launched::start(&pg, "shutdown_timeout = 30", "int");
+    let (writer, session) = in_flight(&bin).await;
+    bin.signal(libc::SIGINT);
+    let status = bin.exit_within(Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
+    assert!(writer.batch_execute("COMMIT").await.is_err());
+    assert!(session.batch_execute("SELECT 2").await.is_err());
+    assert_eq!(stored(&pg).await, 0, "the open transaction was rolled back");
 }

@@ -151,19 +151,23 @@ password = "{watcher_pw}"
     )
 }
 
+/// PGSLUICE_TEST_LOG=debug shows the proxy's log while debugging a test.
+fn test_log() {
+    if let Ok(level) = std::env::var("PGSLUICE_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(level)
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 pub struct Proxy {
     pub running: Running,
 }
 
 impl Proxy {
     pub async fn start(text: &str) -> Proxy {
-        // PGSLUICE_TEST_LOG=debug shows the proxy's log while debugging a test.
-        if let Ok(level) = std::env::var("PGSLUICE_TEST_LOG") {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(level)
-                .with_test_writer()
-                .try_init();
-        }
+        test_log();
         let config = Config::parse(text, Path::new("test.toml")).unwrap();
         Proxy {
             running: pgsluice::app::start(config).await.unwrap(),
@@ -172,6 +176,7 @@ impl Proxy {
 
     /// Starts from a file, as the binary does (RELOAD reads it again).
     pub async fn start_file(path: &Path) -> Proxy {
+        test_log();
         let config = Config::load(path).unwrap();
         Proxy {
             running: pgsluice::app::start(config).await.unwrap(),
