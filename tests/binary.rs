@@ -222,9 +222,10 @@ async fn in_flight(bin: &Launched) -> (tokio_postgres::Client, tokio_postgres::C
 async fn sigterm_lets_transactions_in_flight_commit_and_closes_everyone_else() {
     let pg = start_postgres();
     let mut bin = Launched::start(&pg, "shutdown_timeout = 3", "term");
-    let (writer, session) = in_flight(&bin).await;
+    // pool_size 2: the idle client runs its statement before the other two hold both servers.
     let idle = bin.client(bin.txn).await;
     idle.batch_execute("SELECT 1").await.unwrap();
+    let (writer, session) = in_flight(&bin).await;
 
     let started = Instant::now();
     bin.signal(libc::SIGTERM);
@@ -242,6 +243,10 @@ async fn sigterm_lets_transactions_in_flight_commit_and_closes_everyone_else() {
         }
     };
     assert!(idle.is_closed() || sqlstate(&e) == "57P01", "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "closed only at shutdown_timeout"
+    );
     // No new clients.
     assert!(
         connect(&format!(
