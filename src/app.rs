@@ -296,15 +296,17 @@ impl Running {
     }
 
     /// A graceful shutdown (SIGTERM, the console's SHUTDOWN): stops accepting; a client
-    /// between transactions is told (57P01) and closed at once, one in a transaction when it
-    /// ends, a session-mode client when it leaves; at shutdown_timeout everyone left is closed.
+    /// between transactions (or waiting for a server) is told (57P01) and closed at once, one
+    /// in a transaction when it ends, a session-mode client when it leaves; at shutdown_timeout everyone left is closed.
     pub async fn shutdown(&self) {
         self.app.shutdown.send_replace(true);
         let limit = self.app.config.load().general.shutdown_timeout.duration();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
+            // No server linked: between transactions, or waiting for a server with nothing
+            // run yet.
             for c in self.app.clients.all() {
-                if c.link() == 0 && c.state() != crate::stats::clients::ClientState::Waiting {
+                if c.link() == 0 {
                     c.kill();
                 }
             }
