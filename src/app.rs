@@ -2,6 +2,7 @@
 //! run several proxies in one process) and the startup of listeners.
 
 mod listening;
+pub mod upgrade;
 
 use crate::auth::Secret;
 use crate::auth::scram::{self, Verifier};
@@ -356,6 +357,15 @@ fn listeners(c: &Config) -> Vec<crate::config::Listener> {
 /// Binds every listener (failing before serving anything if one cannot be bound) and
 /// starts accepting.
 pub async fn start(config: Config) -> std::io::Result<Running> {
+    start_with(config, Vec::new()).await
+}
+
+/// [`start`], listening on `inherited` sockets (a takeover's) where the configuration names
+/// their addresses; those it does not name are closed.
+pub async fn start_with(
+    config: Config,
+    mut inherited: Vec<(ListenAddr, crate::net::listener::Bound)>,
+) -> std::io::Result<Running> {
     let http_addr = config.http.as_ref().map(|h| h.addr);
     let specs = listeners(&config);
     let audit_dest = config.audit.as_ref().map(|a| a.destination());
@@ -368,7 +378,8 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
         .load(tls_files.as_ref())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("TLS: {e}")))?;
     app.warm_verifiers();
-    let fresh = app.listening.bind_new(&specs)?;
+    let fresh = app.listening.bind_new_from(&specs, &mut inherited)?;
+    drop(inherited);
     let mut http = None;
     if let Some(addr) = http_addr {
         let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {

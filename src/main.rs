@@ -50,6 +50,10 @@ enum Cmd {
         #[arg(long = "config")]
         file: PathBuf,
     },
+    /// Zero-downtime upgrade: start this binary with the running pgsluice's --config; it takes
+    /// the listening sockets over from the running one (no connection refused), which then
+    /// drains as on SIGTERM. See docs/operations.md.
+    Upgrade,
     /// Start a throwaway PostgreSQL and pgsluice in front of it; print URLs for psql.
     Demo {
         #[arg(long, default_value_t = 6432)]
@@ -141,13 +145,15 @@ fn main() -> ExitCode {
     }
     // The configuration first, so its log_level sets up logging.
     let config = match (&cli.command, &cli.config) {
-        (None, Some(path)) | (Some(Cmd::Mcp { file: path, .. }), _) => match Config::load(path) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                eprintln!("pgsluice: {e}");
-                return ExitCode::FAILURE;
+        (None | Some(Cmd::Upgrade), Some(path)) | (Some(Cmd::Mcp { file: path, .. }), _) => {
+            match Config::load(path) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("pgsluice: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
-        },
+        }
         _ => None,
     };
     let level = config
@@ -186,31 +192,8 @@ fn main() -> ExitCode {
                 pgsluice::mcp::stdio::run(config).await
             }
             Some(Cmd::InstallSql { file, database_url }) => install_sql(&file, &database_url).await,
-            None => {
-                let Some(config) = config else {
-                    return Err(
-                        "no configuration: run `pgsluice --config FILE` (or `pgsluice demo`)"
-                            .to_owned(),
-                    );
-                };
-                let running = pgsluice::app::start(config)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                running.app.set_log_reloader(log_reloader);
-                reload_on_sighup(running.app.clone());
-                let fast = tokio::select! {
-                    fast = wait_for_signal() => fast,
-                    _ = running.app.shutdown_requested() => false,
-                };
-                if fast {
-                    tracing::info!("SIGINT: fast shutdown, closing every client now");
-                    running.shutdown_fast().await;
-                } else {
-                    tracing::info!("shutting down: transactions in flight finish (up to shutdown_timeout)");
-                    running.shutdown().await;
-                }
-                Ok(())
-            }
+            None => serve(config, log_reloader, false).await,
+            Some(Cmd::Upgrade) => serve(config, log_reloader, true).await,
         }
     });
     match result {
@@ -220,6 +203,74 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs the proxy until a signal or SHUTDOWN; `take_over`: with the listening sockets of the
+/// pgsluice running the same configuration file.
+async fn serve(
+    config: Option<pgsluice::config::Config>,
+    log_reloader: pgsluice::app::LogReloader,
+    take_over: bool,
+) -> Result<(), String> {
+    use pgsluice::app::upgrade;
+    let Some(config) = config else {
+        return Err(
+            "no configuration: run `pgsluice --config FILE` (or `pgsluice demo`)".to_owned(),
+        );
+    };
+    let path = config.source.as_deref().map(upgrade::socket_path);
+    let takeover = match (&path, take_over) {
+        (Some(p), true) => {
+            let p = p.clone();
+            let t = tokio::task::spawn_blocking(move || upgrade::take_over(&p))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            Some(t)
+        }
+        (None, true) => return Err("pgsluice upgrade needs --config FILE".into()),
+        _ => None,
+    };
+    let (inherited, takeover) = match takeover {
+        Some(mut t) => {
+            let mut v = Vec::new();
+            for (addr, fd) in std::mem::take(&mut t.sockets) {
+                v.push((
+                    addr.clone(),
+                    pgsluice::net::listener::Bound::adopt(fd, &addr).map_err(|e| e.to_string())?,
+                ));
+            }
+            (v, Some(t))
+        }
+        None => (Vec::new(), None),
+    };
+    let running = pgsluice::app::start_with(config, inherited)
+        .await
+        .map_err(|e| e.to_string())?;
+    running.app.set_log_reloader(log_reloader);
+    reload_on_sighup(running.app.clone());
+    if let Some(t) = takeover {
+        tokio::task::spawn_blocking(move || t.ready())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("upgrade: the old process did not let go: {e}"))?;
+        tracing::info!("upgrade: serving on the listeners taken over");
+    }
+    if let Some(p) = path {
+        tokio::spawn(upgrade::serve(running.app.clone(), p));
+    }
+    let fast = tokio::select! {
+        fast = wait_for_signal() => fast,
+        _ = running.app.shutdown_requested() => false,
+    };
+    if fast {
+        tracing::info!("SIGINT: fast shutdown, closing every client now");
+        running.shutdown_fast().await;
+    } else {
+        tracing::info!("shutting down: transactions in flight finish (up to shutdown_timeout)");
+        running.shutdown().await;
+    }
+    Ok(())
 }
 
 /// SIGHUP (`kill -HUP`, `systemctl reload`) reloads the configuration as the console's

@@ -285,3 +285,66 @@ async fn sigint_closes_everyone_at_once_and_rolls_back() {
     assert!(session.batch_execute("SELECT 2").await.is_err());
     assert_eq!(stored(&pg).await, 0, "the open transaction was rolled back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_takes_the_listeners_over_and_refuses_no_connection() {
+    let pg = start_postgres();
+    let mut old = Launched::start(&pg, "shutdown_timeout = 5", "upgrade");
+    let kept = old.client(old.txn).await;
+    kept.batch_execute("SELECT 1").await.unwrap();
+    // Clients connecting in a loop throughout, as serverless agents do.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = format!(
+        "host=127.0.0.1 port={} user={} password={} dbname=app",
+        old.txn, AGENT.0, AGENT.1
+    );
+    let loop_task = {
+        let (stop, url) = (stop.clone(), url.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut refused, mut told) = (0, Vec::new(), Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match connect(&url).await {
+                    Err(e) => refused.push(e.to_string()),
+                    Ok(c) => match c.batch_execute("SELECT 1").await {
+                        Ok(()) => ok += 1,
+                        Err(e) => told.push(sqlstate(&e)),
+                    },
+                }
+            }
+            (ok, refused, told)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut new = Command::new(env!("CARGO_BIN_EXE_pgsluice"))
+        .arg("--config")
+        .arg(&old.file)
+        .arg("upgrade")
+        .env_remove("PGSLUICE_LOG")
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The old process lets go and exits after draining (its pooled client closed: 57P01).
+    let status = old.exit_within(Duration::from_secs(15));
+    assert!(
+        wait_for(
+            &old.log,
+            "the new process accepts on our listeners",
+            Duration::from_secs(1)
+        ),
+        "the old process exited without a handover"
+    );
+    assert!(status.success(), "{status:?}");
+    let e = kept.batch_execute("SELECT 2").await.unwrap_err();
+    assert!(kept.is_closed() || sqlstate(&e) == "57P01", "{e}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, refused, told) = loop_task.await.unwrap();
+    let _ = new.kill();
+    let _ = new.wait();
+    assert!(refused.is_empty(), "connections refused: {refused:?}");
+    assert!(ok > 20, "{ok} connections served");
+    assert!(told.iter().all(|c| c == "57P01"), "{told:?}");
+    // The new process serves alone now.
+    assert!(new.try_wait().unwrap().is_some());
+}

@@ -15,6 +15,8 @@ use tokio::sync::watch;
 type Serving = Option<(PoolMode, Option<Arc<str>>)>;
 
 struct Open {
+    /// Its socket (open while its accept loop runs), for a takeover.
+    fd: std::os::fd::RawFd,
     /// As the configuration names it (port 0 included).
     asked: ListenAddr,
     /// As bound (port 0 resolved).
@@ -69,15 +71,30 @@ impl Listening {
     /// Binds the listeners of `wanted` that are not open yet; an error (naming the address)
     /// when one cannot be, and then none of them stays bound.
     pub fn bind_new(&self, wanted: &[Listener]) -> std::io::Result<Vec<Fresh>> {
+        self.bind_new_from(wanted, &mut Vec::new())
+    }
+
+    /// [`Listening::bind_new`], taking the sockets of `inherited` (a takeover's) for the
+    /// addresses they were bound for instead of binding them again.
+    pub fn bind_new_from(
+        &self,
+        wanted: &[Listener],
+        inherited: &mut Vec<(ListenAddr, Bound)>,
+    ) -> std::io::Result<Vec<Fresh>> {
         let open = lock(&self.open);
+        let matched = matching(&open, wanted);
         let mut fresh = Vec::new();
-        for spec in wanted
+        let new = wanted
             .iter()
-            .filter(|s| !open.iter().any(|o| o.asked == s.addr))
-        {
-            let socket = listener::bind(&spec.addr).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", spec.addr))
-            })?;
+            .enumerate()
+            .filter(|(j, _)| !matched.contains(&Some(*j)));
+        for (_, spec) in new {
+            let socket = match inherited.iter().position(|(a, _)| *a == spec.addr) {
+                Some(i) => inherited.swap_remove(i).1,
+                None => listener::bind(&spec.addr).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", spec.addr))
+                })?,
+            };
             let bound = match (&socket, &spec.addr) {
                 (Bound::Tcp(_), ListenAddr::Tcp(a)) => {
                     ListenAddr::Tcp(socket.local_addr().unwrap_or(*a))
@@ -113,14 +130,25 @@ impl Listening {
         for f in fresh {
             tracing::info!(addr = %f.bound, mode = f.spec.mode.as_str(), "listening");
             let (tx, rx) = watch::channel(serving(&f.spec));
+            let fd = f.socket.raw_fd();
             tokio::spawn(accept_loop(app.clone(), f.socket, rx));
             open.push(Open {
+                fd,
                 asked: f.spec.addr,
                 bound: f.bound,
                 mode: f.spec.mode,
                 serving: tx,
             });
         }
+    }
+
+    /// Each open listener's socket and the address the configuration asked for, for a
+    /// takeover (valid while the listeners stay open).
+    pub fn sockets(&self) -> Vec<(std::os::fd::RawFd, ListenAddr)> {
+        lock(&self.open)
+            .iter()
+            .map(|o| (o.fd, o.asked.clone()))
+            .collect()
     }
 
     /// (address as bound, mode) of each open listener.

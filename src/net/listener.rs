@@ -91,6 +91,31 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
 }
 
 impl Bound {
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Bound::Tcp(l) => l.as_raw_fd(),
+            Bound::Unix(l, _) => l.as_raw_fd(),
+        }
+    }
+
+    /// A listening socket received from another process (a takeover), as it was bound for
+    /// `addr`.
+    pub fn adopt(fd: std::os::fd::OwnedFd, addr: &ListenAddr) -> io::Result<Bound> {
+        match addr {
+            ListenAddr::Tcp(_) => {
+                let l = std::net::TcpListener::from(fd);
+                l.set_nonblocking(true)?;
+                Ok(Bound::Tcp(TcpListener::from_std(l)?))
+            }
+            ListenAddr::Unix(path) => {
+                let l = std::os::unix::net::UnixListener::from(fd);
+                l.set_nonblocking(true)?;
+                Ok(Bound::Unix(UnixListener::from_std(l)?, path.clone()))
+            }
+        }
+    }
+
     pub fn local_addr(&self) -> Option<SocketAddr> {
         match self {
             Bound::Tcp(l) => l.local_addr().ok(),

@@ -1,0 +1,188 @@
+//! Zero-downtime upgrade (docs/operations.md#upgrade). A new process started with `pgsluice
+//! upgrade` asks the running one, over a unix socket of their own, for its listening sockets;
+//! they come over SCM_RIGHTS (as PgBouncer's online restart hands them over), so the kernel's
+//! queue of connections not yet accepted is the same socket in both processes and no
+//! connection is refused. Once the new process accepts on them it says READY, and the old one
+//! stops accepting and drains as on SIGTERM.
+
+use super::App;
+use crate::config::ListenAddr;
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+const HELLO: &str = "TAKEOVER 1";
+const READY: &str = "READY";
+const BYE: &str = "BYE";
+/// More listeners than anyone configures.
+const MAX_SOCKETS: usize = 64;
+
+/// Where the process running `config` waits for its successor: the same for every build (a
+/// new binary must find the old one's), one per configuration file.
+pub fn socket_path(config: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let canon = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    // FNV-1a: stable across builds, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in canon.as_os_str().as_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    std::env::temp_dir().join(format!("pgsluice-{h:016x}.upgrade"))
+}
+
+/// Waits for a successor at `path` while the proxy runs; after a handover that succeeded the
+/// process shuts down gracefully.
+pub async fn serve(app: Arc<App>, path: PathBuf) {
+    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        tracing::warn!(path = %path.display(), "another pgsluice waits for upgrades of this configuration: this one cannot be taken over");
+        return;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = match tokio::net::UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot wait for upgrades");
+            return;
+        }
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    let mut stop = app.shutdown.subscribe();
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => continue,
+            },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let sockets = app.listening.sockets();
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        let p = path.clone();
+        let handed = tokio::task::spawn_blocking(move || hand_over(stream, &sockets, &p)).await;
+        match handed {
+            Ok(Ok(())) => {
+                tracing::info!("upgrade: the new process accepts on our listeners; draining");
+                app.request_shutdown();
+                return;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "upgrade: handover failed; still serving"),
+            Err(e) => tracing::warn!(error = %e, "upgrade: handover failed; still serving"),
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// The old process's side: HELLO in, the sockets out, READY in, BYE out (the upgrade socket
+/// gone by then, for the successor to bind).
+fn hand_over(mut s: UnixStream, sockets: &[(RawFd, ListenAddr)], path: &Path) -> io::Result<()> {
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    expect(&mut s, HELLO)?;
+    let names: String = sockets.iter().map(|(_, a)| name(a) + "\n").collect();
+    let fds: Vec<RawFd> = sockets.iter().map(|(fd, _)| *fd).collect();
+    let iov = [io::IoSlice::new(names.as_bytes())];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(s.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)?;
+    expect(&mut s, READY)?;
+    let _ = std::fs::remove_file(path);
+    writeln!(s, "{BYE}")
+}
+
+/// A listener's address as the configuration writes it (what `ListenAddr` parses).
+fn name(a: &ListenAddr) -> String {
+    match a {
+        ListenAddr::Tcp(sa) => sa.to_string(),
+        ListenAddr::Unix(p) => p.to_string_lossy().into_owned(),
+    }
+}
+
+fn expect(s: &mut UnixStream, what: &str) -> io::Result<()> {
+    let mut line = String::new();
+    BufReader::new(s.take(64)).read_line(&mut line)?;
+    if line.trim_end() != what {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("expected {what:?}, got {:?}", line.trim_end()),
+        ));
+    }
+    Ok(())
+}
+
+/// A takeover in progress: the sockets received, and the line to the old process.
+pub struct Takeover {
+    pub sockets: Vec<(ListenAddr, OwnedFd)>,
+    stream: UnixStream,
+}
+
+/// The new process's side: asks the process waiting at `path` for its listening sockets.
+pub fn take_over(path: &Path) -> io::Result<Takeover> {
+    let mut s = UnixStream::connect(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "no running pgsluice of this configuration to take over ({}: {e})",
+                path.display()
+            ),
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    writeln!(s, "{HELLO}")?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut space = nix::cmsg_space!([RawFd; MAX_SOCKETS]);
+    let mut iov = [io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(
+        s.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(received) = c {
+            // SAFETY: the kernel just installed these descriptors in this process for us.
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let n = msg.bytes;
+    let names = std::str::from_utf8(&buf[..n])
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "listener names not UTF-8"))?;
+    let addrs: Vec<ListenAddr> = names
+        .lines()
+        .map(|l| ListenAddr::try_from(l.to_owned()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    if addrs.len() != fds.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} listeners named, {} sockets received",
+                addrs.len(),
+                fds.len()
+            ),
+        ));
+    }
+    Ok(Takeover {
+        sockets: addrs.into_iter().zip(fds).collect(),
+        stream: s,
+    })
+}
+
+impl Takeover {
+    /// Tells the old process this one accepts now; returns once it has stopped waiting for
+    /// successors (its upgrade socket is free to bind).
+    pub fn ready(mut self) -> io::Result<()> {
+        writeln!(self.stream, "{READY}")?;
+        expect(&mut self.stream, BYE)
+    }
+}
