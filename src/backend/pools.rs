@@ -99,9 +99,9 @@ fn plan(
         route: None,
     };
     let settings = PoolSettings {
-        size: db.pool_size.unwrap_or(g.default_pool_size),
-        min_size: db.min_pool_size.unwrap_or(g.min_pool_size),
-        reserve_size: db.reserve_pool_size.unwrap_or(g.reserve_pool_size),
+        size: g.share(db.pool_size.unwrap_or(g.default_pool_size)),
+        min_size: g.share(db.min_pool_size.unwrap_or(g.min_pool_size)),
+        reserve_size: g.share(db.reserve_pool_size.unwrap_or(g.reserve_pool_size)),
         reserve_timeout: g.reserve_pool_timeout.duration(),
         lifetime: g.server_lifetime.enabled(),
         idle_timeout: g.server_idle_timeout.enabled(),
@@ -219,8 +219,10 @@ impl Pools {
             .entry(key.database.clone())
             .or_insert_with(|| {
                 DbLimit::with_reserved(
-                    db.max_db_connections
-                        .unwrap_or(config.general.max_db_connections),
+                    config.general.share(
+                        db.max_db_connections
+                            .unwrap_or(config.general.max_db_connections),
+                    ),
                     config.dedicated_total(db),
                 )
             })

@@ -5,12 +5,14 @@ pub mod addresses;
 mod agents;
 pub mod hba;
 mod model;
+mod peers;
 mod text;
 pub mod tls;
 mod upstreams;
 
 pub use agents::*;
 pub use model::*;
+pub use peers::Peer;
 pub use text::{Text, substitute};
 pub use upstreams::*;
 
@@ -130,6 +132,7 @@ impl Config {
 
     /// Cross-key rules serde cannot express. Returns the span of the offending table.
     fn validate(&self) -> Result<(), (Range<usize>, &'static str, String)> {
+        peers::validate(self)?;
         if self.listeners.is_empty() {
             return Err((
                 0..0,

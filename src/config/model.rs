@@ -38,6 +38,9 @@ pub struct Config {
     pub api_keys: Vec<Spanned<super::ApiKey>>,
     #[serde(default)]
     pub mcp: Option<super::Mcp>,
+    /// The other instances behind the same address (cancel forwarding).
+    #[serde(default)]
+    pub peers: Vec<Spanned<super::Peer>>,
     /// The file this came from (RELOAD reads it again).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -95,6 +98,13 @@ pub struct General {
     /// and how long a failed lookup stands (PgBouncer's names).
     pub dns_max_ttl: Seconds,
     pub dns_nxdomain_ttl: Seconds,
+    /// This instance among its `[[peers]]` (0: none), carried in its cancel keys, and the
+    /// secret the peers sign forwarded cancels with.
+    pub peer_id: u8,
+    pub peer_secret: Option<Text>,
+    /// How many instances share the upstream: pool sizes and max_db_connections are divided
+    /// by it ([`General::share`]).
+    pub instances: usize,
     pub server_lifetime: Seconds,
     pub server_idle_timeout: Seconds,
     pub server_connect_timeout: Seconds,
@@ -175,6 +185,18 @@ impl General {
     }
 }
 
+impl General {
+    /// This instance's part of a budget `n` shared by `instances` of them: rounded down, at
+    /// least 1 (0, "no limit", stays 0).
+    pub fn share(&self, n: usize) -> usize {
+        if n == 0 || self.instances <= 1 {
+            n
+        } else {
+            (n / self.instances).max(1)
+        }
+    }
+}
+
 impl Default for General {
     fn default() -> Self {
         General {
@@ -202,6 +224,9 @@ impl Default for General {
             region: None,
             dns_max_ttl: Seconds(15.0),
             dns_nxdomain_ttl: Seconds(15.0),
+            peer_id: 0,
+            peer_secret: None,
+            instances: 1,
             max_user_connections: 0,
             max_user_client_connections: 0,
             server_lifetime: Seconds(3600.0),

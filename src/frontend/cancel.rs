@@ -86,10 +86,11 @@ pub fn fake_pid() -> i32 {
 
 impl Cancels {
     /// Registers a client under `pid` (its server's real pid in session mode) or a fresh one.
-    pub fn register(self: &Arc<Self>, pid: Option<i32>) -> Registration {
+    /// `peer`: this instance's peer_id, carried in the key (0: none).
+    pub fn register(self: &Arc<Self>, pid: Option<i32>, peer: u8) -> Registration {
         loop {
             let pid = pid.unwrap_or_else(fake_pid);
-            let secret = rand::random::<i32>();
+            let secret = super::peers::key_secret(peer);
             let handle = Arc::new(CancelHandle::default());
             match self.map.entry((pid, secret)) {
                 dashmap::Entry::Occupied(_) => continue,

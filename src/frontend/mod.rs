@@ -5,5 +5,6 @@ pub mod cancel;
 pub mod handshake;
 pub mod login;
 pub mod passthrough;
+pub mod peers;
 pub mod session;
 pub mod token_login;

@@ -47,6 +47,8 @@ fn entries(g: &General) -> Vec<(&'static str, String)> {
         ("circuit_backoff", secs(g.circuit_backoff)),
         ("proximity_tolerance", secs(g.proximity_tolerance)),
         ("region", g.region.as_deref().unwrap_or("").to_owned()),
+        ("peer_id", g.peer_id.to_string()),
+        ("instances", g.instances.to_string()),
         ("dns_max_ttl", secs(g.dns_max_ttl)),
         ("dns_nxdomain_ttl", secs(g.dns_nxdomain_ttl)),
         ("server_lifetime", secs(g.server_lifetime)),

@@ -282,7 +282,7 @@ async fn startup_packet(
     match hello {
         Ok(Hello::Startup(s)) => Ok(s),
         Ok(Hello::Cancel { pid, secret }) => {
-            let found = app.cancels.cancel(pid, &secret).await;
+            let found = crate::frontend::peers::cancel(app, pid, &secret).await;
             tracing::debug!(conn = id, %peer, pid, found, "cancel request");
             Err(LoginOutcome::Quiet)
         }
@@ -586,7 +586,9 @@ async fn first_parameters(
         server
             .deliver_claims(config, bearer, arrival.id, INTERNAL_TIMEOUT)
             .await?;
-        let cancel = app.cancels.register(Some(server.pid));
+        let cancel = app
+            .cancels
+            .register(Some(server.pid), config.general.peer_id);
         cancel.handle.attach(server.cancel_target());
         return Ok((server.params.clone(), Some(server), cancel));
     }
@@ -613,7 +615,11 @@ async fn first_parameters(
         merged.reported = server.params.reported.clone();
         pool.release(server);
     }
-    Ok((merged, None, app.cancels.register(None)))
+    Ok((
+        merged,
+        None,
+        app.cancels.register(None, config.general.peer_id),
+    ))
 }
 
 /// An auth_query user's md5 answer checked against its secret looked up afresh; the new
