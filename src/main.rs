@@ -54,6 +54,12 @@ enum Cmd {
     /// the listening sockets over from the running one (no connection refused), which then
     /// drains as on SIGTERM. See docs/operations.md.
     Upgrade,
+    /// Exit 0 when the running pgsluice answers GET /health with 200 (a container's
+    /// HEALTHCHECK: the image has no curl). The address: --addr, else `[http] addr` of --config.
+    Healthcheck {
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+    },
     /// Start a throwaway PostgreSQL and pgsluice in front of it; print URLs for psql.
     Demo {
         #[arg(long, default_value_t = 6432)]
@@ -129,8 +135,65 @@ fn raise_fd_limit() {
     }
 }
 
+/// GET /health on `addr` (or the configuration's `[http] addr`, a wildcard as loopback).
+fn healthcheck(addr: Option<std::net::SocketAddr>, config: Option<&std::path::Path>) -> ExitCode {
+    use std::io::{Read, Write};
+    let addr = match (addr, config.map(Config::load)) {
+        (Some(a), _) => a,
+        (None, Some(Ok(c))) => match c.http {
+            Some(h) if h.addr.ip().is_unspecified() => {
+                let lo: std::net::IpAddr = if h.addr.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                };
+                (lo, h.addr.port()).into()
+            }
+            Some(h) => h.addr,
+            None => {
+                eprintln!("pgsluice healthcheck: the configuration has no [http] addr");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, Some(Err(e))) => {
+            eprintln!("pgsluice healthcheck: {e}");
+            return ExitCode::FAILURE;
+        }
+        (None, None) => {
+            eprintln!("pgsluice healthcheck: give --addr or --config");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answer = (|| -> std::io::Result<String> {
+        let t = std::time::Duration::from_secs(3);
+        let mut s = std::net::TcpStream::connect_timeout(&addr, t)?;
+        s.set_read_timeout(Some(t))?;
+        s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut head = [0u8; 64];
+        let n = s.read(&mut head)?;
+        Ok(String::from_utf8_lossy(&head[..n]).into_owned())
+    })();
+    match answer {
+        Ok(a) if a.starts_with("HTTP/1.") && a.get(9..12) == Some("200") => ExitCode::SUCCESS,
+        Ok(a) => {
+            eprintln!(
+                "pgsluice healthcheck: {addr}: {}",
+                a.lines().next().unwrap_or("")
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("pgsluice healthcheck: {addr}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Cmd::Healthcheck { addr }) = &cli.command {
+        return healthcheck(*addr, cli.config.as_deref());
+    }
     if let Some(Cmd::CheckConfig { file }) = &cli.command {
         return match Config::load(file) {
             Ok(_) => {
@@ -192,6 +255,7 @@ fn main() -> ExitCode {
                 pgsluice::mcp::stdio::run(config).await
             }
             Some(Cmd::InstallSql { file, database_url }) => install_sql(&file, &database_url).await,
+            Some(Cmd::Healthcheck { .. }) => Ok(()),
             None => serve(config, log_reloader, false).await,
             Some(Cmd::Upgrade) => serve(config, log_reloader, true).await,
         }

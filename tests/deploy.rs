@@ -153,3 +153,179 @@ async fn dashboard_and_rules_use_only_exported_metrics() {
         "used by deploy/ but not exported: {missing:?}\nexported: {exported:?}"
     );
 }
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a command from the repository root; (success, stdout + stderr).
+fn run(cmd: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} (installed by .ci/run): {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_dockerfile_parses_and_passes_the_lint() {
+    let (ok, text) = run(
+        "python3",
+        &["tests/deploy/lint_dockerfile.py", "Dockerfile"],
+    );
+    assert!(ok && text.contains("Dockerfile: ok"), "{text}");
+    // The lint fails what it should: a root, unpinned, shell-form image.
+    let bad = std::env::temp_dir().join(format!("pgsluice-bad-{}.Dockerfile", std::process::id()));
+    std::fs::write(&bad, "FROM debian\nENTRYPOINT pgsluice\n").unwrap();
+    let (ok, text) = run(
+        "python3",
+        &["tests/deploy/lint_dockerfile.py", bad.to_str().unwrap()],
+    );
+    assert!(!ok, "{text}");
+    for problem in ["pin a tag", "no USER", "no HEALTHCHECK", "shell form"] {
+        assert!(text.contains(problem), "{problem}: {text}");
+    }
+    let _ = std::fs::remove_file(bad);
+    // What the image runs: the HEALTHCHECK's command and the config path exist in the binary.
+    let docker = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    assert!(docker.contains("\"healthcheck\"") && docker.contains("USER 65532"));
+}
+
+#[test]
+fn every_kubernetes_manifest_validates_against_the_schemas() {
+    let mut files: Vec<String> = std::fs::read_dir(root().join("deploy/kubernetes"))
+        .unwrap()
+        .map(|e| {
+            format!(
+                "deploy/kubernetes/{}",
+                e.unwrap().file_name().to_string_lossy()
+            )
+        })
+        .collect();
+    files.sort();
+    assert!(files.len() >= 8, "{files:?}");
+    let mut args = vec!["--strict"];
+    args.extend(files.iter().map(String::as_str));
+    let (ok, text) = run("kubernetes-validate", &args);
+    assert!(ok, "{text}");
+    assert_eq!(text.matches(" passed for resource ").count(), 9, "{text}");
+    // A mistake fails: an unknown field under strict validation.
+    let bad = std::env::temp_dir().join(format!("pgsluice-bad-{}.yaml", std::process::id()));
+    let pdb = std::fs::read_to_string(root().join("deploy/kubernetes/pdb.yaml")).unwrap();
+    std::fs::write(&bad, pdb.replace("minAvailable", "minAvailible")).unwrap();
+    let (ok, text) = run("kubernetes-validate", &["--strict", bad.to_str().unwrap()]);
+    assert!(!ok, "{text}");
+    let _ = std::fs::remove_file(bad);
+}
+
+/// The pgsluice.toml of each ConfigMap (and compose's) is accepted by `pgsluice check-config`
+/// with its ${NAME}s set, and the Deployment's grace period covers its shutdown_timeout.
+#[test]
+fn the_shipped_configurations_check_and_match_their_manifests() {
+    let extract = "import yaml,sys\nfor d in yaml.safe_load_all(open(sys.argv[1])):\n    if d and d.get('kind') == 'ConfigMap': print(d['data']['pgsluice.toml'] + '\\n#----')";
+    let dir = std::env::temp_dir().join(format!("pgsluice-k8s-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut configs = Vec::new();
+    for f in ["configmap.yaml", "sidecar.yaml"] {
+        let path = format!("deploy/kubernetes/{f}");
+        let (ok, text) = run("python3", &["-c", extract, &path]);
+        assert!(ok, "{text}");
+        configs.extend(
+            text.split("#----\n")
+                .filter(|t| !t.trim().is_empty())
+                .map(str::to_owned),
+        );
+    }
+    configs.push(std::fs::read_to_string(root().join("deploy/compose/pgsluice.toml")).unwrap());
+    assert_eq!(configs.len(), 3);
+    for (i, text) in configs.iter().enumerate() {
+        let file = dir.join(format!("{i}.toml"));
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgsluice"))
+            .arg("check-config")
+            .arg(&file)
+            .envs([
+                ("UPSTREAM_HOST", "db.example"),
+                ("UPSTREAM_PASSWORD", "x"),
+                ("AGENT_PASSWORD", "x"),
+                ("ADMIN_PASSWORD", "x"),
+                ("APP_DB_PASSWORD", "x"),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let deployment = deploy("kubernetes/deployment.yaml");
+    let grace: u64 = deployment
+        .split("terminationGracePeriodSeconds: ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    let shutdown: u64 = configs[0]
+        .split("shutdown_timeout = ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        grace >= shutdown + 5,
+        "grace {grace} s, shutdown_timeout {shutdown} s + preStop 5 s"
+    );
+    for probe in [
+        "path: /health",
+        "path: /ready",
+        "preStop:",
+        "readOnlyRootFilesystem: true",
+    ] {
+        assert!(deployment.contains(probe), "{probe}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The unit file has the hardening the docs promise, and systemd-analyze (where installed)
+/// accepts it with the binary in place.
+#[test]
+fn the_systemd_unit_is_hardened_and_verifies() {
+    let unit = deploy("systemd/pgsluice.service");
+    for key in [
+        "DynamicUser=yes",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=\n",
+        "ProtectSystem=strict",
+        "LimitNOFILE=",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "KillSignal=SIGTERM",
+    ] {
+        assert!(unit.contains(key), "{key}");
+    }
+    if std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("systemd-analyze not installed: unit checked by its keys only");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("pgsluice-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pgsluice.service");
+    std::fs::write(
+        &file,
+        unit.replace("/usr/local/bin/pgsluice", env!("CARGO_BIN_EXE_pgsluice")),
+    )
+    .unwrap();
+    let (ok, text) = run("systemd-analyze", &["verify", file.to_str().unwrap()]);
+    assert!(ok && text.trim().is_empty(), "{text}");
+    let _ = std::fs::remove_dir_all(dir);
+}

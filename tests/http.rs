@@ -68,6 +68,21 @@ async fn health_ready_pools_and_metrics() {
 
     assert_eq!(get(http, "/health").await, (200, "ok\n".to_owned()));
     assert_eq!(get(http, "/nope").await.0, 404);
+    // The container's HEALTHCHECK: `pgsluice healthcheck` succeeds here, fails where
+    // nothing answers.
+    let check = |addr: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pgsluice"))
+            .args(["healthcheck", "--addr", &addr])
+            .output()
+            .unwrap()
+    };
+    assert!(check(http.to_string()).status.success());
+    let nobody = check(format!(
+        "127.0.0.1:{}",
+        pgsluice::devdb::free_port().unwrap()
+    ));
+    assert!(!nobody.status.success());
+    assert!(String::from_utf8_lossy(&nobody.stderr).contains("pgsluice healthcheck"));
     let (status, body) = get(http, "/ready").await;
     assert_eq!(status, 200, "{body}");
 
