@@ -58,6 +58,12 @@ pub struct App {
     pub listening: listening::Listening,
     /// Itself, for what RELOAD starts (accept loops hold the App).
     me: std::sync::Weak<App>,
+    /// Set with `shutdown`, read once per transaction (an atomic, not the watch's lock).
+    draining: std::sync::atomic::AtomicBool,
+    /// One RELOAD at a time (SIGHUP and the console may ask at once).
+    reloading: std::sync::Mutex<()>,
+    /// The HTTP endpoint's socket and address, for an upgrade's handover.
+    http_socket: std::sync::OnceLock<(std::os::fd::RawFd, SocketAddr)>,
 }
 
 impl App {
@@ -71,6 +77,9 @@ impl App {
         let tls = Arc::new(crate::net::tls::Acceptor::default());
         Arc::new_cyclic(|me| App {
             me: me.clone(),
+            http_socket: std::sync::OnceLock::new(),
+            reloading: Default::default(),
+            draining: Default::default(),
             listening: Default::default(),
             config: ArcSwap::from_pointee(config),
             metrics: crate::metrics::Metrics::new(
@@ -196,14 +205,20 @@ impl App {
     }
 
     pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Stops the listeners; sessions refuse new transactions from now on.
+    fn begin_shutdown(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.shutdown.send_replace(true);
     }
 
     /// Stops accepting connections (SHUTDOWN from the console, or a signal); whoever runs
     /// the proxy then waits for its clients ([`Running::shutdown`]).
     pub fn request_shutdown(&self) {
         tracing::info!("shutdown requested: no new connections");
-        self.shutdown.send_replace(true);
+        self.begin_shutdown();
     }
 
     /// Resolves once shutdown has been requested.
@@ -225,6 +240,17 @@ impl App {
         modes.join(",")
     }
 
+    /// A copy of the HTTP endpoint's socket and its address, for an upgrade's handover.
+    pub fn http_socket(&self) -> std::io::Result<Option<(std::os::fd::OwnedFd, SocketAddr)>> {
+        let Some((fd, addr)) = self.http_socket.get() else {
+            return Ok(None);
+        };
+        // SAFETY: the HTTP listener lives as long as the process serves (its task never
+        // ends before shutdown).
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
+        Ok(Some((fd.try_clone_to_owned()?, *addr)))
+    }
+
     /// Installs what RELOAD calls to change the log filter (the binary's tracing setup).
     pub fn set_log_reloader(&self, f: LogReloader) {
         let _ = self.log_reloader.set(f);
@@ -235,6 +261,7 @@ impl App {
     /// replaced), query tracking, the log level and the listeners (new ones open, removed ones
     /// close; connections accepted before stay).
     pub fn reload(&self) -> Result<(), String> {
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let result = self.reload_inner();
         self.metrics.reload(result.is_ok());
         match &result {
@@ -300,7 +327,7 @@ impl Running {
     /// between transactions (or waiting for a server) is told (57P01) and closed at once, one
     /// in a transaction when it ends, a session-mode client when it leaves; at shutdown_timeout everyone left is closed.
     pub async fn shutdown(&self) {
-        self.app.shutdown.send_replace(true);
+        self.app.begin_shutdown();
         let limit = self.app.config.load().general.shutdown_timeout.duration();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
@@ -322,7 +349,7 @@ impl Running {
     /// A fast shutdown (SIGINT): every client is told (57P01) and closed now, transactions in
     /// flight rolled back.
     pub async fn shutdown_fast(&self) {
-        self.app.shutdown.send_replace(true);
+        self.app.begin_shutdown();
         self.close().await;
     }
 
@@ -346,7 +373,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.app.shutdown.send_replace(true);
+        self.app.begin_shutdown();
     }
 }
 
@@ -357,7 +384,7 @@ fn listeners(c: &Config) -> Vec<crate::config::Listener> {
 /// Binds every listener (failing before serving anything if one cannot be bound) and
 /// starts accepting.
 pub async fn start(config: Config) -> std::io::Result<Running> {
-    start_with(config, Vec::new()).await
+    start_with(config, Vec::new(), None).await
 }
 
 /// [`start`], listening on `inherited` sockets (a takeover's) where the configuration names
@@ -365,6 +392,7 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
 pub async fn start_with(
     config: Config,
     mut inherited: Vec<(ListenAddr, crate::net::listener::Bound)>,
+    http_inherited: Option<(SocketAddr, std::net::TcpListener)>,
 ) -> std::io::Result<Running> {
     let http_addr = config.http.as_ref().map(|h| h.addr);
     let specs = listeners(&config);
@@ -382,10 +410,21 @@ pub async fn start_with(
     drop(inherited);
     let mut http = None;
     if let Some(addr) = http_addr {
-        let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {addr} (http): {e}"))
-        })?;
+        let l = match http_inherited.filter(|(a, _)| *a == addr) {
+            // A takeover's: the same socket the old process listened on.
+            Some((_, std_listener)) => {
+                std_listener.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(std_listener)?
+            }
+            None => tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr} (http): {e}"))
+            })?,
+        };
         http = l.local_addr().ok();
+        if let Some(bound) = http {
+            use std::os::fd::AsRawFd;
+            let _ = app.http_socket.set((l.as_raw_fd(), bound));
+        }
         tracing::info!(addr = %addr, "http endpoint listening");
         tokio::spawn(crate::http::serve(app.clone(), l));
     }

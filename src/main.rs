@@ -283,7 +283,7 @@ async fn serve(
         );
     };
     let path = config.source.as_deref().map(upgrade::socket_path);
-    let takeover = match (&path, take_over) {
+    let mut takeover = match (&path, take_over) {
         (Some(p), true) => {
             let p = p.clone();
             let t = tokio::task::spawn_blocking(move || upgrade::take_over(&p))
@@ -295,20 +295,19 @@ async fn serve(
         (None, true) => return Err("pgsluice upgrade needs --config FILE".into()),
         _ => None,
     };
-    let (inherited, takeover) = match takeover {
-        Some(mut t) => {
-            let mut v = Vec::new();
-            for (addr, fd) in std::mem::take(&mut t.sockets) {
-                v.push((
-                    addr.clone(),
-                    pgsluice::net::listener::Bound::adopt(fd, &addr).map_err(|e| e.to_string())?,
-                ));
-            }
-            (v, Some(t))
+    let mut inherited = Vec::new();
+    let mut http = None;
+    if let Some(t) = &mut takeover {
+        for (addr, fd) in std::mem::take(&mut t.sockets) {
+            let bound = pgsluice::net::listener::Bound::adopt(fd, &addr);
+            inherited.push((addr, bound.map_err(|e| e.to_string())?));
         }
-        None => (Vec::new(), None),
-    };
-    let running = pgsluice::app::start_with(config, inherited)
+        http = t
+            .http
+            .take()
+            .map(|(a, fd)| (a, std::net::TcpListener::from(fd)));
+    }
+    let running = pgsluice::app::start_with(config, inherited, http)
         .await
         .map_err(|e| e.to_string())?;
     running.app.set_log_reloader(log_reloader);

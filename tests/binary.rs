@@ -50,6 +50,16 @@ struct Launched {
 
 impl Launched {
     fn start(pg: &pgsluice::devdb::DevDb, general: &str, name: &str) -> Launched {
+        Self::start_with(pg, general, name, |_| String::new())
+    }
+
+    /// [`Launched::start`] with `extra(dir)` appended to the file (more tables).
+    fn start_with(
+        pg: &pgsluice::devdb::DevDb,
+        general: &str,
+        name: &str,
+        extra: impl Fn(&std::path::Path) -> String,
+    ) -> Launched {
         let session = pgsluice::devdb::free_port().unwrap();
         let txn = pgsluice::devdb::free_port().unwrap();
         let text = config_text(pg, general, "pool_size = 2")
@@ -57,6 +67,7 @@ impl Launched {
             .replacen("127.0.0.1:0", &format!("127.0.0.1:{txn}"), 1);
         let dir = std::env::temp_dir().join(format!("pgsluice-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        let text = text + &extra(&dir);
         let file = dir.join("pgsluice.toml");
         std::fs::write(&file, &text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_pgsluice"))
@@ -289,7 +300,15 @@ async fn sigint_closes_everyone_at_once_and_rolls_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_takes_the_listeners_over_and_refuses_no_connection() {
     let pg = start_postgres();
-    let mut old = Launched::start(&pg, "shutdown_timeout = 5", "upgrade");
+    // With an HTTP endpoint and a unix socket listener: both are handed over too.
+    let http = pgsluice::devdb::free_port().unwrap();
+    let mut old = Launched::start_with(&pg, "shutdown_timeout = 5", "upgrade", |dir| {
+        format!(
+            "\n[[listeners]]\naddr = \"{}\"\nmode = \"transaction\"\n\n[http]\naddr = \"127.0.0.1:{http}\"\n",
+            dir.join(".s.PGSQL.6543").display()
+        )
+    });
+    let unix = old.dir.join(".s.PGSQL.6543");
     let kept = old.client(old.txn).await;
     kept.batch_execute("SELECT 1").await.unwrap();
     // Clients connecting in a loop throughout, as serverless agents do.
@@ -340,11 +359,35 @@ async fn an_upgrade_takes_the_listeners_over_and_refuses_no_connection() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, refused, told) = loop_task.await.unwrap();
-    let _ = new.kill();
-    let _ = new.wait();
     assert!(refused.is_empty(), "connections refused: {refused:?}");
     assert!(ok > 20, "{ok} connections served");
     assert!(told.iter().all(|c| c == "57P01"), "{told:?}");
-    // The new process serves alone now.
-    assert!(new.try_wait().unwrap().is_some());
+    // The new process serves alone now, on every listener the old one had.
+    assert!(
+        new.try_wait().unwrap().is_none(),
+        "the new process is running"
+    );
+    let over_unix = format!(
+        "host={} port=6543 user={} password={} dbname=app",
+        old.dir.display(),
+        AGENT.0,
+        AGENT.1
+    );
+    assert!(
+        unix.exists(),
+        "the unix socket file stays for the successor"
+    );
+    connect(&over_unix)
+        .await
+        .unwrap()
+        .batch_execute("SELECT 1")
+        .await
+        .unwrap();
+    let health = std::process::Command::new(env!("CARGO_BIN_EXE_pgsluice"))
+        .args(["healthcheck", "--addr", &format!("127.0.0.1:{http}")])
+        .status()
+        .unwrap();
+    assert!(health.success(), "the HTTP endpoint was handed over");
+    let _ = new.kill();
+    let _ = new.wait();
 }

@@ -35,6 +35,8 @@ pub struct Fresh {
 #[derive(Default)]
 pub struct Listening {
     open: Mutex<Vec<Open>>,
+    /// The sockets went to a successor (an upgrade): closing leaves unix socket files alone.
+    handed_over: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -131,7 +133,7 @@ impl Listening {
             tracing::info!(addr = %f.bound, mode = f.spec.mode.as_str(), "listening");
             let (tx, rx) = watch::channel(serving(&f.spec));
             let fd = f.socket.raw_fd();
-            tokio::spawn(accept_loop(app.clone(), f.socket, rx));
+            tokio::spawn(accept_loop(app.clone(), f.socket, f.spec.addr.clone(), rx));
             open.push(Open {
                 fd,
                 asked: f.spec.addr,
@@ -142,13 +144,26 @@ impl Listening {
         }
     }
 
-    /// Each open listener's socket and the address the configuration asked for, for a
-    /// takeover (valid while the listeners stay open).
-    pub fn sockets(&self) -> Vec<(std::os::fd::RawFd, ListenAddr)> {
-        lock(&self.open)
-            .iter()
-            .map(|o| (o.fd, o.asked.clone()))
-            .collect()
+    /// A copy of each open listener's socket with the address the configuration asked for,
+    /// for a takeover (copies: a RELOAD closing one meanwhile cannot make them dangle).
+    pub fn sockets(&self) -> std::io::Result<Vec<(std::os::fd::OwnedFd, ListenAddr)>> {
+        let open = lock(&self.open);
+        let mut v = Vec::new();
+        for o in open.iter() {
+            // SAFETY: the fd is open while `o` is in the list (its accept loop owns the
+            // socket and leaves only after it is removed, under this lock).
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(o.fd) };
+            v.push((fd.try_clone_to_owned()?, o.asked.clone()));
+        }
+        Ok(v)
+    }
+
+    pub fn hand_over(&self) {
+        self.handed_over.store(true, Ordering::Release);
+    }
+
+    pub fn handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::Acquire)
     }
 
     /// (address as bound, mode) of each open listener.
@@ -168,7 +183,12 @@ impl Listening {
     }
 }
 
-async fn accept_loop(app: Arc<App>, socket: Bound, mut serving: watch::Receiver<Serving>) {
+async fn accept_loop(
+    app: Arc<App>,
+    mut socket: Bound,
+    asked: ListenAddr,
+    mut serving: watch::Receiver<Serving>,
+) {
     let mut stop = app.shutdown.subscribe();
     let mut backoff = AcceptBackoff::new("accept");
     loop {
@@ -193,11 +213,21 @@ async fn accept_loop(app: Arc<App>, socket: Bound, mut serving: watch::Receiver<
                 }
             },
             changed = serving.changed() => if changed.is_err() { break },
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                if app.listening.handed_over() {
+                    // The successor serves this socket now: its file stays.
+                    socket.keep_file();
+                }
+                return;
+            }
         }
     }
-    // Closed by a RELOAD: a unix socket's file goes with it.
-    if let Bound::Unix(_, path) = &socket {
+    // Closed by a RELOAD: a unix socket's file goes with it (unless a listener bound
+    // meanwhile at the same path owns it now).
+    socket.keep_file();
+    if let ListenAddr::Unix(path) = &asked
+        && !app.listening.addrs().iter().any(|(a, _)| a == &asked)
+    {
         let _ = std::fs::remove_file(path);
     }
 }

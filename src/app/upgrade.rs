@@ -18,6 +18,8 @@ use std::time::Duration;
 const HELLO: &str = "TAKEOVER 1";
 const READY: &str = "READY";
 const BYE: &str = "BYE";
+/// Marks the HTTP endpoint's socket among those handed over.
+const HTTP: &str = "http ";
 /// More listeners than anyone configures.
 const MAX_SOCKETS: usize = 64;
 
@@ -31,12 +33,48 @@ pub fn socket_path(config: &Path) -> PathBuf {
     for b in canon.as_os_str().as_bytes() {
         h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
     }
-    std::env::temp_dir().join(format!("pgsluice-{h:016x}.upgrade"))
+    // SAFETY: getuid cannot fail and touches no memory of ours.
+    let uid = unsafe { libc::getuid() };
+    std::env::temp_dir()
+        .join(format!("pgsluice-{uid}"))
+        .join(format!("{h:016x}.upgrade"))
+}
+
+/// The upgrade socket's directory, made private (0700, ours) if it is not there; refused if
+/// someone else owns it or others may write in it.
+fn private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let Some(dir) = path.parent() else {
+        return Ok(());
+    };
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(dir);
+    let m = std::fs::metadata(dir)?;
+    // SAFETY: getuid cannot fail and touches no memory of ours.
+    let uid = unsafe { libc::getuid() };
+    if m.uid() != uid || m.mode() & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} is not private to this user (0700)", dir.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the other end of `s` runs as this user.
+fn same_user(s: &UnixStream) -> bool {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    // SAFETY: getuid cannot fail and touches no memory of ours.
+    let uid = unsafe { libc::getuid() };
+    getsockopt(s, PeerCredentials).is_ok_and(|c| c.uid() == uid)
 }
 
 /// Waits for a successor at `path` while the proxy runs; after a handover that succeeded the
 /// process shuts down gracefully.
 pub async fn serve(app: Arc<App>, path: PathBuf) {
+    if let Err(e) = private_dir(&path) {
+        tracing::warn!(error = %e, "cannot wait for upgrades");
+        return;
+    }
     if std::os::unix::net::UnixStream::connect(&path).is_ok() {
         tracing::warn!(path = %path.display(), "another pgsluice waits for upgrades of this configuration: this one cannot be taken over");
         return;
@@ -49,24 +87,28 @@ pub async fn serve(app: Arc<App>, path: PathBuf) {
             return;
         }
     };
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
     let mut stop = app.shutdown.subscribe();
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
-                Err(_) => continue,
+                Err(_) => {
+                    // Out of descriptors: not a spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             },
-            _ = stop.wait_for(|s| *s) => break,
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
         };
-        let sockets = app.listening.sockets();
         let Ok(stream) = stream.into_std() else {
             continue;
         };
-        let p = path.clone();
-        let handed = tokio::task::spawn_blocking(move || hand_over(stream, &sockets, &p)).await;
-        match handed {
+        if !same_user(&stream) {
+            tracing::warn!("upgrade: a process of another user asked for our listeners: refused");
+            continue;
+        }
+        let (a, p) = (app.clone(), path.clone());
+        match tokio::task::spawn_blocking(move || hand_over(stream, &a, &p)).await {
             Ok(Ok(())) => {
                 tracing::info!("upgrade: the new process accepts on our listeners; draining");
                 app.request_shutdown();
@@ -79,18 +121,28 @@ pub async fn serve(app: Arc<App>, path: PathBuf) {
     let _ = std::fs::remove_file(&path);
 }
 
-/// The old process's side: HELLO in, the sockets out, READY in, BYE out (the upgrade socket
-/// gone by then, for the successor to bind).
-fn hand_over(mut s: UnixStream, sockets: &[(RawFd, ListenAddr)], path: &Path) -> io::Result<()> {
+/// The old process's side: HELLO in, copies of the sockets out (the listeners', then the
+/// HTTP endpoint's), READY in, BYE out (the upgrade socket gone by then, for the successor).
+fn hand_over(mut s: UnixStream, app: &App, path: &Path) -> io::Result<()> {
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     expect(&mut s, HELLO)?;
-    let names: String = sockets.iter().map(|(_, a)| name(a) + "\n").collect();
-    let fds: Vec<RawFd> = sockets.iter().map(|(fd, _)| *fd).collect();
+    let mut sockets: Vec<(OwnedFd, String)> = app
+        .listening
+        .sockets()?
+        .into_iter()
+        .map(|(fd, a)| (fd, name(&a)))
+        .collect();
+    if let Some((fd, addr)) = app.http_socket()? {
+        sockets.push((fd, format!("{HTTP}{addr}")));
+    }
+    let names: String = sockets.iter().map(|(_, n)| format!("{n}\n")).collect();
+    let fds: Vec<RawFd> = sockets.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
     let iov = [io::IoSlice::new(names.as_bytes())];
     let cmsg = [ControlMessage::ScmRights(&fds)];
     sendmsg::<()>(s.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)?;
     expect(&mut s, READY)?;
+    app.listening.hand_over();
     let _ = std::fs::remove_file(path);
     writeln!(s, "{BYE}")
 }
@@ -118,12 +170,14 @@ fn expect(s: &mut UnixStream, what: &str) -> io::Result<()> {
 /// A takeover in progress: the sockets received, and the line to the old process.
 pub struct Takeover {
     pub sockets: Vec<(ListenAddr, OwnedFd)>,
+    /// The HTTP endpoint's socket, with the address it is bound to.
+    pub http: Option<(std::net::SocketAddr, OwnedFd)>,
     stream: UnixStream,
 }
 
 /// The new process's side: asks the process waiting at `path` for its listening sockets.
 pub fn take_over(path: &Path) -> io::Result<Takeover> {
-    let mut s = UnixStream::connect(path).map_err(|e| {
+    let s = UnixStream::connect(path).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!(
@@ -132,6 +186,13 @@ pub fn take_over(path: &Path) -> io::Result<Takeover> {
             ),
         )
     })?;
+    if !same_user(&s) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} is served by a process of another user", path.display()),
+        ));
+    }
+    let mut s = s;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     writeln!(s, "{HELLO}")?;
     let mut buf = vec![0u8; 64 * 1024];
@@ -157,25 +218,37 @@ pub fn take_over(path: &Path) -> io::Result<Takeover> {
     let n = msg.bytes;
     let names = std::str::from_utf8(&buf[..n])
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "listener names not UTF-8"))?;
-    let addrs: Vec<ListenAddr> = names
-        .lines()
-        .map(|l| ListenAddr::try_from(l.to_owned()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    if addrs.len() != fds.len() {
+    let lines: Vec<&str> = names.lines().collect();
+    if lines.len() != fds.len() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
                 "{} listeners named, {} sockets received",
-                addrs.len(),
+                lines.len(),
                 fds.len()
             ),
         ));
     }
-    Ok(Takeover {
-        sockets: addrs.into_iter().zip(fds).collect(),
+    let bad = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
+    let mut t = Takeover {
+        sockets: Vec::new(),
+        http: None,
         stream: s,
-    })
+    };
+    for (line, fd) in lines.into_iter().zip(fds) {
+        match line.strip_prefix(HTTP) {
+            Some(addr) => {
+                let addr = addr
+                    .parse()
+                    .map_err(|_| bad(format!("bad HTTP address {addr:?}")))?;
+                t.http = Some((addr, fd));
+            }
+            None => t
+                .sockets
+                .push((ListenAddr::try_from(line.to_owned()).map_err(bad)?, fd)),
+        }
+    }
+    Ok(t)
 }
 
 impl Takeover {

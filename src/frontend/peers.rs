@@ -41,6 +41,10 @@ pub async fn cancel(app: &App, pid: i32, secret: &[u8]) -> bool {
     let shared = g.peer_secret.as_deref().unwrap_or("");
     match secret.len() {
         4 if g.peer_id != 0 && secret[0] != g.peer_id => {
+            // Keys made before peer_id was set (or changed by a RELOAD) are still ours.
+            if app.cancels.cancel(pid, secret).await {
+                return true;
+            }
             let owner = secret[0];
             let Some(peer) = config
                 .peers

@@ -16,7 +16,9 @@ const BACKLOG: i32 = 4096;
 
 pub enum Bound {
     Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
+    /// With the socket file it removes when dropped (None: not its to remove: a socket taken
+    /// over from another process, or one being handed over).
+    Unix(UnixListener, Option<PathBuf>),
 }
 
 /// Where a client came from.
@@ -72,7 +74,7 @@ pub fn bind(addr: &ListenAddr) -> io::Result<Bound> {
             // Like PostgreSQL's default unix_socket_permissions: access is decided by auth.
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
-            Ok(Bound::Unix(l, path.clone()))
+            Ok(Bound::Unix(l, Some(path.clone())))
         }
     }
 }
@@ -100,7 +102,7 @@ impl Bound {
     }
 
     /// A listening socket received from another process (a takeover), as it was bound for
-    /// `addr`.
+    /// `addr`; its socket file stays when it is dropped (the other process may still serve).
     pub fn adopt(fd: std::os::fd::OwnedFd, addr: &ListenAddr) -> io::Result<Bound> {
         match addr {
             ListenAddr::Tcp(_) => {
@@ -108,11 +110,18 @@ impl Bound {
                 l.set_nonblocking(true)?;
                 Ok(Bound::Tcp(TcpListener::from_std(l)?))
             }
-            ListenAddr::Unix(path) => {
+            ListenAddr::Unix(_) => {
                 let l = std::os::unix::net::UnixListener::from(fd);
                 l.set_nonblocking(true)?;
-                Ok(Bound::Unix(UnixListener::from_std(l)?, path.clone()))
+                Ok(Bound::Unix(UnixListener::from_std(l)?, None))
             }
+        }
+    }
+
+    /// Leaves the socket file in place when dropped (its socket lives on in a successor).
+    pub fn keep_file(&mut self) {
+        if let Bound::Unix(_, path) = self {
+            *path = None;
         }
     }
 
@@ -191,7 +200,7 @@ impl AcceptBackoff {
 
 impl Drop for Bound {
     fn drop(&mut self) {
-        if let Bound::Unix(_, path) = self {
+        if let Bound::Unix(_, Some(path)) = self {
             let _ = std::fs::remove_file(path);
         }
     }

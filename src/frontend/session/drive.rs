@@ -88,6 +88,11 @@ pub(super) async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
 async fn on_event(app: &App, c: &mut Client, relay: &mut Relay, event: Event) -> ControlFlow<()> {
     match event {
         Event::NeedServer => {
+            if app.is_shutting_down() {
+                // Nothing of this transaction has run: the client may retry it elsewhere.
+                Box::pin(tell_and_close(app, c, relay, ClientError::admin_shutdown())).await;
+                return ControlFlow::Break(());
+            }
             if c.admitted.as_ref().is_some_and(|a| a.rate_limited())
                 && !Box::pin(within_rate(app, c, relay)).await
             {
