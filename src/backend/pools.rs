@@ -119,10 +119,10 @@ fn plan(
                 .class_of(db.priority.as_ref())
                 .unwrap_or(config.classes.default),
             aging: g.priority_aging.duration(),
-            reserve: db.priority_reserve.unwrap_or(g.priority_reserve),
+            reserve: g.share(db.priority_reserve.unwrap_or(g.priority_reserve)),
             shed_queue: db.shed_queue_length.unwrap_or(g.shed_queue_length),
             shed_wait: db.shed_wait.unwrap_or(g.shed_wait).enabled(),
-            dedicated: config.dedicated_in(db, role).iter().map(|(_, n)| n).sum(),
+            dedicated: g.share(config.dedicated_in(db, role).iter().map(|(_, n)| n).sum()),
             adaptive: db.adaptive_limit.unwrap_or(g.adaptive_limit),
         },
     };
@@ -223,7 +223,7 @@ impl Pools {
                         db.max_db_connections
                             .unwrap_or(config.general.max_db_connections),
                     ),
-                    config.dedicated_total(db),
+                    config.general.share(config.dedicated_total(db)),
                 )
             })
             .clone();

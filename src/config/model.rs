@@ -102,8 +102,8 @@ pub struct General {
     /// secret the peers sign forwarded cancels with.
     pub peer_id: u8,
     pub peer_secret: Option<Text>,
-    /// How many instances share the upstream: pool sizes and max_db_connections are divided
-    /// by it ([`General::share`]).
+    /// How many instances share the upstream: pool sizes, priority_reserve, dedicated places
+    /// and max_db_connections are divided by it ([`General::share`]).
     pub instances: usize,
     pub server_lifetime: Seconds,
     pub server_idle_timeout: Seconds,
