@@ -210,16 +210,20 @@ fn every_kubernetes_manifest_validates_against_the_schemas() {
         .collect();
     files.sort();
     assert!(files.len() >= 8, "{files:?}");
-    let mut args = vec!["--strict"];
+    // As a module: pip's console script may not be on PATH yet (pyenv shims).
+    let mut args = vec!["-m", "kubernetes_validate", "--strict"];
     args.extend(files.iter().map(String::as_str));
-    let (ok, text) = run("kubernetes-validate", &args);
+    let (ok, text) = run("python3", &args);
     assert!(ok, "{text}");
     assert_eq!(text.matches(" passed for resource ").count(), 9, "{text}");
     // A mistake fails: an unknown field under strict validation.
     let bad = std::env::temp_dir().join(format!("pgsluice-bad-{}.yaml", std::process::id()));
     let pdb = std::fs::read_to_string(root().join("deploy/kubernetes/pdb.yaml")).unwrap();
     std::fs::write(&bad, pdb.replace("minAvailable", "minAvailible")).unwrap();
-    let (ok, text) = run("kubernetes-validate", &["--strict", bad.to_str().unwrap()]);
+    let (ok, text) = run(
+        "python3",
+        &["-m", "kubernetes_validate", "--strict", bad.to_str().unwrap()],
+    );
     assert!(!ok, "{text}");
     let _ = std::fs::remove_file(bad);
 }
