@@ -222,7 +222,12 @@ fn every_kubernetes_manifest_validates_against_the_schemas() {
     std::fs::write(&bad, pdb.replace("minAvailable", "minAvailible")).unwrap();
     let (ok, text) = run(
         "python3",
-        &["-m", "kubernetes_validate", "--strict", bad.to_str().unwrap()],
+        &[
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            bad.to_str().unwrap(),
+        ],
     );
     assert!(!ok, "{text}");
     let _ = std::fs::remove_file(bad);
