@@ -334,9 +334,7 @@ impl Running {
             // No server linked: between transactions, or waiting for a server with nothing
             // run yet.
             for c in self.app.clients.all() {
-                if c.link() == 0 {
-                    c.kill();
-                }
+                c.kill_if_idle();
             }
             if self.app.client_count() == 0 || tokio::time::Instant::now() >= deadline {
                 break;

@@ -127,14 +127,29 @@ impl ClientInfo {
 
     /// The client got server `server` (or gave it back: 0).
     pub fn linked(&self, server: u64) {
-        self.link.store(server, Ordering::Relaxed);
+        // SeqCst: against kill_if_idle (one of the two always sees the other's store).
+        self.link.store(server, Ordering::SeqCst);
         self.wait_since.store(0, Ordering::Relaxed);
         self.state
             .store(ClientState::Active as u8, Ordering::Relaxed);
     }
 
     pub fn was_killed(&self) -> bool {
-        self.killed.load(Ordering::Acquire)
+        self.killed.load(Ordering::SeqCst)
+    }
+
+    /// Ends the client (as [`ClientInfo::kill`]) only while it has no server: a shutdown's
+    /// closing of clients between transactions. Either this sees the server the session just
+    /// linked and leaves it, or the session sees the kill right after linking and gives the
+    /// server back before sending it anything: a client is never closed with a statement of
+    /// its running.
+    pub fn kill_if_idle(&self) -> bool {
+        self.killed.store(true, Ordering::SeqCst);
+        if self.link.load(Ordering::SeqCst) != 0 || !self.kill() {
+            self.killed.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
     }
 
     /// Ends the client from outside its task: its reads see end-of-file, so it leaves
@@ -208,5 +223,50 @@ impl Drop for Registered {
     fn drop(&mut self) {
         *self.info.socket.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.clients.map.remove(&self.info.facts.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+
+    fn client(socket: &std::os::unix::net::UnixStream) -> Registered {
+        let facts = ClientFacts {
+            id: 1,
+            user: "agent".into(),
+            pool: PoolKey {
+                database: "app".into(),
+                role: "agent".into(),
+            },
+            addr: Addr::Unix,
+            port: 0,
+            local_addr: Addr::Unix,
+            local_port: 0,
+            tls: None,
+            application_name: "".into(),
+            auth_method: "md5",
+            pool_mode: "transaction",
+            identity: None,
+            priority: crate::config::Priority::NORMAL,
+        };
+        Arc::new(Clients::default()).register(facts, Some(socket.as_raw_fd()))
+    }
+
+    #[test]
+    fn a_shutdown_closes_a_client_only_while_it_has_no_server() {
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let reg = client(&ours);
+        // Linked to a server: left alone, and not marked killed.
+        reg.info.linked(7);
+        assert!(!reg.info.kill_if_idle());
+        assert!(!reg.info.was_killed());
+        // Between transactions: killed; its reads see end-of-file.
+        reg.info.linked(0);
+        assert!(reg.info.kill_if_idle());
+        assert!(reg.info.was_killed());
+        let mut buf = [0u8; 1];
+        assert_eq!((&ours).read(&mut buf).unwrap(), 0);
     }
 }

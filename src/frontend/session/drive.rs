@@ -107,8 +107,8 @@ async fn on_event(app: &App, c: &mut Client, relay: &mut Relay, event: Event) ->
                 .is_some_and(|s| ready_in_pipeline(c, relay, s));
             let attached = match idle {
                 Some(server) if ready => {
-                    install(app, c, relay, server);
-                    true
+                    install(app, c, relay, server)
+                        || Box::pin(closed_by_shutdown(app, c, relay)).await
                 }
                 idle => Box::pin(attach(app, c, relay, idle)).await,
             };
@@ -336,8 +336,8 @@ pub(super) async fn attach(
             // ahead of the client's message; anything more is one round trip first.
             let pipelined = ready_in_pipeline(c, relay, &mut server);
             if pipelined {
-                install(app, c, relay, server);
-                return true;
+                return install(app, c, relay, server)
+                    || Box::pin(closed_by_shutdown(app, c, relay)).await;
             }
             if let Err(e) = sync(&mut server, &c.state.params).await {
                 let e = ClientError {
@@ -347,8 +347,7 @@ pub(super) async fn attach(
                 relay.refuse_request(&e);
                 return true;
             }
-            install(app, c, relay, server);
-            true
+            install(app, c, relay, server) || Box::pin(closed_by_shutdown(app, c, relay)).await
         }
         Err(e) => {
             c.reg.info.linked(0);
@@ -452,7 +451,28 @@ pub(super) fn handover_statement(c: &mut Client, base: &SessionParams) -> Option
 
 /// Makes `server` the client's for its transaction; a hand-over reset still due, and a token
 /// client's claims, go ahead of the client's first message.
-pub(super) fn install(app: &App, c: &mut Client, relay: &mut Relay, mut server: ServerConn) {
+/// A client a shutdown closed just as it got a server: told 57P01 (nothing of its ran);
+/// always false (it is done).
+async fn closed_by_shutdown(app: &App, c: &mut Client, relay: &mut Relay) -> bool {
+    tell_and_close(app, c, relay, ClientError::admin_shutdown()).await;
+    false
+}
+
+/// False when the client was closed by a shutdown meanwhile: the server goes back untouched
+/// and nothing of the client's is sent; the caller tells it 57P01.
+#[must_use]
+pub(super) fn install(
+    app: &App,
+    c: &mut Client,
+    relay: &mut Relay,
+    mut server: ServerConn,
+) -> bool {
+    c.reg.info.linked(server.id);
+    if c.reg.info.was_killed() {
+        c.reg.info.linked(0);
+        c.pool.release(server);
+        return false;
+    }
     relay.reset_server_side();
     // Callers sync first whenever the statement would not do (ready_in_pipeline); the bare
     // reset is the fallback that still isolates.
@@ -471,6 +491,7 @@ pub(super) fn install(app: &App, c: &mut Client, relay: &mut Relay, mut server: 
     c.cancel.handle.attach(server.cancel_target());
     link(c, &server);
     c.server = Some(server);
+    true
 }
 
 /// The claims statements the client's transaction needs on `server`, in order.
