@@ -24,6 +24,10 @@ async fn writer(url: String, id: i32, stop: Arc<AtomicBool>) -> (i64, Vec<String
             Ok(()) => acked += 1,
             Err(e) => {
                 errors.push(format!("{}: {e}", sqlstate(&e)));
+                // Reported at the end; a closed connection ends this writer (no spinning).
+                if c.is_closed() || errors.len() > 10 {
+                    break;
+                }
                 let _ = c.batch_execute("ROLLBACK").await;
             }
         }

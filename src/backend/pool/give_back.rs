@@ -85,8 +85,11 @@ impl Pool {
     pub(super) fn place_freed(self: &Arc<Self>, hold: queue::Hold) {
         let mut st = lock(&self.state);
         st.waiters.unhold(hold);
-        let rules = self.rules(&self.settings.load());
-        while let Some(w) = st.waiters.pop(&rules) {
+        let settings = self.settings.load();
+        let rules = self.rules(&settings);
+        // A pool a RELOAD made smaller keeps the place closed until it is within its size.
+        let shrinking = st.open > settings.size + settings.reserve_size;
+        while !shrinking && let Some(w) = st.waiters.pop(&rules) {
             let mut slot = Slot::new(self);
             slot.hold = st.waiters.hold(&w.demand);
             match w.tx.send(Grant::Slot(slot)) {
