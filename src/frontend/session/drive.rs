@@ -489,7 +489,8 @@ pub(super) fn install(
     }
     server.reset_pending = false;
     c.cancel.handle.attach(server.cancel_target());
-    link(c, &server);
+    // The client's side was linked first (above); now SHOW SERVERS' side.
+    server.info.linked(c.id, crate::stats::unix_micros());
     c.server = Some(server);
     true
 }
