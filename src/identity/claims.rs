@@ -162,8 +162,11 @@ pub fn due<'b>(
     }
     let mut out = Vec::new();
     let seal_with = |claims: &str| now.key.as_ref().map(|k| seal(k, pid, claims)).ok_or(NoKey);
+    // The client's claims are on the server in the form the mode asks for: a RELOAD that
+    // changed the mode between two of its transactions needs them again in the other form.
+    let delivered = held.client == client && held.sealed == (now.mode == ClaimsMode::Sealed);
     match bearer {
-        Some(b) if held.client != client => {
+        Some(b) if !delivered => {
             held.client = client;
             if now.mode == ClaimsMode::Sealed {
                 out.push(Cow::Owned(seal_with(&b.identity.claims)?));
@@ -221,5 +224,82 @@ fn seal(key: &SealKey, pid: i32, claims: &str) -> Delivery {
             counter.to_string(),
             key.mac(pid, counter, claims),
         ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Source;
+    use std::sync::Arc;
+
+    fn bearer(sub: &str) -> Bearer {
+        Bearer::new(Arc::new(Identity {
+            name: sub.into(),
+            source: Source::Jwt,
+            subject: sub.into(),
+            issuer: None,
+            role: "authenticated".into(),
+            priority: None,
+            claims: format!("{{\"sub\":\"{sub}\"}}").into(),
+            audit_statements: false,
+            limits: Default::default(),
+        }))
+    }
+
+    fn now(mode: ClaimsMode) -> Current {
+        Current {
+            mode,
+            key: Some(SealKey([7; 32])),
+            token_pool: true,
+        }
+    }
+
+    fn sqls(out: &[Cow<'_, Delivery>]) -> Vec<(&'static str, String)> {
+        out.iter().map(|d| (d.sql, d.params[0].clone())).collect()
+    }
+
+    #[test]
+    fn the_same_client_again_needs_nothing() {
+        let b = bearer("bob");
+        for mode in [ClaimsMode::Sealed, ClaimsMode::Compat] {
+            let mut held = Held::default();
+            assert_eq!(due(Some(&b), &now(mode), 2, &mut held, 9).unwrap().len(), 1);
+            assert!(
+                due(Some(&b), &now(mode), 2, &mut held, 9)
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+    }
+
+    /// A RELOAD from compat to sealed between two transactions of one client on one server
+    /// (no hand-over between them): its claims are sealed, else pgsluice.uid() reads none.
+    #[test]
+    fn a_mode_change_delivers_the_same_clients_claims_again() {
+        let b = bearer("bob");
+        let claims = r#"{"sub":"bob"}"#.to_string();
+        let mut held = Held::default();
+        due(Some(&b), &now(ClaimsMode::Compat), 2, &mut held, 9).unwrap();
+        let out = due(Some(&b), &now(ClaimsMode::Sealed), 2, &mut held, 9).unwrap();
+        assert_eq!(sqls(&out), [(SEAL_SQL, claims.clone())]);
+        assert!(held.sealed);
+        // And back: the seal is replaced by none, then the compat settings.
+        let out = due(Some(&b), &now(ClaimsMode::Compat), 2, &mut held, 9).unwrap();
+        assert_eq!(
+            sqls(&out),
+            [(SEAL_SQL, NO_CLAIMS.to_string()), (COMPAT_SQL, claims)]
+        );
+        assert!(!held.sealed);
+    }
+
+    #[test]
+    fn a_client_without_claims_replaces_a_seal_with_none() {
+        let b = bearer("bob");
+        let mut held = Held::default();
+        due(Some(&b), &now(ClaimsMode::Sealed), 2, &mut held, 9).unwrap();
+        let out = due(None, &now(ClaimsMode::Sealed), 3, &mut held, 9).unwrap();
+        assert_eq!(sqls(&out), [(SEAL_SQL, NO_CLAIMS.to_string())]);
+        assert!(held.clear());
     }
 }
