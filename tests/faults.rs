@@ -10,10 +10,11 @@ use support::faults::{Fault, FaultRelay};
 use support::*;
 use tokio_postgres::SimpleQueryMessage;
 
-async fn setup(pool: &str) -> (pgsluice::devdb::DevDb, FaultRelay, Proxy) {
+async fn setup(general: &str, pool: &str) -> (pgsluice::devdb::DevDb, FaultRelay, Proxy) {
     let pg = start_postgres();
     let relay = FaultRelay::start(pg.port).await;
-    let text = config_text(&pg, "server_login_retry = 0", pool).replacen(
+    let general = format!("server_login_retry = 0\n{general}");
+    let text = config_text(&pg, &general, pool).replacen(
         &format!("port = {}", pg.port),
         &format!("port = {}", relay.port),
         1,
@@ -39,7 +40,7 @@ async fn value(url: &str, sql: &str) -> Result<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_cut_mid_row_is_never_completed_with_other_bytes() {
-    let (_pg, relay, proxy) = setup("pool_size = 4").await;
+    let (_pg, relay, proxy) = setup("", "pool_size = 4").await;
     let url = proxy.url(PoolMode::Transaction, AGENT, "app");
     // Every new server connection dies after 30 KB from the server.
     relay.set(Fault::CutAfter(30_000));
@@ -111,12 +112,16 @@ async fn a_result_cut_mid_row_is_never_completed_with_other_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_reset_at_connect_then_recovery() {
-    let (_pg, relay, proxy) = setup("pool_size = 2").await;
+    // Connects are retried within server_connect_timeout before the client is told: short
+    // here, so the test does not wait out the default 15 s twice.
+    let (_pg, relay, proxy) = setup("server_connect_timeout = 1", "pool_size = 2").await;
     relay.set(Fault::Reset);
+    let started = std::time::Instant::now();
     for mode in [PoolMode::Session, PoolMode::Transaction] {
         let e = connect(&proxy.url(mode, AGENT, "app")).await.unwrap_err();
         assert_eq!(sqlstate(&e), "57P03", "{mode:?}: {e}");
     }
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
     relay.set(Fault::None);
     assert_eq!(
         value(
@@ -131,7 +136,7 @@ async fn servers_reset_at_connect_then_recovery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_server_still_gives_everyone_their_own_rows() {
-    let (_pg, relay, proxy) = setup("pool_size = 3").await;
+    let (_pg, relay, proxy) = setup("", "pool_size = 3").await;
     relay.set(Fault::Delay(15));
     let url = proxy.url(PoolMode::Transaction, AGENT, "app");
     let mut tasks = Vec::new();

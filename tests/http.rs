@@ -300,7 +300,13 @@ async fn metrics_move_with_traffic_per_pool() {
 async fn circuit_opens_after_a_failed_connect() {
     let mut pg = start_postgres();
     let text = with_http(
-        &config_text(&pg, "server_login_retry = 30", "pool_size = 2"),
+        // A short server_connect_timeout: the connect retries while PostgreSQL is down end
+        // in 1 s instead of the default 15.
+        &config_text(
+            &pg,
+            "server_login_retry = 30\nserver_connect_timeout = 1",
+            "pool_size = 2",
+        ),
         "",
     );
     let proxy = Proxy::start(&text).await;

@@ -1,4 +1,4 @@
-//! A bounded soak (SOAK_SECONDS, default 20 here; run longer by hand): mixed load in both
+//! A bounded soak (SOAK_SECONDS, default 8 here; benches/soak.sh runs it longer): mixed load in both
 //! modes through a relay that injects faults (cuts, delays) on and off, then checks that
 //! every acknowledged write is in the table, and that descriptors, memory and tasks come
 //! back to their baseline once the clients are gone. One test in this file, so nothing else
@@ -32,7 +32,7 @@ async fn soak_with_faults_loses_no_acknowledged_write() {
     let seconds: u64 = std::env::var("SOAK_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(8);
     let pg = start_postgres();
     let relay = Arc::new(FaultRelay::start(pg.port).await);
     let text = config_text(
