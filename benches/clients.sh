@@ -18,8 +18,6 @@ SCALE=${SCALE:-10}
 POOL=${POOL:-20}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PGBIN=${PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
-PGBOUNCER=${PGBOUNCER:-$(command -v pgbouncer || echo /usr/sbin/pgbouncer)}
-PGBOUNCER2=${PGBOUNCER2:-}
 BASELINE=${BASELINE:-}
 # Every client is a descriptor in the client process and in the proxy.
 ulimit -n "$(ulimit -Hn)"

@@ -6,6 +6,26 @@
 (cd "$ROOT" && cargo build --release -q)
 SLUICE="$ROOT/target/release/pgsluice"
 
+# PgBouncer 1.25.2, the release users compare against, built once from the source beside
+# ../shared/peers/build-pgbouncer.sh into a cache; PGBOUNCER=/path overrides it. Debian's
+# package (1.18) is measured too, as PGBOUNCER_OLD (empty to skip it).
+# (/var/tmp: PgBouncer runs as `postgres` when the bench runs as root, and must reach it.)
+PGB_CACHE=${PGB_CACHE:-/var/tmp/pgsluice-bench/pgbouncer-1.25.2}
+PGB_BUILD="$ROOT/../shared/peers/build-pgbouncer.sh"
+if [ -z "${PGBOUNCER:-}" ]; then
+  if [ ! -x "$PGB_CACHE/bin/pgbouncer" ] && [ -x "$PGB_BUILD" ]; then
+    echo "building PgBouncer 1.25.2 into $PGB_CACHE (once)" >&2
+    # Its man pages are made with pandoc, which the build script does not install.
+    if ! command -v pandoc >/dev/null; then
+      SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+      $SUDO apt-get install -y -qq pandoc >&2
+    fi
+    "$PGB_BUILD" "$PGB_CACHE" >&2
+  fi
+  PGBOUNCER="$PGB_CACHE/bin/pgbouncer"
+fi
+PGBOUNCER_OLD=${PGBOUNCER_OLD-$(command -v pgbouncer || true)}
+
 WORK=$(mktemp -d /tmp/pgsluice-bench.XXXXXX)
 chmod 755 "$WORK"
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -112,17 +132,28 @@ CONF
   DBNAME[$name]=bench_tx
 }
 
-# Every target: direct, PgBouncer (and PGBOUNCER2) when present, pgsluice (and BASELINE).
+# Every target: direct, PgBouncer 1.25 (and the older PGBOUNCER_OLD) when present, pgsluice
+# (and BASELINE). Ratios are against the target named `pgbouncer`.
 start_targets() {
   TARGETS=(direct)
   TX_PORT[direct]=$PG_PORT; SE_PORT[direct]=$PG_PORT; PID[direct]=""; DBNAME[direct]=bench
   if [ -x "$PGBOUNCER" ]; then start_bouncer pgbouncer "$PGBOUNCER"; TARGETS+=(pgbouncer); fi
-  if [ -n "$PGBOUNCER2" ]; then start_bouncer pgbouncer2 "$PGBOUNCER2"; TARGETS+=(pgbouncer2); fi
+  if [ -x "$PGBOUNCER_OLD" ] && [ "$PGBOUNCER_OLD" != "$PGBOUNCER" ]; then
+    local old; old="pgbouncer-$(version "$PGBOUNCER_OLD")"
+    start_bouncer "$old" "$PGBOUNCER_OLD"; TARGETS+=("$old")
+  fi
   start_sluice pgsluice "$SLUICE"; TARGETS+=(pgsluice)
   if [ -n "$BASELINE" ]; then start_sluice baseline "$BASELINE"; TARGETS+=(baseline); fi
   sleep 1
 }
 
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+# "user-ticks system-ticks voluntary-switches involuntary-switches" of a process (switches
+# summed over its threads).
+usage_of() {
+  [ -n "$1" ] || { echo "0 0 0 0"; return; }
+  local t; t=$(awk '{print $14, $15}' "/proc/$1/stat")
+  echo "$t $(cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt/ {v += $2} /^nonvoluntary_ctxt/ {n += $2} END {print v + 0, n + 0}')"
+}
 user_ticks() { [ -n "$1" ] && awk '{print $14}' "/proc/$1/stat" || echo 0; }
 version() { "$1" --version 2>/dev/null | head -1 | awk '{print $NF}'; }
