@@ -187,6 +187,23 @@ async fn direct_tls_with_alpn_postgresql() {
     // Plaintext still works under prefer.
     let c = proxy.connect(PoolMode::Transaction).await;
     c.simple_query("SELECT 1").await.unwrap();
+
+    // Bytes sent behind an SSLRequest, before its answer, are not taken into the session,
+    // encrypted or not (CVE-2021-23214): refused, as PostgreSQL does. Alone, the same
+    // SSLRequest is answered 'S'.
+    let ssl_request = [8i32.to_be_bytes(), 80877103i32.to_be_bytes()].concat();
+    let startup = support::raw::startup_packet(196608, &[("user", AGENT.0), ("database", "app")]);
+    let mut raw = support::raw::Raw::open(port).await;
+    raw.send(&[ssl_request.clone(), startup].concat()).await;
+    let (tag, body) = raw.recv().await.expect("an answer");
+    assert_eq!(
+        (tag, support::raw::error_code(&body)),
+        (b'E', "08P01".to_owned())
+    );
+    assert!(String::from_utf8_lossy(&body).contains("unencrypted data after SSL request"));
+    let mut raw = support::raw::Raw::open(port).await;
+    raw.send(&ssl_request).await;
+    assert_eq!(raw.recv_byte().await, b'S');
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -82,7 +82,7 @@ pub async fn read_hello(
     }
     // At most one SSLRequest and one GSSENCRequest before the real packet.
     for _ in 0..3 {
-        let body = match read_packet(&mut stream).await {
+        let (body, ahead) = match read_packet(&mut stream).await {
             Ok(b) => b,
             Err(e) => return (Some(stream), info, Err(e)),
         };
@@ -91,6 +91,16 @@ pub async fn read_hello(
             Err(e) => return (Some(stream), info, Err(e.into())),
         };
         match request {
+            Request::Ssl if ahead => {
+                return (Some(stream), info, Err(sent_ahead("SSL request")));
+            }
+            Request::GssEnc if ahead => {
+                return (
+                    Some(stream),
+                    info,
+                    Err(sent_ahead("GSSAPI encryption request")),
+                );
+            }
             Request::Ssl => {
                 let config = match (&tls, &stream) {
                     (Some(c), Stream::Tcp(_)) => c.clone(),
@@ -141,21 +151,46 @@ pub async fn read_hello(
     (Some(stream), info, Err(HandshakeError::Refused(e)))
 }
 
-/// One startup-phase packet's body (length-prefixed, no tag).
-async fn read_packet(stream: &mut Stream) -> Result<Vec<u8>, HandshakeError> {
-    let len = stream
-        .read_i32()
-        .await
-        .map_err(|_| HandshakeError::Incomplete)?;
-    if len < 8 || len as usize > MAX_STARTUP_LEN {
-        return Err(HandshakeError::Silent("invalid length of startup packet"));
+/// One startup-phase packet's body (length-prefixed, no tag), and whether the client sent
+/// more right behind an 8-byte packet. The first read asks for one byte more than the
+/// shortest packet (8: SSLRequest, GSSENCRequest), so an 8-byte request costs one read and
+/// the short read tells tokio the socket is drained (the next read waits for readiness
+/// instead of trying first).
+async fn read_packet(stream: &mut Stream) -> Result<(Vec<u8>, bool), HandshakeError> {
+    let mut head = [0u8; 9];
+    let mut got = 0;
+    // The length is checked as soon as it is in: a bad one is not waited on.
+    let mut len = 0;
+    while got < 8 {
+        match stream.read(&mut head[got..]).await {
+            Ok(0) | Err(_) => return Err(HandshakeError::Incomplete),
+            Ok(n) => got += n,
+        }
+        if got >= 4 && len == 0 {
+            let l = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+            if l < 8 || l as usize > MAX_STARTUP_LEN {
+                return Err(HandshakeError::Silent("invalid length of startup packet"));
+            }
+            len = l as usize;
+        }
     }
-    let mut body = vec![0u8; len as usize - 4];
+    let ahead = len == 8 && got == 9;
+    let got = got.min(len);
+    let mut body = vec![0u8; len - 4];
+    body[..got - 4].copy_from_slice(&head[4..got]);
     stream
-        .read_exact(&mut body)
+        .read_exact(&mut body[got - 4..])
         .await
         .map_err(|_| HandshakeError::Incomplete)?;
-    Ok(body)
+    Ok((body, ahead))
+}
+
+/// Bytes a client sent before the answer to its SSLRequest or GSSENCRequest: not
+/// encrypted, and possibly injected (CVE-2021-23214); PostgreSQL refuses them alike.
+fn sent_ahead(what: &str) -> HandshakeError {
+    HandshakeError::Refused(ClientError::protocol(format!(
+        "received unencrypted data after {what}"
+    )))
 }
 
 /// The TLS handshake on a plain TCP stream. Only bytes read after the SSLRequest reach

@@ -259,11 +259,15 @@ impl Meter {
         }
         let text = text.strip_suffix(&[0]).unwrap_or(text);
         // Drivers send the same texts over and over (the extended protocol re-Parses its
-        // unnamed statement every time): a hash of the raw bytes finds the fingerprint
-        // without tokenizing. A 64-bit collision would only misfile one query's timing.
-        let mut raw = KeyHasher::default();
-        raw.write(text);
-        let raw = raw.finish();
+        // unnamed statement every time), and the simple protocol the same ones with other
+        // numbers: a hash of the text's shape (or of its bytes, where the shape cannot be
+        // told) finds the fingerprint without tokenizing. A 64-bit collision would only
+        // misfile one query's timing.
+        let raw = fingerprint::shape(text).unwrap_or_else(|| {
+            let mut raw = KeyHasher::default();
+            raw.write(text);
+            raw.finish()
+        });
         TEXTS.with(|t| {
             let mut t = t.borrow_mut();
             if let Some(k) = t.by_raw.get(&raw) {
