@@ -28,7 +28,7 @@ start_targets
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
-echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r); PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'); pgbouncer $( [ -x "$PGBOUNCER" ] && version "$PGBOUNCER" || echo absent); pgsluice $(version "$SLUICE")"
+echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r); PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'); pgbouncer $( [ -x "$PGBOUNCER" ] && version "$PGBOUNCER" || echo absent)${PGBOUNCER_OLD:+ and $(version "$PGBOUNCER_OLD")}; pgsluice $(version "$SLUICE")"
 echo
 echo "| target | idle clients | connect s | RSS before KiB | RSS with clients KiB | KiB per client | active p50 ms | active p99 ms | active tps |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every figure of docs/benchmarks.md from one command: pgbench through PgBouncer and pgsluice
 # (both modes), the idle-client fleets and the storm, and the instruction counts. Takes the
-# scripts' own settings (BASELINE=, PGBOUNCER2=, ROUNDS=, DURATION=, ...) and passes them on.
+# scripts' own settings (BASELINE=, PGBOUNCER=, PGBOUNCER_OLD=, ROUNDS=, DURATION=, ...) and passes them on.
 #
 #   benches/report.sh > report.md                     # about 40 minutes on 2 cores
 #   BASELINE=/path/to/older/pgsluice benches/report.sh  # every table A/B against another build

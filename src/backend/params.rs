@@ -56,6 +56,31 @@ impl Params {
         self.0.as_deref().map_or(&[], |v| v.as_slice())
     }
 
+    /// The same list, shared with an equal one made at another login if there is one: a
+    /// thousand clients that sent the same application_name then hold one copy of the
+    /// list, not a thousand (the copy-on-write above only shares lists nobody changed).
+    /// Logins only: it takes a lock.
+    pub fn interned(self) -> Params {
+        /// Distinct lists remembered; the oldest is forgotten past this.
+        const KEPT: usize = 32;
+        static RECENT: std::sync::Mutex<Vec<Arc<Vec<Pair>>>> = std::sync::Mutex::new(Vec::new());
+        let Some(list) = self.0 else {
+            return Params(None);
+        };
+        let mut recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(same) = recent
+            .iter()
+            .find(|r| Arc::ptr_eq(r, &list) || ***r == *list)
+        {
+            return Params(Some(same.clone()));
+        }
+        if recent.len() >= KEPT {
+            recent.remove(0);
+        }
+        recent.push(list.clone());
+        Params(Some(list))
+    }
+
     /// Whether both hold the very same list (the sharing that makes copies free).
     pub fn shares(&self, other: &Params) -> bool {
         match (&self.0, &other.0) {
@@ -247,6 +272,33 @@ fn push_identifier(sql: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_lists_made_apart_are_shared_once_interned() {
+        let made = |name: &str| {
+            let mut p = Params::default();
+            p.set("TimeZone", "UTC");
+            p.set("application_name", name);
+            p
+        };
+        let (a, b, c) = (
+            made("agent-7").interned(),
+            made("agent-7").interned(),
+            made("x"),
+        );
+        assert!(a.shares(&b), "equal lists share one copy");
+        let c = c.interned();
+        assert!(!c.shares(&a));
+        assert_eq!(c.get("application_name"), Some("x"));
+        // Changing a shared list copies it: the other keeps its value.
+        let mut d = b.clone();
+        d.set("application_name", "y");
+        assert_eq!(
+            (a.get("application_name"), d.get("application_name")),
+            (Some("agent-7"), Some("y"))
+        );
+        assert!(Params::default().interned().is_empty());
+    }
 
     #[test]
     fn application_name_alone_is_reported_verbatim() {

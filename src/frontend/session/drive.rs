@@ -407,6 +407,11 @@ pub(super) fn ready_in_pipeline(c: &mut Client, relay: &Relay, server: &mut Serv
     server.hand_to(c.id, relay.handover_reset);
     if server.reset_pending {
         handover_statement(c, server.sync_base()).is_some()
+    } else if server.params == c.state.params {
+        // Equal lists made apart share from now on: the next checkout compares pointers
+        // instead of every name and value.
+        server.params.clone_from(&c.state.params);
+        true
     } else {
         sync_statement(&c.state.params, &server.params).is_none()
     }

@@ -615,6 +615,8 @@ async fn first_parameters(
         merged.reported = server.params.reported.clone();
         pool.release(server);
     }
+    merged.reported = merged.reported.interned();
+    merged.unreported = merged.unreported.interned();
     Ok((
         merged,
         None,
