@@ -15,6 +15,8 @@
 #   COUNT=1 benches/e2e.sh                           # + syscalls per transaction by kind (perf)
 #   PROFILE=/tmp/prof benches/e2e.sh                 # + perf record of each proxy per run
 #   SLUICE_GENERAL="worker_threads = 1" benches/e2e.sh
+#   PIN=1 PROXY_CPUS=0 LOAD_CPUS=1-7 benches/e2e.sh  # proxies pinned apart from the load;
+#                                                    # + transactions per second per proxy core
 #
 # Needs PostgreSQL's server binaries and pgbench. Auth is md5 on both hops (the `-C scram`
 # workload uses SCRAM-SHA-256 from client to proxy), pool size 20, 20 clients, 2 pgbench
@@ -71,7 +73,7 @@ run() {
   fi
   local before after
   before=$(usage_of "$pid")
-  out=$(cd "$WORK" && PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U "$user" -n \
+  out=$(cd "$WORK" && on_load_cpus env PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U "$user" -n \
     -T "$DURATION" -c "$CLIENTS" -j 2 --log --log-prefix=lat --sampling-rate="$SAMPLING" "$@" "$db" 2>&1) || true
   after=$(usage_of "$pid")
   [ -n "$stat_pid" ] && { kill -INT "$stat_pid"; wait "$stat_pid" || true; }
@@ -111,6 +113,7 @@ run() {
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
 echo "# PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'); pgbouncer $( [ -x "$PGBOUNCER" ] && version "$PGBOUNCER" || echo absent)${PGBOUNCER_OLD:+ and $(version "$PGBOUNCER_OLD")}; pgsluice $(version "$SLUICE") ${SLUICE_GENERAL:+($SLUICE_GENERAL)}"
 echo "# pgbench ${DURATION}s x $ROUNDS rounds, $CLIENTS clients, -j 2, scale $SCALE, pool $POOL, md5"
+[ "$PIN" = 1 ] && echo "# pinned: proxies on CPUs $PROXY_CPUS, PostgreSQL and pgbench on $LOAD_CPUS"
 WORKLOADS=(
   "select-only simple|-S -M simple"
   "select-only extended|-S -M extended"
@@ -176,6 +179,23 @@ awk -F'\t' '
         cr, ud, px ? sprintf("%.2f+%.2f", median(order[i] SUBSEP 9), median(order[i] SUBSEP 10)) : "-", tr, median(order[i] SUBSEP 11)
     }
   }' "$RESULTS"
+if [ "$PIN" = 1 ]; then
+  # What one of the proxy's cores can carry: transactions per CPU-second it spent.
+  echo
+  echo "| workload | mode | target | transactions per second per proxy core |"
+  echo "|---|---|---|---:|"
+  awk -F'\t' '
+    function median(s,   n, i, j, a, t) {
+      n = split(s, a, " ")
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+      return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    $3 != "direct" && $7 != "-" && $7 + $8 > 0 {
+      k = $1 "|" $2 "|" $3; if (!(k in seen)) { seen[k] = 1; order[++n] = k }
+      v[k] = v[k] " " 1e6 / ($7 + $8) }
+    END { for (i = 1; i <= n; i++) { split(order[i], p, "|")
+      printf "| %s | %s | %s | %.0f |\n", p[1], p[2], p[3], median(v[order[i]]) } }' "$RESULTS"
+fi
 if [ -s "$SYSCALLS" ]; then
   echo
   printf '| workload | mode | target | syscalls/txn |'; printf ' %s |' "${KINDS[@]}"; echo " other |"

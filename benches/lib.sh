@@ -26,6 +26,15 @@ if [ -z "${PGBOUNCER:-}" ]; then
 fi
 PGBOUNCER_OLD=${PGBOUNCER_OLD-$(command -v pgbouncer || true)}
 
+# PIN=1: the proxies on PROXY_CPUS, PostgreSQL and pgbench on LOAD_CPUS (taskset), so a
+# proxy's transactions per second per core it uses can be read off without the load
+# competing for its cores (pgsluice sizes its workers to the cores it may use).
+PIN=${PIN:-0}
+PROXY_CPUS=${PROXY_CPUS:-0}
+LOAD_CPUS=${LOAD_CPUS:-1-$(($(nproc) - 1))}
+on_proxy_cpus() { if [ "$PIN" = 1 ]; then taskset -c "$PROXY_CPUS" "$@"; else "$@"; fi; }
+on_load_cpus() { if [ "$PIN" = 1 ]; then taskset -c "$LOAD_CPUS" "$@"; else "$@"; fi; }
+
 WORK=$(mktemp -d /tmp/pgsluice-bench.XXXXXX)
 chmod 755 "$WORK"
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -55,7 +64,7 @@ shared_buffers = 128MB
 CONF
 echo "host all all 127.0.0.1/32 md5" > "$WORK/data/pg_hba.conf"
 echo "local all all trust" >> "$WORK/data/pg_hba.conf"
-as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w start >/dev/null
+on_load_cpus as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w start >/dev/null
 psql -h "$WORK" -p "$PG_PORT" -U postgres -qc "CREATE ROLE bench LOGIN PASSWORD 'bench'" postgres
 psql -h "$WORK" -p "$PG_PORT" -U postgres -qc "CREATE ROLE bench_scram LOGIN PASSWORD 'bench' IN ROLE bench" postgres
 psql -h "$WORK" -p "$PG_PORT" -U postgres -qc "CREATE DATABASE bench OWNER bench" postgres
@@ -94,7 +103,7 @@ name = "bench_scram"
 password = "bench"
 ${SLUICE_EXTRA:-}
 CONF
-  "$bin" --config "$WORK/$name.toml" --log-format json 2>"$WORK/$name.log" &
+  on_proxy_cpus "$bin" --config "$WORK/$name.toml" --log-format json 2>"$WORK/$name.log" &
   PID[$name]=$!; PIDS+=("${PID[$name]}")
   DBNAME[$name]=bench
 }
@@ -126,7 +135,7 @@ listen_backlog = 4096
 CONF
   [ "$(id -u)" = 0 ] && chown postgres "$WORK/$name.ini" "$WORK/userlist.txt" "$WORK/hba.conf"
   # runuser applies the login limits: give it as many descriptors as pgsluice takes.
-  as_pg sh -c 'ulimit -n "$1"; shift; exec "$@"' sh "$(ulimit -Hn)" "$bin" "$WORK/$name.ini" >"$WORK/$name.out" 2>&1 &
+  on_proxy_cpus as_pg sh -c 'ulimit -n "$1"; shift; exec "$@"' sh "$(ulimit -Hn)" "$bin" "$WORK/$name.ini" >"$WORK/$name.out" 2>&1 &
   for _ in $(seq 50); do [ -s "$WORK/$name.pid" ] && break; sleep 0.1; done
   PID[$name]=$(cat "$WORK/$name.pid"); PIDS+=("${PID[$name]}")
   DBNAME[$name]=bench_tx

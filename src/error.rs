@@ -126,6 +126,14 @@ impl ClientError {
             "server connection was interrupted while being prepared for this client (a cancel from another session, or its claims could not be set: see the log); the request did not run",
         )
     }
+    /// 08006: the server ended its session while being prepared for the client (it restarted,
+    /// or was terminated); the client's request did not run and may be retried.
+    pub fn handover_lost() -> Self {
+        Self::fatal(
+            "08006",
+            "server connection closed unexpectedly while being prepared for this client; the request did not run",
+        )
+    }
     /// A per-address limit (53300 and friends), FATAL.
     pub fn limit(code: &'static str, message: &'static str) -> Self {
         Self::fatal(code, message)

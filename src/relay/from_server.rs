@@ -265,6 +265,9 @@ impl Relay {
                     "the hand-over reset or the client's claims failed: the server is closed"
                 );
                 self.srv.facts.set(Fact::Retire, true);
+                if f.severity == "FATAL" || f.severity == "PANIC" {
+                    self.srv.handover_fatal = true;
+                }
                 // With claims, any error fails the hand-over: the reset's query may have failed
                 // before its BEGIN, and the rest would then run outside the transaction.
                 if claims

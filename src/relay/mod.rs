@@ -195,6 +195,9 @@ struct ServerSide {
     status: u8,
     /// The server sent a FATAL error: it will close, and the client has been told why.
     server_fatal: bool,
+    /// The server ended its session (a FATAL error) during the hand-over, whose replies the
+    /// client never sees: it is told the server went away, not that its request failed.
+    handover_fatal: bool,
     /// The server hit an error in the extended protocol and skips the client's messages until
     /// its next Sync; messages that arrive from now on are dropped here instead of being
     /// tracked as if they would be answered.
@@ -222,6 +225,7 @@ impl Default for ServerSide {
             unsynced: false,
             status: b'I',
             server_fatal: false,
+            handover_fatal: false,
             skip_pending: false,
             guard: Guard::None,
             witness_pending: false,
@@ -342,6 +346,12 @@ impl Relay {
 
     pub fn server_sent_fatal(&self) -> bool {
         self.srv.server_fatal
+    }
+
+    /// The hand-over failed because the server ended its session (a restart, a
+    /// pg_terminate_backend), not because of a cancel or the client's claims.
+    pub fn handover_ended_by_server(&self) -> bool {
+        self.srv.handover_fatal
     }
 
     /// Forget per-server state when a server is attached or detached.

@@ -178,7 +178,12 @@ async fn on_event(app: &App, c: &mut Client, relay: &mut Relay, event: Event) ->
             );
             c.server = None;
             c.cancel.handle.detach();
-            relay.queue_for_client(|b| ClientError::handover_failed().encode(b));
+            let e = if relay.handover_ended_by_server() {
+                ClientError::handover_lost()
+            } else {
+                ClientError::handover_failed()
+            };
+            relay.queue_for_client(|b| e.encode(b));
             let _ = Box::pin(relay.flush_client(&mut c.stream)).await;
             return ControlFlow::Break(());
         }

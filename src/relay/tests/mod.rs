@@ -272,6 +272,15 @@ fn error(code: &str) -> Vec<u8> {
     m(b'E', &b)
 }
 
+/// A FATAL error, as a server sends before it closes (57P01: terminated, or shut down).
+fn fatal(code: &str) -> Vec<u8> {
+    let mut b = b"SFATAL\0".to_vec();
+    b.push(b'C');
+    b.extend(z(code.as_bytes()));
+    b.extend(b"Mterminating connection due to administrator command\0\0");
+    m(b'E', &b)
+}
+
 fn parse_complete() -> Vec<u8> {
     m(b'1', &[])
 }

@@ -310,6 +310,27 @@ async fn a_reset_that_did_not_finish_stops_the_clients_work() {
     r.server_sends(&cat(&[error("57014"), ready(b'I'), error("26000")]))
         .await;
     assert_eq!(r.last_event().await, Some(&Event::HandoverFailed));
+    assert!(!r.relay.handover_ended_by_server());
+    r.expect_client(&[]).await;
+}
+
+/// The server shut down during the hand-over (its FATAL where the witness's Describe was
+/// owed): the client's work never ran, and it is told the server went away, not that a
+/// cancel or its claims failed.
+#[tokio::test]
+async fn a_server_ending_during_the_reset_is_reported_as_lost() {
+    let mut r = Rig::new(true).await;
+    r.reset = Some("RESET ALL");
+    r.client_sends(&query("SELECT 'secret'")).await;
+    r.server_sends(&cat(&[
+        complete("RESET"),
+        complete("PREPARE"),
+        ready(b'I'),
+        fatal("57P01"),
+    ]))
+    .await;
+    assert_eq!(r.last_event().await, Some(&Event::HandoverFailed));
+    assert!(r.relay.handover_ended_by_server());
     r.expect_client(&[]).await;
 }
 
