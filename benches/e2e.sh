@@ -73,7 +73,7 @@ run() {
   fi
   local before after
   before=$(usage_of "$pid")
-  out=$(cd "$WORK" && on_load_cpus env PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U "$user" -n \
+  out=$(cd "$WORK" && "${LOAD_PIN[@]}" env PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U "$user" -n \
     -T "$DURATION" -c "$CLIENTS" -j 2 --log --log-prefix=lat --sampling-rate="$SAMPLING" "$@" "$db" 2>&1) || true
   after=$(usage_of "$pid")
   [ -n "$stat_pid" ] && { kill -INT "$stat_pid"; wait "$stat_pid" || true; }

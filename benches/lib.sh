@@ -32,8 +32,8 @@ PGBOUNCER_OLD=${PGBOUNCER_OLD-$(command -v pgbouncer || true)}
 PIN=${PIN:-0}
 PROXY_CPUS=${PROXY_CPUS:-0}
 LOAD_CPUS=${LOAD_CPUS:-1-$(($(nproc) - 1))}
-on_proxy_cpus() { if [ "$PIN" = 1 ]; then taskset -c "$PROXY_CPUS" "$@"; else "$@"; fi; }
-on_load_cpus() { if [ "$PIN" = 1 ]; then taskset -c "$LOAD_CPUS" "$@"; else "$@"; fi; }
+PROXY_PIN=(); LOAD_PIN=()
+if [ "$PIN" = 1 ]; then PROXY_PIN=(taskset -c "$PROXY_CPUS"); LOAD_PIN=(taskset -c "$LOAD_CPUS"); fi
 
 WORK=$(mktemp -d /tmp/pgsluice-bench.XXXXXX)
 chmod 755 "$WORK"
@@ -64,7 +64,7 @@ shared_buffers = 128MB
 CONF
 echo "host all all 127.0.0.1/32 md5" > "$WORK/data/pg_hba.conf"
 echo "local all all trust" >> "$WORK/data/pg_hba.conf"
-on_load_cpus as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w start >/dev/null
+as_pg "${LOAD_PIN[@]}" "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w start >/dev/null
 psql -h "$WORK" -p "$PG_PORT" -U postgres -qc "CREATE ROLE bench LOGIN PASSWORD 'bench'" postgres
 psql -h "$WORK" -p "$PG_PORT" -U postgres -qc "CREATE ROLE bench_scram LOGIN PASSWORD 'bench' IN ROLE bench" postgres
 psql -h "$WORK" -p "$PG_PORT" -U postgres -qc "CREATE DATABASE bench OWNER bench" postgres
@@ -103,7 +103,7 @@ name = "bench_scram"
 password = "bench"
 ${SLUICE_EXTRA:-}
 CONF
-  on_proxy_cpus "$bin" --config "$WORK/$name.toml" --log-format json 2>"$WORK/$name.log" &
+  "${PROXY_PIN[@]}" "$bin" --config "$WORK/$name.toml" --log-format json 2>"$WORK/$name.log" &
   PID[$name]=$!; PIDS+=("${PID[$name]}")
   DBNAME[$name]=bench
 }
@@ -135,7 +135,7 @@ listen_backlog = 4096
 CONF
   [ "$(id -u)" = 0 ] && chown postgres "$WORK/$name.ini" "$WORK/userlist.txt" "$WORK/hba.conf"
   # runuser applies the login limits: give it as many descriptors as pgsluice takes.
-  on_proxy_cpus as_pg sh -c 'ulimit -n "$1"; shift; exec "$@"' sh "$(ulimit -Hn)" "$bin" "$WORK/$name.ini" >"$WORK/$name.out" 2>&1 &
+  as_pg "${PROXY_PIN[@]}" sh -c 'ulimit -n "$1"; shift; exec "$@"' sh "$(ulimit -Hn)" "$bin" "$WORK/$name.ini" >"$WORK/$name.out" 2>&1 &
   for _ in $(seq 50); do [ -s "$WORK/$name.pid" ] && break; sleep 0.1; done
   PID[$name]=$(cat "$WORK/$name.pid"); PIDS+=("${PID[$name]}")
   DBNAME[$name]=bench_tx
