@@ -6,6 +6,7 @@
 //! writes the same text out, and both come from one token walk so they always agree.
 
 use super::lexer::{Lexer, Token};
+use std::hash::{BuildHasher, Hasher};
 
 /// The normalized text is cut after this many bytes (the hash covers all of it).
 pub const MAX_TEXT: usize = 1024;
@@ -103,29 +104,27 @@ pub fn fingerprint(text: &str) -> u64 {
 /// else: a `"` (a quoted name, `"t 1"`), a `$` not followed by a digit (`$ 1` is the
 /// parameter `$1`; `$$` quotes) or the byte 0xFF (never in UTF-8; the mark).
 pub fn shape(text: &[u8]) -> Option<u64> {
-    // Eight plain bytes are one step, anything else a byte (or a digit run) at a time; the
-    // two kinds of step mix differently, so neither can stand for the other. Which step
-    // comes next depends only on the text from there on, so two texts that differ only in
-    // their numbers step alike after each of them.
-    let byte =
-        |h: u64, b: u8| (h.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let mut h = 0x8422_2325_cbf2_9ce4u64;
+    // The bytes as they are, each standalone number as one 0xFF (a byte no shaped text
+    // holds), hashed with this process's random keys: a client cannot make a text whose
+    // shape is another's (the cache would then file one statement under another's text,
+    // in SHOW QUERIES and the audit log). Eight plain bytes are written at once.
+    let mut h = keys().build_hasher();
     let mut after_word = false;
     let mut i = 0;
     while let Some(&b) = text.get(i) {
-        if let Some(w) = text.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok())
-            && let w = u64::from_le_bytes(w)
-            && plain(w)
+        if let Some(w) = text.get(i..i + 8)
+            && let Ok(word) = <[u8; 8]>::try_from(w)
+            && plain(u64::from_le_bytes(word))
         {
-            h = (h.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
-            after_word = matches!(SHAPE_CLASS[(w >> 56) as usize], Class::Joins);
+            h.write(w);
+            after_word = matches!(SHAPE_CLASS[usize::from(word[7])], Class::Joins);
             i += 8;
             continue;
         }
         match SHAPE_CLASS[usize::from(b)] {
             // `$1`: a parameter, its digits hashed as written (after a Joins byte).
             Class::Dollar if text.get(i + 1).is_some_and(u8::is_ascii_digit) => {
-                h = byte(h, b);
+                h.write_u8(b);
                 after_word = true;
                 i += 1;
             }
@@ -134,22 +133,33 @@ pub fn shape(text: &[u8]) -> Option<u64> {
                 let run = text[i..].iter().take_while(|d| d.is_ascii_digit()).count();
                 let next = text.get(i + run).map(|&n| SHAPE_CLASS[usize::from(n)]);
                 let alone = !matches!(next, Some(Class::Joins | Class::Digit));
-                h = if alone {
-                    byte(h, 0xFF)
+                if alone {
+                    h.write_u8(0xFF);
                 } else {
-                    text[i..i + run].iter().fold(h, |h, &d| byte(h, d))
-                };
+                    h.write(&text[i..i + run]);
+                }
                 after_word = !alone;
                 i += run;
             }
             class => {
-                h = byte(h, b);
+                h.write_u8(b);
                 after_word = matches!(class, Class::Joins | Class::Digit);
                 i += 1;
             }
         }
     }
-    Some(h)
+    Some(h.finish())
+}
+
+/// Random hash keys, drawn once per process: what [`shape`] and [`raw_key`] hash with.
+fn keys() -> &'static std::hash::RandomState {
+    static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    KEYS.get_or_init(std::hash::RandomState::new)
+}
+
+/// A text's bytes hashed with [`shape`]'s keys, for texts that have no shape.
+pub fn raw_key(text: &[u8]) -> u64 {
+    keys().hash_one(text)
 }
 
 /// Eight bytes, as a little-endian word, that [`shape`] takes as they are: ASCII, no digit,

@@ -9,7 +9,7 @@ use super::totals::PoolStats;
 use crate::pool_key::PoolKey;
 use crate::sql::fingerprint;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -258,16 +258,20 @@ impl Meter {
             return None;
         }
         let text = text.strip_suffix(&[0]).unwrap_or(text);
+        if self.audit.is_some() {
+            // An audited statement's line says what it is from its own text, never from a
+            // cached entry a crafted text could share (hashes can be made to collide).
+            let text = utf8(text);
+            let fp = fingerprint::fingerprint(&text);
+            return Some((fp, Arc::from(fingerprint::normalize(&text))));
+        }
         // Drivers send the same texts over and over (the extended protocol re-Parses its
         // unnamed statement every time), and the simple protocol the same ones with other
         // numbers: a hash of the text's shape (or of its bytes, where the shape cannot be
-        // told) finds the fingerprint without tokenizing. A 64-bit collision would only
-        // misfile one query's timing.
-        let raw = fingerprint::shape(text).unwrap_or_else(|| {
-            let mut raw = KeyHasher::default();
-            raw.write(text);
-            raw.finish()
-        });
+        // told), keyed per process so no client can aim at another's entry, finds the
+        // fingerprint without tokenizing. A chance 64-bit collision would only misfile one
+        // query's timing.
+        let raw = fingerprint::shape(text).unwrap_or_else(|| fingerprint::raw_key(text));
         TEXTS.with(|t| {
             let mut t = t.borrow_mut();
             if let Some(k) = t.by_raw.get(&raw) {
