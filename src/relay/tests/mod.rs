@@ -265,19 +265,26 @@ fn row(v: &str) -> Vec<u8> {
 }
 
 fn error(code: &str) -> Vec<u8> {
-    let mut b = b"SERROR\0".to_vec();
-    b.push(b'C');
-    b.extend(z(code.as_bytes()));
-    b.extend(b"Mfailed\0\0");
-    m(b'E', &b)
+    error_response("ERROR", code, "failed")
 }
 
 /// A FATAL error, as a server sends before it closes (57P01: terminated, or shut down).
 fn fatal(code: &str) -> Vec<u8> {
-    let mut b = b"SFATAL\0".to_vec();
+    error_response(
+        "FATAL",
+        code,
+        "terminating connection due to administrator command",
+    )
+}
+
+fn error_response(severity: &str, code: &str, message: &str) -> Vec<u8> {
+    let mut b = vec![b'S'];
+    b.extend(z(severity.as_bytes()));
     b.push(b'C');
     b.extend(z(code.as_bytes()));
-    b.extend(b"Mterminating connection due to administrator command\0\0");
+    b.push(b'M');
+    b.extend(z(message.as_bytes()));
+    b.push(0);
     m(b'E', &b)
 }
 
