@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use pgsluice::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 // jemalloc: measured against glibc's malloc in docs/benchmarks.md (memory per idle client,
 // CPU per transaction and per connection).
@@ -260,6 +261,9 @@ fn main() -> ExitCode {
             Some(Cmd::Upgrade) => serve(config, log_reloader, true).await,
         }
     });
+    // Tasks still running are dropped; a blocking one (a PBKDF2 derivation, a resolver
+    // call) gets a moment, not a say in whether the process exits.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
