@@ -5,7 +5,21 @@ use crate::config::{Config, PoolMode};
 use crate::devdb::DevDb;
 use std::path::Path;
 
-pub async fn run(session_port: u16, transaction_port: u16) -> Result<(), String> {
+/// The demo's sample data: a table an agent might keep, owned by `demo`.
+const SAMPLE: &str = "CREATE TABLE tasks (id int PRIMARY KEY, agent text NOT NULL, \
+    title text NOT NULL, done boolean NOT NULL DEFAULT false, created_at timestamptz NOT NULL); \
+    INSERT INTO tasks SELECT i, 'agent-' || (i % 7), 'task ' || i, i % 3 = 0, \
+    now() - i * interval '1 minute' FROM generate_series(1, 1000) i; \
+    ALTER TABLE tasks OWNER TO demo";
+
+/// Ports of the demo's listeners and HTTP endpoint.
+pub struct Ports {
+    pub session: u16,
+    pub transaction: u16,
+    pub http: u16,
+}
+
+pub async fn run(ports: Ports) -> Result<(), String> {
     // Started on this thread on purpose: the server is tied to the thread that spawned it
     // (it stops if that thread dies), and this one lives as long as the demo.
     let db = DevDb::start(
@@ -16,19 +30,37 @@ pub async fn run(session_port: u16, transaction_port: u16) -> Result<(), String>
         &[],
     )
     .map_err(|e| format!("cannot start PostgreSQL: {e}"))?;
-    db.psql("CREATE ROLE demo LOGIN PASSWORD 'demo'")
+    for sql in [
+        "CREATE ROLE demo LOGIN PASSWORD 'demo'",
+        "CREATE DATABASE demo OWNER demo",
+    ] {
+        db.psql(sql).map_err(|e| e.to_string())?;
+    }
+    db.psql_in("demo", SAMPLE).map_err(|e| e.to_string())?;
+    let config = Config::parse(&config_text(&ports, db.port), Path::new("<demo>"))
         .map_err(|e| e.to_string())?;
-    db.psql("CREATE DATABASE demo OWNER demo")
-        .map_err(|e| e.to_string())?;
-    let config_text = format!(
+    let running = crate::app::start(config).await.map_err(|e| e.to_string())?;
+    print_urls(&running, &db, ports.http);
+    stopped().await;
+    println!("stopping...");
+    running.shutdown().await;
+    drop(db);
+    Ok(())
+}
+
+fn config_text(ports: &Ports, pg_port: u16) -> String {
+    format!(
         r#"
 [[listeners]]
-addr = "127.0.0.1:{session_port}"
+addr = "127.0.0.1:{session}"
 mode = "session"
 
 [[listeners]]
-addr = "127.0.0.1:{transaction_port}"
+addr = "127.0.0.1:{transaction}"
 mode = "transaction"
+
+[http]
+addr = "127.0.0.1:{http}"
 
 [admin]
 users = ["demo"]
@@ -43,43 +75,52 @@ pool_size = 5
 name = "demo"
 password = "demo"
 "#,
-        pg_port = db.port
-    );
-    let config = Config::parse(&config_text, Path::new("<demo>")).map_err(|e| e.to_string())?;
-    let running = crate::app::start(config).await.map_err(|e| e.to_string())?;
+        session = ports.session,
+        transaction = ports.transaction,
+        http = ports.http,
+    )
+}
+
+fn print_urls(running: &crate::app::Running, db: &DevDb, http: u16) {
     let url_to = |mode, db: &str| {
         running
             .addr(mode)
             .map(|a| format!("postgresql://demo:demo@{a}/{db}"))
             .unwrap_or_default()
     };
-    let url = |mode| url_to(mode, "demo");
     println!(
-        "PostgreSQL {} is running on port {} (data in {}).",
-        pg_version(&db),
+        "PostgreSQL {} is running on port {} (data in {}), with a table `tasks` of 1,000 rows.",
+        pg_version(db),
         db.port,
         db.dir.display()
     );
     println!();
-    println!(
-        "pgsluice session mode:     psql '{}'",
-        url(PoolMode::Session)
-    );
-    println!(
-        "pgsluice transaction mode: psql '{}'",
-        url(PoolMode::Transaction)
-    );
-    println!(
-        "admin console:             psql '{}' -c 'SHOW POOLS'",
-        url_to(PoolMode::Session, crate::ADMIN_DATABASE)
-    );
+    let session = url_to(PoolMode::Session, "demo");
+    println!("pgsluice session mode:     psql '{session}'");
+    let transaction = url_to(PoolMode::Transaction, "demo");
+    println!("pgsluice transaction mode: psql '{transaction}'");
+    let console = url_to(PoolMode::Session, crate::ADMIN_DATABASE);
+    println!("admin console:             psql '{console}' -c 'SHOW POOLS'");
+    println!("metrics:                   curl http://127.0.0.1:{http}/metrics");
     println!();
-    println!("Export one as DATABASE_URL for your agent. Ctrl-C stops pgsluice and PostgreSQL.");
-    tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
-    println!("stopping...");
-    running.shutdown().await;
-    drop(db);
-    Ok(())
+    println!("Try: psql '{transaction}' -c 'SELECT agent, count(*) FROM tasks GROUP BY agent'");
+    println!("Export a URL as DATABASE_URL for your agent. Ctrl-C stops pgsluice and PostgreSQL.");
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM.
+async fn stopped() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 fn pg_version(db: &DevDb) -> String {

@@ -322,7 +322,7 @@ impl DevDb {
                 return Err(err(format!("postgres exited with {status}: {log}")));
             }
             if self
-                .psql_output("select 1")
+                .psql_output("postgres", "select 1")
                 .map(|o| o.status.success())
                 .unwrap_or(false)
             {
@@ -333,7 +333,7 @@ impl DevDb {
         Err(err("PostgreSQL did not become ready within 30 s"))
     }
 
-    fn psql_output(&self, sql: &str) -> io::Result<Output> {
+    fn psql_output(&self, database: &str, sql: &str) -> io::Result<Output> {
         Command::new(self.bindir.join("psql"))
             .arg("-h")
             .arg(&self.socket_dir)
@@ -343,7 +343,7 @@ impl DevDb {
                 "-U",
                 "postgres",
                 "-d",
-                "postgres",
+                database,
                 "-XAtq",
                 "-v",
                 "ON_ERROR_STOP=1",
@@ -355,7 +355,12 @@ impl DevDb {
 
     /// Runs SQL as the superuser over the unix socket; returns psql's unaligned output.
     pub fn psql(&self, sql: &str) -> io::Result<String> {
-        let out = self.psql_output(sql)?;
+        self.psql_in("postgres", sql)
+    }
+
+    /// [`DevDb::psql`] in `database`.
+    pub fn psql_in(&self, database: &str, sql: &str) -> io::Result<String> {
+        let out = self.psql_output(database, sql)?;
         if !out.status.success() {
             return Err(err(format!(
                 "psql failed on {sql:?}: {}",

@@ -67,6 +67,9 @@ enum Cmd {
         session_port: u16,
         #[arg(long, default_value_t = 6543)]
         transaction_port: u16,
+        /// The HTTP endpoint's port (/metrics, /health).
+        #[arg(long, default_value_t = 9930)]
+        http_port: u16,
     },
 }
 
@@ -244,7 +247,15 @@ fn main() -> ExitCode {
             Some(Cmd::Demo {
                 session_port,
                 transaction_port,
-            }) => pgsluice::demo::run(session_port, transaction_port).await,
+                http_port,
+            }) => {
+                let ports = pgsluice::demo::Ports {
+                    session: session_port,
+                    transaction: transaction_port,
+                    http: http_port,
+                };
+                pgsluice::demo::run(ports).await
+            }
             Some(Cmd::CheckConfig { .. }) => Ok(()),
             Some(Cmd::Mcp { stdio, .. }) => {
                 if !stdio {
