@@ -200,8 +200,22 @@ fn main() -> ExitCode {
     }
     if let Some(Cmd::CheckConfig { file }) = &cli.command {
         return match Config::load(file) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
+            Ok(config) => {
+                let source = std::fs::read_to_string(file).unwrap_or_default();
+                let warnings = pgsluice::config::risks::warnings(&config, &source);
+                for w in &warnings {
+                    eprintln!(
+                        "{}:{}: warning: key `{}`: {}",
+                        file.display(),
+                        w.line,
+                        w.key,
+                        w.message
+                    );
+                }
+                match warnings.len() {
+                    0 => println!("{}: ok", file.display()),
+                    n => println!("{}: ok, {n} warning(s)", file.display()),
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -6,6 +6,7 @@ mod agents;
 pub mod hba;
 mod model;
 mod peers;
+pub mod risks;
 mod text;
 pub mod tls;
 mod upstreams;
