@@ -342,11 +342,14 @@ async fn serve(
     running.app.set_log_reloader(log_reloader);
     reload_on_sighup(running.app.clone());
     if let Some(t) = takeover {
-        tokio::task::spawn_blocking(move || t.ready())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("upgrade: the old process did not let go: {e}"))?;
-        tracing::info!("upgrade: serving on the listeners taken over");
+        // Once READY is sent the old process drains: a lost BYE is no reason to stop serving.
+        match tokio::task::spawn_blocking(move || t.ready()).await {
+            Ok(Ok(())) => tracing::info!("upgrade: serving on the listeners taken over"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "upgrade: no BYE from the old process; serving on the listeners taken over")
+            }
+            Err(e) => return Err(e.to_string()),
+        }
     }
     if let Some(p) = path {
         tokio::spawn(upgrade::serve(running.app.clone(), p));
@@ -355,6 +358,15 @@ async fn serve(
         fast = wait_for_signal() => fast,
         _ = running.app.shutdown_requested() => false,
     };
+    exit_if_stuck(
+        running
+            .app
+            .config
+            .load()
+            .general
+            .shutdown_timeout
+            .duration(),
+    );
     if fast {
         tracing::info!("SIGINT: fast shutdown, closing every client now");
         running.shutdown_fast().await;
@@ -363,6 +375,18 @@ async fn serve(
         running.shutdown().await;
     }
     Ok(())
+}
+
+/// A shutdown takes shutdown_timeout and a few seconds to close everyone; past that the
+/// process exits anyway, so a stuck task cannot keep it (and an orchestrator's restart)
+/// waiting.
+fn exit_if_stuck(limit: Duration) {
+    let limit = limit + Duration::from_secs(5);
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!("pgsluice: shutdown did not finish within shutdown_timeout + 5 s; exiting");
+        std::process::exit(1);
+    });
 }
 
 /// SIGHUP (`kill -HUP`, `systemctl reload`) reloads the configuration as the console's

@@ -129,6 +129,16 @@ impl Launched {
     }
 }
 
+/// A child process killed and reaped when the test ends, however it ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for Launched {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -314,6 +324,10 @@ async fn an_upgrade_takes_the_listeners_over_and_refuses_no_connection() {
         )
     });
     let unix = old.dir.join(".s.PGSQL.6543");
+    assert!(
+        wait_for(&old.log, "waiting for upgrades", Duration::from_secs(20)),
+        "the old process does not wait for upgrades"
+    );
     let kept = old.client(old.txn).await;
     kept.batch_execute("SELECT 1").await.unwrap();
     // Clients connecting in a loop throughout, as serverless agents do.
@@ -352,33 +366,44 @@ async fn an_upgrade_takes_the_listeners_over_and_refuses_no_connection() {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut new = Command::new(env!("CARGO_BIN_EXE_pgsluice"))
-        .arg("--config")
-        .arg(&old.file)
-        .args(["--log-format", "json", "upgrade"])
-        .env_remove("PGSLUICE_LOG")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let new_log = lines(&mut new);
-    // The old process lets go and exits after draining (its pooled client closed: 57P01).
-    let Some(status) = old.exit_within(Duration::from_secs(15)) else {
-        // Logins aside (thousands of them), what each process said.
-        let logs = |rx: &mpsc::Receiver<String>| {
-            let all: Vec<String> = rx.try_iter().collect();
-            let rest: Vec<&str> = all
-                .iter()
-                .filter(|l| !l.contains("client logged in"))
-                .map(String::as_str)
-                .collect();
-            format!("{} lines, logins aside:\n{}", all.len(), rest.join("\n"))
-        };
-        panic!(
-            "the old process did not exit in 15 s\nold:\n{}\nnew:\n{}",
-            logs(&old.log),
-            logs(&new_log)
-        );
+    let mut new = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_pgsluice"))
+            .arg("--config")
+            .arg(&old.file)
+            .args(["--log-format", "json", "upgrade"])
+            .env_remove("PGSLUICE_LOG")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let new_log = lines(&mut new.0);
+    // Logins aside (thousands of them), what each process said.
+    let logs = |rx: &mpsc::Receiver<String>| {
+        let all: Vec<String> = rx.try_iter().collect();
+        let rest: Vec<&str> = all
+            .iter()
+            .filter(|l| !l.contains("client logged in"))
+            .map(String::as_str)
+            .collect();
+        format!("{} lines, logins aside:\n{}", all.len(), rest.join("\n"))
+    };
+    // The old process lets go and exits after draining (its pooled client closed: 57P01);
+    // the new one keeps running.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = old.child.try_wait().unwrap() {
+            break s;
+        }
+        let new_exit = new.0.try_wait().unwrap();
+        if new_exit.is_some() || Instant::now() >= deadline {
+            panic!(
+                "the old process did not exit (the new one: {new_exit:?})\nold:\n{}\nnew:\n{}",
+                logs(&old.log),
+                logs(&new_log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
     };
     assert!(
         wait_for(
@@ -399,7 +424,7 @@ async fn an_upgrade_takes_the_listeners_over_and_refuses_no_connection() {
     assert!(told.iter().all(|c| c == "57P01"), "{told:?}");
     // The new process serves alone now, on every listener the old one had.
     assert!(
-        new.try_wait().unwrap().is_none(),
+        new.0.try_wait().unwrap().is_none(),
         "the new process is running"
     );
     let over_unix = format!(
@@ -423,6 +448,4 @@ async fn an_upgrade_takes_the_listeners_over_and_refuses_no_connection() {
         .status()
         .unwrap();
     assert!(health.success(), "the HTTP endpoint was handed over");
-    let _ = new.kill();
-    let _ = new.wait();
 }

@@ -87,6 +87,7 @@ pub async fn serve(app: Arc<App>, path: PathBuf) {
             return;
         }
     };
+    tracing::info!(path = %path.display(), "waiting for upgrades");
     let mut stop = app.shutdown.subscribe();
     loop {
         let stream = tokio::select! {
@@ -142,9 +143,14 @@ fn hand_over(mut s: UnixStream, app: &App, path: &Path) -> io::Result<()> {
     let cmsg = [ControlMessage::ScmRights(&fds)];
     sendmsg::<()>(s.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)?;
     expect(&mut s, READY)?;
+    // READY is the commit point: the successor accepts on the sockets now, so this process
+    // drains whether or not the BYE reaches it.
     app.listening.hand_over();
     let _ = std::fs::remove_file(path);
-    writeln!(s, "{BYE}")
+    if let Err(e) = writeln!(s, "{BYE}") {
+        tracing::warn!(error = %e, "upgrade: the new process left before our BYE; draining anyway");
+    }
+    Ok(())
 }
 
 /// A listener's address as the configuration writes it (what `ListenAddr` parses).
@@ -216,6 +222,13 @@ pub fn take_over(path: &Path) -> io::Result<Takeover> {
         }
     }
     let n = msg.bytes;
+    if n == 0 || fds.is_empty() {
+        // The old process closed the line without an answer (it refused us, or is going).
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "the running pgsluice sent no listening sockets",
+        ));
+    }
     let names = std::str::from_utf8(&buf[..n])
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "listener names not UTF-8"))?;
     let lines: Vec<&str> = names.lines().collect();
