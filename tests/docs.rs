@@ -335,3 +335,28 @@ fn check_config_warns_about_risky_settings() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every alert rule carries a `runbook_url` into docs/troubleshooting.md, at a section that
+/// exists and names the alert.
+#[test]
+fn every_alert_has_a_runbook_that_exists() {
+    let rules = read("deploy/prometheus/alerts.yml");
+    let troubleshooting = read("docs/troubleshooting.md");
+    let sections = anchors(&troubleshooting);
+    let mut alerts = 0;
+    for rule in rules.split("- alert: ").skip(1) {
+        alerts += 1;
+        let name = rule.split_whitespace().next().unwrap_or_default();
+        let url = rule
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("runbook_url: "))
+            .unwrap_or_else(|| panic!("{name} has no runbook_url"))
+            .trim_matches('"');
+        let anchor = url
+            .strip_prefix("docs/troubleshooting.md#")
+            .unwrap_or_else(|| panic!("{name}: {url} is not in docs/troubleshooting.md"));
+        assert_eq!(anchor, slug(name), "{name}: the runbook is its own section");
+        assert!(sections.contains(anchor), "{name}: no section {anchor}");
+    }
+    assert_eq!(alerts, 16, "alert rules found");
+}
