@@ -55,6 +55,15 @@ impl ClientError {
     pub fn unknown_database(db: &str) -> Self {
         Self::fatal("3D000", format!("database \"{db}\" does not exist"))
     }
+    /// 53300: the fallback database `*` has made pools for as many other names as it may.
+    pub fn too_many_databases(db: &str, max: usize) -> Self {
+        Self::fatal(
+            "53300",
+            format!(
+                "database \"{db}\" would be one more than the {max} the fallback database \"*\" may pool; list it in [[databases]]"
+            ),
+        )
+    }
     /// 53300
     pub fn too_many_clients() -> Self {
         Self::fatal("53300", "sorry, too many clients already")

@@ -32,6 +32,7 @@ pub mod error;
 pub mod frontend;
 pub mod http;
 pub mod identity;
+pub mod import_pgbouncer;
 pub mod install_sql;
 pub mod log;
 pub mod mcp;

@@ -12,11 +12,34 @@ use std::time::Duration;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// `--version`: the release, the commit it was built from, and the build's features.
+#[cfg(feature = "jemalloc")]
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PGSLUICE_COMMIT"),
+    "; features: jemalloc)"
+);
+#[cfg(not(feature = "jemalloc"))]
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PGSLUICE_COMMIT"),
+    "; features: system allocator)"
+);
+
 #[derive(Parser)]
 #[command(
     name = "pgsluice",
-    version,
-    about = "PostgreSQL pooling proxy for AI agents"
+    version = LONG_VERSION,
+    about = "PostgreSQL pooling proxy for AI agents",
+    after_help = "Examples:
+  pgsluice demo                                  a throwaway PostgreSQL with pgsluice in front
+  pgsluice check-config pgsluice.toml            validate a file (file, line and key of mistakes)
+  pgsluice --config pgsluice.toml                run it (SIGHUP reloads, SIGTERM drains)
+  pgsluice import-pgbouncer pgbouncer.ini userlist.txt > pgsluice.toml
+
+Docs: README.md and docs/ (getting-started.md, configuration.md, troubleshooting.md)."
 )]
 struct Cli {
     /// Configuration file (TOML) to run with.
@@ -60,6 +83,19 @@ enum Cmd {
     Healthcheck {
         #[arg(long)]
         addr: Option<std::net::SocketAddr>,
+    },
+    /// Translate a PgBouncer configuration (pgbouncer.ini, and its auth_file or the
+    /// userlist given) into pgsluice's TOML, on stdout or --output; each setting that does
+    /// not carry over is reported on stderr with the reason. See docs/from-pgbouncer.md.
+    #[command(after_help = "Examples:
+  pgsluice import-pgbouncer /etc/pgbouncer/pgbouncer.ini > pgsluice.toml
+  pgsluice import-pgbouncer pgbouncer.ini userlist.txt --output pgsluice.toml
+  pgsluice check-config pgsluice.toml")]
+    ImportPgbouncer {
+        ini: PathBuf,
+        userlist: Option<PathBuf>,
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
     /// Start a throwaway PostgreSQL and pgsluice in front of it; print URLs for psql.
     Demo {
@@ -198,6 +234,14 @@ fn main() -> ExitCode {
     if let Some(Cmd::Healthcheck { addr }) = &cli.command {
         return healthcheck(*addr, cli.config.as_deref());
     }
+    if let Some(Cmd::ImportPgbouncer {
+        ini,
+        userlist,
+        output,
+    }) = &cli.command
+    {
+        return import_pgbouncer(ini, userlist.as_deref(), output.as_deref());
+    }
     if let Some(Cmd::CheckConfig { file }) = &cli.command {
         return match Config::load(file) {
             Ok(config) => {
@@ -270,7 +314,7 @@ fn main() -> ExitCode {
                 };
                 pgsluice::demo::run(ports).await
             }
-            Some(Cmd::CheckConfig { .. }) => Ok(()),
+            Some(Cmd::CheckConfig { .. } | Cmd::ImportPgbouncer { .. }) => Ok(()),
             Some(Cmd::Mcp { stdio, .. }) => {
                 if !stdio {
                     return Err("pgsluice mcp serves on stdio only (--stdio); over HTTP, set [mcp] enabled = true".into());
@@ -293,6 +337,42 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pgsluice: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn import_pgbouncer(
+    ini: &std::path::Path,
+    userlist: Option<&std::path::Path>,
+    output: Option<&std::path::Path>,
+) -> ExitCode {
+    let imported = match pgsluice::import_pgbouncer::import(ini, userlist) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("pgsluice import-pgbouncer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for n in &imported.notes {
+        eprintln!("not carried over: {n}");
+    }
+    let written = match output {
+        Some(path) => {
+            std::fs::write(path, &imported.toml).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        None => {
+            print!("{}", imported.toml);
+            Ok(())
+        }
+    };
+    match written {
+        Ok(()) => {
+            eprintln!("next: pgsluice check-config on the result, then set the ${{NAME}}s it uses");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pgsluice import-pgbouncer: {e}");
             ExitCode::FAILURE
         }
     }

@@ -24,7 +24,7 @@ const LAYERS: &[&[&str]] = &[
     &["relay"],
     // The process: shared state and what serves clients, the console and HTTP.
     &["app", "frontend", "admin", "http", "mcp", "metrics"],
-    &["demo", "install_sql", "main", "lib"],
+    &["demo", "install_sql", "import_pgbouncer", "main", "lib"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

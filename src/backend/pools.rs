@@ -253,6 +253,16 @@ impl Pools {
         v
     }
 
+    /// Whether some pool serves `database`.
+    pub fn knows(&self, database: &str) -> bool {
+        self.limits.contains_key(database)
+    }
+
+    /// How many databases that `f` accepts have pools.
+    pub fn count_databases(&self, f: impl Fn(&str) -> bool) -> usize {
+        self.limits.iter().filter(|e| f(e.key())).count()
+    }
+
     /// The pools of `database`, or all of them.
     pub fn of(&self, database: Option<&str>) -> Vec<Arc<Pool>> {
         self.all()
@@ -283,7 +293,7 @@ impl Pools {
                 .find(|u| u.server_user.as_deref().unwrap_or(&u.name) == &*pool.key.role);
             let Some(user) = user else { continue };
             let key = pool.upstream().client_key();
-            let (_, upstream, settings) = self.plan(config, db, user, key);
+            let (_, upstream, settings) = self.plan(config, &db, user, key);
             pool.apply(upstream, settings);
         }
         // Servers no database lists any more and no connection uses: forgotten, checks stopped.

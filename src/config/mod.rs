@@ -70,6 +70,9 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The `[[databases]]` name that stands for every database no other entry names.
+pub const FALLBACK_DATABASE: &str = "*";
+
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -631,11 +634,25 @@ impl Config {
             .map_or(ClaimsMode::Compat, |j| j.claims_mode)
     }
 
-    pub fn database(&self, name: &str) -> Option<&Database> {
-        self.databases
-            .iter()
-            .map(|d| d.get_ref())
-            .find(|d| d.name.as_str() == name)
+    /// The database clients call `name`: its own `[[databases]]` entry, else the fallback
+    /// entry `name = "*"` (PgBouncer's `* = ...`) standing for it, whose upstream database is
+    /// the same name unless the fallback sets `dbname`.
+    pub fn database(&self, name: &str) -> Option<std::borrow::Cow<'_, Database>> {
+        let mut fallback = None;
+        for d in self.databases.iter().map(|d| d.get_ref()) {
+            match d.name.as_str() {
+                n if n == name => return Some(std::borrow::Cow::Borrowed(d)),
+                FALLBACK_DATABASE => fallback = Some(d),
+                _ => {}
+            }
+        }
+        // PostgreSQL's names are at most 63 bytes; the admin console is never a fallback.
+        if name.is_empty() || name.len() > 63 || name == crate::ADMIN_DATABASE {
+            return None;
+        }
+        let mut db = fallback?.clone();
+        db.name = Text::new(name);
+        Some(std::borrow::Cow::Owned(db))
     }
 
     pub fn user(&self, name: &str) -> Option<&User> {
@@ -717,6 +734,28 @@ password = "admin-pw"
             c.user("agent").unwrap().server_user.as_deref(),
             Some("postgres")
         );
+    }
+
+    #[test]
+    fn the_fallback_database_stands_for_names_no_entry_has() {
+        let text =
+            format!("{MINIMAL}\n[[databases]]\nname = \"*\"\nhost = \"10.0.0.9\"\npool_size = 4\n");
+        let c = Config::parse(&text, Path::new("t.toml")).unwrap();
+        // A listed name is its own entry; any other is the fallback's, named as asked.
+        assert_eq!(c.database("app").unwrap().host.as_str(), "127.0.0.1");
+        let other = c.database("reports").unwrap();
+        assert_eq!(
+            (other.name.as_str(), other.host.as_str()),
+            ("reports", "10.0.0.9")
+        );
+        assert_eq!((other.dbname.as_deref(), other.pool_size), (None, Some(4)));
+        // Never the admin console, an empty name or one PostgreSQL could not have.
+        assert!(c.database(crate::ADMIN_DATABASE).is_none());
+        assert!(c.database("").is_none());
+        assert!(c.database(&"x".repeat(64)).is_none());
+        // Without a fallback, an unlisted name is unknown.
+        let plain = Config::parse(MINIMAL, Path::new("t.toml")).unwrap();
+        assert!(plain.database("reports").is_none());
     }
 
     #[test]
@@ -831,7 +870,7 @@ password = "admin-pw"
         assert_eq!(limits.at_max_user_connections, OnLimit::Refuse);
         let db = c.database("app").unwrap();
         assert_eq!(
-            c.dedicated_in(db, "postgres"),
+            c.dedicated_in(&db, "postgres"),
             [("user:agent".to_owned(), 1)]
         );
     }

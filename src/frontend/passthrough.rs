@@ -33,8 +33,8 @@ pub async fn lookup(
         .auth_dbname
         .as_deref()
         .and_then(|d| config.database(d))
-        .unwrap_or(db);
-    let pool = app.pools.pool_for(config, auth_db, auth_user, None);
+        .unwrap_or(std::borrow::Cow::Borrowed(db));
+    let pool = app.pools.pool_for(config, &auth_db, auth_user, None);
     let never = tokio::sync::Notify::new();
     let mut server = pool
         // A login waits on it: ahead of the queue's lower classes.

@@ -4,6 +4,11 @@
 use super::*;
 use std::borrow::Cow;
 
+/// Databases the fallback `[[databases]] name = "*"` makes pools for, at most: each other
+/// name a client asks for is a pool, so an authenticated client could otherwise make the
+/// proxy allocate without bound.
+const FALLBACK_DATABASES_MAX: usize = 1000;
+
 /// Who logged in, for [`register`].
 struct Who<'a> {
     user: &'a str,
@@ -152,7 +157,21 @@ pub(super) async fn login(
     let Some(db) = config.database(&startup.database) else {
         return refuse(ClientError::unknown_database(&startup.database));
     };
-    let pool = app.pools.pool_for(&config, db, &user, client_key);
+    // Any name may come through the fallback: a bounded number of them get pools.
+    let listed = |d: &str| {
+        config
+            .databases
+            .iter()
+            .any(|l| l.get_ref().name.as_str() == d)
+    };
+    if matches!(db, Cow::Owned(_))
+        && !app.pools.knows(&startup.database)
+        && app.pools.count_databases(|d| !listed(d)) >= FALLBACK_DATABASES_MAX
+    {
+        let e = ClientError::too_many_databases(&startup.database, FALLBACK_DATABASES_MAX);
+        return refuse(e);
+    }
+    let pool = app.pools.pool_for(&config, &db, &user, client_key);
     let attrs = match wanted_attrs(&startup.params, &pool) {
         Ok(a) => a,
         Err(e) => return refuse(e),
@@ -364,7 +383,7 @@ async fn authenticate<'c>(
         config.database(&startup.database),
     ) {
         (None, Some(db)) if !crate::admin::is_console(&startup.database) => {
-            crate::frontend::passthrough::lookup(app, config, db, &startup.user)
+            crate::frontend::passthrough::lookup(app, config, &db, &startup.user)
                 .await
                 .map_err(LoginOutcome::Refused)?
         }
@@ -633,7 +652,7 @@ pub(super) async fn recheck_md5(
     answer: &login::Md5Answer,
 ) -> Option<crate::config::User> {
     let db = config.database(&startup.database)?;
-    let user = crate::frontend::passthrough::lookup(app, config, db, &startup.user)
+    let user = crate::frontend::passthrough::lookup(app, config, &db, &startup.user)
         .await
         .ok()
         .flatten()?;
