@@ -445,3 +445,41 @@ async fn activity_sampling_tells_our_backends_from_others() {
     ours.batch_execute("COMMIT").await.unwrap();
     sleeping.await.unwrap().unwrap();
 }
+
+/// SHOW CLIENTS' and SHOW SERVERS' prepared_statements (PgBouncer 1.25's column) count the
+/// named statements a transaction-mode client keeps and those prepared on its server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_columns_count_statements() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 1")).await;
+    let c = connect(&proxy.url(PoolMode::Transaction, AGENT, "app"))
+        .await
+        .unwrap();
+    // tokio-postgres names each prepared statement (s0, s1, ...) and closes it when dropped.
+    let mut kept = Vec::new();
+    for i in 0..3 {
+        let s = c.prepare(&format!("SELECT {i}::int + $1")).await.unwrap();
+        let row = c.query_one(&s, &[&1i32]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), i + 1);
+        kept.push(s);
+    }
+    let clients = console(&pg, &proxy, ADMIN, "SHOW CLIENTS").unwrap();
+    let agent = row(&clients, "user", AGENT.0);
+    assert_eq!(num(agent, "prepared_statements"), 3, "{agent:?}");
+    let servers = console(&pg, &proxy, ADMIN, "SHOW SERVERS").unwrap();
+    let server = row(&servers, "database", "app");
+    assert_eq!(num(server, "prepared_statements"), 3, "{server:?}");
+    // A closed statement leaves the client's count; the server keeps its copy for others.
+    drop(kept.pop());
+    c.batch_execute("SELECT 1").await.unwrap();
+    let clients = console(&pg, &proxy, ADMIN, "SHOW CLIENTS").unwrap();
+    assert_eq!(
+        num(row(&clients, "user", AGENT.0), "prepared_statements"),
+        2
+    );
+    let servers = console(&pg, &proxy, ADMIN, "SHOW SERVERS").unwrap();
+    assert_eq!(
+        num(row(&servers, "database", "app"), "prepared_statements"),
+        3
+    );
+}

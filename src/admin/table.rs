@@ -15,6 +15,8 @@ pub enum Type {
     Int4,
     Int8,
     Float8,
+    /// PgBouncer 1.25 types its statistics as numeric.
+    Numeric,
 }
 
 impl Type {
@@ -24,6 +26,7 @@ impl Type {
             Type::Int4 => (23, 4),
             Type::Int8 => (20, 8),
             Type::Float8 => (701, 8),
+            Type::Numeric => (1700, -1),
         }
     }
 }
@@ -63,6 +66,11 @@ impl From<usize> for Value {
 }
 impl From<u16> for Value {
     fn from(v: u16) -> Value {
+        Value::Int(i64::from(v))
+    }
+}
+impl From<u32> for Value {
+    fn from(v: u32) -> Value {
         Value::Int(i64::from(v))
     }
 }

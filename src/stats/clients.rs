@@ -5,7 +5,7 @@ use crate::net::Addr;
 use crate::pool_key::PoolKey;
 use dashmap::DashMap;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +31,8 @@ pub struct ClientInfo {
     request_time: AtomicU64,
     /// When the current wait for a server began (Unix microseconds; 0: not waiting).
     wait_since: AtomicU64,
+    /// Named prepared statements it keeps (transaction mode), as of its last transaction.
+    prepared: AtomicU32,
     /// The client's socket while it is open; KILL_CLIENT shuts it down. Behind a lock so the
     /// descriptor cannot be closed (and reused) between the check and the shutdown.
     socket: Mutex<Option<RawFd>>,
@@ -99,6 +101,15 @@ impl ClientInfo {
 
     pub fn remote_pid(&self) -> i32 {
         self.remote_pid.load(Ordering::Relaxed)
+    }
+
+    pub fn prepared(&self) -> u32 {
+        self.prepared.load(Ordering::Relaxed)
+    }
+
+    pub fn set_prepared(&self, n: usize) {
+        self.prepared
+            .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
     }
 
     pub fn set_remote_pid(&self, pid: i32) {
@@ -184,6 +195,7 @@ impl Clients {
             link: AtomicU64::new(0),
             request_time: AtomicU64::new(now),
             wait_since: AtomicU64::new(0),
+            prepared: AtomicU32::new(0),
             socket: Mutex::new(socket),
             killed: AtomicBool::new(false),
         });

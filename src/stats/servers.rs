@@ -1,7 +1,7 @@
 //! What SHOW SERVERS shows about one server connection: fixed facts and a few atomics the
 //! pool and the session store as the connection changes hands.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -38,10 +38,21 @@ pub struct ServerInfo {
     state: AtomicU8,
     link: AtomicU64,
     request_time: AtomicU64,
+    /// Statements prepared on it, as of its last return to the pool.
+    prepared: AtomicU32,
 }
 
 impl ServerInfo {
     #[allow(clippy::too_many_arguments)]
+    pub fn prepared(&self) -> u32 {
+        self.prepared.load(Ordering::Relaxed)
+    }
+
+    pub fn set_prepared(&self, n: usize) {
+        self.prepared
+            .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+
     pub fn new(
         id: u64,
         pid: i32,
@@ -64,6 +75,7 @@ impl ServerInfo {
             state: AtomicU8::new(ServerState::Active as u8),
             link: AtomicU64::new(0),
             request_time: AtomicU64::new(now),
+            prepared: AtomicU32::new(0),
         }
     }
 

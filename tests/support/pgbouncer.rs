@@ -27,6 +27,16 @@ impl PgBouncer {
     /// Starts PgBouncer in transaction mode: `databases` is its [databases] section, `users`
     /// its auth_file lines ("name" "password").
     pub fn start(databases: &str, users: &str) -> PgBouncer {
+        Self::start_binary(&binary(), databases, users, "")
+    }
+
+    /// [`PgBouncer::start`] with another build of PgBouncer and more `[pgbouncer]` settings.
+    pub fn start_binary(
+        binary: &std::path::Path,
+        databases: &str,
+        users: &str,
+        extra: &str,
+    ) -> PgBouncer {
         let dir = std::env::temp_dir().join(format!(
             "pgsluice-pgbouncer-{}-{:x}",
             std::process::id(),
@@ -38,12 +48,12 @@ impl PgBouncer {
             "[databases]\n{databases}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
              unix_socket_dir =\nauth_type = md5\nauth_file = {dir}/users.txt\npool_mode = transaction\n\
              logfile = {dir}/pgbouncer.log\npidfile = {dir}/pgbouncer.pid\n\
-             ignore_startup_parameters = extra_float_digits,options\n",
+             ignore_startup_parameters = extra_float_digits,options\n{extra}\n",
             dir = dir.display()
         );
         std::fs::write(dir.join("pgbouncer.ini"), ini).unwrap();
         std::fs::write(dir.join("users.txt"), users).unwrap();
-        let mut cmd = Command::new(binary());
+        let mut cmd = Command::new(binary);
         if let Some((uid, gid)) = pgsluice::devdb::postgres_user().unwrap() {
             // PgBouncer will not run as root.
             for f in ["", "pgbouncer.ini", "users.txt"] {
@@ -71,6 +81,19 @@ impl PgBouncer {
         }
         b
     }
+}
+
+/// PgBouncer 1.25.2, the release users compare against: `PGBOUNCER_1_25`, or where
+/// `./dev test` and benches/lib.sh build it (../shared/peers/build-pgbouncer.sh).
+pub fn release_1_25() -> Option<PathBuf> {
+    std::env::var_os("PGBOUNCER_1_25")
+        .map(PathBuf::from)
+        .or_else(|| {
+            Some(PathBuf::from(
+                "/var/tmp/pgsluice-bench/pgbouncer-1.25.2/bin/pgbouncer",
+            ))
+        })
+        .filter(|p| p.exists())
 }
 
 impl Drop for PgBouncer {

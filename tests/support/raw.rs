@@ -186,6 +186,23 @@ impl Raw {
         }
     }
 
+    /// Runs a simple query; returns its columns' names and type OIDs, or the SQLSTATE.
+    pub async fn columns(&mut self, sql: &str) -> Result<Vec<(String, u32)>, String> {
+        let mut b = sql.as_bytes().to_vec();
+        b.push(0);
+        self.send(&message(b'Q', &b)).await;
+        let (mut cols, mut err) = (Vec::new(), None);
+        loop {
+            let (tag, body) = self.recv().await.ok_or("connection closed")?;
+            match tag {
+                b'T' => cols = row_description(&body),
+                b'E' => err = Some(error_code(&body)),
+                b'Z' => return err.map_or(Ok(cols), Err),
+                _ => {}
+            }
+        }
+    }
+
     /// Runs a simple query; returns the first column of each row, or the SQLSTATE.
     pub async fn query(&mut self, sql: &str) -> Result<Vec<String>, String> {
         let mut b = sql.as_bytes().to_vec();
@@ -213,6 +230,22 @@ impl Raw {
             }
         }
     }
+}
+
+/// A RowDescription's (name, type OID) per field.
+fn row_description(body: &[u8]) -> Vec<(String, u32)> {
+    let n = i16::from_be_bytes([body[0], body[1]]);
+    let mut rest = &body[2..];
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let end = rest.iter().position(|&b| b == 0).unwrap();
+        let name = String::from_utf8_lossy(&rest[..end]).into_owned();
+        // table OID (4), column (2), then the type OID.
+        let t = &rest[end + 1 + 6..];
+        out.push((name, u32::from_be_bytes(t[..4].try_into().unwrap())));
+        rest = &rest[end + 1 + 18..];
+    }
+    out
 }
 
 /// Extended-protocol messages, for tests that drive the protocol by hand.

@@ -69,7 +69,7 @@ fn help() -> Table {
 }
 
 /// The columns SHOW CLIENTS and SHOW SERVERS share (PgBouncer's order).
-const CONNECTION_COLUMNS: [(&str, Type); 20] = [
+const CONNECTION_COLUMNS: [(&str, Type); 21] = [
     ("type", Type::Text),
     ("user", Type::Text),
     ("database", Type::Text),
@@ -89,8 +89,21 @@ const CONNECTION_COLUMNS: [(&str, Type); 20] = [
     ("remote_pid", Type::Int4),
     ("tls", Type::Text),
     ("application_name", Type::Text),
-    ("id", Type::Int8),
+    ("prepared_statements", Type::Int4),
+    ("id", Type::Int4),
 ];
+
+/// PgBouncer's `load_balance_hosts` column: `disable` for one server; with several,
+/// pgsluice chooses by health, role and proximity rather than in turn
+/// (docs/resilience.md), which it names `proximity`.
+fn load_balance_hosts(several: bool) -> &'static str {
+    if several { "proximity" } else { "disable" }
+}
+
+/// A connection id in PgBouncer's int4 `id` column (ids past 2^31 wrap, as a C int would).
+fn int4_id(id: u64) -> i32 {
+    id as u32 as i32
+}
 
 /// Seconds and the microseconds beyond them, as PgBouncer splits wait times.
 fn split_us(us: u64) -> (u64, u64) {

@@ -29,7 +29,8 @@ pub fn table(app: &App) -> Table {
                 s.pid.into(),
                 s.tls.as_str().into(),
                 "".into(),
-                s.id.into(),
+                s.prepared().into(),
+                super::int4_id(s.id).into(),
             ]);
         }
     }

@@ -54,7 +54,14 @@ fn values(s: &Snapshot) -> [u64; 11] {
 
 fn simple(app: &App, averages: bool) -> Table {
     let mut cols = vec![("database", Type::Text)];
-    cols.extend(FIELDS.iter().map(|f| (*f, Type::Int8)));
+    // PgBouncer 1.25 names the parse and bind averages avg_*, and types every figure numeric.
+    let avg_name = |f: &&'static str| match (averages, *f) {
+        (true, "client_parse_count") => "avg_client_parse_count",
+        (true, "server_parse_count") => "avg_server_parse_count",
+        (true, "bind_count") => "avg_bind_count",
+        (_, f) => f,
+    };
+    cols.extend(FIELDS.iter().map(|f| (avg_name(f), Type::Numeric)));
     let mut t = Table::new(&cols);
     for (db, total, avg) in per_database(app) {
         let mut row = vec![db.into()];
@@ -102,7 +109,7 @@ pub fn stats(app: &App) -> Table {
         "avg_bind_count",
     ];
     let mut cols = vec![("database", Type::Text)];
-    cols.extend(TOTAL.iter().chain(AVG.iter()).map(|f| (*f, Type::Int8)));
+    cols.extend(TOTAL.iter().chain(AVG.iter()).map(|f| (*f, Type::Numeric)));
     let mut t = Table::new(&cols);
     for (db, total, avg) in per_database(app) {
         let mut row = vec![db.into()];

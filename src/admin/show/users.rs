@@ -6,8 +6,9 @@ use crate::app::App;
 pub fn table(app: &App) -> Table {
     let mut t = Table::new(&[
         ("name", Type::Text),
-        ("pool_size", Type::Int4),
-        ("reserve_pool_size", Type::Int4),
+        // Text in PgBouncer 1.25 (empty when the user sets none, as here).
+        ("pool_size", Type::Text),
+        ("reserve_pool_size", Type::Text),
         ("pool_mode", Type::Text),
         ("max_user_connections", Type::Int4),
         ("current_connections", Type::Int4),
@@ -27,14 +28,20 @@ pub fn table(app: &App) -> Table {
             .map(|p| p.counts().open)
             .sum();
         let client_count = clients.iter().filter(|c| *c.facts.user == *u.name).count();
+        let g = &config.general;
+        let limits = u.limits.over(crate::config::LimitKeys {
+            max_user_connections: Some(g.max_user_connections),
+            max_user_client_connections: Some(g.max_user_client_connections),
+            ..Default::default()
+        });
         t.push(vec![
             u.name.as_str().into(),
             crate::admin::table::Value::Null,
             crate::admin::table::Value::Null,
             crate::admin::table::Value::Null,
-            0u64.into(),
+            limits.max_user_connections.unwrap_or(0).into(),
             servers.into(),
-            0u64.into(),
+            limits.max_user_client_connections.unwrap_or(0).into(),
             client_count.into(),
             role.into(),
         ]);

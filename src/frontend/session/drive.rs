@@ -384,6 +384,9 @@ pub(super) fn return_server(c: &mut Client, relay: &mut Relay, server: ServerCon
         }
     }
     c.reg.info.linked(0);
+    // For SHOW CLIENTS and SHOW SERVERS' prepared_statements.
+    c.reg.info.set_prepared(c.state.statements.len());
+    server.info.set_prepared(server.statements.len());
     let busy_us = relay.meter.take_busy_us();
     if reusable {
         c.pool.release_busy(server, busy_us);
