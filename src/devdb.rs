@@ -62,7 +62,7 @@ pub fn find_bindir() -> io::Result<PathBuf> {
         .collect();
     found.sort();
     found.pop().map(|(_, d)| d).ok_or_else(|| {
-        err("PostgreSQL server binaries not found: install postgresql or set PG_BINDIR")
+        err("PostgreSQL server binaries not found: `./dev demo` installs them (or: apt-get install postgresql, brew install postgresql@15), or set PG_BINDIR to their directory")
     })
 }
 

@@ -54,11 +54,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Validate a configuration file and exit (non-zero, naming file, line and key, if invalid).
+    /// Validate a configuration file and exit (non-zero, naming file, line and key, if
+    /// invalid); warnings about risky settings go to stderr.
+    #[command(after_help = "Examples:
+  pgsluice check-config pgsluice.toml
+  AGENT_PASSWORD=x pgsluice check-config pgsluice.toml   (a file using ${AGENT_PASSWORD})")]
     CheckConfig { file: PathBuf },
     /// Install the sealed-claims schema (sql/pgsluice.sql) and the seal key derived from the
     /// configuration in a database, then warn about mapped roles that could escape RLS.
     /// Idempotent. The URL is a database owner's (libpq form, postgres://...).
+    #[command(after_help = "Example:
+  pgsluice install-sql --config pgsluice.toml --database-url postgres://owner@db:5432/app")]
     InstallSql {
         #[arg(long = "config")]
         file: PathBuf,
@@ -67,6 +73,8 @@ enum Cmd {
     },
     /// Serve MCP to one local agent over stdin/stdout (desktop clients start this as a
     /// subprocess). The agent's token comes from PGSLUICE_API_KEY or PGSLUICE_TOKEN.
+    #[command(after_help = "Example (a desktop client's MCP server entry runs this):
+  PGSLUICE_API_KEY=... pgsluice mcp --stdio --config pgsluice.toml")]
     Mcp {
         /// Serve on stdin/stdout (the only mode: HTTP is `[mcp] enabled` on `[http]`).
         #[arg(long)]
@@ -77,9 +85,14 @@ enum Cmd {
     /// Zero-downtime upgrade: start this binary with the running pgsluice's --config; it takes
     /// the listening sockets over from the running one (no connection refused), which then
     /// drains as on SIGTERM. See docs/operations.md.
+    #[command(after_help = "Example (after installing the new binary):
+  pgsluice --config /etc/pgsluice/pgsluice.toml upgrade")]
     Upgrade,
     /// Exit 0 when the running pgsluice answers GET /health with 200 (a container's
     /// HEALTHCHECK: the image has no curl). The address: --addr, else `[http] addr` of --config.
+    #[command(after_help = "Examples:
+  pgsluice healthcheck --addr 127.0.0.1:9930
+  pgsluice --config pgsluice.toml healthcheck")]
     Healthcheck {
         #[arg(long)]
         addr: Option<std::net::SocketAddr>,
@@ -98,6 +111,9 @@ enum Cmd {
         output: Option<PathBuf>,
     },
     /// Start a throwaway PostgreSQL and pgsluice in front of it; print URLs for psql.
+    #[command(after_help = "Examples:
+  pgsluice demo
+  pgsluice demo --session-port 15432 --transaction-port 16543 --http-port 19930")]
     Demo {
         #[arg(long, default_value_t = 6432)]
         session_port: u16,
