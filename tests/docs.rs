@@ -360,3 +360,84 @@ fn every_alert_has_a_runbook_that_exists() {
     }
     assert_eq!(alerts, 16, "alert rules found");
 }
+
+/// `pgsluice`'s help text for `args`.
+fn help(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgsluice"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pgsluice {args:?} --help");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The shell commands of every page's sh blocks, continuation lines joined.
+fn shell_commands() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (page, text) in pages() {
+        for block in blocks(&text, "sh") {
+            let joined = block.replace("\\\n", " ");
+            for line in joined.lines() {
+                let cmd = line.split(" #").next().unwrap_or_default().trim();
+                if !cmd.is_empty() && !cmd.starts_with('#') {
+                    out.push((page.clone(), cmd.to_owned()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every `pgsluice ...` and `./dev ...` command the docs show exists as written: the
+/// subcommand is one pgsluice has, and every `--flag` is one it takes.
+#[test]
+fn every_command_in_the_docs_exists() {
+    let top = help(&[]);
+    let commands: Vec<String> = top
+        .split("Commands:")
+        .nth(1)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    assert!(commands.contains(&"check-config".to_owned()), "{top}");
+    let dev = read("dev");
+    let mut checked = 0;
+    for (page, cmd) in shell_commands() {
+        // The program is the first word after any NAME=value assignments.
+        let mut words = cmd.split_whitespace().skip_while(|w| w.contains('='));
+        match words.next() {
+            Some("pgsluice") => {
+                let args: Vec<&str> = words.collect();
+                let sub = args.iter().find(|a| commands.iter().any(|c| c == *a));
+                let sub_help = sub.map(|s| help(&[s])).unwrap_or_default();
+                for flag in args.iter().filter(|a| a.starts_with("--")) {
+                    let flag = flag.split('=').next().unwrap_or_default();
+                    assert!(
+                        top.contains(flag) || sub_help.contains(flag),
+                        "{page}: `{cmd}`: pgsluice has no {flag}"
+                    );
+                }
+                let first = args.iter().find(|a| !a.starts_with('-'));
+                assert!(
+                    sub.is_some() || args.iter().any(|a| a.starts_with("--config")),
+                    "{page}: `{cmd}`: {first:?} is not a pgsluice command"
+                );
+                checked += 1;
+            }
+            Some("./dev") => {
+                let sub = words.next().unwrap_or_default();
+                assert!(
+                    dev.contains(&format!("\n{sub})")),
+                    "{page}: `{cmd}`: ./dev has no {sub}"
+                );
+                checked += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(checked >= 10, "{checked} commands found");
+}
