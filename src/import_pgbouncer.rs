@@ -162,7 +162,8 @@ fn read_ini(
             if depth >= 10 {
                 return Err(format!("{at}: %include nested too deep"));
             }
-            read_ini(&beside(path, file.trim()), depth + 1, out)?;
+            // Relative to the working directory, as PgBouncer takes it.
+            read_ini(Path::new(file.trim()), depth + 1, out)?;
             continue;
         }
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
@@ -186,15 +187,6 @@ fn read_ini(
         });
     }
     Ok(())
-}
-
-/// `file` as PgBouncer reads it from `config`: relative paths from the config's directory.
-fn beside(config: &Path, file: &str) -> PathBuf {
-    let p = PathBuf::from(file);
-    match config.parent() {
-        Some(dir) if p.is_relative() => dir.join(p),
-        _ => p,
-    }
 }
 
 /// A libpq-style `k=v k='v w'` string as pairs.
@@ -320,6 +312,13 @@ impl Out {
 pub fn import(ini: &Path, users: Option<&Path>) -> Result<Imported, String> {
     let mut sections = BTreeMap::new();
     read_ini(ini, 0, &mut sections)?;
+    // A key set twice (an %include overriding the main file) keeps its last value.
+    for entries in sections.values_mut() {
+        let mut seen = std::collections::HashSet::new();
+        entries.reverse();
+        entries.retain(|e| seen.insert(e.key.clone()));
+        entries.reverse();
+    }
     let empty = Vec::new();
     let pgb = sections.get("pgbouncer").unwrap_or(&empty);
     let mut out = Out::default();
@@ -335,20 +334,36 @@ pub fn import(ini: &Path, users: Option<&Path>) -> Result<Imported, String> {
     client_tls(pgb, &mut out);
     let userlist_path = users
         .map(Path::to_owned)
-        .or_else(|| get("auth_file").map(|f| beside(ini, f)));
+        .or_else(|| get("auth_file").map(PathBuf::from));
     let list = match &userlist_path {
         Some(p) => userlist(p)?,
         None => Vec::new(),
     };
+    let socket_dir = match get("unix_socket_dir") {
+        None | Some("") => "/tmp",
+        Some(d) => d,
+    };
     let forced = databases(
         sections.get("databases").unwrap_or(&empty),
-        &pool_mode,
+        (&pool_mode, socket_dir),
         &mut out,
     )?;
+    let forced = forced.map(|(user, pw)| {
+        // user= without password=: PgBouncer takes that user's password from auth_file.
+        let pw = pw.or_else(|| {
+            let listed = list.iter().find(|(n, _)| *n == user)?;
+            matches!(
+                crate::auth::Secret::parse(&listed.1),
+                crate::auth::Secret::Plain(_)
+            )
+            .then(|| listed.1.clone())
+        });
+        (user, pw)
+    });
     users_out(
         &list,
         sections.get("users").unwrap_or(&empty),
-        forced,
+        (forced, get("auth_user")),
         &mut out,
     )?;
     peers(sections.get("peers").unwrap_or(&empty), &mut out)?;
@@ -369,8 +384,28 @@ pub fn import(ini: &Path, users: Option<&Path>) -> Result<Imported, String> {
 }
 
 fn general(pgb: &[Entry], out: &mut Out) {
+    let hba = pgb
+        .iter()
+        .any(|e| e.key == "auth_type" && e.value.eq_ignore_ascii_case("hba"));
     for e in pgb {
         let (k, v) = (e.key.as_str(), e.value.as_str());
+        if k == "auth_hba_file" && !hba {
+            out.note(
+                &e.at,
+                "auth_hba_file: PgBouncer reads it only with auth_type = hba; left out",
+            );
+            continue;
+        }
+        if k == "server_check_query" && v == "<empty>" {
+            out.note(&e.at, "server_check_query = <empty> (an empty query): pgsluice's default, select 1, checks the same");
+            continue;
+        }
+        if k == "server_tls_sslmode" && v.eq_ignore_ascii_case("allow") {
+            out.general
+                .push("server_tls_sslmode = \"prefer\"".to_owned());
+            out.note(&e.at, "server_tls_sslmode = allow: pgsluice has no allow; prefer (TLS when the server offers it)");
+            continue;
+        }
         let line = if SECONDS.contains(&k) {
             seconds(v).map(|s| format!("{k} = {s}"))
         } else if COUNTS.contains(&k) {
@@ -401,7 +436,7 @@ fn other_general(e: &Entry, out: &mut Out) {
         | "client_tls_sslmode" | "client_tls_key_file" | "client_tls_cert_file"
         | "client_tls_ca_file" => {}
         "auth_type" => match v.to_lowercase().as_str() {
-            "md5" | "scram-sha-256" => out.general.push(format!("auth_type = {}", quote(v))),
+            m @ ("md5" | "scram-sha-256") => out.general.push(format!("auth_type = {}", quote(m))),
             "hba" => {}
             "plain" => out.note(&e.at, "auth_type = plain: pgsluice asks clients for SCRAM-SHA-256 (or md5 with auth_type = \"md5\"), never for a cleartext password"),
             other => out.note(&e.at, format_args!("auth_type = {other}: not supported; every [[users]] entry logs in with its password (SCRAM-SHA-256 by default; `cert` through auth_hba_file)")),
@@ -417,7 +452,11 @@ fn other_general(e: &Entry, out: &mut Out) {
             out.admin.push(format!("{key} = [{}]", names.join(", ")));
         }
         "peer_id" => {
-            out.general.push(format!("peer_id = {v}"));
+            let Some(id) = v.parse::<u8>().ok().filter(|id| *id > 0) else {
+                out.note(&e.at, format_args!("peer_id = {v}: pgsluice's peer ids are 1 to 255; left out"));
+                return;
+            };
+            out.general.push(format!("peer_id = {id}"));
             out.general
                 .push("peer_secret = \"${PGSLUICE_PEER_SECRET}\"".to_owned());
             out.note(&e.at, "peer_id: pgsluice signs cancels forwarded between peers; set PGSLUICE_PEER_SECRET (16 characters or more, the same on every peer)");
@@ -504,7 +543,7 @@ fn client_tls(pgb: &[Entry], out: &mut Out) {
 /// they all force the same one (pgsluice sets the upstream login per user, not per database).
 fn databases(
     entries: &[Entry],
-    pool_mode: &str,
+    (pool_mode, socket_dir): (&str, &str),
     out: &mut Out,
 ) -> Result<Option<(String, Option<String>)>, String> {
     let mut forced: Vec<(String, Option<String>)> = Vec::new();
@@ -513,6 +552,10 @@ fn databases(
         let pairs = connstring(&e.value).map_err(|m| format!("{}: {m}", e.at))?;
         let mut lines = vec![format!("name = {}", quote(&e.key))];
         let (mut user, mut password) = (None, None);
+        if !pairs.iter().any(|(k, _)| k == "host") {
+            // No host: PgBouncer connects over its unix socket directory.
+            lines.push(format!("host = {}", quote(socket_dir)));
+        }
         for (k, v) in pairs {
             match k.as_str() {
                 "host" if v.contains(',') => {
@@ -523,13 +566,14 @@ fn databases(
                     lines.push(format!("upstreams = [{}]", ups.join(", ")));
                 }
                 "host" | "dbname" => lines.push(format!("{k} = {}", quote(&v))),
-                "port" | "pool_size" | "min_pool_size" | "reserve_pool_size" | "max_db_connections" => {
+                "port" | "pool_size" | "min_pool_size" | "reserve_pool_size" | "reserve_pool"
+                | "max_db_connections" => {
+                    let key = if k == "reserve_pool" { "reserve_pool_size" } else { k.as_str() };
                     match v.parse::<u64>() {
-                        Ok(n) => lines.push(format!("{k} = {n}")),
+                        Ok(n) => lines.push(format!("{key} = {n}")),
                         Err(_) => out.note(&e.at, format_args!("{k}={v}: not a number; left out")),
                     }
                 }
-                "reserve_pool" => lines.push(format!("reserve_pool_size = {v}")),
                 "user" => user = Some(v),
                 "password" => password = Some(v),
                 "pool_mode" if v != pool_mode => out.note(&e.at, format_args!("database {}: pool_mode={v}: pgsluice chooses the mode by listener; give its clients a [[listeners]] with mode = {v:?}", e.key)),
@@ -562,7 +606,7 @@ fn databases(
 fn users_out(
     list: &[(String, String)],
     settings: &[Entry],
-    forced: Option<(String, Option<String>)>,
+    (forced, auth_user): (Option<(String, Option<String>)>, Option<&str>),
     out: &mut Out,
 ) -> Result<(), String> {
     for (name, password) in list {
@@ -570,7 +614,8 @@ fn users_out(
             format!("name = {}", quote(name)),
             format!("password = {}", quote(password)),
         ];
-        if let Some((user, pw)) = &forced {
+        // auth_user logs in as itself to run auth_query, whatever the databases force.
+        if let Some((user, pw)) = forced.as_ref().filter(|_| auth_user != Some(name.as_str())) {
             lines.push(format!("server_user = {}", quote(user)));
             if let Some(pw) = pw {
                 lines.push(format!("server_password = {}", quote(pw)));
@@ -587,7 +632,13 @@ fn users_out(
             for (k, v) in connstring(&e.value).map_err(|m| format!("{}: {m}", e.at))? {
                 match k.as_str() {
                     "max_user_connections" | "max_user_client_connections" => {
-                        limits.push(format!("{k} = {v}"))
+                        match v.parse::<u64>() {
+                            Ok(n) => limits.push(format!("{k} = {n}")),
+                            Err(_) => out.note(
+                                &e.at,
+                                format_args!("user {name}: {k}={v}: not a number; left out"),
+                            ),
+                        }
                     }
                     other => out.note(
                         &e.at,
@@ -622,11 +673,18 @@ fn peers(entries: &[Entry], out: &mut Out) -> Result<(), String> {
         let find = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         let host = find("host").unwrap_or_else(|| "127.0.0.1".to_owned());
         let port = find("port").unwrap_or_else(|| "6432".to_owned());
-        out.peers.push(format!(
-            "id = {}\nhost = {}\nport = {port}",
-            e.key,
-            quote(&host)
-        ));
+        let (Ok(id), Ok(port)) = (e.key.parse::<u8>(), port.parse::<u16>()) else {
+            out.note(
+                &e.at,
+                format_args!(
+                    "peer {}: an id of 1 to 255 and a port number are needed; left out",
+                    e.key
+                ),
+            );
+            continue;
+        };
+        out.peers
+            .push(format!("id = {id}\nhost = {}\nport = {port}", quote(&host)));
     }
     Ok(())
 }

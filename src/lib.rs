@@ -47,3 +47,5 @@ pub mod stats;
 
 /// The virtual database of the admin console.
 pub const ADMIN_DATABASE: &str = "pgsluice";
+/// Its other name, PgBouncer's, for tools written against PgBouncer.
+pub const ADMIN_DATABASE_ALIAS: &str = "pgbouncer";

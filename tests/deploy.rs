@@ -176,7 +176,7 @@ fn run(cmd: &str, args: &[&str]) -> (bool, String) {
 #[test]
 fn the_dockerfile_parses_and_passes_the_lint() {
     let (ok, text) = run(
-        "python3",
+        &python3(),
         &["tests/deploy/lint_dockerfile.py", "Dockerfile"],
     );
     assert!(ok && text.contains("Dockerfile: ok"), "{text}");
@@ -184,7 +184,7 @@ fn the_dockerfile_parses_and_passes_the_lint() {
     let bad = std::env::temp_dir().join(format!("pgsluice-bad-{}.Dockerfile", std::process::id()));
     std::fs::write(&bad, "FROM debian\nENTRYPOINT pgsluice\n").unwrap();
     let (ok, text) = run(
-        "python3",
+        &python3(),
         &["tests/deploy/lint_dockerfile.py", bad.to_str().unwrap()],
     );
     assert!(!ok, "{text}");
@@ -213,7 +213,7 @@ fn every_kubernetes_manifest_validates_against_the_schemas() {
     // As a module: pip's console script may not be on PATH yet (pyenv shims).
     let mut args = vec!["-m", "kubernetes_validate", "--strict"];
     args.extend(files.iter().map(String::as_str));
-    let (ok, text) = run("python3", &args);
+    let (ok, text) = run(&python3(), &args);
     assert!(ok, "{text}");
     assert_eq!(text.matches(" passed for resource ").count(), 9, "{text}");
     // A mistake fails: an unknown field under strict validation.
@@ -221,7 +221,7 @@ fn every_kubernetes_manifest_validates_against_the_schemas() {
     let pdb = std::fs::read_to_string(root().join("deploy/kubernetes/pdb.yaml")).unwrap();
     std::fs::write(&bad, pdb.replace("minAvailable", "minAvailible")).unwrap();
     let (ok, text) = run(
-        "python3",
+        &python3(),
         &[
             "-m",
             "kubernetes_validate",
@@ -243,7 +243,7 @@ fn the_shipped_configurations_check_and_match_their_manifests() {
     let mut configs = Vec::new();
     for f in ["configmap.yaml", "sidecar.yaml"] {
         let path = format!("deploy/kubernetes/{f}");
-        let (ok, text) = run("python3", &["-c", extract, &path]);
+        let (ok, text) = run(&python3(), &["-c", extract, &path]);
         assert!(ok, "{text}");
         configs.extend(
             text.split("#----\n")

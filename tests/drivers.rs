@@ -58,7 +58,7 @@ fn assert_servers_within_pool(pg: &pgsluice::devdb::DevDb) {
 async fn asyncpg_fifty_connections() {
     let (pg, proxy) = setup().await;
     let out =
-        tokio::task::block_in_place(|| run_client("python3", "asyncpg_check.py", &url(&proxy)));
+        tokio::task::block_in_place(|| run_client(&python3(), "asyncpg_check.py", &url(&proxy)));
     assert!(out.contains("asyncpg ok: 50 clients"), "{out}");
     let counted = pg_count(&pg, "asyncpg");
     assert_eq!(counted, 50 * 12, "every committed row is there once");
@@ -69,7 +69,7 @@ async fn asyncpg_fifty_connections() {
 async fn psycopg_prepare_threshold_zero_and_pipelines() {
     let (pg, proxy) = setup().await;
     let out =
-        tokio::task::block_in_place(|| run_client("python3", "psycopg_check.py", &url(&proxy)));
+        tokio::task::block_in_place(|| run_client(&python3(), "psycopg_check.py", &url(&proxy)));
     assert!(out.contains("psycopg ok: 50 clients"), "{out}");
     assert_eq!(pg_count(&pg, "psycopg"), 50 * 10);
     assert_servers_within_pool(&pg);

@@ -78,12 +78,13 @@ fn debians_pgbouncer_ini_translates_and_checks() {
 
 /// An ini using every key the importer carries over, with values unlike both programs'
 /// defaults, so that each one visibly arrived.
-fn written_ini(pg_port: u16, port: u16) -> String {
+fn written_ini(pg_port: u16, port: u16, dir: &Path) -> String {
     format!(
         "; written for the test: every key pgsluice understands\n\
          [databases]\n\
          app = host=127.0.0.1 port={pg_port} dbname=appdb user={SCRAM_ROLE} password={ROLE_PASSWORD} pool_size=3 reserve_pool=1 max_db_connections=9 min_pool_size=0\n\
          * = host=127.0.0.1 port={pg_port} user={SCRAM_ROLE} password={ROLE_PASSWORD}\n\
+         local = port={pg_port} dbname=appdb user={SCRAM_ROLE} password={ROLE_PASSWORD}\n\
          \n\
          [users]\n\
          agent = max_user_connections=2\n\
@@ -94,9 +95,12 @@ fn written_ini(pg_port: u16, port: u16) -> String {
          unix_socket_dir =\n\
          pool_mode = transaction\n\
          auth_type = scram-sha-256\n\
-         auth_file = userlist.txt\n\
+         auth_file = {userlist}\n\
+         auth_user = watcher\n\
+         auth_hba_file = /nonexistent/hba.conf\n\
          admin_users = admin\n\
          stats_users = watcher\n\
+         max_client_conn = 400\n\
          max_client_conn = 500\n\
          default_pool_size = 7\n\
          min_pool_size = 0\n\
@@ -127,7 +131,8 @@ fn written_ini(pg_port: u16, port: u16) -> String {
          logfile = /var/log/pgbouncer/pgbouncer.log\n\
          pidfile = /run/pgbouncer/pgbouncer.pid\n\
          server_round_robin = 1\n\
-         no_such_setting = 3\n"
+         no_such_setting = 3\n",
+        userlist = dir.join("userlist.txt").display()
     )
 }
 
@@ -138,7 +143,7 @@ async fn a_written_ini_translates_to_a_pgsluice_that_serves_it() {
     let dir = temp_dir("written");
     let port = pgsluice::devdb::free_port().unwrap();
     let ini = dir.join("pgbouncer.ini");
-    std::fs::write(&ini, written_ini(pg.port, port)).unwrap();
+    std::fs::write(&ini, written_ini(pg.port, port, &dir)).unwrap();
     let watcher_md5 = postgres_protocol::password::md5(WATCHER.1.as_bytes(), WATCHER.0);
     std::fs::write(
         dir.join("userlist.txt"),
@@ -157,6 +162,7 @@ async fn a_written_ini_translates_to_a_pgsluice_that_serves_it() {
         "server_round_robin: not needed",
         "no_such_setting: unknown to pgsluice",
         "agent: a plaintext password",
+        "auth_hba_file: PgBouncer reads it only with auth_type = hba",
     ] {
         assert!(notes.contains(expected), "{expected:?} not in:\n{notes}");
     }
@@ -199,6 +205,10 @@ async fn a_written_ini_translates_to_a_pgsluice_that_serves_it() {
     );
     let agent = c.user(AGENT.0).unwrap();
     assert_eq!(agent.server_user.as_deref(), Some(SCRAM_ROLE));
+    // auth_user runs auth_query as itself; a database without host is the unix socket.
+    assert_eq!(c.user(WATCHER.0).unwrap().server_user, None);
+    assert_eq!(c.database("local").unwrap().host.as_str(), "/tmp");
+    assert!(c.general.auth_hba_file.is_none());
     assert_eq!(agent.limits.max_user_connections, Some(2));
 
     // The result serves: the listed database, and any other name through the fallback.
@@ -241,6 +251,12 @@ async fn a_written_ini_translates_to_a_pgsluice_that_serves_it() {
     let (ok, pools, err) = psql(&pg, &console, &["-c", "SHOW POOLS"]);
     assert!(ok, "{err}");
     assert!(pools.contains("otherdb|"), "{pools}");
+    let (ok, dbs, err) = psql(&pg, &console, &["-c", "SHOW DATABASES"]);
+    assert!(ok, "{err}");
+    assert!(
+        dbs.lines().any(|l| l.starts_with("otherdb|127.0.0.1|")),
+        "{dbs}"
+    );
     running.shutdown_fast().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -289,5 +305,35 @@ async fn the_fallback_database_pools_a_bounded_number_of_names() {
     assert!(message.contains("list it in [[databases]]"), "{message}");
     assert_eq!(code(connect(&url("postgres")).await).await, "ok");
     assert_eq!(code(connect(&url("no_such_5")).await).await, "3D000");
+    running.shutdown_fast().await;
+}
+
+/// With auth_query, a user not in [[users]] is looked up before it has proved anything: never
+/// in a database only the fallback stands for (it would make a pool per name an anonymous
+/// client invents), only where auth_dbname says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_query_makes_no_pool_for_a_fallback_name() {
+    let pg = start_postgres();
+    let text = config_text(&pg, &format!("auth_user = \"{}\"", ADMIN.0), "")
+        + &format!(
+            "\n[[databases]]\nname = \"*\"\nhost = \"127.0.0.1\"\nport = {}\n",
+            pg.port
+        );
+    let c = Config::parse(&text, Path::new("fallback.toml")).unwrap();
+    let running = pgsluice::app::start(c).await.unwrap();
+    let port = running.addr(PoolMode::Session).unwrap().port();
+    for i in 0..5 {
+        let url =
+            format!("host=127.0.0.1 port={port} user=nobody_{i} password=x dbname=invented_{i}");
+        let e = connect(&url).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "28P01", "{e}");
+    }
+    let console = format!(
+        "host=127.0.0.1 port={port} user={} password={} dbname=pgsluice",
+        ADMIN.0, ADMIN.1
+    );
+    let (ok, pools, err) = psql(&pg, &console, &["-c", "SHOW POOLS"]);
+    assert!(ok, "{err}");
+    assert!(!pools.contains("invented_"), "{pools}");
     running.shutdown_fast().await;
 }

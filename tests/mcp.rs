@@ -281,7 +281,7 @@ async fn sealed_claims_reach_rls_for_mcp_calls() {
 
 /// Runs tests/clients/mcp_check.py (the official Python SDK) with `plan`; its report.
 async fn python_sdk(plan: Value) -> Value {
-    let mut cmd = tokio::process::Command::new("python3");
+    let mut cmd = tokio::process::Command::new(python3());
     cmd.arg(clients_dir().join("mcp_check.py"))
         .arg(plan.to_string());
     client_json(&mut cmd, "mcp_check.py").await

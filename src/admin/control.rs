@@ -84,7 +84,14 @@ pub async fn run(app: &App, cmd: Command) -> Result<&'static str, ClientError> {
             tracing::info!(database = %db, clients = killed, "KILL: clients and servers closed");
             Ok("KILL")
         }
-        Command::KillClient(id) => match app.clients.get(id) {
+        // The id as SHOW CLIENTS' int4 shows it (past 2^31 connections) finds the client too.
+        Command::KillClient(id) => match app.clients.get(id).or_else(|| {
+            let shown = crate::admin::show::int4_id(id);
+            app.clients
+                .all()
+                .into_iter()
+                .find(|c| crate::admin::show::int4_id(c.facts.id) == shown)
+        }) {
             Some(c) if c.kill() => {
                 tracing::info!(client = id, user = %c.facts.user, "KILL_CLIENT");
                 Ok("KILL_CLIENT")

@@ -23,7 +23,7 @@ const MAX_QUERY: usize = 64 * 1024;
 
 /// Whether `database` names the console.
 pub fn is_console(database: &str) -> bool {
-    database == crate::ADMIN_DATABASE || database == "pgbouncer"
+    database == crate::ADMIN_DATABASE || database == crate::ADMIN_DATABASE_ALIAS
 }
 
 /// A logged-in console user.

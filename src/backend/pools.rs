@@ -7,7 +7,7 @@ use super::pool::{DbLimit, Pool, PoolKey, PoolSettings};
 use super::route::health::Checks;
 use super::route::{Endpoint, Endpoints, Route, Ttl};
 use crate::config::SessionAttrs;
-use crate::config::{Config, Database, User};
+use crate::config::{Config, Database, FALLBACK_DATABASES_MAX, User};
 use crate::net::tls::UpstreamTls;
 use dashmap::DashMap;
 use std::collections::HashMap;
@@ -15,6 +15,17 @@ use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// A new name through the fallback database when it already pools
+/// [`FALLBACK_DATABASES_MAX`] of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyDatabases;
+
+impl TooManyDatabases {
+    pub fn to_client(self, database: &str) -> crate::error::ClientError {
+        crate::error::ClientError::too_many_databases(database, FALLBACK_DATABASES_MAX)
+    }
+}
 
 #[derive(Default)]
 pub struct Pools {
@@ -202,7 +213,7 @@ impl Pools {
         db: &Database,
         user: &User,
         client_key: Option<[u8; 32]>,
-    ) -> Arc<Pool> {
+    ) -> Result<Arc<Pool>, TooManyDatabases> {
         if let Some(p) = self.pools.get(&key_of(db, user)) {
             let p = p.clone();
             let up = p.upstream();
@@ -211,7 +222,16 @@ impl Pools {
                 let (_, upstream, settings) = self.plan(config, db, user, client_key);
                 p.apply(upstream, settings);
             }
-            return p;
+            return Ok(p);
+        }
+        // Names only the fallback database stands for: a bounded number get pools. (Two
+        // logins racing may pass the count together: the bound is approximate by that much.)
+        let listed = |d: &str| config.lists_database(d);
+        if !listed(&db.name)
+            && !self.knows(&db.name)
+            && self.count_databases(|d| !listed(d)) >= FALLBACK_DATABASES_MAX
+        {
+            return Err(TooManyDatabases);
         }
         let (key, upstream, settings) = self.plan(config, db, user, client_key);
         let limit = self
@@ -244,7 +264,7 @@ impl Pools {
             spawn_maintenance(&pool, stats_period);
             pool
         });
-        entry.clone()
+        Ok(entry.clone())
     }
 
     pub fn all(&self) -> Vec<Arc<Pool>> {

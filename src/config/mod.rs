@@ -73,6 +73,10 @@ impl std::error::Error for ConfigError {}
 /// The `[[databases]]` name that stands for every database no other entry names.
 pub const FALLBACK_DATABASE: &str = "*";
 
+/// Names the fallback makes pools for, at most: each name a client asks for is a pool of
+/// its own, so a client could otherwise make the proxy allocate without bound.
+pub const FALLBACK_DATABASES_MAX: usize = 1000;
+
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -647,12 +651,22 @@ impl Config {
             }
         }
         // PostgreSQL's names are at most 63 bytes; the admin console is never a fallback.
-        if name.is_empty() || name.len() > 63 || name == crate::ADMIN_DATABASE {
+        let console = name == crate::ADMIN_DATABASE || name == crate::ADMIN_DATABASE_ALIAS;
+        if name.is_empty() || name.len() > 63 || console {
             return None;
         }
         let mut db = fallback?.clone();
         db.name = Text::new(name);
         Some(std::borrow::Cow::Owned(db))
+    }
+
+    /// Whether a `[[databases]]` entry has this very name (the fallback's `*` aside).
+    pub fn lists_database(&self, name: &str) -> bool {
+        name != FALLBACK_DATABASE
+            && self
+                .databases
+                .iter()
+                .any(|d| d.get_ref().name.as_str() == name)
     }
 
     pub fn user(&self, name: &str) -> Option<&User> {
@@ -751,6 +765,9 @@ password = "admin-pw"
         assert_eq!((other.dbname.as_deref(), other.pool_size), (None, Some(4)));
         // Never the admin console, an empty name or one PostgreSQL could not have.
         assert!(c.database(crate::ADMIN_DATABASE).is_none());
+        assert!(c.database(crate::ADMIN_DATABASE_ALIAS).is_none());
+        assert!(c.lists_database("app") && !c.lists_database("reports"));
+        assert!(!c.lists_database("*"));
         assert!(c.database("").is_none());
         assert!(c.database(&"x".repeat(64)).is_none());
         // Without a fallback, an unlisted name is unknown.

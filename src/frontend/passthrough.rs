@@ -23,6 +23,12 @@ pub async fn lookup(
     let Some(auth_user) = g.auth_user.as_deref().and_then(|u| config.user(u)) else {
         return Ok(None);
     };
+    // A name only the fallback database stands for is the client's choice, made before it
+    // proved anything: looking users up there would let anyone make pools. auth_dbname
+    // names where to look instead.
+    if g.auth_dbname.is_none() && !config.lists_database(&db.name) {
+        return Ok(None);
+    }
     if let Some(cached) = app
         .auth_cache
         .get(&db.name, user, g.auth_cache_ttl.duration())
@@ -34,7 +40,10 @@ pub async fn lookup(
         .as_deref()
         .and_then(|d| config.database(d))
         .unwrap_or(std::borrow::Cow::Borrowed(db));
-    let pool = app.pools.pool_for(config, &auth_db, auth_user, None);
+    let pool = app
+        .pools
+        .pool_for(config, &auth_db, auth_user, None)
+        .map_err(|e| e.to_client(&auth_db.name))?;
     let never = tokio::sync::Notify::new();
     let mut server = pool
         // A login waits on it: ahead of the queue's lower classes.

@@ -300,7 +300,9 @@ fn pool_for(
         .ok_or_else(|| SqlError::from(ClientError::unknown_database(database)))?;
     let user = crate::identity::pool_user(config, identity)
         .ok_or_else(|| SqlError::new("28000", "the identity's role is no longer configured"))?;
-    Ok(app.pools.pool_for(config, &db, &user, None))
+    app.pools
+        .pool_for(config, &db, &user, None)
+        .map_err(|e| e.to_client(database).into())
 }
 
 /// A server taken for one call: returned to its pool when the call finished cleanly;

@@ -285,6 +285,8 @@ pub fn databases(config: &Config, identity: &Identity) -> Vec<String> {
         .databases
         .iter()
         .map(|d| d.get_ref().name.to_string())
+        // The fallback stands for names; it is not one a call can use.
+        .filter(|name| name != crate::config::FALLBACK_DATABASE)
         .filter(|name| crate::identity::database_allowed(config, identity, name))
         .collect()
 }

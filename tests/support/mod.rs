@@ -202,6 +202,17 @@ impl Proxy {
     }
 }
 
+/// The Python the test clients are installed for: tests/clients/.venv's when `./dev test`
+/// made one (the system's Python refused pip), else `python3` on PATH.
+pub fn python3() -> String {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/.venv/bin/python3");
+    if venv.exists() {
+        venv.to_string_lossy().into_owned()
+    } else {
+        "python3".to_owned()
+    }
+}
+
 /// Connects with tokio-postgres and drives the connection on its own task.
 pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
     let (client, conn) =

@@ -3,6 +3,7 @@
 
 use super::{Table, Type};
 use crate::app::App;
+use std::borrow::Cow;
 
 pub fn table(app: &App) -> Table {
     let mut t = Table::new(&[
@@ -27,7 +28,19 @@ pub fn table(app: &App) -> Table {
     let config = app.config.load();
     let g = &config.general;
     let clients = app.clients.all();
-    for db in config.databases.iter().map(|d| d.get_ref()) {
+    // The configured entries, then the names the fallback `*` made pools for (PgBouncer
+    // lists its automatic databases too).
+    let mut made: Vec<String> = app
+        .pools
+        .all()
+        .iter()
+        .map(|p| p.key.database.to_string())
+        .filter(|d| !config.lists_database(d))
+        .collect();
+    made.dedup();
+    let fallback = made.iter().filter_map(|d| config.database(d));
+    let listed = config.databases.iter().map(|d| Cow::Borrowed(d.get_ref()));
+    for db in listed.chain(fallback) {
         let servers: usize = app
             .pools
             .of(Some(&db.name))

@@ -100,9 +100,10 @@ fn load_balance_hosts(several: bool) -> &'static str {
     if several { "proximity" } else { "disable" }
 }
 
-/// A connection id in PgBouncer's int4 `id` column (ids past 2^31 wrap, as a C int would).
-fn int4_id(id: u64) -> i32 {
-    id as u32 as i32
+/// A connection id in PgBouncer's int4 `id` column: its low 31 bits (ids start again from 0
+/// after 2^31 connections; KILL_CLIENT accepts either form).
+pub fn int4_id(id: u64) -> i32 {
+    (id & 0x7fff_ffff) as i32
 }
 
 /// Seconds and the microseconds beyond them, as PgBouncer splits wait times.

@@ -4,11 +4,6 @@
 use super::*;
 use std::borrow::Cow;
 
-/// Databases the fallback `[[databases]] name = "*"` makes pools for, at most: each other
-/// name a client asks for is a pool, so an authenticated client could otherwise make the
-/// proxy allocate without bound.
-const FALLBACK_DATABASES_MAX: usize = 1000;
-
 /// Who logged in, for [`register`].
 struct Who<'a> {
     user: &'a str,
@@ -157,21 +152,10 @@ pub(super) async fn login(
     let Some(db) = config.database(&startup.database) else {
         return refuse(ClientError::unknown_database(&startup.database));
     };
-    // Any name may come through the fallback: a bounded number of them get pools.
-    let listed = |d: &str| {
-        config
-            .databases
-            .iter()
-            .any(|l| l.get_ref().name.as_str() == d)
+    let pool = match app.pools.pool_for(&config, &db, &user, client_key) {
+        Ok(p) => p,
+        Err(e) => return refuse(e.to_client(&startup.database)),
     };
-    if matches!(db, Cow::Owned(_))
-        && !app.pools.knows(&startup.database)
-        && app.pools.count_databases(|d| !listed(d)) >= FALLBACK_DATABASES_MAX
-    {
-        let e = ClientError::too_many_databases(&startup.database, FALLBACK_DATABASES_MAX);
-        return refuse(e);
-    }
-    let pool = app.pools.pool_for(&config, &db, &user, client_key);
     let attrs = match wanted_attrs(&startup.params, &pool) {
         Ok(a) => a,
         Err(e) => return refuse(e),
