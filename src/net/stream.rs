@@ -120,13 +120,15 @@ impl Stream {
     /// drains the socket and sets it when anything (a FIN too) arrives. Only when it is set
     /// does a non-blocking MSG_PEEK decide (it may be left over from a read that filled the
     /// buffer exactly). Under TLS the peek always decides: rustls may hold a record.
-    pub fn has_pending_input_or_eof(&self) -> bool {
+    /// `suspect`: peek whatever the reactor says (it may not have seen a FIN yet).
+    pub fn has_pending_input_or_eof(&self, suspect: bool) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let quiet = match self {
-            Stream::Tcp(s) => s.poll_read_ready(&mut cx).is_pending(),
-            Stream::Unix(s) => s.poll_read_ready(&mut cx).is_pending(),
-            _ => false,
-        };
+        let quiet = !suspect
+            && match self {
+                Stream::Tcp(s) => s.poll_read_ready(&mut cx).is_pending(),
+                Stream::Unix(s) => s.poll_read_ready(&mut cx).is_pending(),
+                _ => false,
+            };
         if quiet {
             return false;
         }

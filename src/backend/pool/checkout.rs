@@ -250,7 +250,8 @@ impl Pool {
             return None;
         }
         let settings = self.settings.load();
-        let mut conn = {
+        let now = Instant::now();
+        let (mut conn, suspect) = {
             let mut st = lock(&self.state);
             if !st.waiters.may_hold(demand, &self.rules(&settings)) {
                 return None;
@@ -267,9 +268,8 @@ impl Pool {
                 None => st.idle.pop()?,
             };
             conn.slot.hold = st.waiters.hold(demand);
-            conn
+            (conn, st.suspect(now))
         };
-        let now = Instant::now();
         let ready = self.current(&conn)
             && (demand.attrs.is_none() || conn.suits(false, demand.attrs))
             && settings
@@ -277,7 +277,7 @@ impl Pool {
                 .is_none_or(|l| now.saturating_duration_since(conn.created) < l)
             && (settings.check_query.is_none()
                 || now.saturating_duration_since(conn.last_used) < settings.check_delay)
-            && !conn.stream.has_pending_input_or_eof();
+            && !conn.stream.has_pending_input_or_eof(suspect);
         if !ready {
             // Back where it was: checkout's full path deals with it.
             let mut st = lock(&self.state);
@@ -342,8 +342,10 @@ impl Pool {
             conn.terminate().await;
             return None;
         }
-        if conn.stream.has_pending_input_or_eof() {
+        let suspect = lock(&self.state).suspect(now);
+        if conn.stream.has_pending_input_or_eof(suspect) {
             tracing::info!(pool = %self.key, server = conn.id, "idle server closed or sent data: evicted");
+            lock(&self.state).found_dead(now);
             return None;
         }
         if let Some(q) = &settings.check_query

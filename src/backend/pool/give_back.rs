@@ -172,12 +172,14 @@ impl Pool {
             let open = st.open;
             // Oldest-used first, so the least recently used are retired first.
             st.idle.sort_by_key(|c| c.last_used);
+            let mut any_dead = false;
             for c in st.idle.drain(..) {
                 let too_old = s.lifetime.is_some_and(|l| c.created.elapsed() >= l);
                 let idle_long = s.idle_timeout.is_some_and(|t| c.last_used.elapsed() >= t);
                 // Closed (or talking) while idle: gone from the counts now, not at its next
                 // checkout.
-                let dead = c.stream.has_pending_input_or_eof();
+                let dead = c.stream.has_pending_input_or_eof(false);
+                any_dead |= dead;
                 if too_old || dead || (idle_long && open - retired.len() > s.min_size) {
                     retired.push(c);
                 } else {
@@ -187,6 +189,9 @@ impl Pool {
             // Least recently used first, most recently used last: checkout pops from the end,
             // so steady traffic keeps reusing the warmest servers and the rest can go idle
             // long enough for server_idle_timeout.
+            if any_dead {
+                st.found_dead(Instant::now());
+            }
             st.idle = keep;
             retired
         };

@@ -135,6 +135,25 @@ struct State {
     last_failure: Option<(Instant, ClientError)>,
     /// How long a client holds a server, on average lately (µs; for shed_wait).
     hold_us: f64,
+    /// Until then an idle server is peeked at (a syscall) before it is handed out, not only
+    /// asked of the reactor: one of this pool's servers was found closed, so the others may
+    /// be too (a restart, a failover, a mass pg_terminate_backend) while the reactor, on a
+    /// busy machine, has not yet seen their FINs.
+    suspect_until: Option<Instant>,
+}
+
+/// How long a pool stays suspicious after finding one of its servers closed.
+const SUSPECT_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl State {
+    fn suspect(&self, now: Instant) -> bool {
+        self.suspect_until.is_some_and(|t| now < t)
+    }
+
+    /// One of the pool's servers was found closed at `now`.
+    fn found_dead(&mut self, now: Instant) {
+        self.suspect_until = Some(now + SUSPECT_FOR);
+    }
 }
 
 pub struct Pool {
@@ -303,6 +322,12 @@ impl Pool {
         let mut v: Vec<_> = lock(&self.servers).values().cloned().collect();
         v.sort_by_key(|s| s.id);
         v
+    }
+
+    /// One of this pool's servers was found closed outside the pool (in a hand-over): the
+    /// others are peeked at before they are handed out for a while.
+    pub fn server_found_closed(&self) {
+        lock(&self.state).found_dead(Instant::now());
     }
 
     /// The last attempt to open a server connection failed.

@@ -447,3 +447,16 @@ async fn pause_holds_checkouts_until_resume() {
     pool.resume();
     assert!(waiter.await.unwrap().is_ok());
 }
+
+#[test]
+fn a_server_found_closed_makes_the_pool_suspicious_for_a_while() {
+    let mut st = State::default();
+    let t = std::time::Instant::now();
+    assert!(!st.suspect(t), "a new pool trusts the reactor");
+    st.found_dead(t);
+    assert!(st.suspect(t + Duration::from_secs(9)));
+    assert!(
+        !st.suspect(t + SUSPECT_FOR),
+        "and trusts it again after SUSPECT_FOR"
+    );
+}

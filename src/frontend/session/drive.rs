@@ -179,6 +179,7 @@ async fn on_event(app: &App, c: &mut Client, relay: &mut Relay, event: Event) ->
             c.server = None;
             c.cancel.handle.detach();
             let e = if relay.handover_ended_by_server() {
+                c.pool.server_found_closed();
                 ClientError::handover_lost()
             } else {
                 ClientError::handover_failed()
