@@ -196,7 +196,19 @@ async fn accept_loop(
             break;
         };
         let keepalive = app.config.load().general.tcp_keepalive;
+        // A RELOAD that removed this listener, or a shutdown, wins over a connection that
+        // arrived meanwhile: once RELOAD has answered, the socket accepts no one (a
+        // connection still in its backlog is reset when it closes).
         tokio::select! {
+            biased;
+            changed = serving.changed() => if changed.is_err() { break },
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                if app.listening.handed_over() {
+                    // The successor serves this socket now: its file stays.
+                    socket.keep_file();
+                }
+                return;
+            }
             r = socket.accept(keepalive) => match r {
                 Ok((stream, peer)) => {
                     backoff.reset();
@@ -212,14 +224,6 @@ async fn accept_loop(
                     backoff.failed(&e).await;
                 }
             },
-            changed = serving.changed() => if changed.is_err() { break },
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-                if app.listening.handed_over() {
-                    // The successor serves this socket now: its file stays.
-                    socket.keep_file();
-                }
-                return;
-            }
         }
     }
     // Closed by a RELOAD: a unix socket's file goes with it (unless a listener bound
