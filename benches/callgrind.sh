@@ -6,6 +6,7 @@
 #   benches/callgrind.sh                                   # this build
 #   BASELINE=/path/to/other/pgsluice benches/callgrind.sh  # and another one, same workloads
 #   KEEP=/tmp/cg benches/callgrind.sh                      # keep the callgrind.out files
+#   ONLY="select-only -C" benches/callgrind.sh              # the workloads whose label starts so
 #
 # Needs valgrind (callgrind_annotate), PostgreSQL's server binaries and pgbench.
 set -euo pipefail
@@ -13,6 +14,7 @@ SCALE=${SCALE:-10}
 POOL=${POOL:-20}
 BASELINE=${BASELINE:-}
 KEEP=${KEEP:-}
+ONLY=${ONLY:-}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PGBIN=${PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
 
@@ -56,6 +58,7 @@ printf '|---|'; for _ in "${BUILDS[@]}"; do printf -- '---:|'; done
 [ -n "$BASELINE" ] && printf -- '---:|'
 echo
 while IFS='|' read -r label args; do
+  [ -n "$ONLY" ] && [[ "$label" != "$ONLY"* ]] && continue
   declare -A got=()
   for b in "${BUILDS[@]}"; do
     # shellcheck disable=SC2086
@@ -73,4 +76,5 @@ select-only simple, 10,000 txns|-S -M simple -c 4 -j 2 -t 2500
 select-only extended, 10,000 txns|-S -M extended -c 4 -j 2 -t 2500
 select-only prepared, 10,000 txns|-S -M prepared -c 4 -j 2 -t 2500
 select-only -C, 1,000 connections|-S -C -c 4 -j 2 -t 250
+tpcb-like extended, 2,000 txns|-M extended -c 4 -j 2 -t 500
 WORKLOADS

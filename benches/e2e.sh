@@ -15,6 +15,8 @@
 #   COUNT=1 benches/e2e.sh                           # + syscalls per transaction by kind (perf)
 #   PROFILE=/tmp/prof benches/e2e.sh                 # + perf record of each proxy per run
 #   SLUICE_GENERAL="worker_threads = 1" benches/e2e.sh
+#   BASELINE=target/release/pgsluice BASELINE_GENERAL="worker_threads = 2" benches/e2e.sh
+#                                                    # A/B of a setting on one build
 #   PIN=1 PROXY_CPUS=0 LOAD_CPUS=1-7 benches/e2e.sh  # proxies pinned apart from the load;
 #                                                    # + transactions per second per proxy core
 #

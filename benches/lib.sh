@@ -152,7 +152,11 @@ start_targets() {
     start_bouncer "$old" "$PGBOUNCER_OLD"; TARGETS+=("$old")
   fi
   start_sluice pgsluice "$SLUICE"; TARGETS+=(pgsluice)
-  if [ -n "$BASELINE" ]; then start_sluice baseline "$BASELINE"; TARGETS+=(baseline); fi
+  # BASELINE_GENERAL: the baseline's own [general] lines (A/B of a setting on one build).
+  if [ -n "$BASELINE" ]; then
+    SLUICE_GENERAL="${BASELINE_GENERAL-${SLUICE_GENERAL:-}}" start_sluice baseline "$BASELINE"
+    TARGETS+=(baseline)
+  fi
   sleep 1
 }
 

@@ -215,28 +215,23 @@ fn string<W: Write + ?Sized>(w: &mut W, s: &str) -> fmt::Result {
 struct Escaped<'a, W: Write + ?Sized>(&'a mut W);
 
 impl<W: Write + ?Sized> Write for Escaped<'_, W> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        // Everything to escape is ASCII, so a byte scan never splits a character.
-        let mut plain = 0;
-        for (i, b) in s.bytes().enumerate() {
-            let escape = match b {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0..0x20 => "",
-                _ => continue,
-            };
-            self.0.write_str(&s[plain..i])?;
-            if escape.is_empty() {
-                write!(self.0, "\\u{b:04x}")?;
-            } else {
-                self.0.write_str(escape)?;
+    fn write_str(&mut self, mut s: &str) -> fmt::Result {
+        // Everything to escape is ASCII, so a byte scan never splits a character; plain runs
+        // are found by a tight scan and written whole (a login's line is mostly plain).
+        while let Some(i) = s.bytes().position(|b| b < 0x20 || b == b'"' || b == b'\\') {
+            self.0.write_str(&s[..i])?;
+            let b = s.as_bytes()[i];
+            match b {
+                b'"' => self.0.write_str("\\\"")?,
+                b'\\' => self.0.write_str("\\\\")?,
+                b'\n' => self.0.write_str("\\n")?,
+                b'\r' => self.0.write_str("\\r")?,
+                b'\t' => self.0.write_str("\\t")?,
+                _ => write!(self.0, "\\u{b:04x}")?,
             }
-            plain = i + 1;
+            s = &s[i + 1..];
         }
-        self.0.write_str(&s[plain..])
+        self.0.write_str(s)
     }
 }
 

@@ -127,6 +127,30 @@ enum Cmd {
 
 /// Logs to stderr with a filter RELOAD can change: PGSLUICE_LOG if set, else `level` (the
 /// config's log_level). Returns what changes the filter later.
+/// The worker threads `worker_threads` asks for; 0 (the default) is one per core the
+/// process may use, except on one or two cores: there the proxy shares the machine with
+/// PostgreSQL or its clients, and one worker costs less CPU per transaction and per login
+/// for the same transactions per second (docs/benchmarks.md).
+fn worker_count(configured: usize) -> usize {
+    match configured {
+        0 => match std::thread::available_parallelism().map_or(1, usize::from) {
+            n if n <= 2 => 1,
+            n => n,
+        },
+        n => n,
+    }
+}
+
+/// Says how connections are run: how many worker threads, and which scheduler.
+fn log_runtime(workers: usize) {
+    let scheduler = if workers == 1 {
+        "current_thread"
+    } else {
+        "multi_thread"
+    };
+    tracing::info!(workers, scheduler, "runtime started");
+}
+
 fn init_logging(format: Option<&str>, level: &str) -> pgsluice::app::LogReloader {
     use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
@@ -303,12 +327,17 @@ fn main() -> ExitCode {
         .to_owned();
     let log_reloader = init_logging(cli.log_format.as_deref(), &level);
     raise_fd_limit();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.as_ref().map(|c| c.general.worker_threads)
-        && n > 0
-    {
-        builder.worker_threads(n);
-    }
+    let workers = worker_count(config.as_ref().map_or(0, |c| c.general.worker_threads));
+    // One worker: tokio's current-thread scheduler on this thread, which has no work
+    // stealing, no wake-ups between threads and no per-batch bookkeeping (PgBouncer's model;
+    // docs/benchmarks.md measures both).
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -342,8 +371,14 @@ fn main() -> ExitCode {
             }
             Some(Cmd::InstallSql { file, database_url }) => install_sql(&file, &database_url).await,
             Some(Cmd::Healthcheck { .. }) => Ok(()),
-            None => serve(config, log_reloader, false).await,
-            Some(Cmd::Upgrade) => serve(config, log_reloader, true).await,
+            None => {
+                log_runtime(workers);
+                serve(config, log_reloader, false).await
+            }
+            Some(Cmd::Upgrade) => {
+                log_runtime(workers);
+                serve(config, log_reloader, true).await
+            }
         }
     });
     // Tasks still running are dropped; a blocking one (a PBKDF2 derivation, a resolver
@@ -518,5 +553,18 @@ async fn wait_for_signal() -> bool {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => true,
         _ = term.recv() => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_count;
+
+    #[test]
+    fn workers_default_to_the_cores_but_one_on_small_machines() {
+        assert_eq!(worker_count(1), 1);
+        assert_eq!(worker_count(3), 3);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(worker_count(0), if cores <= 2 { 1 } else { cores });
     }
 }

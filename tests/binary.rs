@@ -449,3 +449,75 @@ async fn an_upgrade_takes_the_listeners_over_and_refuses_no_connection() {
         .unwrap();
     assert!(health.success(), "the HTTP endpoint was handed over");
 }
+
+/// `worker_threads = 1` runs connections on tokio's current-thread scheduler (no worker
+/// threads, no wake-ups between them): everything a multi-thread runtime serves still works
+/// on it, timers, blocking work (SCRAM verifiers) and the shutdown included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_serves_everything_on_the_current_thread_scheduler() {
+    let pg = start_postgres();
+    let mut bin = Launched::start(
+        &pg,
+        "worker_threads = 1\nquery_timeout = 0.5\nshutdown_timeout = 2",
+        "one-worker",
+    );
+    assert!(
+        wait_for(
+            &bin.log,
+            r#""scheduler":"current_thread""#,
+            Duration::from_secs(20)
+        ),
+        "no runtime line for one current-thread worker"
+    );
+    // Sixteen clients at once on a pool of two, prepared statements (tokio-postgres names
+    // each one) and results from PostgreSQL itself.
+    let mut tasks = Vec::new();
+    for i in 0..16i64 {
+        let c = bin.client(bin.txn).await;
+        tasks.push(tokio::spawn(async move {
+            let mut got = 0;
+            for n in 0..20i64 {
+                let row = c
+                    .query_one(
+                        "SELECT sum(x)::int8 FROM generate_series(1, $1::int8) x",
+                        &[&(i * 20 + n)],
+                    )
+                    .await
+                    .unwrap();
+                got += row.get::<_, Option<i64>>(0).unwrap_or(0);
+            }
+            got
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let want: i64 = (0..320i64).map(|k| k * (k + 1) / 2).sum();
+    assert_eq!(total, want);
+    // A timer: query_timeout cancels a statement that runs too long.
+    let c = bin.client(bin.txn).await;
+    let started = Instant::now();
+    let e = c.batch_execute("SELECT pg_sleep(5)").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "57014", "{e}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Session mode keeps the session's settings.
+    let s = bin.client(bin.session).await;
+    s.batch_execute("SET application_name = 'one-worker'")
+        .await
+        .unwrap();
+    let row = s.query_one("SHOW application_name", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "one-worker");
+    // SIGTERM: the session client is closed at shutdown_timeout, then the process exits.
+    let started = Instant::now();
+    bin.signal(libc::SIGTERM);
+    let status = bin
+        .exit_within(Duration::from_secs(8))
+        .expect("pgsluice did not exit in 8 s");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "exited before shutdown_timeout"
+    );
+    assert!(s.batch_execute("SELECT 1").await.is_err());
+}

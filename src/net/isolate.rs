@@ -10,33 +10,37 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 pub struct Isolated<F> {
-    inner: Option<Pin<Box<F>>>,
+    /// The connection's future, in the task's own allocation (one allocation per
+    /// connection, not two); None once it ended.
+    inner: Option<F>,
     id: u64,
 }
 
 /// Wraps connection `id`'s future.
 pub fn isolated<F: Future<Output = ()>>(id: u64, f: F) -> Isolated<F> {
-    Isolated {
-        inner: Some(Box::pin(f)),
-        id,
-    }
+    Isolated { inner: Some(f), id }
 }
 
 impl<F: Future<Output = ()>> Future for Isolated<F> {
     /// True when the connection ended by a panic.
     type Output = bool;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
         let id = self.id;
-        let Some(inner) = self.inner.as_mut() else {
+        // SAFETY: `inner` is pinned structurally: nothing moves it out of a pinned
+        // `Isolated` (there is no Drop impl and no other method takes it), it is polled in
+        // place through this projection and dropped in place by `Pin::set`, and `Isolated`
+        // is Unpin only when `F` is.
+        let mut inner = unsafe { self.map_unchecked_mut(|s| &mut s.inner) };
+        let Some(f) = inner.as_mut().as_pin_mut() else {
             return Poll::Ready(false);
         };
         // The future is dropped right after a panic, never polled again, so whatever state
         // it left half-changed is never observed: asserting unwind safety is sound here.
-        match catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+        match catch_unwind(AssertUnwindSafe(|| f.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(())) => {
-                self.inner = None;
+                inner.set(None);
                 Poll::Ready(false)
             }
             Err(panic) => {
@@ -46,7 +50,8 @@ impl<F: Future<Output = ()>> Future for Isolated<F> {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".to_owned());
                 tracing::error!(conn = id, panic = %what, "connection task panicked: that connection is closed, nothing else is affected");
-                self.inner = None;
+                // Dropped now, in place: its guards (slots, counts) are released at once.
+                inner.set(None);
                 Poll::Ready(true)
             }
         }

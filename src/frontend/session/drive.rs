@@ -77,58 +77,74 @@ pub(super) async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
             }
             continue;
         }
-        if on_event(app, c, relay, event).await.is_break() {
+        // The two events of every transaction are handled here, by futures that hold
+        // little; the rest, rare, in a boxed one: the state of whatever this loop awaits is
+        // part of every idle client's task.
+        let flow = match event {
+            Event::NeedServer => need_server(app, c, relay).await,
+            Event::Release { clean, resync } => {
+                release(c, relay, clean, resync).await;
+                ControlFlow::Continue(())
+            }
+            other => Box::pin(on_event(app, c, relay, other)).await,
+        };
+        if flow.is_break() {
             return;
         }
     }
 }
 
-/// What the client's relay stopped for (besides a phase change); Break when the client is
-/// done.
+/// A server for the client's next transaction: the usual case awaits nothing (an idle
+/// server that already carries the client's settings). Waiting, syncing and failing are
+/// boxed, so their state is not part of every client's task.
+async fn need_server(app: &App, c: &mut Client, relay: &mut Relay) -> ControlFlow<()> {
+    if app.is_shutting_down() {
+        // Nothing of this transaction has run: the client may retry it elsewhere.
+        Box::pin(tell_and_close(app, c, relay, ClientError::admin_shutdown())).await;
+        return ControlFlow::Break(());
+    }
+    if c.admitted.as_ref().is_some_and(|a| a.rate_limited())
+        && !Box::pin(within_rate(app, c, relay)).await
+    {
+        return ControlFlow::Continue(());
+    }
+    let mut idle = c.pool.try_idle(c.id, &c.demand);
+    let ready = idle
+        .as_mut()
+        .is_some_and(|s| ready_in_pipeline(c, relay, s));
+    let attached = match idle {
+        Some(server) if ready => {
+            install(app, c, relay, server) || Box::pin(closed_by_shutdown(app, c, relay)).await
+        }
+        idle => Box::pin(attach(app, c, relay, idle)).await,
+    };
+    if attached {
+        ControlFlow::Continue(())
+    } else {
+        ControlFlow::Break(())
+    }
+}
+
+/// The client's transaction ended: its server goes back to the pool (read back first when
+/// the client changed settings).
+async fn release(c: &mut Client, relay: &mut Relay, clean: bool, resync: bool) {
+    if let Some(server) = c.server.take() {
+        relay.reset_server_side();
+        let no_cancel_in_flight = c.cancel.handle.detach();
+        let reusable = clean && no_cancel_in_flight;
+        if reusable && resync {
+            // Boxed with the server it owns: not part of every client's task.
+            Box::pin(release_after_read_back(c, relay, server)).await;
+        } else {
+            return_server(c, relay, server, reusable);
+        }
+    }
+}
+
+/// What the client's relay stopped for, besides a phase change and the two events of every
+/// transaction; Break when the client is done.
 async fn on_event(app: &App, c: &mut Client, relay: &mut Relay, event: Event) -> ControlFlow<()> {
     match event {
-        Event::NeedServer => {
-            if app.is_shutting_down() {
-                // Nothing of this transaction has run: the client may retry it elsewhere.
-                Box::pin(tell_and_close(app, c, relay, ClientError::admin_shutdown())).await;
-                return ControlFlow::Break(());
-            }
-            if c.admitted.as_ref().is_some_and(|a| a.rate_limited())
-                && !Box::pin(within_rate(app, c, relay)).await
-            {
-                return ControlFlow::Continue(());
-            }
-            // The usual case awaits nothing: an idle server that already carries the
-            // client's settings. Waiting, syncing and failing are boxed, so their state
-            // is not part of every client's task.
-            let mut idle = c.pool.try_idle(c.id, &c.demand);
-            let ready = idle
-                .as_mut()
-                .is_some_and(|s| ready_in_pipeline(c, relay, s));
-            let attached = match idle {
-                Some(server) if ready => {
-                    install(app, c, relay, server)
-                        || Box::pin(closed_by_shutdown(app, c, relay)).await
-                }
-                idle => Box::pin(attach(app, c, relay, idle)).await,
-            };
-            if !attached {
-                return ControlFlow::Break(());
-            }
-        }
-        Event::Release { clean, resync } => {
-            if let Some(server) = c.server.take() {
-                relay.reset_server_side();
-                let no_cancel_in_flight = c.cancel.handle.detach();
-                let reusable = clean && no_cancel_in_flight;
-                if reusable && resync {
-                    // Boxed with the server it owns: not part of every client's task.
-                    Box::pin(release_after_read_back(c, relay, server)).await;
-                } else {
-                    return_server(c, relay, server, reusable);
-                }
-            }
-        }
         Event::Listen(cmd) => Box::pin(listen(app, c, relay, cmd)).await,
         Event::ClientGone(_) if c.reg.info.was_killed() => {
             tracing::info!(conn = c.id, "client killed from the admin console");
@@ -193,7 +209,8 @@ async fn on_event(app: &App, c: &mut Client, relay: &mut Relay, event: Event) ->
             Box::pin(tell_and_close(app, c, relay, e)).await;
             return ControlFlow::Break(());
         }
-        Event::Phase(_) => {}
+        // Handled by the loop itself.
+        Event::Phase(_) | Event::NeedServer | Event::Release { .. } => {}
     }
     ControlFlow::Continue(())
 }
@@ -428,7 +445,8 @@ pub(super) fn ready_in_pipeline(c: &mut Client, relay: &Relay, server: &mut Serv
 
 /// A client's hand-over statement against a pool's login parameters, kept while neither
 /// changes: it holds clones of both, so a change to either unshares its list and the
-/// pointers no longer match.
+/// pointers no longer match. Shared: clients that logged in alike (interned lists) on
+/// servers that did (one baseline list) take one copy from [`RECENT`].
 pub(super) struct Handover {
     client: SessionParams,
     base: SessionParams,
@@ -436,30 +454,55 @@ pub(super) struct Handover {
     sql: Option<Arc<str>>,
 }
 
+impl Handover {
+    fn fits(&self, client: &SessionParams, base: &SessionParams) -> bool {
+        let same = |a: &SessionParams, b: &SessionParams| {
+            a.reported.shares(&b.reported) && a.unreported.shares(&b.unreported)
+        };
+        same(&self.client, client) && same(&self.base, base)
+    }
+}
+
+/// Hand-over statements a worker thread built lately (a few, for clients of a few kinds):
+/// a connection per request would otherwise build the same statement at each login, and
+/// keep its own copy of it while idle.
+const RECENT_MAX: usize = 4;
+
+thread_local! {
+    static RECENT: std::cell::RefCell<Vec<Arc<Handover>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The hand-over reset with the client's application_name after it, or None when the client
 /// needs more settings than that (then `sync` does it in one round trip).
 pub(super) fn handover_statement(c: &mut Client, base: &SessionParams) -> Option<Arc<str>> {
-    let same = |a: &SessionParams, b: &SessionParams| {
-        a.reported.shares(&b.reported) && a.unreported.shares(&b.unreported)
-    };
-    if let Some(h) = c.handover.as_deref()
-        && same(&h.client, &c.state.params)
-        && same(&h.base, base)
-    {
+    let params = &c.state.params;
+    if let Some(h) = c.handover.as_deref().filter(|h| h.fits(params, base)) {
         return h.sql.clone();
     }
-    let sql =
-        differs_only_in_application_name(&c.state.params, base).then(|| {
-            match sync_statement(&c.state.params, base) {
+    let recent = RECENT.with(|r| r.borrow().iter().find(|h| h.fits(params, base)).cloned());
+    let h = recent.unwrap_or_else(|| {
+        let sql = differs_only_in_application_name(params, base).then(|| {
+            match sync_statement(params, base) {
                 Some(set) => Arc::from(format!("{HANDOVER_RESET}; {set}")),
                 None => Arc::from(HANDOVER_RESET),
             }
         });
-    c.handover = Some(Box::new(Handover {
-        client: c.state.params.clone(),
-        base: base.clone(),
-        sql: sql.clone(),
-    }));
+        let h = Arc::new(Handover {
+            client: params.clone(),
+            base: base.clone(),
+            sql,
+        });
+        RECENT.with(|r| {
+            let mut r = r.borrow_mut();
+            if r.len() == RECENT_MAX {
+                r.remove(0);
+            }
+            r.push(h.clone());
+        });
+        h
+    });
+    let sql = h.sql.clone();
+    c.handover = Some(h);
     sql
 }
 

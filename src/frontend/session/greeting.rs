@@ -359,18 +359,23 @@ async fn authenticate<'c>(
     )
     .map_err(LoginOutcome::Refused)?;
     if let Some(kind) = crate::identity::token_login(config, &startup.user) {
-        return token(app, stream, out, config, arrival, startup, check, kind).await;
+        // Boxed, as every path a usual login does not take: a task's future is as large
+        // as its largest state, and a login's future is moved several times as it starts.
+        return Box::pin(token(
+            app, stream, out, config, arrival, startup, check, kind,
+        ))
+        .await;
     }
     // Not in [[users]]: maybe upstream knows it (auth_query).
     let looked_up = match (
         config.user(&startup.user),
         config.database(&startup.database),
     ) {
-        (None, Some(db)) if !crate::admin::is_console(&startup.database) => {
-            crate::frontend::passthrough::lookup(app, config, &db, &startup.user)
-                .await
-                .map_err(LoginOutcome::Refused)?
-        }
+        (None, Some(db)) if !crate::admin::is_console(&startup.database) => Box::pin(
+            crate::frontend::passthrough::lookup(app, config, &db, &startup.user),
+        )
+        .await
+        .map_err(LoginOutcome::Refused)?,
         _ => None,
     };
     let listed = config.user(&startup.user);
@@ -519,7 +524,7 @@ async fn prove(
         Err(LoginError::Md5Mismatch(e, answer)) if looked_up.is_some() => {
             // The cached secret may be stale: look the user up again before refusing.
             app.auth_cache.forget(&startup.database, &startup.user);
-            proof.relooked = recheck_md5(app, config, startup, &answer).await;
+            proof.relooked = Box::pin(recheck_md5(app, config, startup, &answer)).await;
             match proof.relooked {
                 Some(_) => {
                     emit::auth_ok(out);
@@ -583,12 +588,10 @@ async fn first_parameters(
     } = first;
     let reset = config.general.handover_reset;
     if arrival.mode == PoolMode::Session {
-        let mut server = checkout_idle_wait(pool, reg, demand).await?;
+        let mut server = Box::pin(checkout_idle_wait(pool, reg, demand)).await?;
         server.hand_to(arrival.id, reset);
         sync(&mut server, &params).await?;
-        server
-            .deliver_claims(config, bearer, arrival.id, INTERNAL_TIMEOUT)
-            .await?;
+        Box::pin(server.deliver_claims(config, bearer, arrival.id, INTERNAL_TIMEOUT)).await?;
         let cancel = app
             .cancels
             .register(Some(server.pid), config.general.peer_id);
@@ -598,7 +601,7 @@ async fn first_parameters(
     let defaults = match pool.defaults() {
         Some(d) => d,
         None => {
-            let s = checkout_idle_wait(pool, reg, demand).await?;
+            let s = Box::pin(checkout_idle_wait(pool, reg, demand)).await?;
             let d = s.params.clone();
             pool.release(s);
             d
@@ -611,8 +614,8 @@ async fn first_parameters(
     merged.unreported = params.unreported.clone();
     // Only a server can say how it spells what the client asked for, except for an
     // application_name it keeps as sent (libpq clients send one on every login).
-    if sync_statement(&merged, &defaults).is_some() && !reported_verbatim(&merged, &defaults) {
-        let mut server = checkout_idle_wait(pool, reg, demand).await?;
+    if !reported_verbatim(&merged, &defaults) && sync_statement(&merged, &defaults).is_some() {
+        let mut server = Box::pin(checkout_idle_wait(pool, reg, demand)).await?;
         server.hand_to(arrival.id, reset);
         sync(&mut server, &merged).await?;
         merged.reported = server.params.reported.clone();

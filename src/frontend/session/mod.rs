@@ -57,7 +57,7 @@ struct Client {
     server: Option<ServerConn>,
     id: u64,
     /// The hand-over statement last built for this client (transaction mode).
-    handover: Option<Box<Handover>>,
+    handover: Option<Arc<Handover>>,
     /// A token client's claims, set on each server its transactions run on.
     bearer: Option<Box<crate::identity::claims::Bearer>>,
     /// Its class in the pool's queue and its identity's share.
