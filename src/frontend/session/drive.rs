@@ -7,24 +7,21 @@ use std::ops::ControlFlow;
 
 /// The relay loop with its timers, until the client or its server goes.
 pub(super) async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
-    // Read once, and the config guard not kept: the loop lives as long as the client.
-    let (client_idle, idle_tx, query_timeout) = {
+    // Read once, and the config guard not kept: the loop lives as long as the client. The
+    // limits live in the client, not in this loop's state, which every idle client's task
+    // holds.
+    {
         let general = &app.config.load().general;
         relay.stall_timeout = general.client_stall_timeout.enabled();
         relay.handover_reset = general.handover_reset;
-
-        (
-            general.client_idle_timeout.enabled(),
-            general.idle_transaction_timeout.enabled(),
-            general.query_timeout.enabled(),
-        )
-    };
-    relay.watch_phase = client_idle.is_some() || idle_tx.is_some() || query_timeout.is_some();
+        c.limits = PhaseLimits::of(general);
+    }
+    relay.watch_phase = c.limits.any();
     let mut phase = Phase::Idle;
     // Made only when a timeout is configured: a timer is about a tenth of an idle client.
     let mut timer: Option<Pin<Box<Sleep>>> = None;
     let mut timer_armed = false;
-    if let Some(t) = client_idle {
+    if let Some(t) = c.limits.of_phase(Phase::Idle) {
         arm(&mut timer, t);
         timer_armed = true;
     }
@@ -66,11 +63,7 @@ pub(super) async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
         };
         if let Event::Phase(p) = event {
             phase = p;
-            let limit = match p {
-                Phase::Idle => client_idle,
-                Phase::InTransaction => idle_tx,
-                Phase::Busy => query_timeout,
-            };
+            let limit = c.limits.of_phase(p);
             timer_armed = limit.is_some();
             if let Some(t) = limit {
                 arm(&mut timer, t);
@@ -91,6 +84,38 @@ pub(super) async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
         if flow.is_break() {
             return;
         }
+    }
+}
+
+/// client_idle_timeout, idle_transaction_timeout and query_timeout in milliseconds (0:
+/// none), the limit of each phase of a client: 12 bytes where three `Option<Duration>` are 48.
+#[derive(Clone, Copy, Default)]
+pub(super) struct PhaseLimits([u32; 3]);
+
+impl PhaseLimits {
+    fn of(general: &crate::config::General) -> PhaseLimits {
+        // A limit of more than 49 days is 49 days; under a millisecond, one.
+        let ms = |d: Option<Duration>| {
+            d.map_or(0, |d| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32)
+        };
+        PhaseLimits([
+            ms(general.client_idle_timeout.enabled()),
+            ms(general.idle_transaction_timeout.enabled()),
+            ms(general.query_timeout.enabled()),
+        ])
+    }
+
+    fn any(self) -> bool {
+        self.0 != [0; 3]
+    }
+
+    fn of_phase(self, p: Phase) -> Option<Duration> {
+        let ms = match p {
+            Phase::Idle => self.0[0],
+            Phase::InTransaction => self.0[1],
+            Phase::Busy => self.0[2],
+        };
+        (ms > 0).then(|| Duration::from_millis(u64::from(ms)))
     }
 }
 
@@ -224,22 +249,23 @@ pub(super) fn arm(timer: &mut Option<Pin<Box<Sleep>>>, after: Duration) {
     }
 }
 
-/// The client's timer; only polled while armed, so it exists then.
-pub(super) async fn fired(timer: &mut Option<Pin<Box<Sleep>>>) {
-    match timer {
-        Some(t) => t.as_mut().await,
-        None => std::future::pending().await,
-    }
+/// The client's timer; only polled while armed, so it exists then. (Futures made by
+/// `poll_fn` hold one reference: the relay loop's select keeps them in every client's task.)
+fn fired(timer: &mut Option<Pin<Box<Sleep>>>) -> impl Future<Output = ()> + '_ {
+    poll_fn(move |cx| match timer {
+        Some(t) => t.as_mut().poll(cx),
+        None => std::task::Poll::Pending,
+    })
 }
 
 /// The next notification for a listening client; never resolves for one that is not.
-pub(super) async fn next_notification(
+fn next_notification(
     listening: &mut Option<Box<Listening>>,
-) -> Option<bytes::Bytes> {
-    match listening {
-        Some(l) => l.rx.recv().await,
-        None => std::future::pending().await,
-    }
+) -> impl Future<Output = Option<bytes::Bytes>> + '_ {
+    poll_fn(move |cx| match listening {
+        Some(l) => l.rx.poll_recv(cx),
+        None => std::task::Poll::Pending,
+    })
 }
 
 /// Transaction mode LISTEN/UNLISTEN, answered between transactions through the hub.

@@ -64,6 +64,8 @@ struct Client {
     demand: crate::backend::Demand,
     /// Counted against its identity's limits (when it has any) until it leaves.
     admitted: Option<Box<crate::admission::identities::Admitted>>,
+    /// Its timeouts per phase, read as the relay loop starts.
+    limits: drive::PhaseLimits,
 }
 
 /// A transaction-mode client's LISTEN state.
@@ -256,6 +258,7 @@ async fn serve_inner(
         bearer: l.bearer,
         demand: l.demand,
         admitted: l.admitted,
+        limits: Default::default(),
     };
     let (max_prepared, max_client) = {
         let g = &app.config.load().general;
