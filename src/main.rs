@@ -125,8 +125,6 @@ enum Cmd {
     },
 }
 
-/// Logs to stderr with a filter RELOAD can change: PGSLUICE_LOG if set, else `level` (the
-/// config's log_level). Returns what changes the filter later.
 /// The worker threads `worker_threads` asks for; 0 (the default) is one per core the
 /// process may use, except on one or two cores: there the proxy shares the machine with
 /// PostgreSQL or its clients, and one worker costs less CPU per transaction and per login
@@ -143,14 +141,16 @@ fn worker_count(configured: usize) -> usize {
 
 /// Says how connections are run: how many worker threads, and which scheduler.
 fn log_runtime(workers: usize) {
-    let scheduler = if workers == 1 {
-        "current_thread"
-    } else {
-        "multi_thread"
+    // As the runtime itself says, not as it was asked for.
+    let scheduler = match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+        _ => "multi_thread",
     };
     tracing::info!(workers, scheduler, "runtime started");
 }
 
+/// Logs to stderr with a filter RELOAD can change: PGSLUICE_LOG if set, else `level` (the
+/// config's log_level). Returns what changes the filter later.
 fn init_logging(format: Option<&str>, level: &str) -> pgsluice::app::LogReloader {
     use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;

@@ -43,6 +43,7 @@ impl Mentions {
         const LIS: u32 = word3(b"lis");
         const DEA: u32 = word3(b"dea");
         const PGS: u32 = word3(b"pgs");
+        const DIS: u32 = word3(b"dis");
         let mut m = Mentions::default();
         for (i, w) in text.windows(3).enumerate() {
             if !matches!(w[0] | 0x20, b's' | b'l' | b'd' | b'p') {
@@ -58,6 +59,8 @@ impl Mentions {
                 LIS if rest(b"listen") => m.listen = true,
                 DEA if rest(b"deallocate") => m.deallocate = true,
                 PGS if rest(b"pgsluice_") => m.reserved = true,
+                // DISCARD changes settings too (scan notes it): counted with SET.
+                DIS if rest(b"discard") && may_start_statement(text, i) => m.set = true,
                 _ => {}
             }
         }
@@ -156,6 +159,8 @@ pub fn scan(text: &str) -> Touched {
             continue;
         }
         let starts = std::mem::replace(&mut at_start, false);
+        // A quoted name is never a keyword in PostgreSQL (`"set" x` is a syntax error).
+        let keyword = matches!(tok, Token::Word(_));
         let Some(w) = word(&tok) else { continue };
         if w == "set_config" && it.peek() == Some(&Token::Punct('(')) {
             it.next();
@@ -166,7 +171,7 @@ pub fn scan(text: &str) -> Touched {
             }
             continue;
         }
-        if !starts {
+        if !starts || !keyword {
             continue;
         }
         match w.as_str() {
@@ -365,6 +370,7 @@ mod tests {
             "SET inside UPDATE is not a statement start"
         );
         assert!(scan("SET LOCAL x = 1").names.is_empty());
+        assert!(!scan("\"set\" x = 1").any, "a quoted name is no keyword");
         assert!(scan("RESET ALL").any);
         assert!(scan("select 1; LISTEN jobs").listen);
         assert!(!scan("select 'LISTEN x'").listen);
@@ -405,6 +411,10 @@ mod tests {
         // Texts made of pieces that stress the filter's edges, every order: whenever `scan`
         // notes a setting or a LISTEN, the filter let the text through.
         let pieces = [
+            "\"set\" a",
+            "\"reset\"",
+            "discard all",
+            "DISCARD",
             "SET x = 1",
             "reset y",
             "set_config('a','b',false)",

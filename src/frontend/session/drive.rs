@@ -507,12 +507,21 @@ pub(super) fn handover_statement(c: &mut Client, base: &SessionParams) -> Option
     }
     let recent = RECENT.with(|r| r.borrow().iter().find(|h| h.fits(params, base)).cloned());
     let h = recent.unwrap_or_else(|| {
-        let sql = differs_only_in_application_name(params, base).then(|| {
-            match sync_statement(params, base) {
-                Some(set) => Arc::from(format!("{HANDOVER_RESET}; {set}")),
-                None => Arc::from(HANDOVER_RESET),
-            }
-        });
+        // Only a printable-ASCII name goes in the reset's own message: that message is
+        // parsed under the encoding the previous client left, before RESET ALL runs, and a
+        // multibyte name could then end its literal early (backslash_quote and a lead byte).
+        // Other names are set by `sync`, after the reset, in a message of their own.
+        let plain = params
+            .reported
+            .get("application_name")
+            .is_none_or(|v| v.bytes().all(|b| (0x20..0x7f).contains(&b)));
+        let sql =
+            (plain && differs_only_in_application_name(params, base)).then(
+                || match sync_statement(params, base) {
+                    Some(set) => Arc::from(format!("{HANDOVER_RESET}; {set}")),
+                    None => Arc::from(HANDOVER_RESET),
+                },
+            );
         let h = Arc::new(Handover {
             client: params.clone(),
             base: base.clone(),
