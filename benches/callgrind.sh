@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions pgsluice executes per workload, counted by valgrind's callgrind: the counts do
 # not depend on how busy the machine is, so two builds compare exactly where timings cannot.
-# Transaction mode, md5, pool 20; each run is a 200-transaction warm-up, then the workload.
+# Transaction mode, md5 (SCRAM-SHA-256 from client to proxy in the "scram" workload), pool 20; each run is a 200-transaction warm-up, then the workload.
 #
 #   benches/callgrind.sh                                   # this build
 #   BASELINE=/path/to/other/pgsluice benches/callgrind.sh  # and another one, same workloads
@@ -23,8 +23,8 @@ PGBIN=${PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
 
 # count name binary pgbench-args...: prints the instruction total of one run.
 count() {
-  local name=$1 bin=$2 wrap out total
-  shift 2
+  local name=$1 bin=$2 user=$3 wrap out total
+  shift 3
   wrap="$WORK/$name.valgrind"
   out="$WORK/$name.callgrind"
   printf '#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file=%s %s "$@"\n' "$out" "$bin" > "$wrap"
@@ -36,7 +36,7 @@ count() {
     sleep 0.5
   done
   PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n -S -c 4 -j 2 -t 50 bench >/dev/null 2>&1
-  PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n "$@" bench > "$WORK/$name.pgbench" 2>&1 ||
+  PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U "$user" -n "$@" bench > "$WORK/$name.pgbench" 2>&1 ||
     { echo "pgbench failed through $name:" >&2; tail -5 "$WORK/$name.pgbench" >&2; }
   kill -INT "${PID[$name]}"
   wait "${PID[$name]}" 2>/dev/null || true
@@ -60,9 +60,11 @@ echo
 while IFS='|' read -r label args; do
   [ -n "$ONLY" ] && [[ "$label" != "$ONLY"* ]] && continue
   declare -A got=()
+  user=bench
+  [[ "$label" == *scram* ]] && user=bench_scram
   for b in "${BUILDS[@]}"; do
     # shellcheck disable=SC2086
-    got[$b]=$(count "$b-${label// /-}" "${BIN[$b]}" $args)
+    got[$b]=$(count "$b-${label// /-}" "${BIN[$b]}" "$user" $args)
   done
   printf '| %s |' "$label"
   for b in "${BUILDS[@]}"; do awk -v n="${got[$b]}" 'BEGIN { printf " %.1f M |", n / 1e6 }'; done
@@ -76,5 +78,6 @@ select-only simple, 10,000 txns|-S -M simple -c 4 -j 2 -t 2500
 select-only extended, 10,000 txns|-S -M extended -c 4 -j 2 -t 2500
 select-only prepared, 10,000 txns|-S -M prepared -c 4 -j 2 -t 2500
 select-only -C, 1,000 connections|-S -C -c 4 -j 2 -t 250
+select-only -C scram, 1,000 connections|-S -C -c 4 -j 2 -t 250
 tpcb-like extended, 2,000 txns|-M extended -c 4 -j 2 -t 500
 WORKLOADS

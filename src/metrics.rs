@@ -158,6 +158,14 @@ impl Metrics {
             m.limit_refusals.clone(),
         );
         registry.register(
+            "upstream_scram_derivations",
+            "PBKDF2 derivations for upstream SCRAM logins (one per password, salt and \
+             iteration count; the server connections after it reuse the keys)",
+            crate::auth::salted::SaltedKeys::global()
+                .derivations
+                .clone(),
+        );
+        registry.register(
             "build",
             "pgsluice build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),

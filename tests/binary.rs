@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Collects the child's stderr lines on a thread.
 fn lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
@@ -520,4 +521,49 @@ async fn one_worker_serves_everything_on_the_current_thread_scheduler() {
         "exited before shutdown_timeout"
     );
     assert!(s.batch_execute("SELECT 1").await.is_err());
+}
+
+/// Each server connection a pool opens logs in to PostgreSQL with SCRAM; the PBKDF2 behind
+/// it runs once for the role's salt and iteration count, not once per server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_scram_keys_are_derived_once_for_every_server_connection() {
+    let pg = start_postgres();
+    let http = pgsluice::devdb::free_port().unwrap();
+    let bin = Launched::start_with(&pg, "", "scram-keys", |_| {
+        format!("\n[http]\naddr = \"127.0.0.1:{http}\"\n")
+    });
+    drop(bin.client(bin.session).await);
+    // Two pools (two database entries for the same role), two servers each: four logins.
+    let mut held = Vec::new();
+    let mut pids = std::collections::HashSet::new();
+    for db in ["app", "app_byname"] {
+        for _ in 0..2 {
+            let url = format!(
+                "host=127.0.0.1 port={} user={} password={} dbname={db}",
+                bin.session, AGENT.0, AGENT.1
+            );
+            let c = connect(&url).await.unwrap();
+            let row = c
+                .query_one("SELECT pg_backend_pid(), current_user::text", &[])
+                .await
+                .unwrap();
+            assert_eq!(row.get::<_, String>(1), SCRAM_ROLE);
+            pids.insert(row.get::<_, i32>(0));
+            held.push(c);
+        }
+    }
+    assert_eq!(pids.len(), 4, "each session client has its own server");
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", http))
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    let derived = body
+        .lines()
+        .find_map(|l| l.strip_prefix("pgsluice_upstream_scram_derivations_total "))
+        .unwrap_or_else(|| panic!("no derivation counter in {body}"));
+    assert_eq!(derived.trim(), "1", "one PBKDF2 for four server logins");
 }

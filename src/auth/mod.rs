@@ -3,6 +3,7 @@
 
 pub mod md5;
 pub mod passthrough;
+pub mod salted;
 pub mod scram;
 
 use crate::config::AuthType;

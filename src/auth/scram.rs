@@ -44,15 +44,7 @@ impl Verifier {
     /// Derives a verifier from a plaintext password. PBKDF2 makes this deliberately slow:
     /// call it off the reactor (`spawn_blocking`) and cache the result.
     pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> Verifier {
-        let mut salted = [0u8; 32];
-        pbkdf2::pbkdf2_hmac::<Sha256>(&prepare(password), salt, iterations, &mut salted);
-        let client_key = hmac(&salted, b"Client Key");
-        Verifier {
-            iterations,
-            salt: salt.to_vec(),
-            stored_key: sha256(&client_key),
-            server_key: hmac(&salted, b"Server Key"),
-        }
+        KeyClient::from_password(password, salt, iterations).verifier
     }
 
     /// Parses PostgreSQL's text form `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
@@ -229,6 +221,47 @@ impl std::fmt::Debug for KeyClient {
     }
 }
 
+/// The client-first-message for this nonce (`n,,n=,r=<nonce>`; PostgreSQL takes the user
+/// from the startup packet).
+pub fn client_first(nonce: &[u8]) -> String {
+    format!("n,,n=,r={}", B64.encode(nonce))
+}
+
+/// A server-first-message (`r=<nonce>,s=<salt>,i=<iterations>`), read.
+pub struct ServerFirst<'a> {
+    pub text: &'a str,
+    pub nonce: &'a str,
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+}
+
+impl<'a> ServerFirst<'a> {
+    pub fn parse(message: &'a [u8]) -> Result<ServerFirst<'a>, ScramError> {
+        let text = std::str::from_utf8(message).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let (mut nonce, mut salt, mut iterations) = (None, None, None);
+        for attr in text.split(',') {
+            if let Some(v) = attr.strip_prefix("r=") {
+                nonce = Some(v);
+            } else if let Some(v) = attr.strip_prefix("s=") {
+                salt = Some(v);
+            } else if let Some(v) = attr.strip_prefix("i=") {
+                iterations = Some(v);
+            }
+        }
+        Ok(ServerFirst {
+            text,
+            nonce: nonce.ok_or(ScramError::Malformed("missing nonce"))?,
+            salt: B64
+                .decode(salt.ok_or(ScramError::Malformed("missing salt"))?)
+                .map_err(|_| ScramError::Malformed("bad salt"))?,
+            iterations: iterations
+                .and_then(|i| i.parse().ok())
+                .filter(|&i| i > 0)
+                .ok_or(ScramError::Malformed("bad iteration count"))?,
+        })
+    }
+}
+
 /// One client-side exchange in progress.
 pub struct KeyExchange {
     keys: KeyClient,
@@ -238,12 +271,29 @@ pub struct KeyExchange {
 }
 
 impl KeyClient {
+    /// The keys a password gives for a salt and iteration count: what a client needs to log
+    /// in to a server holding that verifier. PBKDF2, as slow as [`Verifier::from_password`].
+    pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> KeyClient {
+        let mut salted = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(&prepare(password), salt, iterations, &mut salted);
+        let client_key = hmac(&salted, b"Client Key");
+        KeyClient {
+            client_key,
+            verifier: Verifier {
+                iterations,
+                salt: salt.to_vec(),
+                stored_key: sha256(&client_key),
+                server_key: hmac(&salted, b"Server Key"),
+            },
+        }
+    }
+
     /// The client-first-message (`n,,n=,r=<nonce>`; PostgreSQL takes the user from the
     /// startup packet).
     pub fn start(&self, nonce: &[u8]) -> (KeyExchange, String) {
-        let nonce = B64.encode(nonce);
-        let bare = format!("n=,r={nonce}");
-        let first = format!("n,,{bare}");
+        let first = client_first(nonce);
+        let bare = first["n,,".len()..].to_owned();
+        let nonce = bare["n=,r=".len()..].to_owned();
         (
             KeyExchange {
                 keys: self.clone(),
@@ -259,28 +309,15 @@ impl KeyClient {
 impl KeyExchange {
     /// Answers the server-first-message with the client-final-message.
     pub fn respond(&mut self, server_first: &[u8]) -> Result<String, ScramError> {
-        let text =
-            std::str::from_utf8(server_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
-        let (mut nonce, mut salt, mut iterations) = (None, None, None);
-        for attr in text.split(',') {
-            if let Some(v) = attr.strip_prefix("r=") {
-                nonce = Some(v);
-            } else if let Some(v) = attr.strip_prefix("s=") {
-                salt = Some(v);
-            } else if let Some(v) = attr.strip_prefix("i=") {
-                iterations = Some(v);
-            }
-        }
-        let nonce = nonce.ok_or(ScramError::Malformed("missing nonce"))?;
+        let ServerFirst {
+            text,
+            nonce,
+            salt,
+            iterations,
+        } = ServerFirst::parse(server_first)?;
         if !nonce.starts_with(&self.nonce) {
             return Err(ScramError::Malformed("server nonce does not extend ours"));
         }
-        let salt = B64
-            .decode(salt.ok_or(ScramError::Malformed("missing salt"))?)
-            .map_err(|_| ScramError::Malformed("bad salt"))?;
-        let iterations: u32 = iterations
-            .and_then(|i| i.parse().ok())
-            .ok_or(ScramError::Malformed("bad iteration count"))?;
         let v = &self.keys.verifier;
         if salt != v.salt || iterations != v.iterations {
             // The password changed upstream since this verifier was read.

@@ -6,11 +6,11 @@
 //! server_tls_sslmode prefer/require) that skips SASLFinal is refused.
 
 use super::connect::{ConnectError, Passthrough, Upstream};
-use crate::auth::scram::KeyExchange;
+use crate::auth::salted::SaltedKeys;
+use crate::auth::scram::{self, KeyExchange, ServerFirst};
 use crate::proto::emit;
 use crate::proto::views::AuthRequest;
 use bytes::BytesMut;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 
 /// Where the login is.
 pub enum Login {
@@ -28,9 +28,10 @@ pub enum Login {
     Done,
 }
 
-/// The client side of a SCRAM exchange: from the password, or passed through from a client.
+/// The client side of a SCRAM exchange: from the password (its keys are known once the
+/// server names its salt), or from keys passed through from a client.
 pub enum Scram {
-    Password(Box<ScramSha256>),
+    Password { nonce: [u8; 18] },
     Keys(Box<KeyExchange>),
 }
 
@@ -79,12 +80,12 @@ impl Login {
                 Ok(Login::ScramFirst(scram_first(up, out)?))
             }
             (Login::ScramFirst(s), AuthRequest::SaslContinue(data)) => {
-                Ok(Login::ScramFinal(scram_final(s, data, out).await?))
+                Ok(Login::ScramFinal(scram_final(s, data, up, out).await?))
             }
             (Login::ScramFinal(s), AuthRequest::SaslFinal(data)) => {
                 let verified = match s {
-                    Scram::Password(mut s) => s.finish(data).is_ok(),
                     Scram::Keys(kx) => kx.verify(data).is_ok(),
+                    Scram::Password { .. } => false,
                 };
                 if !verified {
                     return Err(ConnectError::Protocol("server SCRAM signature is wrong"));
@@ -125,10 +126,14 @@ fn md5_answer(up: &Upstream, salt: [u8; 4]) -> Result<String, ConnectError> {
 
 fn scram_first(up: &Upstream, out: &mut BytesMut) -> Result<Scram, ConnectError> {
     match (&up.password, &up.passthrough) {
-        (Some(pw), _) => {
-            let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
-            emit::sasl_initial_response(out, "SCRAM-SHA-256", s.message());
-            Ok(Scram::Password(Box::new(s)))
+        (Some(_), _) => {
+            let nonce: [u8; 18] = rand::random();
+            emit::sasl_initial_response(
+                out,
+                "SCRAM-SHA-256",
+                scram::client_first(&nonce).as_bytes(),
+            );
+            Ok(Scram::Password { nonce })
         }
         (None, Some(Passthrough::Scram(keys))) => {
             let nonce: [u8; 18] = rand::random();
@@ -140,17 +145,25 @@ fn scram_first(up: &Upstream, out: &mut BytesMut) -> Result<Scram, ConnectError>
     }
 }
 
-async fn scram_final(s: Scram, data: &[u8], out: &mut BytesMut) -> Result<Scram, ConnectError> {
+async fn scram_final(
+    s: Scram,
+    data: &[u8],
+    up: &Upstream,
+    out: &mut BytesMut,
+) -> Result<Scram, ConnectError> {
     match s {
-        Scram::Password(mut s) => {
-            let data = data.to_vec();
-            // PBKDF2 runs thousands of HMACs: keep it off the reactor threads.
-            let s = tokio::task::spawn_blocking(move || s.update(&data).map(|_| s))
-                .await
-                .map_err(|_| ConnectError::Protocol("SCRAM task failed"))?
-                .map_err(|_| ConnectError::Protocol("invalid SCRAM server-first-message"))?;
-            emit::sasl_response(out, s.message());
-            Ok(Scram::Password(s))
+        Scram::Password { nonce } => {
+            let bad = |_| ConnectError::Protocol("invalid SCRAM server-first-message");
+            let first = ServerFirst::parse(data).map_err(bad)?;
+            let pw = up.password.as_deref().ok_or(ConnectError::NoPassword)?;
+            // PBKDF2 runs once per password, salt and iteration count, off the reactor.
+            let keys = SaltedKeys::global()
+                .keys(pw, &first.salt, first.iterations)
+                .await;
+            let (mut kx, _) = keys.start(&nonce);
+            let reply = kx.respond(data).map_err(bad)?;
+            emit::sasl_response(out, reply.as_bytes());
+            Ok(Scram::Keys(Box::new(kx)))
         }
         Scram::Keys(mut kx) => {
             let reply = kx
