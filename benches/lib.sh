@@ -169,4 +169,4 @@ usage_of() {
   echo "$t $(cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt/ {v += $2} /^nonvoluntary_ctxt/ {n += $2} END {print v + 0, n + 0}')"
 }
 user_ticks() { [ -n "$1" ] && awk '{print $14}' "/proc/$1/stat" || echo 0; }
-version() { "$1" --version 2>/dev/null | head -1 | awk '{print $NF}'; }
+version() { "$1" --version 2>/dev/null | head -1 | sed "s/^[^ ]* //"; }

@@ -31,46 +31,103 @@ pub struct Mentions {
     pub reserved: bool,
 }
 
+// Three bytes lowercased by `| 0x20` (which maps no other byte onto a lowercase letter),
+// compared as one integer; the longer words are checked whole only where their first three
+// letters are.
+const fn word3(w: &[u8; 3]) -> u32 {
+    w[0] as u32 | (w[1] as u32) << 8 | (w[2] as u32) << 16
+}
+const SET: u32 = word3(b"set");
+const LIS: u32 = word3(b"lis");
+const DEA: u32 = word3(b"dea");
+const PGS: u32 = word3(b"pgs");
+const DIS: u32 = word3(b"dis");
+
 impl Mentions {
     pub fn of(text: &[u8]) -> Mentions {
-        // Three bytes at a time, lowercased by `| 0x20` (which maps no other byte onto a
-        // lowercase letter), compared as one integer; the longer words are checked whole
-        // only where their first three letters are.
-        const fn word3(w: &[u8; 3]) -> u32 {
-            w[0] as u32 | (w[1] as u32) << 8 | (w[2] as u32) << 16
-        }
-        const SET: u32 = word3(b"set");
-        const LIS: u32 = word3(b"lis");
-        const DEA: u32 = word3(b"dea");
-        const PGS: u32 = word3(b"pgs");
-        const DIS: u32 = word3(b"dis");
         let mut m = Mentions::default();
-        for (i, w) in text.windows(3).enumerate() {
-            if !matches!(w[0] | 0x20, b's' | b'l' | b'd' | b'p') {
-                continue;
+        // This runs on every statement. Most positions are ruled out by their first two
+        // bytes (the words start "se", "li", "de", "pg", "di"): eight positions at a time
+        // while nine bytes follow, then one table lookup each.
+        let mut i = 0;
+        while i + 9 <= text.len() {
+            let mut hits = pair_hits(&text[i..i + 9]);
+            while hits != 0 {
+                m.look_at(text, i + (hits.trailing_zeros() / 8) as usize);
+                hits &= hits - 1;
             }
-            let w = (u32::from(w[0]) | u32::from(w[1]) << 8 | u32::from(w[2]) << 16) | 0x20_2020;
-            let rest = |word: &[u8]| {
-                text.get(i..i + word.len())
-                    .is_some_and(|t| t.eq_ignore_ascii_case(word))
-            };
-            match w {
-                SET if set_may_count(text, i) => m.set = true,
-                LIS if rest(b"listen") => m.listen = true,
-                DEA if rest(b"deallocate") => m.deallocate = true,
-                PGS if rest(b"pgsluice_") => m.reserved = true,
-                // DISCARD changes settings too (scan notes it): counted with SET.
-                DIS if rest(b"discard") && may_start_statement(text, i) => m.set = true,
-                _ => {}
-            }
+            i += 8;
+        }
+        for at in i..text.len() {
+            m.look_at(text, at);
         }
         m
+    }
+
+    /// Notes the word that starts at `i`, if any.
+    fn look_at(&mut self, text: &[u8], i: usize) {
+        let Some(&[a, b, c]) = text.get(i..i + 3) else {
+            return;
+        };
+        if PAIR_FIRST[usize::from(a)] & PAIR_SECOND[usize::from(b)] == 0 {
+            return;
+        }
+        let rest = |word: &[u8]| {
+            text.get(i..i + word.len())
+                .is_some_and(|t| t.eq_ignore_ascii_case(word))
+        };
+        match (u32::from(a) | u32::from(b) << 8 | u32::from(c) << 16) | 0x20_2020 {
+            SET if set_may_count(text, i) => self.set = true,
+            LIS if rest(b"listen") => self.listen = true,
+            DEA if rest(b"deallocate") => self.deallocate = true,
+            PGS if rest(b"pgsluice_") => self.reserved = true,
+            // DISCARD changes settings too (scan notes it): counted with SET.
+            DIS if rest(b"discard") && may_start_statement(text, i) => self.set = true,
+            _ => {}
+        }
     }
 
     /// Every statement that may change a session setting or LISTEN contains one of these.
     pub fn may_touch(self) -> bool {
         self.set || self.listen
     }
+}
+
+/// Which words may start with a byte (bit per word: set, listen, deallocate, pgsluice_,
+/// discard), and which may have it second; a position is looked at only where they meet.
+const PAIR_FIRST: [u8; 256] = pair_table(&[(b's', 1), (b'l', 2), (b'd', 4 | 16), (b'p', 8)]);
+const PAIR_SECOND: [u8; 256] = pair_table(&[(b'e', 1 | 4), (b'i', 2 | 16), (b'g', 8)]);
+
+/// A bit (0x80 of its byte) for each of the first eight positions of `nine` where a word's
+/// first two letters may stand; false hits are possible (the exact check follows), misses
+/// are not. SWAR: each `eq` finds the zero bytes of a word XORed with a repeated letter.
+fn pair_hits(nine: &[u8]) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let load = |s: &[u8]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[..8]);
+        u64::from_le_bytes(w) | 0x2020_2020_2020_2020
+    };
+    let (a, b) = (load(nine), load(&nine[1..]));
+    let eq = |w: u64, c: u8| {
+        let v = w ^ (ONES * u64::from(c));
+        v.wrapping_sub(ONES) & !v & HIGH
+    };
+    let (d, e, i) = (eq(a, b'd'), eq(b, b'e'), eq(b, b'i'));
+    (eq(a, b's') & e) | (eq(a, b'l') & i) | (d & (e | i)) | (eq(a, b'p') & eq(b, b'g'))
+}
+
+const fn pair_table(letters: &[(u8, u8)]) -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < letters.len() {
+        let (c, bits) = letters[i];
+        t[c as usize] |= bits;
+        t[c.to_ascii_uppercase() as usize] |= bits;
+        i += 1;
+    }
+    t
 }
 
 /// Whether the "set" at `i` may be one [`scan`] acts on: `set_config` anywhere, or SET or
@@ -450,6 +507,90 @@ mod tests {
             let t = scan(&text);
             if t.any || t.listen {
                 assert!(may_touch(text.as_bytes()), "{text:?} -> {t:?}");
+            }
+        }
+    }
+
+    /// The former scan, one window at a time: what the table filter must agree with.
+    fn mentions_by_windows(text: &[u8]) -> Mentions {
+        let mut m = Mentions::default();
+        for (i, w) in text.windows(3).enumerate() {
+            let low = |k: usize| w[k] | 0x20;
+            let rest = |word: &[u8]| {
+                text.get(i..i + word.len())
+                    .is_some_and(|t| t.eq_ignore_ascii_case(word))
+            };
+            match (low(0), low(1), low(2)) {
+                (b's', b'e', b't') if set_may_count(text, i) => m.set = true,
+                (b'l', b'i', b's') if rest(b"listen") => m.listen = true,
+                (b'd', b'e', b'a') if rest(b"deallocate") => m.deallocate = true,
+                (b'p', b'g', b's') if rest(b"pgsluice_") => m.reserved = true,
+                (b'd', b'i', b's') if rest(b"discard") && may_start_statement(text, i) => {
+                    m.set = true
+                }
+                _ => {}
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn the_pair_filter_finds_what_a_scan_of_every_position_finds() {
+        let pieces: [&[u8]; 16] = [
+            b"set",
+            b"SeT",
+            b"re",
+            b"listen",
+            b"LISTEN",
+            b"deallocate",
+            b"pgsluice_",
+            b"discard",
+            b" ",
+            b";",
+            b"x",
+            b"\x13\x05\x14",
+            b"_config",
+            b"sE",
+            b"pG",
+            b"dI",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..50_000 {
+            let mut text = Vec::new();
+            for _ in 0..(seed % 8 + 1) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                text.extend_from_slice(pieces[(seed % pieces.len() as u64) as usize]);
+            }
+            assert_eq!(Mentions::of(&text), mentions_by_windows(&text), "{text:?}");
+        }
+        // Each word at every lane of the eight-at-a-time scan, among bytes whose borrows
+        // could disturb it.
+        for k in 0..24 {
+            for filler in [b'x', 0, 1, 0xff, b' ', b'S', b'e'] {
+                for word in [
+                    &b"set"[..],
+                    b"ReSeT",
+                    b"listen",
+                    b"DEALLOCATE",
+                    b"pgsluice_",
+                    b"discard",
+                ] {
+                    for after in 0..10 {
+                        let text = [&vec![filler; k][..], word, &vec![filler; after]].concat();
+                        assert_eq!(Mentions::of(&text), mentions_by_windows(&text), "{text:?}");
+                    }
+                }
+            }
+        }
+        // Every byte pair in front of each word's tail.
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                for tail in [&b"t x"[..], b"sten", b"allocate", b"sluice_", b"scard"] {
+                    let text = [&[a, b][..], tail].concat();
+                    assert_eq!(Mentions::of(&text), mentions_by_windows(&text), "{text:?}");
+                }
             }
         }
     }

@@ -219,7 +219,7 @@ pub(super) async fn login(
         return LoginOutcome::Quiet;
     }
     let Arrival { id, peer, mode, .. } = &arrival;
-    tracing::info!(conn = id, %peer, user = %user.name, database = %db.name, mode = mode.as_str(), method, "client logged in");
+    tracing::info!(conn = id, %peer, user = &*user.name, database = &*db.name, mode = mode.as_str(), method, "client logged in");
     LoginOutcome::Pooled(Box::new(Pooled {
         params,
         pool,
