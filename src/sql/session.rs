@@ -497,18 +497,24 @@ mod tests {
         ];
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;
         for _ in 0..50_000 {
-            let mut text = String::new();
-            for _ in 0..(seed % 6 + 1) {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                text.push_str(pieces[(seed % pieces.len() as u64) as usize]);
-            }
+            let text = joined(&mut seed, 6, &pieces).concat();
             let t = scan(&text);
             if t.any || t.listen {
                 assert!(may_touch(text.as_bytes()), "{text:?} -> {t:?}");
             }
         }
+    }
+
+    /// One to `most` pieces picked by a xorshift generator.
+    fn joined<'a, T: ?Sized>(seed: &mut u64, most: u64, pieces: &[&'a T]) -> Vec<&'a T> {
+        let mut picked = Vec::new();
+        for _ in 0..(*seed % most + 1) {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            picked.push(pieces[(*seed % pieces.len() as u64) as usize]);
+        }
+        picked
     }
 
     /// The former scan, one window at a time: what the table filter must agree with.
@@ -556,13 +562,7 @@ mod tests {
         ];
         let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
         for _ in 0..50_000 {
-            let mut text = Vec::new();
-            for _ in 0..(seed % 8 + 1) {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                text.extend_from_slice(pieces[(seed % pieces.len() as u64) as usize]);
-            }
+            let text = joined(&mut seed, 8, &pieces).concat();
             assert_eq!(Mentions::of(&text), mentions_by_windows(&text), "{text:?}");
         }
         // Each word at every lane of the eight-at-a-time scan, among bytes whose borrows
