@@ -20,7 +20,8 @@ pub fn parse_clock() -> u64 {
 /// What one server connection has prepared, least recently used first out.
 #[derive(Default, Debug)]
 pub struct ServerStatements {
-    used: HashMap<Arc<str>, Kept>,
+    /// foldhash: looked up per prepared transaction; bounded by max_prepared_statements.
+    used: HashMap<Arc<str>, Kept, foldhash::fast::RandomState>,
     tick: u64,
     /// Statements that must be closed before they are prepared again: PostgreSQL refused to
     /// reuse their plan, or the copy is older than a client's Parse of the same text.

@@ -52,7 +52,9 @@ impl Statement {
 /// the process shares servers' statement caches by the same names.
 static NAME_KEY: std::sync::LazyLock<[u8; 32]> = std::sync::LazyLock::new(rand::random);
 
-type Names = HashMap<Box<[u8]>, Arc<Statement>>;
+/// foldhash, not SipHash: a Bind's name is looked up in every prepared transaction, and the
+/// map is one client's own and bounded, so a crafted collision could only slow its owner.
+type Names = HashMap<Box<[u8]>, Arc<Statement>, foldhash::fast::RandomState>;
 
 /// The most statement text one client may keep named, over all its statements.
 pub const MAX_CLIENT_STATEMENT_BYTES: usize = 64 << 20;

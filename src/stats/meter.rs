@@ -4,9 +4,8 @@
 //! transaction a handful of relaxed atomic adds.
 
 use super::KeyHasher;
-use super::queries::{QueryStats, Sample};
+use super::queries::{PoolQueries, QueryStats, Sample};
 use super::totals::PoolStats;
-use crate::pool_key::PoolKey;
 use crate::sql::fingerprint;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -57,10 +56,14 @@ const SPARE_SAMPLES_MAX: usize = 64;
 
 /// Where a meter adds its counts.
 pub struct Sinks {
-    pub key: PoolKey,
     pub pool: Arc<PoolStats>,
     pub queries: Arc<QueryStats>,
+    /// The pool's own table in `queries`.
+    pub table: Arc<PoolQueries>,
 }
+
+/// A client's named statements (foldhash: looked up per Bind, bounded by CLIENT_CACHE).
+type Named = HashMap<Box<[u8]>, Known, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 pub struct Meter {
@@ -96,7 +99,7 @@ pub struct Meter {
     /// The client's named prepared statements; made by the first one (boxed: the empty map
     /// would be 48 bytes of every client).
     #[allow(clippy::box_collection)]
-    named: Option<Box<HashMap<Box<[u8]>, Known>>>,
+    named: Option<Box<Named>>,
     samples: Vec<Sample>,
     /// An identity whose every statement is audited (boxed: nearly every client has none).
     pub audit: Option<Box<StatementAudit>>,
@@ -386,7 +389,7 @@ impl Meter {
         let mut evictions = u64::from(std::mem::take(&mut self.prepared_evictions));
         add(&s.pool.prepared_evictions, &mut evictions);
         if !self.samples.is_empty() {
-            s.queries.record(&s.key, &mut self.samples);
+            s.queries.record_in(&s.table, &mut self.samples);
             // Between transactions the list goes back: an idle client holds none.
             let list = std::mem::take(&mut self.samples);
             if crate::spare::SAMPLES {

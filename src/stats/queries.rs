@@ -22,7 +22,6 @@ pub struct Sample {
 
 #[derive(Debug)]
 struct Tracked {
-    key: PoolKey,
     text: Arc<str>,
     calls: AtomicU64,
     total_us: AtomicU64,
@@ -53,10 +52,22 @@ impl QueryRow {
     }
 }
 
+type Hashed = BuildHasherDefault<KeyHasher>;
+
+/// One pool's entries by fingerprint. Its clients' meters hold it, so a statement's entry is
+/// found by its fingerprint alone: no pool key hashed, compared or cloned per statement.
+#[derive(Debug)]
+pub struct PoolQueries {
+    key: PoolKey,
+    map: DashMap<u64, Tracked, Hashed>,
+}
+
 #[derive(Debug)]
 pub struct QueryStats {
     max: AtomicUsize,
-    map: DashMap<(u64, PoolKey), Tracked, BuildHasherDefault<KeyHasher>>,
+    pools: DashMap<PoolKey, Arc<PoolQueries>, Hashed>,
+    /// Entries in all pools' tables (what `max` bounds).
+    len: AtomicUsize,
     /// Entries dropped to stay within `max`.
     evicted: AtomicU64,
 }
@@ -65,7 +76,8 @@ impl QueryStats {
     pub fn new(max: usize) -> QueryStats {
         QueryStats {
             max: AtomicUsize::new(max),
-            map: DashMap::default(),
+            pools: DashMap::default(),
+            len: AtomicUsize::new(0),
             evicted: AtomicU64::new(0),
         }
     }
@@ -78,8 +90,12 @@ impl QueryStats {
     pub fn set_max(&self, max: usize) {
         self.max.store(max, Ordering::Relaxed);
         if max == 0 {
-            self.map.clear();
-        } else if self.map.len() > max {
+            for t in self.tables() {
+                let n = t.map.len();
+                t.map.clear();
+                self.len.fetch_sub(n, Ordering::Relaxed);
+            }
+        } else if self.len() > max {
             self.shrink(max);
         }
     }
@@ -89,74 +105,108 @@ impl QueryStats {
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
-    /// Adds a client's finished queries and empties `samples`.
+    /// The table of `pool`'s entries (made on first use, kept while the process runs, as
+    /// the entries were when keyed by pool).
+    pub fn table(&self, pool: &PoolKey) -> Arc<PoolQueries> {
+        if let Some(t) = self.pools.get(pool) {
+            return t.clone();
+        }
+        // Pools come and go (reloads, identities): forget the empty tables of gone ones.
+        self.pools
+            .retain(|_, t| Arc::strong_count(t) > 1 || !t.map.is_empty());
+        self.pools
+            .entry(pool.clone())
+            .or_insert_with(|| {
+                Arc::new(PoolQueries {
+                    key: pool.clone(),
+                    map: DashMap::default(),
+                })
+            })
+            .clone()
+    }
+
+    /// Adds finished queries of `pool` and empties `samples` (for callers without a table).
     pub fn record(&self, pool: &PoolKey, samples: &mut Vec<Sample>) {
+        self.record_in(&self.table(pool), samples);
+    }
+
+    /// Adds a client's finished queries to its pool's table and empties `samples`.
+    pub fn record_in(&self, table: &PoolQueries, samples: &mut Vec<Sample>) {
         let max = self.max.load(Ordering::Relaxed);
         if max == 0 {
             samples.clear();
             return;
         }
         for s in samples.drain(..) {
-            let key = (s.fingerprint, pool.clone());
-            if let Some(e) = self.map.get(&key) {
+            if let Some(e) = table.map.get(&s.fingerprint) {
                 add(&e, &s);
                 continue;
             }
-            let e = self.map.entry(key).or_insert_with(|| Tracked {
-                key: pool.clone(),
-                text: s.text.clone(),
-                calls: AtomicU64::new(0),
-                total_us: AtomicU64::new(0),
-                min_us: AtomicU64::new(u64::MAX),
-                max_us: AtomicU64::new(0),
-                rows: AtomicU64::new(0),
-                errors: AtomicU64::new(0),
+            let mut added = false;
+            let e = table.map.entry(s.fingerprint).or_insert_with(|| {
+                added = true;
+                Tracked {
+                    text: s.text.clone(),
+                    calls: AtomicU64::new(0),
+                    total_us: AtomicU64::new(0),
+                    min_us: AtomicU64::new(u64::MAX),
+                    max_us: AtomicU64::new(0),
+                    rows: AtomicU64::new(0),
+                    errors: AtomicU64::new(0),
+                }
             });
             add(&e, &s);
             drop(e);
-            if self.map.len() > max {
+            if added && self.len.fetch_add(1, Ordering::Relaxed) + 1 > max {
                 self.shrink(max - max / 10);
             }
         }
     }
 
+    fn tables(&self) -> Vec<Arc<PoolQueries>> {
+        self.pools.iter().map(|t| t.value().clone()).collect()
+    }
+
     /// Drops the entries with the least total time until `keep` remain.
     fn shrink(&self, keep: usize) {
-        let mut costs: Vec<(u64, (u64, PoolKey))> = self
-            .map
-            .iter()
-            .map(|e| (e.total_us.load(Ordering::Relaxed), e.key().clone()))
-            .collect();
+        let mut costs: Vec<(u64, u64, Arc<PoolQueries>)> = Vec::new();
+        for t in self.tables() {
+            for e in t.map.iter() {
+                costs.push((e.total_us.load(Ordering::Relaxed), *e.key(), t.clone()));
+            }
+        }
         if costs.len() <= keep {
             return;
         }
-        costs.sort_unstable_by_key(|(t, _)| *t);
-        let n = costs.len() - keep;
-        for (_, k) in costs.into_iter().take(n) {
-            self.map.remove(&k);
+        costs.sort_unstable_by_key(|(cost, ..)| *cost);
+        let mut dropped = 0;
+        for (_, fp, t) in costs.into_iter().take(self.len().saturating_sub(keep)) {
+            if t.map.remove(&fp).is_some() {
+                dropped += 1;
+            }
         }
-        self.evicted.fetch_add(n as u64, Ordering::Relaxed);
+        self.len.fetch_sub(dropped, Ordering::Relaxed);
+        self.evicted.fetch_add(dropped as u64, Ordering::Relaxed);
     }
 
     /// Every entry, most total time first.
     pub fn rows(&self) -> Vec<QueryRow> {
-        let mut v: Vec<QueryRow> = self
-            .map
-            .iter()
-            .map(|e| {
+        let mut v: Vec<QueryRow> = Vec::new();
+        for t in self.tables() {
+            v.extend(t.map.iter().map(|e| {
                 let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
                 let calls = l(&e.calls);
                 QueryRow {
-                    fingerprint: e.key().0,
-                    database: e.key.database.to_string(),
-                    role: e.key.role.to_string(),
+                    fingerprint: *e.key(),
+                    database: t.key.database.to_string(),
+                    role: t.key.role.to_string(),
                     text: e.text.clone(),
                     calls,
                     total_us: l(&e.total_us),
@@ -165,8 +215,8 @@ impl QueryStats {
                     rows: l(&e.rows),
                     errors: l(&e.errors),
                 }
-            })
-            .collect();
+            }));
+        }
         v.sort_by(|a, b| {
             b.total_us
                 .cmp(&a.total_us)
@@ -245,5 +295,50 @@ mod tests {
         assert_eq!(q.rows()[0].fingerprint, 1000, "the costly one stays");
         q.set_max(0);
         assert!(!q.enabled() && q.is_empty());
+        assert!(q.rows().is_empty());
+    }
+
+    #[test]
+    fn pools_keep_their_own_entries_under_one_bound() {
+        let q = QueryStats::new(10);
+        let other = PoolKey {
+            database: Arc::from("other"),
+            role: Arc::from("r2"),
+        };
+        let (mine, theirs) = (q.table(&key()), q.table(&other));
+        // The same fingerprint in two pools is two entries, each with its pool's names.
+        q.record_in(&mine, &mut vec![sample(7, 100), sample(7, 100)]);
+        q.record_in(&theirs, &mut vec![sample(7, 50)]);
+        let rows = q.rows();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (
+                rows[0].database.as_str(),
+                rows[0].role.as_str(),
+                rows[0].calls
+            ),
+            ("app", "r", 2)
+        );
+        assert_eq!(
+            (
+                rows[1].database.as_str(),
+                rows[1].role.as_str(),
+                rows[1].calls
+            ),
+            ("other", "r2", 1)
+        );
+        // The bound counts both tables.
+        q.record_in(&theirs, &mut (100..120).map(|i| sample(i, 1)).collect());
+        assert!(q.len() <= 10 && q.rows().len() == q.len(), "{}", q.len());
+        assert_eq!(q.rows()[0].fingerprint, 7, "the costly one stays");
+        // An empty table nobody holds is forgotten when another pool comes.
+        q.set_max(0);
+        q.set_max(10);
+        drop((mine, theirs));
+        let _third = q.table(&PoolKey {
+            database: Arc::from("third"),
+            role: Arc::from("r3"),
+        });
+        assert_eq!(q.pools.len(), 1);
     }
 }

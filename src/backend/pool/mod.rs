@@ -301,9 +301,9 @@ impl Pool {
         self.sinks
             .get_or_init(|| {
                 Arc::new(crate::stats::meter::Sinks {
-                    key: self.key.clone(),
                     pool: self.stats.clone(),
                     queries: queries.clone(),
+                    table: queries.table(&self.key),
                 })
             })
             .clone()
