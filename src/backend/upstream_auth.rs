@@ -159,7 +159,10 @@ async fn scram_final(
             // PBKDF2 runs once per password, salt and iteration count, off the reactor.
             let keys = SaltedKeys::global()
                 .keys(pw, &first.salt, first.iterations)
-                .await;
+                .await
+                .ok_or(ConnectError::Protocol(
+                    "SCRAM keys not derived: the server asks for more than 10,000,000 iterations, or the derivation failed",
+                ))?;
             let (mut kx, _) = keys.start(&nonce);
             let reply = kx.respond(data).map_err(bad)?;
             emit::sasl_response(out, reply.as_bytes());

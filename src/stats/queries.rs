@@ -90,9 +90,14 @@ impl QueryStats {
     pub fn set_max(&self, max: usize) {
         self.max.store(max, Ordering::Relaxed);
         if max == 0 {
+            // Only what was removed is subtracted: a statement recorded meanwhile must not
+            // leave the count off.
             for t in self.tables() {
-                let n = t.map.len();
-                t.map.clear();
+                let mut n = 0;
+                t.map.retain(|_, _| {
+                    n += 1;
+                    false
+                });
                 self.len.fetch_sub(n, Ordering::Relaxed);
             }
         } else if self.len() > max {
@@ -112,8 +117,8 @@ impl QueryStats {
         self.len() == 0
     }
 
-    /// The table of `pool`'s entries (made on first use, kept while the process runs, as
-    /// the entries were when keyed by pool).
+    /// The table of `pool`'s entries, made on first use; an empty one that no pool holds
+    /// any more is forgotten when another pool's is made.
     pub fn table(&self, pool: &PoolKey) -> Arc<PoolQueries> {
         if let Some(t) = self.pools.get(pool) {
             return t.clone();
@@ -187,7 +192,8 @@ impl QueryStats {
         }
         costs.sort_unstable_by_key(|(cost, ..)| *cost);
         let mut dropped = 0;
-        for (_, fp, t) in costs.into_iter().take(self.len().saturating_sub(keep)) {
+        let n = costs.len() - keep;
+        for (_, fp, t) in costs.into_iter().take(n) {
             if t.map.remove(&fp).is_some() {
                 dropped += 1;
             }

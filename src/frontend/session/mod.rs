@@ -132,7 +132,7 @@ pub async fn serve(app: Arc<App>, accepted: Box<Accepted>, mode: PoolMode, id: u
 /// listener's `region` (boxed: only the login needs it).
 pub type Accepted = (Stream, Peer, Option<Arc<str>>);
 
-/// The span of a connection's login and ending lines.
+/// The span of a connection's login lines (later lines carry `conn` as a field).
 fn conn_span(id: u64, mode: PoolMode) -> tracing::Span {
     tracing::info_span!("conn", id, mode = mode.as_str())
 }
