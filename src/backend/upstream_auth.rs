@@ -197,6 +197,8 @@ mod tests {
         WrongSignature,
         /// Straight to ReadyForQuery, no AuthenticationOk at all.
         SkipOk,
+        /// Asks for more PBKDF2 rounds than the proxy runs (then hangs up).
+        TooManyRounds,
     }
 
     async fn read_msg(s: &mut TcpStream) -> (u8, Vec<u8>) {
@@ -221,11 +223,23 @@ mod tests {
             s.write_all(&out).await.unwrap();
             let (_, body) = read_msg(&mut s).await;
             let (_, first) = views::sasl_initial_response(&body).unwrap();
-            let verifier = Verifier::from_password(password, b"salty", 4096);
+            let verifier = match ending {
+                // Keys never checked: the client must refuse before it derives anything.
+                Ending::TooManyRounds => Verifier {
+                    iterations: crate::auth::salted::MAX_ITERATIONS + 1,
+                    salt: b"salty".to_vec(),
+                    stored_key: [0; 32],
+                    server_key: [0; 32],
+                },
+                _ => Verifier::from_password(password, b"salty", 4096),
+            };
             let ex = Exchange::start(verifier, first, b"server-nonce").unwrap();
             out.clear();
             emit::auth_sasl_continue(&mut out, ex.server_first().as_bytes());
             s.write_all(&out).await.unwrap();
+            if matches!(ending, Ending::TooManyRounds) {
+                return;
+            }
             let (_, client_final) = read_msg(&mut s).await;
             out.clear();
             match ending {
@@ -242,7 +256,7 @@ mod tests {
                     );
                     emit::auth_ok(&mut out);
                 }
-                Ending::SkipOk => {}
+                Ending::SkipOk | Ending::TooManyRounds => {}
             }
             emit::backend_key_data(&mut out, 77, 88);
             emit::ready_for_query(&mut out, b'I');
@@ -287,6 +301,18 @@ mod tests {
                 "{r:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn refuses_an_iteration_count_past_the_bound() {
+        // (That nothing is derived first is checked on a cache of its own in auth::salted;
+        // the global one here is shared with the other tests.)
+        let r = login_against(Ending::TooManyRounds).await;
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.contains("10,000,000 iterations")),
+            "{r:?}"
+        );
     }
 
     #[tokio::test]
