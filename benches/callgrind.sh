@@ -5,8 +5,12 @@
 #
 #   benches/callgrind.sh                                   # this build
 #   BASELINE=/path/to/other/pgsluice benches/callgrind.sh  # and another one, same workloads
+#   BASELINE=target/release/pgsluice BASELINE_GENERAL="query_stats_max = 0" benches/callgrind.sh
+#                                                          # A/B of a setting on one build
 #   KEEP=/tmp/cg benches/callgrind.sh                      # keep the callgrind.out files
 #   ONLY="select-only -C" benches/callgrind.sh              # the workloads whose label starts so
+#   PUMPS=1 benches/callgrind.sh                           # + benches/pump's bare byte pumps
+#                                                          # (no logins: -C workloads skipped)
 #
 # Needs valgrind (callgrind_annotate), PostgreSQL's server binaries and pgbench.
 set -euo pipefail
@@ -29,7 +33,10 @@ count() {
   out="$WORK/$name.callgrind"
   printf '#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file=%s %s "$@"\n' "$out" "$bin" > "$wrap"
   chmod +x "$wrap"
-  start_sluice "$name" "$wrap"
+  if [[ "$name" == pump-* ]]; then start_pump "$name" "$wrap"
+  elif [[ "$name" == baseline-* ]]; then
+    SLUICE_GENERAL="${BASELINE_GENERAL-${SLUICE_GENERAL:-}}" start_sluice "$name" "$wrap"
+  else start_sluice "$name" "$wrap"; fi
   local port=${TX_PORT[$name]}
   for _ in $(seq 120); do
     PGPASSWORD=bench psql -h 127.0.0.1 -p "$port" -U bench -qtAc "SELECT 1" bench >/dev/null 2>&1 && break
@@ -38,7 +45,8 @@ count() {
   PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n -S -c 4 -j 2 -t 50 bench >/dev/null 2>&1
   PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U "$user" -n "$@" bench > "$WORK/$name.pgbench" 2>&1 ||
     { echo "pgbench failed through $name:" >&2; tail -5 "$WORK/$name.pgbench" >&2; }
-  kill -INT "${PID[$name]}"
+  # pgsluice ends on SIGINT; the pumps, started in the background of a script, ignore it.
+  kill -INT "${PID[$name]}"; [[ "$name" == pump-* ]] && kill -TERM "${PID[$name]}"
   wait "${PID[$name]}" 2>/dev/null || true
   total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
   [ -n "$KEEP" ] && mkdir -p "$KEEP" && cp "$out" "$KEEP/"
@@ -48,6 +56,9 @@ count() {
 BUILDS=(pgsluice)
 declare -A BIN=([pgsluice]=$SLUICE)
 if [ -n "$BASELINE" ]; then BUILDS+=(baseline); BIN[baseline]=$BASELINE; fi
+if [ "${PUMPS:-0}" = 1 ]; then
+  BUILDS+=(pump-tokio pump-uring); BIN[pump-tokio]=$PUMP_DIR/pump-tokio; BIN[pump-uring]=$PUMP_DIR/pump-uring
+fi
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), valgrind $(valgrind --version | sed 's/valgrind-//'); pgsluice $(version "$SLUICE")"
 echo
@@ -63,11 +74,13 @@ while IFS='|' read -r label args; do
   user=bench
   [[ "$label" == *scram* ]] && user=bench_scram
   for b in "${BUILDS[@]}"; do
+    # A pump makes a server connection per client: a login per transaction is PostgreSQL's.
+    [[ "$b" == pump-* && "$label" == *-C* ]] && { got[$b]=0; continue; }
     # shellcheck disable=SC2086
     got[$b]=$(count "$b-${label// /-}" "${BIN[$b]}" "$user" $args)
   done
   printf '| %s |' "$label"
-  for b in "${BUILDS[@]}"; do awk -v n="${got[$b]}" 'BEGIN { printf " %.1f M |", n / 1e6 }'; done
+  for b in "${BUILDS[@]}"; do awk -v n="${got[$b]}" 'BEGIN { if (n > 0) printf " %.1f M |", n / 1e6; else printf " - |" }'; done
   if [ -n "$BASELINE" ]; then
     awk -v a="${got[pgsluice]}" -v b="${got[baseline]}" 'BEGIN { if (b > 0) printf " %+.1f%% |", (a - b) * 100 / b; else printf " - |" }'
   fi

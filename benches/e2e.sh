@@ -17,6 +17,8 @@
 #   SLUICE_GENERAL="worker_threads = 1" benches/e2e.sh
 #   BASELINE=target/release/pgsluice BASELINE_GENERAL="worker_threads = 2" benches/e2e.sh
 #                                                    # A/B of a setting on one build
+#   PUMPS=1 MODES=transaction benches/e2e.sh     # + benches/pump's bare byte pumps on tokio
+#                                                    # (epoll) and monoio (io_uring)
 #   PIN=1 PROXY_CPUS=0 LOAD_CPUS=1-7 benches/e2e.sh  # proxies pinned apart from the load;
 #                                                    # + transactions per second per proxy core
 #
@@ -140,6 +142,9 @@ for round in $(seq 1 "$ROUNDS"); do
         # PgBouncer before 1.21 cannot keep protocol-level prepared statements in
         # transaction mode: its runs would measure errors.
         [[ "$target" == pgbouncer-1.1[0-9]* && "$workload" == *prepared* && "$mode" == transaction ]] && continue
+        # A pump has no pool: a login per transaction would measure PostgreSQL's backend
+        # start, and its session mode is its transaction mode.
+        [[ "$target" == pump-* && ( "$workload" == *-C* || "$mode" == session ) ]] && continue
         run "$target" "$mode" "$workload" "${args[@]}"
       done
     done

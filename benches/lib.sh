@@ -141,6 +141,22 @@ CONF
   DBNAME[$name]=bench_tx
 }
 
+# start_pump name [binary]: benches/pump's bare byte pump `name` (pump-tokio, pump-uring: one
+# server connection per client, no pool, no parsing) in front of PostgreSQL: the I/O floor of
+# a proxy on its runtime.
+PUMP_DIR=/var/tmp/pgsluice-bench/pump/release
+start_pump() {
+  local name=$1 bin=${2:-$PUMP_DIR/$1} port
+  (cd "$ROOT/benches/pump" && CARGO_TARGET_DIR=/var/tmp/pgsluice-bench/pump cargo build --release -q)
+  port=$(free_port)
+  TX_PORT[$name]=$port; SE_PORT[$name]=$port
+  "${PROXY_PIN[@]}" "$bin" "127.0.0.1:$port" "127.0.0.1:$PG_PORT" 2>"$WORK/$name.log" &
+  PID[$name]=$!; PIDS+=("${PID[$name]}")
+  DBNAME[$name]=bench
+  [ $# -lt 2 ] && TARGETS+=("$name")
+  return 0
+}
+
 # Every target: direct, PgBouncer 1.25 (and the older PGBOUNCER_OLD) when present, pgsluice
 # (and BASELINE). Ratios are against the target named `pgbouncer`.
 start_targets() {
@@ -152,6 +168,7 @@ start_targets() {
     start_bouncer "$old" "$PGBOUNCER_OLD"; TARGETS+=("$old")
   fi
   start_sluice pgsluice "$SLUICE"; TARGETS+=(pgsluice)
+  if [ "${PUMPS:-0}" = 1 ]; then start_pump pump-tokio; start_pump pump-uring; fi
   # BASELINE_GENERAL: the baseline's own [general] lines (A/B of a setting on one build).
   if [ -n "$BASELINE" ]; then
     SLUICE_GENERAL="${BASELINE_GENERAL-${SLUICE_GENERAL:-}}" start_sluice baseline "$BASELINE"

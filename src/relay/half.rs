@@ -57,13 +57,19 @@ impl Half {
         }
     }
 
+    /// Everything ready to write, in order: the changed part, then the walked bytes after it
+    /// (one vectored write sends a renamed Bind's head and the rest of it, or the proxy's
+    /// own statement and the client's message behind it, in one system call).
+    pub fn output_parts(&self) -> [&[u8]; 2] {
+        [&self.out, &self.buf[..self.pos]]
+    }
+
+    /// `n` bytes were written: from `out` first, then from the walked bytes.
     pub fn consume_output(&mut self, n: usize) {
-        if self.out.is_empty() {
-            self.buf.advance(n);
-            self.pos -= n;
-        } else {
-            self.out.advance(n);
-        }
+        let from_out = n.min(self.out.len());
+        self.out.advance(from_out);
+        self.buf.advance(n - from_out);
+        self.pos -= n - from_out;
     }
 
     /// Moves the walked bytes before `upto` into `out`, so a change can be made at `upto`.
@@ -163,6 +169,20 @@ mod tests {
             h.consume_output(n);
         }
         assert_eq!((sent, &h.buf[..]), (b"aa".to_vec(), &b"bb"[..]));
+    }
+
+    #[test]
+    fn a_write_across_both_parts_consumes_them_in_order() {
+        let mut h = Half::default();
+        h.buf.extend_from_slice(b"cdefg");
+        h.pos = 4;
+        h.out.extend_from_slice(b"ab");
+        assert_eq!(h.output_parts(), [&b"ab"[..], &b"cdef"[..]]);
+        h.consume_output(1);
+        assert_eq!(h.output_parts(), [&b"b"[..], &b"cdef"[..]]);
+        h.consume_output(3);
+        assert_eq!(h.output_parts(), [&b""[..], &b"ef"[..]]);
+        assert_eq!((&h.buf[..], h.pos), (&b"efg"[..], 2));
     }
 
     #[test]

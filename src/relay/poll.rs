@@ -173,7 +173,16 @@ pub(super) fn write_out(
 ) -> Result<bool, Lost> {
     let mut wrote = false;
     while half.has_output() {
-        match Pin::new(&mut *stream).poll_write(cx, half.output()) {
+        let written = match half.output_parts() {
+            [out, walked]
+                if !out.is_empty() && !walked.is_empty() && stream.is_write_vectored() =>
+            {
+                let parts = [std::io::IoSlice::new(out), std::io::IoSlice::new(walked)];
+                Pin::new(&mut *stream).poll_write_vectored(cx, &parts)
+            }
+            _ => Pin::new(&mut *stream).poll_write(cx, half.output()),
+        };
+        match written {
             Poll::Ready(Ok(0)) => return Err(Lost::Closed),
             Poll::Ready(Err(e)) => return Err(Lost::of(&e)),
             Poll::Ready(Ok(n)) => {
@@ -204,4 +213,51 @@ pub(super) fn read_into(
     }
     let n = ready!(poll_read_buf(Pin::new(stream), cx, buf))?;
     Poll::Ready(Ok(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use socket2::{Domain, Socket, Type};
+
+    /// A Stream over a socket that keeps each write's boundary (SOCK_SEQPACKET), and its peer.
+    fn packet_pair() -> (Stream, Socket) {
+        let (ours, peer) = Socket::pair(Domain::UNIX, Type::SEQPACKET, None).expect("socketpair");
+        ours.set_nonblocking(true).expect("nonblocking");
+        let std = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(ours));
+        let stream = tokio::net::UnixStream::from_std(std).expect("register");
+        (Stream::Unix(stream), peer)
+    }
+
+    fn packet(peer: &Socket) -> Vec<u8> {
+        let mut buf = [std::mem::MaybeUninit::new(0u8); 64];
+        let n = peer.recv(&mut buf).expect("recv");
+        buf[..n]
+            .iter()
+            .map(|b| unsafe { b.assume_init() })
+            .collect()
+    }
+
+    /// A renamed Bind's head (or the proxy's own statement) and the client's bytes walked
+    /// after it leave in one write: two would wake the server twice per statement.
+    #[tokio::test]
+    async fn a_change_and_the_bytes_after_it_leave_in_one_write() {
+        let (mut stream, peer) = packet_pair();
+        let mut half = Half::default();
+        half.buf.extend_from_slice(b"BODYrest");
+        half.pos = 4;
+        half.out.extend_from_slice(b"HEAD");
+        // A new registration learns it is writable from the reactor: wait until it wrote.
+        std::future::poll_fn(|cx| match write_out(cx, &mut stream, &mut half) {
+            Ok(false) => Poll::Pending,
+            done => Poll::Ready(done),
+        })
+        .await
+        .expect("written");
+        assert_eq!(packet(&peer), b"HEADBODY");
+        assert_eq!(
+            (&half.buf[..], half.pos, half.out.is_empty()),
+            (&b"rest"[..], 0, true)
+        );
+    }
 }
