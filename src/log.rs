@@ -33,7 +33,9 @@ where
         let meta = event.metadata();
         w.write_str("{\"timestamp\":\"")?;
         crate::stats::write_rfc3339(&mut w, crate::stats::unix_micros())?;
-        write!(w, "\",\"level\":\"{}\",\"fields\":{{", meta.level())?;
+        w.write_str("\",\"level\":\"")?;
+        w.write_str(meta.level().as_str())?;
+        w.write_str("\",\"fields\":{")?;
         let mut members = Members::new(&mut w);
         event.record(&mut members);
         members.result?;

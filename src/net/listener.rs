@@ -31,10 +31,44 @@ pub enum Peer {
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Peer::Tcp(std::net::SocketAddr::V4(a)) => write_v4(f, a),
             Peer::Tcp(a) => write!(f, "{a}"),
             Peer::Unix => f.write_str("unix"),
         }
     }
+}
+
+/// `a.b.c.d:port` digit by digit: every login's log line has one, and `write!` of an
+/// address cost 1,800 instructions.
+fn write_v4(f: &mut fmt::Formatter<'_>, a: &std::net::SocketAddrV4) -> fmt::Result {
+    fn decimal(out: &mut [u8], at: &mut usize, v: u16) {
+        let mut digits = [0u8; 5];
+        let (mut v, mut n) = (v, 0);
+        loop {
+            digits[n] = b'0' + (v % 10) as u8;
+            (v, n) = (v / 10, n + 1);
+            if v == 0 {
+                break;
+            }
+        }
+        for d in digits[..n].iter().rev() {
+            out[*at] = *d;
+            *at += 1;
+        }
+    }
+    // "255.255.255.255:65535" is 21 bytes.
+    let (mut out, mut at) = ([0u8; 21], 0);
+    for (i, o) in a.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            out[at] = b'.';
+            at += 1;
+        }
+        decimal(&mut out, &mut at, u16::from(o));
+    }
+    out[at] = b':';
+    at += 1;
+    decimal(&mut out, &mut at, a.port());
+    f.write_str(std::str::from_utf8(&out[..at]).map_err(|_| fmt::Error)?)
 }
 
 impl Peer {
@@ -209,6 +243,22 @@ impl Drop for Bound {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_print_as_the_standard_library_prints_addresses() {
+        for a in [
+            "0.0.0.0:0",
+            "127.0.0.1:5432",
+            "255.255.255.255:65535",
+            "10.20.3.40:9",
+            "[::1]:6543",
+            "[fe80::1%2]:1",
+        ] {
+            let addr: std::net::SocketAddr = a.parse().expect("address");
+            assert_eq!(Peer::Tcp(addr).to_string(), addr.to_string());
+        }
+        assert_eq!(Peer::Unix.to_string(), "unix");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn accept_failures_back_off_and_log_rarely() {

@@ -46,13 +46,33 @@ pub fn format_rfc3339(micros: u64) -> String {
 }
 
 /// [`format_rfc3339`] into a writer (a log line, without a String of its own).
+/// Digit by digit: every log line has one, and `write!` with padding cost 1,800 instructions.
 pub fn write_rfc3339(w: &mut impl std::fmt::Write, micros: u64) -> std::fmt::Result {
     let (y, m, d, h, mi, s) = utc(micros);
-    write!(
-        w,
-        "{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}Z",
-        micros % 1_000_000
-    )
+    let Some(y) = u64::try_from(y).ok().filter(|y| *y <= 9999) else {
+        return write!(
+            w,
+            "{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}Z",
+            micros % 1_000_000
+        );
+    };
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    let fields = [
+        (0, 4, y),
+        (5, 2, u64::from(m)),
+        (8, 2, u64::from(d)),
+        (11, 2, h),
+        (14, 2, mi),
+        (17, 2, s),
+        (20, 6, micros % 1_000_000),
+    ];
+    for (at, len, mut v) in fields {
+        for c in b[at..at + len].iter_mut().rev() {
+            *c = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    w.write_str(std::str::from_utf8(&b).map_err(|_| std::fmt::Error)?)
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -72,6 +92,28 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_digits_are_those_of_the_padded_format() {
+        for micros in [
+            0,
+            1_000_000,
+            1_709_210_096_123_456,
+            4_102_444_799_999_999,
+            1,
+        ] {
+            let (y, m, d, h, mi, s) = utc(micros);
+            let padded = format!(
+                "{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}Z",
+                micros % 1_000_000
+            );
+            assert_eq!(format_rfc3339(micros), padded);
+        }
+        assert_eq!(
+            format_rfc3339(1_709_210_096_000_007),
+            "2024-02-29T12:34:56.000007Z"
+        );
+    }
 
     #[test]
     fn formats_times_like_pgbouncer() {

@@ -209,9 +209,7 @@ pub(super) async fn login(
             Ok(got) => got,
             Err(e) => return refuse(e),
         };
-    for (k, v) in params.reported.iter() {
-        emit::parameter_status(&mut out, k, v);
-    }
+    super::merged::write_status(&mut out, &params.reported);
     emit::backend_key_data(&mut out, cancel.pid, cancel.secret);
     reg.info.set_remote_pid(cancel.pid);
     emit::ready_for_query(&mut out, b'I');
@@ -607,6 +605,10 @@ async fn first_parameters(
             d
         }
     };
+    let cancel = || app.cancels.register(None, config.general.peer_id);
+    if let Some(merged) = super::merged::remembered(&defaults, &params) {
+        return Ok((merged, None, cancel()));
+    }
     let mut merged = defaults.clone();
     for (k, v) in params.reported.iter() {
         merged.reported.set(k, v);
@@ -614,7 +616,9 @@ async fn first_parameters(
     merged.unreported = params.unreported.clone();
     // Only a server can say how it spells what the client asked for, except for an
     // application_name it keeps as sent (libpq clients send one on every login).
-    if !reported_verbatim(&merged, &defaults) && sync_statement(&merged, &defaults).is_some() {
+    let asked_server =
+        !reported_verbatim(&merged, &defaults) && sync_statement(&merged, &defaults).is_some();
+    if asked_server {
         let mut server = Box::pin(checkout_idle_wait(pool, reg, demand)).await?;
         server.hand_to(arrival.id, reset);
         sync(&mut server, &merged).await?;
@@ -623,11 +627,11 @@ async fn first_parameters(
     }
     merged.reported = merged.reported.interned();
     merged.unreported = merged.unreported.interned();
-    Ok((
-        merged,
-        None,
-        app.cancels.register(None, config.general.peer_id),
-    ))
+    // What a server said depends on the server: only a merge made here is remembered.
+    if !asked_server {
+        super::merged::remember(defaults, params, merged.clone());
+    }
+    Ok((merged, None, cancel()))
 }
 
 /// An auth_query user's md5 answer checked against its secret looked up afresh; the new

@@ -4,6 +4,7 @@
 mod drive;
 mod ending;
 mod greeting;
+mod merged;
 
 use drive::{Handover, run};
 use ending::{finish, tell_and_close};
