@@ -45,8 +45,7 @@ count() {
   PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n -S -c 4 -j 2 -t 50 bench >/dev/null 2>&1
   PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U "$user" -n "$@" bench > "$WORK/$name.pgbench" 2>&1 ||
     { echo "pgbench failed through $name:" >&2; tail -5 "$WORK/$name.pgbench" >&2; }
-  # pgsluice ends on SIGINT; the pumps, started in the background of a script, ignore it.
-  kill -INT "${PID[$name]}"; [[ "$name" == pump-* ]] && kill -TERM "${PID[$name]}"
+  kill -INT "${PID[$name]}"
   wait "${PID[$name]}" 2>/dev/null || true
   total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
   [ -n "$KEEP" ] && mkdir -p "$KEEP" && cp "$out" "$KEEP/"

@@ -14,5 +14,15 @@ pub fn addresses() -> (SocketAddr, SocketAddr) {
     (parse(0), parse(1))
 }
 
-/// Read buffer per direction, as pgsluice's.
+/// Read buffer per direction (pgsluice reads 16 KiB at a time; a select's messages are far
+/// smaller than either).
 pub const BUFFER: usize = 8192;
+
+/// SIGINT back to its default: a script starts the pumps in the background, where bash
+/// ignores it, and the benches stop them with it (as pgsluice, which handles it).
+pub fn stop_on_sigint() {
+    // SAFETY: setting a signal's disposition to SIG_DFL installs no handler.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+    }
+}

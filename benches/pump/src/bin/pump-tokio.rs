@@ -26,6 +26,7 @@ async fn serve(client: TcpStream, upstream: std::net::SocketAddr) {
 }
 
 fn main() -> std::io::Result<()> {
+    pgsluice_pump::stop_on_sigint();
     let (listen, upstream) = pgsluice_pump::addresses();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()

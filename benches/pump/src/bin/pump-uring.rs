@@ -37,6 +37,7 @@ async fn serve(client: TcpStream, upstream: std::net::SocketAddr) {
 }
 
 fn main() -> std::io::Result<()> {
+    pgsluice_pump::stop_on_sigint();
     let (listen, upstream) = pgsluice_pump::addresses();
     let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().build()?;
     rt.block_on(async move {
