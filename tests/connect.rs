@@ -137,6 +137,58 @@ async fn every_auth_method_both_sides() {
     assert_eq!(raw.query("SELECT 40 + 2").await.unwrap(), vec!["42"]);
 }
 
+/// A client may send its first query behind its password without waiting for
+/// AuthenticationOk (PostgreSQL and PgBouncer answer it). The proxy read that query with the
+/// password message and dropped it: the client waited for an answer that never came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_sent_behind_the_password_is_answered() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "")).await;
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
+        for (user, pw) in [("agent", "agent-pw"), ("agent_md5", "md5-agent-pw")] {
+            let mut raw = Raw::open(proxy.port(mode)).await;
+            raw.behind_auth = raw::message(b'Q', b"SELECT 40 + 2, current_user\0");
+            raw.login(196608, user, pw, "app")
+                .await
+                .unwrap_or_else(|e| panic!("{mode:?} {user}: {e}"));
+            let mut rows = Vec::new();
+            loop {
+                let (tag, body) = raw
+                    .recv()
+                    .await
+                    .unwrap_or_else(|| panic!("{mode:?} {user}: no answer to the query"));
+                match tag {
+                    b'D' => rows.push(String::from_utf8_lossy(&body).into_owned()),
+                    b'E' => panic!("{mode:?} {user}: {}", raw::error_code(&body)),
+                    b'Z' => break,
+                    _ => {}
+                }
+            }
+            let role = if user == "agent" {
+                "app_scram"
+            } else {
+                "app_md5"
+            };
+            assert_eq!(rows.len(), 1, "{mode:?} {user}: {rows:?}");
+            assert!(
+                rows[0].contains("42") && rows[0].contains(role),
+                "{mode:?} {user}: {rows:?}"
+            );
+        }
+    }
+    // The admin console takes its first command the same way.
+    let mut raw = Raw::open(proxy.port(PoolMode::Transaction)).await;
+    raw.behind_auth = raw::message(b'Q', b"SHOW VERSION\0");
+    raw.login(196608, ADMIN.0, ADMIN.1, "pgsluice")
+        .await
+        .unwrap_or_else(|e| panic!("console: {e}"));
+    let (tag, body) = raw.recv().await.expect("console: no answer to the command");
+    assert_eq!(tag, b'T', "{}", String::from_utf8_lossy(&body));
+    let (tag, body) = raw.recv().await.expect("console: no row");
+    assert_eq!(tag, b'D');
+    assert!(String::from_utf8_lossy(&body).contains("pgsluice"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_carry_the_right_sqlstate() {
     let pg = start_postgres();

@@ -32,6 +32,8 @@ pub struct Console {
     pub user: String,
     /// In `[admin] users`: may run every command; otherwise (`stats_users`) SHOW only.
     pub may_control: bool,
+    /// What the client sent behind its password, read with it: the first commands.
+    pub early: BytesMut,
 }
 
 impl Console {
@@ -42,11 +44,13 @@ impl Console {
             Some(Console {
                 user: user.to_owned(),
                 may_control: true,
+                early: BytesMut::new(),
             })
         } else if listed(&config.admin.stats_users) {
             Some(Console {
                 user: user.to_owned(),
                 may_control: false,
+                early: BytesMut::new(),
             })
         } else {
             None
@@ -77,8 +81,9 @@ fn error(out: &mut BytesMut, code: &str, message: &str) {
 }
 
 /// Serves console queries until the client leaves.
-pub async fn serve(app: &App, stream: &mut Stream, console: Console, id: u64) {
-    let mut buf = BytesMut::with_capacity(1024);
+pub async fn serve(app: &App, stream: &mut Stream, mut console: Console, id: u64) {
+    let mut buf = std::mem::take(&mut console.early);
+    buf.reserve(1024);
     let mut out = BytesMut::with_capacity(4096);
     // After an extended-protocol message: skip to Sync, then answer with one error.
     let mut refused_extended = false;

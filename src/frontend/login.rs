@@ -56,6 +56,7 @@ pub async fn authenticate(
     app: &App,
     stream: &mut Stream,
     out: &mut BytesMut,
+    early: &mut BytesMut,
     user: &str,
     secret: Option<&Secret>,
     preferred: crate::config::AuthType,
@@ -68,7 +69,7 @@ pub async fn authenticate(
     };
     let ok = match method {
         Method::Md5 => {
-            let answer = md5_exchange(stream, out).await?;
+            let answer = md5_exchange(stream, out, early).await?;
             let ok = match secret {
                 Some(Secret::Plain(p)) => answer.proves(&Secret::Md5(md5::stored_hash(p, user))),
                 Some(s) => answer.proves(s),
@@ -83,7 +84,7 @@ pub async fn authenticate(
                 Some(Secret::Plain(p)) => app.verifier_for(user, p).await,
                 _ => scram::Verifier::decoy(user, &app.instance_secret),
             };
-            scram_exchange(stream, out, verifier, &mut client_key).await?
+            scram_exchange(stream, out, early, verifier, &mut client_key).await?
         }
     };
     let result = if ok && secret.is_some() {
@@ -121,10 +122,17 @@ pub(crate) async fn send(stream: &mut Stream, out: &mut BytesMut) -> Result<(), 
     Ok(())
 }
 
-/// Reads the client's next 'p' message body.
-pub(crate) async fn read_password_message(stream: &mut Stream) -> Result<BytesMut, LoginError> {
-    let mut buf = BytesMut::with_capacity(256);
-    let (tag, body) = read_message(stream, &mut buf, MAX_AUTH_MESSAGE)
+/// Reads the client's next 'p' message body. `early` is the login's read buffer: what the
+/// client sent behind the message (a query it did not wait for AuthenticationOk to send, as
+/// PostgreSQL and PgBouncer allow) stays there for the session, never dropped.
+pub(crate) async fn read_password_message(
+    stream: &mut Stream,
+    early: &mut BytesMut,
+) -> Result<BytesMut, LoginError> {
+    if early.capacity() == 0 {
+        early.reserve(256);
+    }
+    let (tag, body) = read_message(stream, early, MAX_AUTH_MESSAGE)
         .await
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::InvalidData {
@@ -146,11 +154,15 @@ pub(crate) async fn read_password_message(stream: &mut Stream) -> Result<BytesMu
 }
 
 /// Sends the md5 challenge and reads the answer.
-async fn md5_exchange(stream: &mut Stream, out: &mut BytesMut) -> Result<Md5Answer, LoginError> {
+async fn md5_exchange(
+    stream: &mut Stream,
+    out: &mut BytesMut,
+    early: &mut BytesMut,
+) -> Result<Md5Answer, LoginError> {
     let salt: [u8; 4] = rand::random();
     emit::auth_md5(out, salt);
     send(stream, out).await?;
-    let body = read_password_message(stream).await?;
+    let body = read_password_message(stream, early).await?;
     let response = views::password(&body)
         .ok_or_else(|| LoginError::Refused(ClientError::protocol("invalid password packet")))?;
     Ok(Md5Answer {
@@ -162,12 +174,13 @@ async fn md5_exchange(stream: &mut Stream, out: &mut BytesMut) -> Result<Md5Answ
 async fn scram_exchange(
     stream: &mut Stream,
     out: &mut BytesMut,
+    early: &mut BytesMut,
     verifier: scram::Verifier,
     key: &mut Option<[u8; 32]>,
 ) -> Result<bool, LoginError> {
     emit::auth_sasl(out, &[scram::MECHANISM]);
     send(stream, out).await?;
-    let body = read_password_message(stream).await?;
+    let body = read_password_message(stream, early).await?;
     let (mechanism, client_first) = views::sasl_initial_response(&body).ok_or_else(|| {
         LoginError::Refused(ClientError::protocol("invalid SASL initial response"))
     })?;
@@ -185,7 +198,7 @@ async fn scram_exchange(
     })?;
     emit::auth_sasl_continue(out, exchange.server_first().as_bytes());
     send(stream, out).await?;
-    let body = read_password_message(stream).await?;
+    let body = read_password_message(stream, early).await?;
     match exchange.finish(&body) {
         Ok((server_final, client_key)) => {
             emit::auth_sasl_final(out, server_final.as_bytes());

@@ -40,6 +40,7 @@ pub async fn prove(
     config: &Config,
     stream: &mut Stream,
     out: &mut BytesMut,
+    early: &mut BytesMut,
     a: &Attempt<'_>,
 ) -> Result<Arc<Identity>, LoginError> {
     if !a.tls && !plaintext_allowed(config, a.peer) {
@@ -49,9 +50,9 @@ pub async fn prove(
         )));
     }
     let token = if a.oauth {
-        oauth_token(stream, out).await?
+        oauth_token(stream, out, early).await?
     } else {
-        cleartext_token(stream, out).await?
+        cleartext_token(stream, out, early).await?
     };
     let arrived = Instant::now();
     let verified = match std::str::from_utf8(&token) {
@@ -74,7 +75,7 @@ pub async fn prove(
             );
             audit_refusal(app, a, why).await;
             if a.oauth {
-                oauth_failure(stream, out, config).await?;
+                oauth_failure(stream, out, early, config).await?;
             }
             tokio::time::sleep_until(arrived + FAILURE_FLOOR).await;
             Err(LoginError::Refused(ClientError::auth_failed(
@@ -127,20 +128,28 @@ async fn audit_refusal(app: &App, a: &Attempt<'_>, why: Refusal) {
 }
 
 /// AuthenticationCleartextPassword, and the password message's text.
-async fn cleartext_token(stream: &mut Stream, out: &mut BytesMut) -> Result<Vec<u8>, LoginError> {
+async fn cleartext_token(
+    stream: &mut Stream,
+    out: &mut BytesMut,
+    early: &mut BytesMut,
+) -> Result<Vec<u8>, LoginError> {
     emit::auth_cleartext(out);
     send(stream, out).await?;
-    let body = read_password_message(stream).await?;
+    let body = read_password_message(stream, early).await?;
     views::password(&body)
         .map(<[u8]>::to_vec)
         .ok_or_else(|| LoginError::Refused(ClientError::protocol("invalid password packet")))
 }
 
 /// SASL OAUTHBEARER's initial response, `n,,\x01auth=Bearer <token>\x01\x01`: the token.
-async fn oauth_token(stream: &mut Stream, out: &mut BytesMut) -> Result<Vec<u8>, LoginError> {
+async fn oauth_token(
+    stream: &mut Stream,
+    out: &mut BytesMut,
+    early: &mut BytesMut,
+) -> Result<Vec<u8>, LoginError> {
     emit::auth_sasl(out, &[OAUTHBEARER]);
     send(stream, out).await?;
-    let body = read_password_message(stream).await?;
+    let body = read_password_message(stream, early).await?;
     let (mechanism, response) = views::sasl_initial_response(&body).ok_or_else(|| {
         LoginError::Refused(ClientError::protocol("invalid SASL initial response"))
     })?;
@@ -171,6 +180,7 @@ pub fn bearer_token(response: &[u8]) -> Option<&[u8]> {
 async fn oauth_failure(
     stream: &mut Stream,
     out: &mut BytesMut,
+    early: &mut BytesMut,
     config: &Config,
 ) -> Result<(), LoginError> {
     let mut status = serde_json::json!({ "status": "invalid_token" });
@@ -184,7 +194,7 @@ async fn oauth_failure(
     emit::auth_sasl_continue(out, status.to_string().as_bytes());
     send(stream, out).await?;
     // The client answers with a lone 0x01; anything else ends the exchange all the same.
-    let _ = read_password_message(stream).await;
+    let _ = read_password_message(stream, early).await;
     Ok(())
 }
 

@@ -14,6 +14,9 @@ pub struct Raw {
     pub pid: i32,
     pub secret: i32,
     pub params: Vec<(String, String)>,
+    /// Sent in the same write as the last authentication message (md5 answer or SCRAM
+    /// client-final), without waiting for AuthenticationOk.
+    pub behind_auth: Vec<u8>,
 }
 
 pub fn startup_packet(version: i32, pairs: &[(&str, &str)]) -> Vec<u8> {
@@ -57,6 +60,7 @@ impl Raw {
             pid: 0,
             secret: 0,
             params: Vec::new(),
+            behind_auth: Vec::new(),
         }
     }
 
@@ -142,7 +146,9 @@ impl Raw {
                             );
                             let mut b = hash.into_bytes();
                             b.push(0);
-                            self.send(&message(b'p', &b)).await;
+                            let mut m = message(b'p', &b);
+                            m.append(&mut self.behind_auth);
+                            self.send(&m).await;
                         }
                         10 => {
                             let s = ScramSha256::new(
@@ -158,8 +164,9 @@ impl Raw {
                         11 => {
                             let s = scram.as_mut().unwrap();
                             s.update(&body[4..]).unwrap();
-                            let m = s.message().to_vec();
-                            self.send(&message(b'p', &m)).await;
+                            let mut m = message(b'p', s.message());
+                            m.append(&mut self.behind_auth);
+                            self.send(&m).await;
                         }
                         12 => scram
                             .as_mut()

@@ -122,12 +122,23 @@ pub(super) async fn login(
         return refuse(e);
     }
     let config = app.config.load_full();
+    // What the client sends behind its last authentication message, kept for the session.
+    let mut early = BytesMut::new();
     let Proven {
         user,
         method,
         client_key,
         identity,
-    } = match authenticate(app, stream, &mut out, &config, &arrival, &startup).await {
+    } = match authenticate(
+        app,
+        stream,
+        (&mut out, &mut early),
+        &config,
+        &arrival,
+        &startup,
+    )
+    .await
+    {
         Ok(proved) => proved,
         Err(LoginOutcome::Refused(e)) => return refuse(e),
         Err(ended) => return ended,
@@ -143,6 +154,10 @@ pub(super) async fn login(
         }
         return match console(&config, stream, &mut out, &arrival, &user).await {
             LoginOutcome::Refused(e) => refuse(e),
+            LoginOutcome::Console(mut c) => {
+                c.early = early;
+                LoginOutcome::Console(c)
+            }
             other => other,
         };
     }
@@ -227,6 +242,7 @@ pub(super) async fn login(
         bearer,
         demand,
         admitted,
+        early,
     }))
 }
 
@@ -342,7 +358,7 @@ struct Proven<'c> {
 async fn authenticate<'c>(
     app: &Arc<App>,
     stream: &mut Stream,
-    out: &mut BytesMut,
+    io: (&mut BytesMut, &mut BytesMut),
     config: &'c crate::config::Config,
     arrival: &Arrival<'_>,
     startup: &crate::proto::startup::Startup,
@@ -360,7 +376,7 @@ async fn authenticate<'c>(
         // Boxed, as every path a usual login does not take: a task's future is as large
         // as its largest state, and a login's future is moved several times as it starts.
         return Box::pin(token(
-            app, stream, out, config, arrival, startup, check, kind,
+            app, stream, io, config, arrival, startup, check, kind,
         ))
         .await;
     }
@@ -378,8 +394,9 @@ async fn authenticate<'c>(
     };
     let listed = config.user(&startup.user);
     let user = listed.or(looked_up.as_ref());
+    let lent = (&mut *io.0, &mut *io.1);
     let proof = prove(
-        app, stream, out, config, arrival, startup, check, user, &looked_up,
+        app, stream, lent, config, arrival, startup, check, user, &looked_up,
     )
     .await?;
     let failed = |e| {
@@ -406,7 +423,7 @@ async fn authenticate<'c>(
     };
     if matches!(check, access::Check::Trust | access::Check::Cert) {
         app.metrics.auth_result(method, true);
-        emit::auth_ok(out);
+        emit::auth_ok(io.0);
     }
     Ok(Proven {
         user,
@@ -421,7 +438,7 @@ async fn authenticate<'c>(
 async fn token<'c>(
     app: &Arc<App>,
     stream: &mut Stream,
-    out: &mut BytesMut,
+    (out, early): (&mut BytesMut, &mut BytesMut),
     config: &'c crate::config::Config,
     arrival: &Arrival<'_>,
     startup: &crate::proto::startup::Startup,
@@ -441,12 +458,15 @@ async fn token<'c>(
         note_auth_failure(app, config, arrival.peer.ip(), &startup.user);
         LoginOutcome::Refused(e)
     };
-    let identity =
-        match crate::frontend::token_login::prove(app, config, stream, out, &attempt).await {
-            Ok(identity) => identity,
-            Err(LoginError::Refused(e) | LoginError::Md5Mismatch(e, _)) => return Err(failed(e)),
-            Err(LoginError::Gone) => return Err(LoginOutcome::Quiet),
-        };
+    let identity = match crate::frontend::token_login::prove(
+        app, config, stream, out, early, &attempt,
+    )
+    .await
+    {
+        Ok(identity) => identity,
+        Err(LoginError::Refused(e) | LoginError::Md5Mismatch(e, _)) => return Err(failed(e)),
+        Err(LoginError::Gone) => return Err(LoginOutcome::Quiet),
+    };
     let Some(user) = crate::identity::pool_user(config, &identity) else {
         return Err(failed(ClientError::auth_failed(&startup.user, "password")));
     };
@@ -471,7 +491,7 @@ struct Answered {
 async fn prove(
     app: &Arc<App>,
     stream: &mut Stream,
-    out: &mut BytesMut,
+    (out, early): (&mut BytesMut, &mut BytesMut),
     config: &crate::config::Config,
     arrival: &Arrival<'_>,
     startup: &crate::proto::startup::Startup,
@@ -506,8 +526,16 @@ async fn prove(
         }
     };
     let secret = user.map(|u| crate::auth::Secret::parse(&u.password));
-    let exchange =
-        login::authenticate(app, stream, out, &startup.user, secret.as_ref(), preferred).await;
+    let exchange = login::authenticate(
+        app,
+        stream,
+        out,
+        early,
+        &startup.user,
+        secret.as_ref(),
+        preferred,
+    )
+    .await;
     proof.method = match exchange {
         Ok(p) => {
             proof.client_key = p.client_key;

@@ -87,6 +87,8 @@ struct Pooled {
     bearer: Option<Box<crate::identity::claims::Bearer>>,
     demand: crate::backend::Demand,
     admitted: Option<Box<crate::admission::identities::Admitted>>,
+    /// What the client sent behind its last authentication message: its first messages.
+    early: BytesMut,
 }
 
 /// Serves one accepted connection to its end. Never panics on client input; every refusal is
@@ -270,6 +272,9 @@ async fn serve_inner(
     relay.max_client_statements = u32::try_from(max_client).unwrap_or(u32::MAX);
     relay.meter = Meter::new(Some(client.pool.sinks(&app.queries)));
     relay.meter.audit = statement_audit(&app, &client);
+    if !l.early.is_empty() {
+        relay.client_buffer().extend_from_slice(&l.early);
+    }
     if let Some(server) = &client.server {
         link(&client, server);
     }
