@@ -91,5 +91,6 @@ select-only extended, 10,000 txns|-S -M extended -c 4 -j 2 -t 2500
 select-only prepared, 10,000 txns|-S -M prepared -c 4 -j 2 -t 2500
 select-only -C, 1,000 connections|-S -C -c 4 -j 2 -t 250
 select-only -C scram, 1,000 connections|-S -C -c 4 -j 2 -t 250
+tpcb-like simple, 2,000 txns|-M simple -c 4 -j 2 -t 500
 tpcb-like extended, 2,000 txns|-M extended -c 4 -j 2 -t 500
 WORKLOADS

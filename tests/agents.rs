@@ -679,8 +679,10 @@ async fn oauthbearer_logs_in_with_a_token() {
         body.windows(11).any(|w| w == b"OAUTHBEARER"),
         "mechanisms offered"
     );
-    r.send(&sasl(&token("authenticated", Some(ALICE), json!({}))))
-        .await;
+    // A query sent behind the token, without waiting for AuthenticationOk, is answered.
+    let mut first = sasl(&token("authenticated", Some(ALICE), json!({})));
+    first.extend(raw::message(b'Q', b"SELECT count(*) FROM notes\0"));
+    r.send(&first).await;
     let (tag, body) = r.recv().await.unwrap();
     assert_eq!(
         (tag, &body[..]),
@@ -688,6 +690,21 @@ async fn oauthbearer_logs_in_with_a_token() {
         "AuthenticationOk"
     );
     while r.recv().await.unwrap().0 != b'Z' {}
+    let mut answer = Vec::new();
+    loop {
+        let (tag, body) = r.recv().await.expect("the early query's answer");
+        match tag {
+            b'D' => answer.push(body),
+            b'Z' => break,
+            b'E' => panic!("{}", raw::error_code(&body)),
+            _ => {}
+        }
+    }
+    assert_eq!(answer.len(), 1);
+    assert!(
+        answer[0].ends_with(b"\x012"),
+        "alice sees her 2 rows: {answer:?}"
+    );
     let rows = r
         .query("SELECT body FROM notes ORDER BY body")
         .await
@@ -710,9 +727,13 @@ async fn oauthbearer_logs_in_with_a_token() {
     );
     let status: serde_json::Value = serde_json::from_slice(&body[4..]).unwrap();
     assert_eq!(status["status"], "invalid_token");
-    r.send(&raw::message(b'p', b"\x01")).await;
+    // A query behind the client's 0x01 never runs: 28P01, then the end.
+    let mut end = raw::message(b'p', b"\x01");
+    end.extend(raw::message(b'Q', b"SELECT count(*) FROM notes\0"));
+    r.send(&end).await;
     let (tag, body) = r.recv().await.unwrap();
     assert_eq!((tag, raw::error_code(&body)), (b'E', "28P01".to_owned()));
+    assert!(r.recv().await.is_none(), "nothing after the refusal");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -34,6 +34,47 @@ async fn audit_lines_for_each_connection_event() {
     );
     let (ok, out, err) = psql(&pg, &url, &["-c", "SELECT repeat('x', 1000)"]);
     assert!(ok && out.len() == 1000, "{err}");
+    // A plaintext client whose query follows its password without waiting for the answer,
+    // then Terminate: its bytes_in counts every message it sent.
+    let query = support::raw::message(b'Q', b"SELECT 7\0");
+    let mut early = support::raw::Raw::open(port).await;
+    early.behind_auth = query.clone();
+    early.login(196608, AGENT.0, AGENT.1, "app").await.unwrap();
+    let mut tags = Vec::new();
+    while let Some((tag, _)) = early.recv().await {
+        tags.push(tag);
+        if tag == b'Z' {
+            break;
+        }
+    }
+    assert_eq!(tags, b"TDCZ", "the query behind the password is answered");
+    // Then, with both servers (pool_size = 2) held in transactions, a query that waits in
+    // the queue and a second one sent while it waits.
+    let holders = [
+        proxy.connect(PoolMode::Transaction).await,
+        proxy.connect(PoolMode::Transaction).await,
+    ];
+    for h in &holders {
+        h.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    }
+    early.send(&query).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    early.send(&query).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    holders[0].batch_execute("COMMIT").await.unwrap();
+    let mut tags = Vec::new();
+    while tags.iter().filter(|&&t| t == b'Z').count() < 2 {
+        tags.push(early.recv().await.expect("answers after the wait").0);
+    }
+    assert_eq!(tags, b"TDCZTDCZ");
+    // One at a time: lines of connections ending at once may be queued out of order.
+    for h in holders {
+        drop(h);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let terminate = support::raw::message(b'X', b"");
+    early.send(&terminate).await;
+    assert!(early.recv().await.is_none(), "closed after Terminate");
     // A wrong password.
     let bad = proxy.url(PoolMode::Transaction, (AGENT.0, "not-the-password"), "app");
     assert_eq!(sqlstate(&connect(&bad).await.unwrap_err()), "28P01");
@@ -87,6 +128,22 @@ async fn audit_lines_for_each_connection_event() {
     assert!(bye["bytes_in"].as_u64().unwrap() > 10);
     assert!(bye["duration_ms"].as_u64().is_some());
     assert_eq!(bye["user"], "agent");
+    // The early client's line: none of its bytes uncounted.
+    let early_auth = lines
+        .iter()
+        .filter(|l| l["event"] == "authenticated" && l["conn"] != tls_line["conn"])
+        .collect::<Vec<_>>();
+    // The early client logged in before the two holders.
+    assert_eq!(early_auth.len(), 3, "{early_auth:?}");
+    let early_bye = of(&early_auth[0]["conn"])
+        .into_iter()
+        .find(|l| l["event"] == "disconnected")
+        .unwrap();
+    assert_eq!(
+        early_bye["bytes_in"].as_u64(),
+        Some((3 * query.len() + terminate.len()) as u64),
+        "{early_bye}"
+    );
     // The refusal names the SQLSTATE and the user, not the password.
     let refused = lines.iter().find(|l| l["event"] == "refused").unwrap();
     assert_eq!(refused["code"], "28P01");

@@ -652,11 +652,16 @@ pub(super) async fn wait_for_server(
     c.reg.info.waiting(crate::stats::unix_micros());
     let checkout = c.pool.checkout(notified, &c.demand);
     let buffered = relay.client_buffer();
-    tokio::select! {
+    let before = buffered.len();
+    let r = tokio::select! {
         biased;
         r = checkout => Some(r),
         _ = client_left(&mut c.stream, buffered) => None,
-    }
+    };
+    // What the client sent while it waited counts as received (SHOW STATS, the audit log).
+    let after = relay.client_buffer().len();
+    relay.meter.received(after.saturating_sub(before));
+    r
 }
 
 /// Resolves when the client closes its socket; bytes it sends meanwhile are kept in `buf`.

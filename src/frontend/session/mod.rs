@@ -274,6 +274,7 @@ async fn serve_inner(
     relay.meter.audit = statement_audit(&app, &client);
     if !l.early.is_empty() {
         relay.client_buffer().extend_from_slice(&l.early);
+        relay.meter.received(l.early.len());
     }
     if let Some(server) = &client.server {
         link(&client, server);
