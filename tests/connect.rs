@@ -189,6 +189,53 @@ async fn a_query_sent_behind_the_password_is_answered() {
     assert!(String::from_utf8_lossy(&body).contains("pgsluice"));
 }
 
+/// A client that sends its SCRAM first message in the same write as its startup packet (it
+/// knows the mechanism) is read in order: nothing behind the startup packet is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scram_first_message_behind_the_startup_packet_is_read() {
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "")).await;
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
+        let mut raw = Raw::open(proxy.port(mode)).await;
+        let mut scram = ScramSha256::new(AGENT.1.as_bytes(), ChannelBinding::unsupported());
+        let mut first = raw::startup_packet(196608, &[("user", AGENT.0), ("database", "app")]);
+        let mut body = b"SCRAM-SHA-256\0".to_vec();
+        body.extend_from_slice(&(scram.message().len() as i32).to_be_bytes());
+        body.extend_from_slice(scram.message());
+        first.extend(raw::message(b'p', &body));
+        raw.send(&first).await;
+        let (tag, body) = raw.recv().await.expect("AuthenticationSASL");
+        assert_eq!(
+            (tag, &body[..4]),
+            (b'R', &10i32.to_be_bytes()[..]),
+            "{mode:?}"
+        );
+        let (tag, body) = raw.recv().await.expect("SASLContinue");
+        assert_eq!(
+            (tag, &body[..4]),
+            (b'R', &11i32.to_be_bytes()[..]),
+            "{mode:?}"
+        );
+        scram.update(&body[4..]).unwrap();
+        let mut last = raw::message(b'p', scram.message());
+        last.extend(raw::message(b'Q', b"SELECT current_user\0"));
+        raw.send(&last).await;
+        let mut rows = Vec::new();
+        loop {
+            let (tag, body) = raw.recv().await.expect("an answer");
+            match tag {
+                b'R' if body[..4] == 12i32.to_be_bytes() => scram.finish(&body[4..]).unwrap(),
+                b'D' => rows.push(String::from_utf8_lossy(&body[6..]).into_owned()),
+                b'E' => panic!("{mode:?}: {}", raw::error_code(&body)),
+                b'Z' if !rows.is_empty() => break,
+                _ => {}
+            }
+        }
+        assert_eq!(rows, ["app_scram"], "{mode:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_carry_the_right_sqlstate() {
     let pg = start_postgres();

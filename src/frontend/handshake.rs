@@ -56,12 +56,14 @@ const TLS_HANDSHAKE: u8 = 0x16;
 /// the client asks (SSLRequest, or direct TLS) and `tls` is configured. Returns the stream
 /// (upgraded or not; None when a failed TLS handshake consumed it) with the outcome, so
 /// errors can still be written to it. Messages the
-/// proxy must send before authentication (NegotiateProtocolVersion) are appended to `out`.
+/// proxy must send before authentication (NegotiateProtocolVersion) are appended to `out`;
+/// what the client sent right behind its StartupMessage is left in `early`, as PostgreSQL
+/// reads it from its own buffer (nothing is ever kept behind an encryption request).
 pub async fn read_hello(
     mut stream: Stream,
     tls: Option<Arc<ServerConfig>>,
     metrics: &crate::metrics::Metrics,
-    out: &mut BytesMut,
+    (out, early): (&mut BytesMut, &mut BytesMut),
 ) -> (
     Option<Stream>,
     Option<TlsInfo>,
@@ -82,7 +84,7 @@ pub async fn read_hello(
     }
     // At most one SSLRequest and one GSSENCRequest before the real packet.
     for _ in 0..3 {
-        let (body, ahead) = match read_packet(&mut stream).await {
+        let (body, ahead) = match read_packet(&mut stream, early).await {
             Ok(b) => b,
             Err(e) => return (Some(stream), info, Err(e)),
         };
@@ -133,6 +135,7 @@ pub async fn read_hello(
                 }
             }
             Request::Cancel { pid, secret } => {
+                early.clear();
                 return (Some(stream), info, Ok(Hello::Cancel { pid, secret }));
             }
             Request::Startup(s) => {
@@ -152,37 +155,35 @@ pub async fn read_hello(
 }
 
 /// One startup-phase packet's body (length-prefixed, no tag), and whether the client sent
-/// more right behind an 8-byte packet. The first read asks for one byte more than the
-/// shortest packet (8: SSLRequest, GSSENCRequest), so an 8-byte request costs one read and
-/// the short read tells tokio the socket is drained (the next read waits for readiness
-/// instead of trying first).
-async fn read_packet(stream: &mut Stream) -> Result<(Vec<u8>, bool), HandshakeError> {
-    let mut head = [0u8; 9];
-    let mut got = 0;
+/// more right behind it; what it sent behind is left in `buf`. Reads are as large as `buf`
+/// allows: a startup packet usually costs one read, and the short read tells tokio the
+/// socket is drained (the password read after the challenge waits for readiness instead
+/// of trying first). Bytes behind an encryption request are refused by the caller, so
+/// reading them is no risk (CVE-2021-23214).
+async fn read_packet(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+) -> Result<(Vec<u8>, bool), HandshakeError> {
     // The length is checked as soon as it is in: a bad one is not waited on.
     let mut len = 0;
-    while got < 8 {
-        match stream.read(&mut head[got..]).await {
-            Ok(0) | Err(_) => return Err(HandshakeError::Incomplete),
-            Ok(n) => got += n,
+    while buf.len() < len.max(8) {
+        if buf.capacity() - buf.len() < 256 {
+            buf.reserve(len.max(512).saturating_sub(buf.len()).max(256));
         }
-        if got >= 4 && len == 0 {
-            let l = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(HandshakeError::Incomplete),
+            Ok(_) => {}
+        }
+        if buf.len() >= 4 && len == 0 {
+            let l = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
             if l < 8 || l as usize > MAX_STARTUP_LEN {
                 return Err(HandshakeError::Silent("invalid length of startup packet"));
             }
             len = l as usize;
         }
     }
-    let ahead = len == 8 && got == 9;
-    let got = got.min(len);
-    let mut body = vec![0u8; len - 4];
-    body[..got - 4].copy_from_slice(&head[4..got]);
-    stream
-        .read_exact(&mut body[got - 4..])
-        .await
-        .map_err(|_| HandshakeError::Incomplete)?;
-    Ok((body, ahead))
+    let packet = buf.split_to(len);
+    Ok((packet[4..].to_vec(), !buf.is_empty()))
 }
 
 /// Bytes a client sent before the answer to its SSLRequest or GSSENCRequest: not

@@ -101,13 +101,15 @@ pub(super) struct Arrival<'a> {
     pub(super) tls: Option<handshake::TlsInfo>,
 }
 
-/// Handshake, authentication and the greeting.
+/// Handshake, authentication and the greeting. `early` holds what the client sent behind
+/// its startup packet; authentication reads from it first, and what it holds after the
+/// client's last authentication message is kept for the session.
 pub(super) async fn login(
     app: &Arc<App>,
     stream: &mut Stream,
     arrival: Arrival<'_>,
     hello: Result<Hello, HandshakeError>,
-    mut out: BytesMut,
+    (mut out, mut early): (BytesMut, BytesMut),
 ) -> LoginOutcome {
     let startup = match startup_packet(app, &arrival, hello).await {
         Ok(s) => s,
@@ -122,8 +124,6 @@ pub(super) async fn login(
         return refuse(e);
     }
     let config = app.config.load_full();
-    // What the client sends behind its last authentication message, kept for the session.
-    let mut early = BytesMut::new();
     let Proven {
         user,
         method,

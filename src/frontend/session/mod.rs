@@ -309,8 +309,14 @@ async fn timed_login(
     let login_timeout = app.config.load().general.client_login_timeout.enabled();
     let login = async {
         let mut out = BytesMut::with_capacity(512);
-        let (stream, tls, hello) =
-            handshake::read_hello(stream, app.tls.config(), &app.metrics, &mut out).await;
+        let mut early = BytesMut::new();
+        let (stream, tls, hello) = handshake::read_hello(
+            stream,
+            app.tls.config(),
+            &app.metrics,
+            (&mut out, &mut early),
+        )
+        .await;
         let mut stream = stream?;
         if let (Some(t), true) = (&tls, ended.audit.is_some()) {
             let fields = serde_json::json!({
@@ -324,7 +330,7 @@ async fn timed_login(
             ended.who(&s.user, &s.database);
         }
         arrival.tls = tls;
-        let r = login(app, &mut stream, arrival, hello, out).await;
+        let r = login(app, &mut stream, arrival, hello, (out, early)).await;
         Some((stream, r))
     };
     match login_timeout {
