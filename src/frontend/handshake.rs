@@ -166,20 +166,23 @@ async fn read_packet(
 ) -> Result<(Vec<u8>, bool), HandshakeError> {
     // The length is checked as soon as it is in: a bad one is not waited on.
     let mut len = 0;
-    while buf.len() < len.max(8) {
+    loop {
+        if len == 0 && buf.len() >= 4 {
+            let l = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            if l < 8 || l as usize > MAX_STARTUP_LEN {
+                return Err(HandshakeError::Silent("invalid length of startup packet"));
+            }
+            len = l as usize;
+        }
+        if len > 0 && buf.len() >= len {
+            break;
+        }
         if buf.capacity() - buf.len() < 256 {
             buf.reserve(len.max(512).saturating_sub(buf.len()).max(256));
         }
         match stream.read_buf(buf).await {
             Ok(0) | Err(_) => return Err(HandshakeError::Incomplete),
             Ok(_) => {}
-        }
-        if buf.len() >= 4 && len == 0 {
-            let l = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
-            if l < 8 || l as usize > MAX_STARTUP_LEN {
-                return Err(HandshakeError::Silent("invalid length of startup packet"));
-            }
-            len = l as usize;
         }
     }
     let packet = buf.split_to(len);

@@ -27,10 +27,11 @@ pub(super) async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
     }
     loop {
         // biased: no random branch order per poll (a relay event never starves the timer: the
-        // timer is polled whenever the relay waits).
-        let event = tokio::select! {
+        // timer is polled whenever the relay waits). No arm awaits: what select! holds while
+        // an arm runs (its 56-byte output) would then be part of every idle client's task.
+        let step = tokio::select! {
             biased;
-            ev = poll_fn(|cx| relay.poll_relay(cx, &mut c.stream, c.server.as_mut(), &mut c.state)) => ev,
+            ev = poll_fn(|cx| relay.poll_relay(cx, &mut c.stream, c.server.as_mut(), &mut c.state)) => Step::of(ev),
             Some(n) = next_notification(&mut c.listening) => {
                 // PostgreSQL delivers notifications between transactions; so does the hub.
                 if c.server.is_none() {
@@ -42,49 +43,80 @@ pub(super) async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                 }
                 continue;
             }
-            _ = fired(&mut timer), if timer_armed => {
-                timer_armed = false;
-                match phase {
-                    Phase::Idle => {
-                        Box::pin(tell_and_close(app, c, relay, ClientError::client_idle_timeout())).await;
-                        return;
-                    }
-                    Phase::InTransaction => {
-                        Box::pin(tell_and_close(app, c, relay, ClientError::idle_transaction_timeout())).await;
-                        return;
-                    }
-                    Phase::Busy => {
-                        tracing::info!(conn = c.id, "query_timeout: canceling the running statement");
-                        Box::pin(c.cancel.handle.fire()).await;
-                        continue;
-                    }
-                }
-            }
+            _ = fired(&mut timer), if timer_armed => Step::Timeout,
         };
-        if let Event::Phase(p) = event {
-            phase = p;
-            let limit = c.limits.of_phase(p);
-            timer_armed = limit.is_some();
-            if let Some(t) = limit {
-                arm(&mut timer, t);
-            }
-            continue;
-        }
         // The two events of every transaction are handled here, by futures that hold
         // little; the rest, rare, in a boxed one: the state of whatever this loop awaits is
         // part of every idle client's task.
-        let flow = match event {
-            Event::NeedServer => need_server(app, c, relay).await,
-            Event::Release { clean, resync } => {
+        let flow = match step {
+            Step::Phase(p) => {
+                phase = p;
+                let limit = c.limits.of_phase(p);
+                timer_armed = limit.is_some();
+                if let Some(t) = limit {
+                    arm(&mut timer, t);
+                }
+                continue;
+            }
+            Step::NeedServer => need_server(app, c, relay).await,
+            Step::Release { clean, resync } => {
                 release(c, relay, clean, resync).await;
                 ControlFlow::Continue(())
             }
-            other => Box::pin(on_event(app, c, relay, other)).await,
+            Step::Timeout => {
+                timer_armed = false;
+                Box::pin(timed_out(app, c, relay, phase)).await
+            }
+            Step::Other(other) => Box::pin(on_event(app, c, relay, *other)).await,
         };
         if flow.is_break() {
             return;
         }
     }
+}
+
+/// What the relay loop does next: an [`Event`] without its payload where the loop's
+/// common awaits follow (the rare ones, boxed, carry theirs).
+enum Step {
+    Phase(Phase),
+    NeedServer,
+    Release {
+        clean: bool,
+        resync: bool,
+    },
+    /// The current phase's timer fired.
+    Timeout,
+    Other(Box<Event>),
+}
+
+impl Step {
+    fn of(event: Event) -> Step {
+        match event {
+            Event::Phase(p) => Step::Phase(p),
+            Event::NeedServer => Step::NeedServer,
+            Event::Release { clean, resync } => Step::Release { clean, resync },
+            other => Step::Other(Box::new(other)),
+        }
+    }
+}
+
+/// The current phase's limit ran out: an idle client or an idle transaction is told and
+/// closed (Break); a running statement is canceled.
+async fn timed_out(app: &App, c: &mut Client, relay: &mut Relay, phase: Phase) -> ControlFlow<()> {
+    let error = match phase {
+        Phase::Idle => ClientError::client_idle_timeout(),
+        Phase::InTransaction => ClientError::idle_transaction_timeout(),
+        Phase::Busy => {
+            tracing::info!(
+                conn = c.id,
+                "query_timeout: canceling the running statement"
+            );
+            c.cancel.handle.fire().await;
+            return ControlFlow::Continue(());
+        }
+    };
+    tell_and_close(app, c, relay, error).await;
+    ControlFlow::Break(())
 }
 
 /// client_idle_timeout, idle_transaction_timeout and query_timeout in milliseconds (0:
