@@ -34,6 +34,7 @@ PGBIN=${PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
 
 # shellcheck source=benches/lib.sh
 . "$ROOT/benches/lib.sh"
+need_asyncpg
 
 CONFIGS=()
 for size in $SIZES; do
@@ -57,7 +58,7 @@ RESULTS="$WORK/results.tsv"
 
 run_surge() {
   local name=$1 light heavy errors p50 p99 lost
-  read -r light heavy errors p50 p99 lost < <(python3 "$ROOT/benches/surge.py" \
+  read -r light heavy errors p50 p99 lost < <("$PY" "$ROOT/benches/surge.py" \
     "postgresql://bench:bench@127.0.0.1:${TX_PORT[$name]}/bench" "$CLIENTS" "$DURATION" "$WORK/surge.sql")
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$light" "$p50" "$p99" "$errors" "$heavy" >> "$RESULTS"
   printf '  %-10s light/s %7.1f  heavy/s %5.1f  timeouts %5s  p50 %7.1f ms  p99 %7.1f ms  lost %s\n' \

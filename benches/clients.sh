@@ -24,6 +24,7 @@ ulimit -n "$(ulimit -Hn)"
 
 # shellcheck source=benches/lib.sh
 . "$ROOT/benches/lib.sh"
+need_asyncpg
 start_targets
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -39,7 +40,7 @@ for n in $IDLE; do
     before=$(rss_kib "$pid")
     fifo="$WORK/hold.$target.$n"
     mkfifo "$fifo"
-    python3 "$ROOT/benches/clients.py" idle 127.0.0.1 "${TX_PORT[$target]}" "${DBNAME[$target]}" "$n" \
+    "$PY" "$ROOT/benches/clients.py" idle 127.0.0.1 "${TX_PORT[$target]}" "${DBNAME[$target]}" "$n" \
       < "$fifo" > "$WORK/idle.out" 2>"$WORK/idle.err" &
     holder=$!
     exec 9> "$fifo"   # keeps the clients connected until closed
@@ -75,7 +76,7 @@ for target in "${TARGETS[@]}"; do
   [ "$target" = direct ] && continue
   pid=${PID[$target]}
   before=$(cpu_ticks "$pid")
-  line=$(python3 "$ROOT/benches/clients.py" storm 127.0.0.1 "${TX_PORT[$target]}" "${DBNAME[$target]}" "$STORM")
+  line=$("$PY" "$ROOT/benches/clients.py" storm 127.0.0.1 "${TX_PORT[$target]}" "${DBNAME[$target]}" "$STORM")
   after=$(cpu_ticks "$pid")
   echo "$line" | python3 -c '
 import json, sys

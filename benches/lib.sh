@@ -187,3 +187,13 @@ usage_of() {
 }
 user_ticks() { [ -n "$1" ] && awk '{print $14}' "/proc/$1/stat" || echo 0; }
 version() { "$1" --version 2>/dev/null | head -1 | sed "s/^[^ ]* //"; }
+
+# The Python with asyncpg: tests/clients/.venv's when `./dev test` made one (the system's
+# Python refused pip), else python3 on PATH. need_asyncpg stops a script that needs it with
+# a message instead of tables left empty.
+PY=python3
+[ -x "$ROOT/tests/clients/.venv/bin/python3" ] && PY="$ROOT/tests/clients/.venv/bin/python3"
+need_asyncpg() {
+  "$PY" -c 'import asyncpg' 2>/dev/null ||
+    { echo "$0: asyncpg is not installed for $PY (pip install asyncpg, or ./dev test)" >&2; exit 1; }
+}
