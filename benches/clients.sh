@@ -5,6 +5,7 @@
 #
 #   benches/clients.sh                     # 1,000 and 10,000 idle clients, a 2,000-client storm
 #   IDLE="1000" STORM=500 benches/clients.sh
+#   SETTLE=10 benches/clients.sh           # read the RSS after 10 s of idleness (default 2)
 #
 # Memory per client is the proxy's RSS with the idle clients connected (each ran one query,
 # so every buffer it ever needs was used once) minus its RSS before, divided by their number.
@@ -14,6 +15,8 @@ set -euo pipefail
 IDLE=${IDLE:-1000 10000}
 STORM=${STORM:-2000}
 ACTIVE=${ACTIVE:-5}
+# Seconds the idle clients sit idle before the RSS is read.
+SETTLE=${SETTLE:-2}
 SCALE=${SCALE:-10}
 POOL=${POOL:-20}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -50,7 +53,7 @@ for n in $IDLE; do
       exec 9>&-; wait "$holder" || true; continue
     fi
     secs=$(awk '{print $3}' "$WORK/idle.out")
-    sleep 2
+    sleep "$SETTLE"
     with=$(rss_kib "$pid")
     rm -f "$WORK"/lat.*
     out=$(cd "$WORK" && PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "${TX_PORT[$target]}" -U bench -n -S \

@@ -53,6 +53,8 @@ pub struct App {
     shutdown: watch::Sender<bool>,
     /// LISTEN connections for transaction-mode clients, one per database.
     notify_hubs: DashMap<Arc<str>, Arc<crate::backend::notify::NotifyHub>>,
+    /// Idle transaction-mode clients without a task (`client_park_delay`).
+    pub parking: crate::frontend::session::Parking,
     log_reloader: std::sync::OnceLock<LogReloader>,
     /// The listeners open now (RELOAD opens and closes them).
     pub listening: listening::Listening,
@@ -107,6 +109,7 @@ impl App {
             instance_secret: rand::random(),
             shutdown: watch::channel(false).0,
             notify_hubs: DashMap::new(),
+            parking: Default::default(),
             log_reloader: std::sync::OnceLock::new(),
         })
     }
@@ -429,6 +432,7 @@ pub async fn start_with(
     app.listening.apply(&app, &specs, fresh);
     let listeners = app.listening.addrs();
     tokio::spawn(sample_activity(Arc::downgrade(&app)));
+    tokio::spawn(crate::frontend::session::run_parking(Arc::downgrade(&app)));
     tokio::spawn(watch_certificates(Arc::downgrade(&app)));
     Ok(Running {
         app,

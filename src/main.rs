@@ -12,6 +12,14 @@ use std::time::Duration;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read before `main`. Background threads return freed pages to the
+/// system after the decay time (10 s): without them the purge runs only on allocation
+/// activity, so the memory parked clients gave back (their tasks and relays) stayed resident
+/// in a quiet process (docs/benchmarks.md). `_RJEM_MALLOC_CONF` still overrides this.
+#[cfg(feature = "jemalloc")]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8; 23] = b"background_thread:true\0";
+
 /// `--version`: the release, the commit it was built from, and the build's features.
 #[cfg(feature = "jemalloc")]
 const LONG_VERSION: &str = concat!(

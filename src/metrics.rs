@@ -5,7 +5,7 @@
 
 use crate::backend::activity::Activity;
 use crate::backend::pool::{Pool, PoolKey};
-use crate::stats::clients::{ClientState, Clients};
+use crate::stats::clients::{ClientState, Clients, Park};
 use crate::stats::histogram::Histogram;
 use crate::stats::servers::ServerState;
 use dashmap::DashMap;
@@ -60,6 +60,8 @@ pub struct Metrics {
     pub auth: Family<AuthLabels, Counter>,
     pub client_errors: Family<ErrorLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
+    /// Times an idle client was parked.
+    pub parks: Counter,
     tls_handshakes: Family<TlsLabels, Counter>,
     limit_refusals: Family<LimitLabels, Counter>,
 }
@@ -104,6 +106,7 @@ impl Metrics {
             auth: Family::default(),
             client_errors: Family::default(),
             reloads: Family::default(),
+            parks: Counter::default(),
             tls_handshakes: Family::default(),
             limit_refusals: Family::default(),
             mcp_calls: Family::default(),
@@ -125,6 +128,11 @@ impl Metrics {
             "mcp_tool_call_duration_seconds",
             "MCP tool call duration by tool (checkout, statement and result)",
             m.mcp_seconds.clone(),
+        );
+        registry.register(
+            "client_parks",
+            "Times an idle client was parked (its task and relay freed until its next message)",
+            m.parks.clone(),
         );
         registry.register(
             "client_connections",
@@ -414,6 +422,7 @@ impl Collector for PoolCollector {
         };
 
         let mut client_rows = Vec::new();
+        let mut parked_rows = Vec::new();
         let mut waiting_rows = Vec::new();
         let mut max_wait_rows = Vec::new();
         let mut server_rows = Vec::new();
@@ -453,8 +462,9 @@ impl Collector for PoolCollector {
                 wait_rows.push((l, n.load(Ordering::Relaxed)));
             }
             let mine = clients.iter().filter(|c| c.facts.pool == p.key);
-            let (mut active, mut waiting, mut oldest) = (0u64, 0u64, 0u64);
+            let (mut active, mut waiting, mut oldest, mut parked) = (0u64, 0u64, 0u64, 0u64);
             for c in mine {
+                parked += u64::from(c.park_state() == Park::Parked);
                 match c.state() {
                     ClientState::Active => active += 1,
                     ClientState::Waiting => {
@@ -468,6 +478,7 @@ impl Collector for PoolCollector {
             }
             client_rows.push((state(p, "active"), active as f64));
             client_rows.push((state(p, "waiting"), waiting as f64));
+            parked_rows.push((labels(p), parked as f64));
             waiting_rows.push((labels(p), p.counts().waiting as f64));
             max_wait_rows.push((labels(p), oldest as f64 / 1e6));
             let servers = p.servers();
@@ -494,6 +505,14 @@ impl Collector for PoolCollector {
             "Logged-in clients by pool and state (active, waiting)",
             g,
             &client_rows,
+            gauge,
+        )?;
+        family(
+            &mut enc,
+            "clients_parked",
+            "Idle clients parked now (no task or relay until their next message; counted as active above)",
+            g,
+            &parked_rows,
             gauge,
         )?;
         family(

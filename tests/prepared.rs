@@ -521,3 +521,39 @@ async fn a_statement_whose_close_an_error_skipped_keeps_working() {
         vec!["1", "2", "D:1", "C:SELECT 1", "Z:I"]
     );
 }
+
+/// SHOW QUERIES files a named statement's executions under its Parse's fingerprint (kept with
+/// the statement), and one longer than 64 KiB under the shared "longer than" entry: its text
+/// is never read again per execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executions_of_named_statements_are_filed_under_their_parse() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 2")).await;
+    let c = proxy.connect(PoolMode::Transaction).await;
+    let short = c.prepare("SELECT $1::int + 17").await.unwrap();
+    let long_text = format!("SELECT $1::int /* {} */", "x".repeat(70_000));
+    let long = c.prepare(&long_text).await.unwrap();
+    for i in 0..3 {
+        let v: i32 = c.query_one(&short, &[&i]).await.unwrap().get(0);
+        assert_eq!(v, i + 17);
+        let v: i32 = c.query_one(&long, &[&i]).await.unwrap().get(0);
+        assert_eq!(v, i);
+    }
+    let rows = console(&pg, &proxy, ADMIN, "SHOW QUERIES").unwrap();
+    let calls = |needle: &str| {
+        rows.iter()
+            .find(|r| r["query"].contains(needle))
+            .map(|r| (r["calls"].clone(), r["rows"].clone()))
+    };
+    // One prepare (Parse, Describe) and three executions of one row each.
+    assert_eq!(calls("+ ?"), Some(("4".into(), "3".into())), "{rows:?}");
+    assert_eq!(
+        calls("longer than 64 KiB"),
+        Some(("4".into(), "3".into())),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter().all(|r| r["query"].len() < 1000),
+        "no long text is kept"
+    );
+}

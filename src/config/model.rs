@@ -168,6 +168,10 @@ pub struct General {
     /// A client that takes none of its waiting results for this long is closed (its
     /// statement canceled); 0: never. The proxy buffers at most 64 KiB for it meanwhile.
     pub client_stall_timeout: Seconds,
+    /// A transaction-mode client idle (no transaction, nothing buffered) for between one and
+    /// two of this is parked: its task, relay and reactor registration are freed until its
+    /// next message; 0: never.
+    pub client_park_delay: Seconds,
     /// Whether an API key or JWT may be sent as a password without TLS.
     pub allow_plaintext_tokens: super::PlaintextTokens,
 }
@@ -269,6 +273,7 @@ impl Default for General {
             auth_dbname: None,
             auth_cache_ttl: Seconds(60.0),
             client_stall_timeout: Seconds(300.0),
+            client_park_delay: Seconds(1.0),
             allow_plaintext_tokens: super::PlaintextTokens::Never,
             limits_exempt: ["127.0.0.0/8", "::1/128"]
                 .iter()

@@ -34,6 +34,17 @@ pub enum Stream {
     TlsFromClient(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// TLS to an upstream (the proxy is the TLS client).
     TlsToServer(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A plain client socket taken out of the runtime while its client is parked
+    /// ([`Stream::detach`]); reads and writes fail until [`Stream::attach`].
+    Detached(Detached),
+}
+
+/// A socket outside tokio's reactor: its registration (256 bytes) freed.
+pub enum Detached {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+    /// Lost to a failed detach or attach: the client is gone.
+    Gone,
 }
 
 /// Calls `$f` with the inner stream of every variant.
@@ -44,6 +55,7 @@ macro_rules! each {
             Stream::Unix($v) => $f,
             Stream::TlsFromClient($v) => $f,
             Stream::TlsToServer($v) => $f,
+            Stream::Detached($v) => $f,
         }
     };
 }
@@ -68,6 +80,51 @@ impl Stream {
             Stream::Unix(_) => None,
             Stream::TlsFromClient(s) => Some(s.get_ref().0),
             Stream::TlsToServer(s) => Some(s.get_ref().0),
+            Stream::Detached(_) => None,
+        }
+    }
+
+    /// A plain TCP or unix socket (no TLS), in the runtime.
+    pub fn is_plain(&self) -> bool {
+        matches!(self, Stream::Tcp(_) | Stream::Unix(_))
+    }
+
+    /// Takes a plain TCP or unix socket out of the runtime, keeping its descriptor (and what
+    /// the kernel holds for it): false, and the stream untouched, for TLS. A failed
+    /// deregistration loses the socket (the stream is then `Detached::Gone`).
+    pub fn detach(&mut self) -> bool {
+        if !self.is_plain() {
+            return false;
+        }
+        let detached = match std::mem::replace(self, Stream::Detached(Detached::Gone)) {
+            Stream::Tcp(s) => s.into_std().map(Detached::Tcp),
+            Stream::Unix(s) => s.into_std().map(Detached::Unix),
+            _ => Ok(Detached::Gone),
+        };
+        *self = Stream::Detached(detached.unwrap_or(Detached::Gone));
+        true
+    }
+
+    /// Puts a detached socket back into the runtime (on the calling task's runtime).
+    pub fn attach(&mut self) -> io::Result<()> {
+        let Stream::Detached(d) = self else {
+            return Ok(());
+        };
+        *self = match std::mem::replace(d, Detached::Gone) {
+            Detached::Tcp(s) => Stream::Tcp(TcpStream::from_std(s)?),
+            Detached::Unix(s) => Stream::Unix(UnixStream::from_std(s)?),
+            Detached::Gone => return Err(io::ErrorKind::NotConnected.into()),
+        };
+        Ok(())
+    }
+
+    /// A detached socket's descriptor, for the parking lot's epoll set.
+    pub fn detached_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        match self {
+            Stream::Detached(Detached::Tcp(s)) => Some(s.as_fd()),
+            Stream::Detached(Detached::Unix(s)) => Some(s.as_fd()),
+            _ => None,
         }
     }
 
@@ -143,7 +200,10 @@ impl Stream {
     }
 }
 
+// #[inline] on the per-variant dispatch: with a fifth variant the compiler stopped inlining it
+// into the relay (1% more instructions per select-only transaction, callgrind).
 impl AsyncRead for Stream {
+    #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -154,6 +214,7 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
+    #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -161,6 +222,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         each!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
     }
+    #[inline]
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -168,14 +230,39 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         each!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
     }
+    #[inline]
     fn is_write_vectored(&self) -> bool {
         each!(self, s => s.is_write_vectored())
     }
+    #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         each!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         each!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// A detached socket is never read or written: whatever tries is told it is not connected.
+impl AsyncRead for Detached {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
+    }
+}
+
+impl AsyncWrite for Detached {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 

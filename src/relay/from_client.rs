@@ -79,7 +79,7 @@ impl Relay {
             let step = match self.gate(&mut h, server.is_some()) {
                 Step::Done => match server.as_deref_mut() {
                     None => self.without_server(&h),
-                    Some(_) if !self.meter_message(&h) => Step::Wait,
+                    Some(_) if !self.meter_message(&h, state) => Step::Wait,
                     Some(srv) => self.with_server(&h, srv, state),
                 },
                 other => other,
@@ -322,7 +322,7 @@ impl Relay {
     /// Counts a message that asks for work and reads what names the statement: a Query's or
     /// Parse's text (whole, up to MAX_FINGERPRINTED), a Bind's statement name. False when the
     /// text needs more bytes first.
-    pub(super) fn meter_message(&mut self, h: &Header) -> bool {
+    pub(super) fn meter_message(&mut self, h: &Header, state: &ClientSession) -> bool {
         if self.metered
             || !matches!(
                 h.tag,
@@ -359,7 +359,14 @@ impl Relay {
         } else if h.tag == fe::BIND {
             let end = (body_at + h.body_len.min(MAX_NAMES)).min(self.c.buf.len());
             let name = prepared::bind_names(&self.c.buf[body_at..end]).map(|(_, n, _)| n);
-            self.meter.bind_name(name);
+            match name {
+                // Transaction mode's statement cache: the relay files the fingerprint.
+                Some(n) if self.meter.names_in_relay && !n.is_empty() => {
+                    let known = state.statements.get(n).and_then(|s| s.fingerprint.as_ref());
+                    self.meter.bind_statement(known);
+                }
+                _ => self.meter.bind_name(name),
+            }
         }
         // Counted once even if the message is walked again for more bytes.
         self.metered = true;

@@ -319,6 +319,23 @@ impl Relay {
             && self.discard == Discard::No
     }
 
+    /// Transaction mode, between transactions with nothing in hand: no byte buffered either
+    /// way, nothing owed or waited for, no timer. A new relay would go on exactly as this one
+    /// (a parked client's is dropped and made again).
+    pub fn at_rest(&self) -> bool {
+        self.transaction_mode
+            && self.transaction_over()
+            && self.pipeline.is_empty()
+            && self.c.buf.is_empty()
+            && self.c.out.is_empty()
+            && self.s.buf.is_empty()
+            && self.s.out.is_empty()
+            && self.need == 0
+            && self.held == 0
+            && self.touched.is_none()
+            && self.stall.is_none()
+    }
+
     /// The client's messages so far were all answered by the proxy: nothing of its work is
     /// on the server, and no message of it is half read.
     fn nothing_forwarded(&self) -> bool {

@@ -23,6 +23,8 @@ pub struct Statement {
     /// When the client parsed it ([`parse_clock`]): it runs only on server copies parsed
     /// since, as a direct connection's statement is planned no earlier than its Parse.
     pub parsed: u64,
+    /// Its fingerprint, for the statistics of its executions (None: not tracked).
+    pub fingerprint: Option<crate::stats::meter::Known>,
 }
 
 impl Statement {
@@ -37,14 +39,60 @@ impl Statement {
             .chain_update(tail)
             .finalize();
         // 96 bits of SHA-256: distinct statements never share a name in practice.
-        let name = format!("pgsluice_{}", hex::encode(&digest[..12]));
+        let key: [u8; 12] = digest[..12].try_into().unwrap_or_default();
+        let (server_name, tail) = shared_text(key, tail);
         Statement {
-            server_name: Arc::from(name),
-            tail: Bytes::copy_from_slice(tail),
+            server_name,
+            tail,
             settings: None,
             parsed: parse_clock(),
+            fingerprint: None,
         }
     }
+}
+
+/// Statement texts a worker thread made lately, by their server name's digest: clients that
+/// prepare the same statement (the clients of one application do) share one copy of its
+/// name and text instead of keeping one each while idle.
+#[derive(Default)]
+struct RecentTexts {
+    by_digest: HashMap<[u8; 12], (Arc<str>, Bytes), foldhash::fast::RandomState>,
+    bytes: usize,
+}
+
+/// Texts longer than this are not shared (nor kept here).
+const SHARED_TEXT_MAX: usize = 16 << 10;
+/// What one thread's list may hold before it starts over.
+const RECENT_TEXTS_BYTES: usize = 1 << 20;
+
+thread_local! {
+    static RECENT_TEXTS: std::cell::RefCell<RecentTexts> = std::cell::RefCell::default();
+}
+
+/// The server name and text of the statement with `digest`, shared when this thread made
+/// them lately.
+fn shared_text(digest: [u8; 12], tail: &[u8]) -> (Arc<str>, Bytes) {
+    let make = || {
+        let name = format!("pgsluice_{}", hex::encode(digest));
+        (Arc::from(name), Bytes::copy_from_slice(tail))
+    };
+    if tail.len() > SHARED_TEXT_MAX {
+        return make();
+    }
+    RECENT_TEXTS.with_borrow_mut(|r| {
+        if let Some((name, text)) = r.by_digest.get(&digest)
+            && text[..] == *tail
+        {
+            return (name.clone(), text.clone());
+        }
+        if r.bytes + tail.len() > RECENT_TEXTS_BYTES {
+            *r = RecentTexts::default();
+        }
+        let made = make();
+        r.bytes += tail.len();
+        r.by_digest.insert(digest, made.clone());
+        made
+    })
 }
 
 /// Keys the server-side names, so that no client can compute the name of another client's
@@ -54,13 +102,78 @@ static NAME_KEY: std::sync::LazyLock<[u8; 32]> = std::sync::LazyLock::new(rand::
 
 /// foldhash, not SipHash: a Bind's name is looked up in every prepared transaction, and the
 /// map is one client's own and bounded, so a crafted collision could only slow its owner.
-type Names = HashMap<Box<[u8]>, Arc<Statement>, foldhash::fast::RandomState>;
+type Map = HashMap<Box<[u8]>, Arc<Statement>, foldhash::fast::RandomState>;
+
+/// Names a client keeps in a list before they go in a map.
+const FEW: usize = 8;
+
+/// A client's statement names: most drivers name one or a few, and a list of them costs 24
+/// bytes a name where a hash table's first allocation is 128 bytes (every idle client holds
+/// it); a list of at most FEW is searched as fast as a table.
+#[derive(Debug)]
+enum Names {
+    Few(Vec<(Box<[u8]>, Arc<Statement>)>),
+    Many(Map),
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Names::Few(Vec::new())
+    }
+}
+
+impl Names {
+    fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
+        match self {
+            Names::Few(v) => v.iter().find(|(n, _)| **n == *name).map(|(_, s)| s),
+            Names::Many(m) => m.get(name),
+        }
+    }
+
+    fn insert(&mut self, name: &[u8], s: Arc<Statement>) -> Option<Arc<Statement>> {
+        match self {
+            Names::Few(v) => {
+                if let Some(slot) = v.iter_mut().find(|(n, _)| **n == *name) {
+                    return Some(std::mem::replace(&mut slot.1, s));
+                }
+                if v.len() < FEW {
+                    // One more at a time: a list that grows by doubling holds room for four.
+                    v.reserve_exact(1);
+                    v.push((name.into(), s));
+                    return None;
+                }
+                let mut m: Map = v.drain(..).collect();
+                m.insert(name.into(), s);
+                *self = Names::Many(m);
+                None
+            }
+            Names::Many(m) => m.insert(name.into(), s),
+        }
+    }
+
+    fn remove(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
+        match self {
+            Names::Few(v) => {
+                let i = v.iter().position(|(n, _)| **n == *name)?;
+                Some(v.swap_remove(i).1)
+            }
+            Names::Many(m) => m.remove(name),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Names::Few(v) => v.len(),
+            Names::Many(m) => m.len(),
+        }
+    }
+}
 
 /// The most statement text one client may keep named, over all its statements.
 pub const MAX_CLIENT_STATEMENT_BYTES: usize = 64 << 20;
 
-/// The client's statement names; the map is made by the first one (an empty map would be 48
-/// bytes of every client, and most clients of a pooler never name a statement).
+/// The client's statement names; the list is made by the first one (most clients of a pooler
+/// never name a statement).
 #[derive(Default, Debug)]
 pub struct ClientStatements {
     map: Option<Box<Named>>,
@@ -80,7 +193,7 @@ impl ClientStatements {
     pub fn insert(&mut self, name: &[u8], s: Arc<Statement>) {
         let m = self.map.get_or_insert_with(Default::default);
         m.bytes += s.tail.len();
-        if let Some(old) = m.names.insert(name.into(), s) {
+        if let Some(old) = m.names.insert(name, s) {
             m.bytes -= old.tail.len();
         }
     }
@@ -170,6 +283,65 @@ pub fn bind_names(avail: &[u8]) -> Option<(&[u8], &[u8], usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_move_from_the_list_to_a_map_and_keep_their_statements() {
+        let mut c = ClientStatements::default();
+        let st = |i: usize| Arc::new(Statement::new(format!("select {i}\0\0\0").as_bytes(), b""));
+        let all: Vec<_> = (0..FEW * 2).map(st).collect();
+        for (i, s) in all.iter().enumerate() {
+            c.insert(format!("s{i}").as_bytes(), s.clone());
+            assert_eq!(c.len(), i + 1);
+            if i < FEW {
+                assert!(matches!(c.map.as_ref().unwrap().names, Names::Few(_)));
+            }
+        }
+        assert!(matches!(c.map.as_ref().unwrap().names, Names::Many(_)));
+        for (i, s) in all.iter().enumerate() {
+            assert!(Arc::ptr_eq(c.get(format!("s{i}").as_bytes()).unwrap(), s));
+        }
+        // Replacing a name keeps the count and the bytes right, in either form.
+        let mut few = ClientStatements::default();
+        few.insert(b"a", all[0].clone());
+        few.insert(b"b", all[1].clone());
+        few.insert(b"a", all[2].clone());
+        assert_eq!(
+            (few.len(), few.bytes()),
+            (2, all[1].tail.len() + all[2].tail.len())
+        );
+        assert!(Arc::ptr_eq(few.get(b"a").unwrap(), &all[2]));
+        few.remove(b"a");
+        assert_eq!(
+            (few.len(), few.bytes(), few.get(b"a").is_none()),
+            (1, all[1].tail.len(), true)
+        );
+        assert!(Arc::ptr_eq(few.get(b"b").unwrap(), &all[1]));
+        let bytes_before = c.bytes();
+        c.remove(b"s3");
+        assert_eq!(
+            (c.len(), c.bytes()),
+            (FEW * 2 - 1, bytes_before - all[3].tail.len())
+        );
+        assert!(c.get(b"s3").is_none() && c.get(b"s4").is_some());
+    }
+
+    #[test]
+    fn clients_that_prepare_one_text_share_its_copy() {
+        let a = Statement::new(b"select 42\0\0\0", b"");
+        let b = Statement::new(b"select 42\0\0\0", b"");
+        assert!(Arc::ptr_eq(&a.server_name, &b.server_name));
+        assert_eq!(a.tail.as_ptr(), b.tail.as_ptr(), "one copy of the text");
+        // Not under another search path, and not a text past the bound.
+        let c = Statement::new(b"select 42\0\0\0", b"other");
+        assert!(!Arc::ptr_eq(&a.server_name, &c.server_name));
+        let long = format!("select '{}'\0\0\0", "x".repeat(SHARED_TEXT_MAX));
+        let (d, e) = (
+            Statement::new(long.as_bytes(), b""),
+            Statement::new(long.as_bytes(), b""),
+        );
+        assert_eq!(d.server_name, e.server_name);
+        assert_ne!(d.tail.as_ptr(), e.tail.as_ptr());
+    }
 
     #[test]
     fn same_text_same_server_name() {

@@ -137,6 +137,8 @@ impl Relay {
         let client_name: Box<[u8]> = name.into();
         let stmt = Arc::new(Statement {
             settings,
+            // Its Binds are filed under what its Parse was (metered just before).
+            fingerprint: self.meter.current_statement(),
             ..Statement::new(
                 tail,
                 state

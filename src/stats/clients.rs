@@ -33,10 +33,39 @@ pub struct ClientInfo {
     wait_since: AtomicU64,
     /// Named prepared statements it keeps (transaction mode), as of its last transaction.
     prepared: AtomicU32,
-    /// The client's socket while it is open; KILL_CLIENT shuts it down. Behind a lock so the
-    /// descriptor cannot be closed (and reused) between the check and the shutdown.
-    socket: Mutex<Option<RawFd>>,
+    /// The client's socket while it is open (KILL_CLIENT shuts it down) and its task's
+    /// waker (the parking sweep wakes it). Behind a lock so the descriptor cannot be closed
+    /// (and reused) between the check and the shutdown.
+    slot: Mutex<Slot>,
     killed: AtomicBool,
+    /// Where the client is on its way to being parked ([`Park`]).
+    park: AtomicU8,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    socket: Option<RawFd>,
+    /// Stored once per task, taken when the task ends or parks: a stored waker keeps its
+    /// task's memory alive.
+    waker: Option<std::task::Waker>,
+}
+
+/// A client's way to the parking lot (an idle client's task, relay and reactor
+/// registration freed until its next message; `frontend::session::park`). The sweep moves
+/// it on only while the client has no server; any transaction starts it over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Park {
+    /// Used since the last sweep.
+    Active = 0,
+    /// The last sweep found it without a server.
+    Quiet = 1,
+    /// Two sweeps did: its task is asked to park.
+    Asked = 2,
+    /// Parked: no task runs for it.
+    Parked = 3,
+    /// Never parked: a TLS or session-mode client.
+    Never = 4,
 }
 
 /// What is known of a client once it has logged in.
@@ -140,9 +169,79 @@ impl ClientInfo {
     pub fn linked(&self, server: u64) {
         // SeqCst: against kill_if_idle (one of the two always sees the other's store).
         self.link.store(server, Ordering::SeqCst);
+        // A transaction: the parking sweep starts over (a load per transaction, a store only
+        // after a sweep).
+        if matches!(self.park_state(), Park::Quiet | Park::Asked) {
+            self.set_park(Park::Active);
+        }
         self.wait_since.store(0, Ordering::Relaxed);
         self.state
             .store(ClientState::Active as u8, Ordering::Relaxed);
+    }
+
+    /// The client's task, for the parking sweep to wake; stored once per task.
+    pub fn set_waker(&self, waker: Option<&std::task::Waker>) {
+        self.lock().waker = waker.cloned();
+    }
+
+    pub fn park_state(&self) -> Park {
+        match self.park.load(Ordering::Relaxed) {
+            0 => Park::Active,
+            1 => Park::Quiet,
+            2 => Park::Asked,
+            3 => Park::Parked,
+            _ => Park::Never,
+        }
+    }
+
+    /// The client's task says where it is (parked, back, or never to be parked).
+    pub fn set_park(&self, to: Park) {
+        self.park.store(to as u8, Ordering::Relaxed);
+    }
+
+    /// The sweep's step: a client without a server found on two sweeps in a row is asked to
+    /// park (its task woken); true when it was asked now.
+    pub fn sweep(&self) -> bool {
+        let step = match self.park_state() {
+            Park::Active => (Park::Active, Park::Quiet),
+            Park::Quiet => (Park::Quiet, Park::Asked),
+            _ => return false,
+        };
+        if self.link() != 0 {
+            return false;
+        }
+        let moved = self
+            .park
+            .compare_exchange(
+                step.0 as u8,
+                step.1 as u8,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok();
+        if moved && step.1 == Park::Asked {
+            if let Some(w) = &self.lock().waker {
+                w.wake_by_ref();
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Runs `f` (a change of the client's socket: out of the runtime or back) with
+    /// KILL_CLIENT kept off the descriptor; when `f` says the socket was lost (closed, its
+    /// number free for another socket), the registry forgets it before anyone can use it.
+    pub fn changing_socket(&self, f: impl FnOnce() -> bool) -> bool {
+        let mut slot = self.lock();
+        let kept = f();
+        if !kept {
+            slot.socket = None;
+        }
+        kept
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn was_killed(&self) -> bool {
@@ -166,8 +265,8 @@ impl ClientInfo {
     /// Ends the client from outside its task: its reads see end-of-file, so it leaves
     /// through the normal path (its server closed or returned as that path decides).
     pub fn kill(&self) -> bool {
-        let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(fd) = *socket else { return false };
+        let slot = self.lock();
+        let Some(fd) = slot.socket else { return false };
         self.killed.store(true, Ordering::Release);
         // SAFETY: fd is open while `socket` holds it (the session clears it, under this lock,
         // before closing the socket). Shutting down reads wakes the task's pending read.
@@ -196,13 +295,24 @@ impl Clients {
             request_time: AtomicU64::new(now),
             wait_since: AtomicU64::new(0),
             prepared: AtomicU32::new(0),
-            socket: Mutex::new(socket),
+            slot: Mutex::new(Slot {
+                socket,
+                waker: None,
+            }),
             killed: AtomicBool::new(false),
+            park: AtomicU8::new(Park::Active as u8),
         });
         self.map.insert(id, info.clone());
         Registered {
             clients: self.clone(),
             info,
+        }
+    }
+
+    /// Calls `f` with every client, in no order, without copying the list.
+    pub fn for_each(&self, mut f: impl FnMut(&ClientInfo)) {
+        for e in self.map.iter() {
+            f(e.value());
         }
     }
 
@@ -233,7 +343,7 @@ pub struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        *self.info.socket.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.info.lock() = Slot::default();
         self.clients.map.remove(&self.info.facts.id);
     }
 }
@@ -264,6 +374,55 @@ mod tests {
             priority: crate::config::Priority::NORMAL,
         };
         Arc::new(Clients::default()).register(facts, Some(socket.as_raw_fd()))
+    }
+
+    /// A waker that counts its wakes.
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_sweep_asks_a_client_idle_on_two_sweeps_and_a_transaction_starts_over() {
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let reg = client(&ours);
+        let count = Arc::new(Count(Default::default()));
+        reg.info
+            .set_waker(Some(&std::task::Waker::from(count.clone())));
+        let woken = || count.0.load(Ordering::SeqCst);
+        // Holding a server: never asked.
+        reg.info.linked(7);
+        assert!(!reg.info.sweep() && !reg.info.sweep());
+        assert_eq!((reg.info.park_state(), woken()), (Park::Active, 0));
+        // Between transactions: quiet on the first sweep, asked (and woken) on the second.
+        reg.info.linked(0);
+        assert!(!reg.info.sweep());
+        assert_eq!(reg.info.park_state(), Park::Quiet);
+        // A transaction in between starts it over.
+        reg.info.linked(3);
+        reg.info.linked(0);
+        assert_eq!(reg.info.park_state(), Park::Active);
+        assert!(!reg.info.sweep());
+        assert!(reg.info.sweep());
+        assert_eq!((reg.info.park_state(), woken()), (Park::Asked, 1));
+        // Asked once: later sweeps leave it to its task.
+        assert!(!reg.info.sweep());
+        assert_eq!(woken(), 1);
+        // Parked and never-parked clients are not swept.
+        for state in [Park::Parked, Park::Never] {
+            reg.info.set_park(state);
+            reg.info.linked(0);
+            assert!(!reg.info.sweep() && !reg.info.sweep());
+            assert_eq!(reg.info.park_state(), state);
+        }
+        // Leaving the registry drops the stored waker (it would keep the task's memory).
+        drop(reg);
+        assert_eq!(Arc::strong_count(&count), 1);
     }
 
     #[test]

@@ -21,7 +21,7 @@ const CLIENT_CACHE: usize = 256;
 const THREAD_CACHE: usize = 4096;
 
 /// A statement as the fingerprint table files it.
-type Known = (u64, Arc<str>);
+pub type Known = (u64, Arc<str>);
 
 /// Fingerprints and normalized texts, kept per worker thread rather than per client: clients
 /// run the same few statements, and an idle client then holds none of it. Tasks may move
@@ -103,6 +103,17 @@ pub struct Meter {
     samples: Vec<Sample>,
     /// An identity whose every statement is audited (boxed: nearly every client has none).
     pub audit: Option<Box<StatementAudit>>,
+    /// The relay keeps the client's named statements, each with its fingerprint (transaction
+    /// mode's statement cache): `named` stays empty.
+    pub names_in_relay: bool,
+}
+
+/// A parked client's part of its meter ([`Meter::keep`]).
+pub struct Kept {
+    unnamed: Option<Known>,
+    #[allow(clippy::box_collection)]
+    named: Option<Box<Named>>,
+    audit: Option<Box<StatementAudit>>,
 }
 
 /// Where a client's statement lines go, and what they say of it.
@@ -212,6 +223,10 @@ impl Meter {
     /// The text of a Parse of statement `name`.
     pub fn parse_text(&mut self, name: &[u8], text: &[u8]) {
         self.current = self.fingerprint(text);
+        if self.names_in_relay && !name.is_empty() {
+            // The relay files it with the statement ([`Meter::current_statement`]).
+            return;
+        }
         let Some(known) = &self.current else {
             // Not tracked now: a later Bind must not find what an earlier Parse was.
             if name.is_empty() {
@@ -230,6 +245,18 @@ impl Meter {
             named.clear();
         }
         named.insert(name.into(), known.clone());
+    }
+
+    /// What the message just metered runs, for the relay to file with a named statement.
+    pub fn current_statement(&self) -> Option<Known> {
+        self.current.clone()
+    }
+
+    /// A Bind of a statement the relay filed (`names_in_relay`).
+    pub fn bind_statement(&mut self, known: Option<&Known>) {
+        if let Some(k) = known {
+            self.current = Some(k.clone());
+        }
     }
 
     /// The statement a Bind names (None: its name was not readable).
@@ -360,6 +387,25 @@ impl Meter {
             }
             self.flush();
         }
+    }
+
+    /// What a parked client's meter must keep (its statements' fingerprints, its audit
+    /// line's sink), after its counts are flushed; None when that is nothing. The rest of the
+    /// meter is made again when the client comes back ([`Meter::restore`]).
+    pub fn keep(&mut self) -> Option<Kept> {
+        self.flush();
+        let kept = Kept {
+            unnamed: self.unnamed.take(),
+            named: self.named.take(),
+            audit: self.audit.take(),
+        };
+        (kept.unnamed.is_some() || kept.named.is_some() || kept.audit.is_some()).then_some(kept)
+    }
+
+    pub fn restore(&mut self, kept: Kept) {
+        self.unnamed = kept.unnamed;
+        self.named = kept.named;
+        self.audit = kept.audit;
     }
 
     /// The query time counted since the last call.

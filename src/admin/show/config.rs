@@ -91,6 +91,7 @@ fn entries(g: &General) -> Vec<(&'static str, String)> {
         ("log_level", g.log_level.to_string()),
         ("activity_sample_interval", secs(g.activity_sample_interval)),
         ("client_stall_timeout", secs(g.client_stall_timeout)),
+        ("client_park_delay", secs(g.client_park_delay)),
     ]
 }
 

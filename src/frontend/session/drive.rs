@@ -3,10 +3,20 @@
 
 use super::*;
 use crate::proto::tag::backend as be;
+use crate::stats::clients::Park;
 use std::ops::ControlFlow;
 
-/// The relay loop with its timers, until the client or its server goes.
-pub(super) async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
+/// How the relay loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Exit {
+    /// The client is done (the caller ends it).
+    Closed,
+    /// The client is at rest and asked to park (the caller parks it).
+    Park,
+}
+
+/// The relay loop with its timers, until the client or its server goes, or it parks.
+pub(super) async fn run(app: &App, c: &mut Client, relay: &mut Relay) -> Exit {
     // Read once, and the config guard not kept: the loop lives as long as the client. The
     // limits live in the client, not in this loop's state, which every idle client's task
     // holds.
@@ -17,6 +27,23 @@ pub(super) async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
         c.limits = PhaseLimits::of(general);
     }
     relay.watch_phase = c.limits.any();
+    // The parking sweep wakes this task through the registry: its waker is stored once.
+    if relay.transaction_mode && c.stream.is_plain() {
+        poll_fn(|cx| {
+            c.reg.info.set_waker(Some(cx.waker()));
+            std::task::Poll::Ready(())
+        })
+        .await;
+    } else {
+        c.reg.info.set_park(Park::Never);
+    }
+    let exit = relay_loop(app, c, relay).await;
+    // A stored waker would keep this task's memory alive after it ends.
+    c.reg.info.set_waker(None);
+    exit
+}
+
+async fn relay_loop(app: &App, c: &mut Client, relay: &mut Relay) -> Exit {
     let mut phase = Phase::Idle;
     // Made only when a timeout is configured: a timer is about a tenth of an idle client.
     let mut timer: Option<Pin<Box<Sleep>>> = None;
@@ -44,6 +71,7 @@ pub(super) async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                 continue;
             }
             _ = fired(&mut timer), if timer_armed => Step::Timeout,
+            _ = park_asked(&c.reg.info) => Step::Park,
         };
         // The two events of every transaction are handled here, by futures that hold
         // little; the rest, rare, in a boxed one: the state of whatever this loop awaits is
@@ -67,12 +95,44 @@ pub(super) async fn run(app: &App, c: &mut Client, relay: &mut Relay) {
                 timer_armed = false;
                 Box::pin(timed_out(app, c, relay, phase)).await
             }
+            Step::Park => {
+                if may_park(app, c, relay, timer_armed) {
+                    return Exit::Park;
+                }
+                // Not now: asked again after two more sweeps.
+                c.reg.info.set_park(Park::Active);
+                continue;
+            }
             Step::Other(other) => Box::pin(on_event(app, c, relay, *other)).await,
         };
         if flow.is_break() {
-            return;
+            return Exit::Closed;
         }
     }
+}
+
+/// Whether the client can leave its task for the parking lot now: nothing of it is in
+/// flight or in hand, and nothing but its socket can wake it.
+fn may_park(app: &App, c: &Client, relay: &Relay, timer_armed: bool) -> bool {
+    c.reg.info.park_state() == Park::Asked
+        && c.server.is_none()
+        && c.listening.is_none()
+        && !timer_armed
+        && relay.at_rest()
+        && !c.reg.info.was_killed()
+        && !app.is_shutting_down()
+}
+
+/// Resolves when the parking sweep asks the client to park. Registers no waker: the sweep
+/// wakes the task through the one stored at the loop's start.
+fn park_asked(info: &crate::stats::clients::ClientInfo) -> impl Future<Output = ()> + '_ {
+    poll_fn(move |_| {
+        if info.park_state() == Park::Asked {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
 }
 
 /// What the relay loop does next: an [`Event`] without its payload where the loop's
@@ -86,6 +146,8 @@ enum Step {
     },
     /// The current phase's timer fired.
     Timeout,
+    /// The parking sweep asks the client to park.
+    Park,
     Other(Box<Event>),
 }
 

@@ -5,8 +5,11 @@ mod drive;
 mod ending;
 mod greeting;
 mod merged;
+mod park;
 
-use drive::{Handover, run};
+pub use park::{Parking, run as run_parking};
+
+use drive::{Exit, Handover, run};
 use ending::{finish, tell_and_close};
 use greeting::{Arrival, LoginOutcome, admit_address, login, sync};
 
@@ -113,22 +116,49 @@ pub async fn serve(app: Arc<App>, accepted: Box<Accepted>, mode: PoolMode, id: u
             .instrument(conn_span(id, mode)),
     )
     .await;
-    if let Some(mut conn) = ready {
-        // The relay loop and the ending run outside the span: entering it on every poll cost
-        // more than the rest of a transaction's bookkeeping, and making it again for the
-        // ending cost 3,000 instructions per connection. Their log lines carry `conn`.
-        let (client, relay) = &mut *conn;
-        run(&app, client, relay).await;
-        relay.meter.flush();
-        if let Some(a) = &mut ended.audit {
-            (a.bytes_in, a.bytes_out) = relay.meter.bytes();
+    match ready {
+        Some(conn) => {
+            if live(&app, conn, ended).await {
+                // Parked: the lot keeps it counted against max_client_conn.
+                std::mem::forget(_count);
+            }
         }
-        let (client, relay) = *conn;
-        Box::pin(finish(&app, client, relay)).await;
+        None => {
+            if let Some(a) = ended.audit {
+                Box::pin(audit_disconnected(&app, id, *a)).await;
+            }
+        }
     }
+}
+
+/// The relay loop and the client's end; true when the client was parked instead (it then
+/// lives on in the parking lot, and this task ends).
+async fn live(app: &Arc<App>, mut conn: Box<(Client, Relay)>, mut ended: Ended) -> bool {
+    // The relay loop and the ending run outside the login's span: entering it on every poll
+    // cost more than the rest of a transaction's bookkeeping, and making it again for the
+    // ending cost 3,000 instructions per connection. Their log lines carry `conn`.
+    let (client, relay) = &mut *conn;
+    let id = client.id;
+    if run(app, client, relay).await == Exit::Park {
+        match park::park(app, conn, ended) {
+            Ok(()) => return true,
+            // Its socket is lost: it ends here.
+            Err(back) => (conn, ended) = back,
+        }
+    }
+    let (_, relay) = &mut *conn;
+    relay.meter.flush();
+    if let Some(a) = &mut ended.audit {
+        let (i, o) = relay.meter.bytes();
+        a.bytes_in += i;
+        a.bytes_out += o;
+    }
+    let (client, relay) = *conn;
+    Box::pin(finish(app, client, relay)).await;
     if let Some(a) = ended.audit {
-        Box::pin(audit_disconnected(&app, id, *a)).await;
+        Box::pin(audit_disconnected(app, id, *a)).await;
     }
+    false
 }
 
 /// A connection as its listener accepted it: the stream, the client's address, and the
@@ -264,13 +294,7 @@ async fn serve_inner(
         admitted: l.admitted,
         limits: Default::default(),
     };
-    let (max_prepared, max_client) = {
-        let g = &app.config.load().general;
-        (g.max_prepared_statements, g.max_client_prepared_statements)
-    };
-    let mut relay = Relay::new(mode == PoolMode::Transaction, max_prepared);
-    relay.max_client_statements = u32::try_from(max_client).unwrap_or(u32::MAX);
-    relay.meter = Meter::new(Some(client.pool.sinks(&app.queries)));
+    let mut relay = new_relay(&app, &client, mode);
     relay.meter.audit = statement_audit(&app, &client);
     if !l.early.is_empty() {
         relay.client_buffer().extend_from_slice(&l.early);
@@ -281,6 +305,20 @@ async fn serve_inner(
     }
     // Boxed: the task then holds a pointer, never a second copy of what it moves.
     Some(Box::new((client, relay)))
+}
+
+/// A relay for `client` as the configuration says now (at login, and when a parked client
+/// comes back).
+fn new_relay(app: &App, client: &Client, mode: PoolMode) -> Relay {
+    let (max_prepared, max_client) = {
+        let g = &app.config.load().general;
+        (g.max_prepared_statements, g.max_client_prepared_statements)
+    };
+    let mut relay = Relay::new(mode == PoolMode::Transaction, max_prepared);
+    relay.max_client_statements = u32::try_from(max_client).unwrap_or(u32::MAX);
+    relay.meter = Meter::new(Some(client.pool.sinks(&app.queries)));
+    relay.meter.names_in_relay = relay.max_prepared > 0;
+    relay
 }
 
 /// A line per statement in the audit log, for an identity configured so.
