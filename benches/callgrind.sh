@@ -31,7 +31,9 @@ count() {
   shift 3
   wrap="$WORK/$name.valgrind"
   out="$WORK/$name.callgrind"
-  printf '#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file=%s %s "$@"\n' "$out" "$bin" > "$wrap"
+  # jemalloc's background threads purge on their own clock: their instructions would vary
+  # between runs of one build.
+  printf '#!/bin/sh\n_RJEM_MALLOC_CONF=background_thread:false exec valgrind --tool=callgrind --callgrind-out-file=%s %s "$@"\n' "$out" "$bin" > "$wrap"
   chmod +x "$wrap"
   if [[ "$name" == pump-* ]]; then start_pump "$name" "$wrap"
   elif [[ "$name" == baseline-* ]]; then

@@ -16,7 +16,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// system after the decay time (10 s): without them the purge runs only on allocation
 /// activity, so the memory parked clients gave back (their tasks and relays) stayed resident
 /// in a quiet process (docs/benchmarks.md). `_RJEM_MALLOC_CONF` still overrides this.
-#[cfg(feature = "jemalloc")]
+// Linux only: jemalloc has no background threads on macOS, and the option would stop it.
+#[cfg(all(feature = "jemalloc", target_os = "linux"))]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static MALLOC_CONF: &[u8; 23] = b"background_thread:true\0";
 

@@ -557,3 +557,43 @@ async fn executions_of_named_statements_are_filed_under_their_parse() {
         "no long text is kept"
     );
 }
+
+/// An unnamed statement longer than 64 KiB run after a short one is filed under the "longer
+/// than" entry, not under the short one its name held before, in both modes (session mode's
+/// meter keeps the unnamed statement itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_unnamed_statement_is_not_filed_under_the_previous_one() {
+    let pg = start_postgres();
+    let proxy = Proxy::start(&config_text(&pg, "", "pool_size = 2")).await;
+    let long_sql = format!("SELECT 5 /* {} */", "y".repeat(70_000));
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let mut raw = Raw::open(proxy.port(mode)).await;
+        raw.login(196608, AGENT.0, AGENT.1, "app").await.unwrap();
+        for sql in ["SELECT 4", long_sql.as_str()] {
+            let mut batch = ext::parse("", sql);
+            batch.extend(ext::bind("", "", &[]));
+            batch.extend(ext::execute("", 0));
+            batch.extend(ext::sync());
+            raw.send(&batch).await;
+            let replies = raw.replies_until_ready(1).await;
+            assert!(replies.iter().any(|r| r.starts_with('D')), "{replies:?}");
+        }
+    }
+    let rows = console(&pg, &proxy, ADMIN, "SHOW QUERIES").unwrap();
+    let calls = |needle: &str| {
+        rows.iter()
+            .find(|r| r["query"].contains(needle))
+            .map(|r| (r["calls"].clone(), r["rows"].clone()))
+    };
+    // One execution of each per mode.
+    assert_eq!(
+        calls("select ?"),
+        Some(("2".into(), "2".into())),
+        "{rows:?}"
+    );
+    assert_eq!(
+        calls("longer than 64 KiB"),
+        Some(("2".into(), "2".into())),
+        "{rows:?}"
+    );
+}

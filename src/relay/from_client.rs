@@ -337,6 +337,12 @@ impl Relay {
         if track && has_text && h.body_len <= MAX_FINGERPRINTED && !self.have_whole(h) {
             return false;
         }
+        // A long Parse's and a Bind's statement name say what runs: they must be in hand.
+        let names_at = body_at + h.body_len.min(MAX_NAMES);
+        let long_parse = h.tag == fe::PARSE && h.body_len > MAX_FINGERPRINTED;
+        if track && (long_parse || h.tag == fe::BIND) && !self.buffered(names_at) {
+            return false;
+        }
         self.meter.request();
         match h.tag {
             fe::PARSE => self.meter.parse_message(self.max_prepared == 0),
@@ -347,7 +353,11 @@ impl Relay {
             return true;
         }
         if has_text && h.body_len > MAX_FINGERPRINTED {
-            self.meter.long_statement();
+            let name = long_parse
+                .then(|| prepared::split_name(&self.c.buf[body_at..names_at]))
+                .flatten()
+                .map(|(n, _)| n);
+            self.meter.long_statement(name);
         } else if has_text {
             let body = &self.c.buf[body_at..body_at + h.body_len];
             if h.tag == fe::QUERY {
@@ -357,8 +367,7 @@ impl Relay {
                 self.meter.parse_text(name, &tail[..text_len]);
             }
         } else if h.tag == fe::BIND {
-            let end = (body_at + h.body_len.min(MAX_NAMES)).min(self.c.buf.len());
-            let name = prepared::bind_names(&self.c.buf[body_at..end]).map(|(_, n, _)| n);
+            let name = prepared::bind_names(&self.c.buf[body_at..names_at]).map(|(_, n, _)| n);
             match name {
                 // Transaction mode's statement cache: the relay files the fingerprint.
                 Some(n) if self.meter.names_in_relay && !n.is_empty() => {

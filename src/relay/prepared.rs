@@ -28,6 +28,13 @@ pub struct Statement {
 }
 
 impl Statement {
+    /// The text it holds for its client: the Parse's and the normalized one.
+    fn text_bytes(&self) -> usize {
+        self.tail.len() + self.fingerprint.as_ref().map_or(0, |(_, t)| t.len())
+    }
+}
+
+impl Statement {
     /// `search_path` is the client's: one text under two search paths names two tables, and
     /// PostgreSQL, asked to reuse a plan for the other, fails with "cached plan must not
     /// change result type" where a direct connection would have planned afresh.
@@ -62,8 +69,12 @@ struct RecentTexts {
 
 /// Texts longer than this are not shared (nor kept here).
 const SHARED_TEXT_MAX: usize = 16 << 10;
-/// What one thread's list may hold before it starts over.
+/// What one thread's list may hold before it starts over: bytes, counting each entry's
+/// table slot, name and shared-buffer header as well as its text, and entries.
 const RECENT_TEXTS_BYTES: usize = 1 << 20;
+const RECENT_TEXTS_MAX: usize = 4096;
+/// An entry's memory besides its text (slot, `Arc<str>` name, `Bytes` header), rounded up.
+const RECENT_ENTRY_OVERHEAD: usize = 192;
 
 thread_local! {
     static RECENT_TEXTS: std::cell::RefCell<RecentTexts> = std::cell::RefCell::default();
@@ -85,11 +96,12 @@ fn shared_text(digest: [u8; 12], tail: &[u8]) -> (Arc<str>, Bytes) {
         {
             return (name.clone(), text.clone());
         }
-        if r.bytes + tail.len() > RECENT_TEXTS_BYTES {
+        let cost = tail.len() + RECENT_ENTRY_OVERHEAD;
+        if r.bytes + cost > RECENT_TEXTS_BYTES || r.by_digest.len() >= RECENT_TEXTS_MAX {
             *r = RecentTexts::default();
         }
         let made = make();
-        r.bytes += tail.len();
+        r.bytes += cost;
         r.by_digest.insert(digest, made.clone());
         made
     })
@@ -192,16 +204,16 @@ impl ClientStatements {
     }
     pub fn insert(&mut self, name: &[u8], s: Arc<Statement>) {
         let m = self.map.get_or_insert_with(Default::default);
-        m.bytes += s.tail.len();
+        m.bytes += s.text_bytes();
         if let Some(old) = m.names.insert(name, s) {
-            m.bytes -= old.tail.len();
+            m.bytes -= old.text_bytes();
         }
     }
     pub fn remove(&mut self, name: &[u8]) {
         if let Some(m) = &mut self.map
             && let Some(old) = m.names.remove(name)
         {
-            m.bytes -= old.tail.len();
+            m.bytes -= old.text_bytes();
         }
     }
     pub fn clear(&mut self) {

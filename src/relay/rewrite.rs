@@ -137,8 +137,8 @@ impl Relay {
         let client_name: Box<[u8]> = name.into();
         let stmt = Arc::new(Statement {
             settings,
-            // Its Binds are filed under what its Parse was (metered just before).
-            fingerprint: self.meter.current_statement(),
+            // Its Binds are filed under what its Parse was (metered in this walk).
+            fingerprint: self.meter.statement_of(h.body_len),
             ..Statement::new(
                 tail,
                 state

@@ -197,15 +197,27 @@ impl Meter {
         self.current = self.fingerprint(text);
     }
 
-    /// A Query or Parse whose text is longer than MAX_FINGERPRINTED (not read).
-    pub fn long_statement(&mut self) {
-        if self.tracks_queries() {
+    /// A Query or Parse whose text is longer than MAX_FINGERPRINTED (not read); a Parse's
+    /// statement `name` is filed under it.
+    pub fn long_statement(&mut self, parse_name: Option<&[u8]>) {
+        let Some(known) = self.long_known() else {
+            return;
+        };
+        self.current = Some(known.clone());
+        if let Some(name) = parse_name {
+            self.file(name, Some(known));
+        }
+    }
+
+    /// The shared entry of statements longer than MAX_FINGERPRINTED, when tracked.
+    fn long_known(&self) -> Option<Known> {
+        self.tracks_queries().then(|| {
             let text = TEXTS.with(|t| {
                 t.borrow_mut()
                     .known(1, || "(statement longer than 64 KiB)".into())
             });
-            self.current = Some((1, text));
-        }
+            (1, text)
+        })
     }
 
     /// A client's Parse; `passthrough`: it goes to the server as it is (no statement cache).
@@ -222,13 +234,19 @@ impl Meter {
 
     /// The text of a Parse of statement `name`.
     pub fn parse_text(&mut self, name: &[u8], text: &[u8]) {
-        self.current = self.fingerprint(text);
+        let known = self.fingerprint(text);
+        self.current = known.clone();
+        self.file(name, known);
+    }
+
+    /// Files statement `name` under `known` (None: not tracked now, so a later Bind must not
+    /// find what an earlier Parse was).
+    fn file(&mut self, name: &[u8], known: Option<Known>) {
         if self.names_in_relay && !name.is_empty() {
-            // The relay files it with the statement ([`Meter::current_statement`]).
+            // The relay files it with the statement ([`Meter::statement_of`]).
             return;
         }
-        let Some(known) = &self.current else {
-            // Not tracked now: a later Bind must not find what an earlier Parse was.
+        let Some(known) = known else {
             if name.is_empty() {
                 self.unnamed = None;
             } else if let Some(named) = &mut self.named {
@@ -237,19 +255,25 @@ impl Meter {
             return;
         };
         if name.is_empty() {
-            self.unnamed = Some(known.clone());
+            self.unnamed = Some(known);
             return;
         }
         let named = self.named.get_or_insert_with(Default::default);
         if named.len() >= CLIENT_CACHE && !named.contains_key(name) {
             named.clear();
         }
-        named.insert(name.into(), known.clone());
+        named.insert(name.into(), known);
     }
 
-    /// What the message just metered runs, for the relay to file with a named statement.
-    pub fn current_statement(&self) -> Option<Known> {
-        self.current.clone()
+    /// What a named Parse with a text of `len` bytes runs, for the relay to file with the
+    /// statement: the shared entry for a long text (whose Parse may have been metered reads
+    /// ago), else what the Parse just metered was.
+    pub fn statement_of(&self, len: usize) -> Option<Known> {
+        if len > MAX_FINGERPRINTED {
+            self.long_known()
+        } else {
+            self.current.clone()
+        }
     }
 
     /// A Bind of a statement the relay filed (`names_in_relay`).

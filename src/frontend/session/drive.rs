@@ -99,8 +99,14 @@ async fn relay_loop(app: &App, c: &mut Client, relay: &mut Relay) -> Exit {
                 if may_park(app, c, relay, timer_armed) {
                     return Exit::Park;
                 }
-                // Not now: asked again after two more sweeps.
-                c.reg.info.set_park(Park::Active);
+                // Not now: asked again after two more sweeps; a LISTEN client never (its
+                // notifications need the task).
+                let next = if c.listening.is_some() {
+                    Park::Never
+                } else {
+                    Park::Active
+                };
+                c.reg.info.set_park(next);
                 continue;
             }
             Step::Other(other) => Box::pin(on_event(app, c, relay, *other)).await,
