@@ -148,11 +148,7 @@ async fn live(app: &Arc<App>, mut conn: Box<(Client, Relay)>, mut ended: Ended) 
     }
     let (_, relay) = &mut *conn;
     relay.meter.flush();
-    if let Some(a) = &mut ended.audit {
-        let (i, o) = relay.meter.bytes();
-        a.bytes_in += i;
-        a.bytes_out += o;
-    }
+    ended.add_bytes(&relay.meter);
     let (client, relay) = *conn;
     Box::pin(finish(app, client, relay)).await;
     if let Some(a) = ended.audit {
@@ -187,6 +183,15 @@ struct Audited {
 }
 
 impl Ended {
+    /// Adds what `meter` counted (one stretch of the client's life between parks).
+    fn add_bytes(&mut self, meter: &Meter) {
+        if let Some(a) = &mut self.audit {
+            let (i, o) = meter.bytes();
+            a.bytes_in += i;
+            a.bytes_out += o;
+        }
+    }
+
     /// Records the startup packet's user and database for the audit line.
     fn who(&mut self, user: &str, database: &str) {
         if let Some(a) = &mut self.audit {
@@ -294,7 +299,7 @@ async fn serve_inner(
         admitted: l.admitted,
         limits: Default::default(),
     };
-    let mut relay = new_relay(&app, &client, mode);
+    let mut relay = new_relay(&app, &client, mode, None);
     relay.meter.audit = statement_audit(&app, &client);
     if !l.early.is_empty() {
         relay.client_buffer().extend_from_slice(&l.early);
@@ -307,15 +312,20 @@ async fn serve_inner(
     Some(Box::new((client, relay)))
 }
 
-/// A relay for `client` as the configuration says now (at login, and when a parked client
-/// comes back).
-fn new_relay(app: &App, client: &Client, mode: PoolMode) -> Relay {
-    let (max_prepared, max_client) = {
+/// A relay for `client` as the configuration says now (at login), or with the statement
+/// limits `prepared` it had when it parked (max_prepared, max_client_statements: read once,
+/// at login).
+fn new_relay(app: &App, client: &Client, mode: PoolMode, prepared: Option<[u32; 2]>) -> Relay {
+    let [max_prepared, max_client] = prepared.unwrap_or_else(|| {
         let g = &app.config.load().general;
-        (g.max_prepared_statements, g.max_client_prepared_statements)
-    };
-    let mut relay = Relay::new(mode == PoolMode::Transaction, max_prepared);
-    relay.max_client_statements = u32::try_from(max_client).unwrap_or(u32::MAX);
+        let u32_of = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        [
+            u32_of(g.max_prepared_statements),
+            u32_of(g.max_client_prepared_statements),
+        ]
+    });
+    let mut relay = Relay::new(mode == PoolMode::Transaction, max_prepared as usize);
+    relay.max_client_statements = max_client;
     relay.meter = Meter::new(Some(client.pool.sinks(&app.queries)));
     relay.meter.names_in_relay = relay.max_prepared > 0;
     relay

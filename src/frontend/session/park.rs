@@ -239,11 +239,7 @@ pub(super) fn park(
         return Err((conn, ended));
     }
     let kept = relay.meter.keep();
-    if let Some(a) = &mut ended.audit {
-        let (i, o) = relay.meter.bytes();
-        a.bytes_in += i;
-        a.bytes_out += o;
-    }
+    ended.add_bytes(&relay.meter);
     // Read once at login (restart-only settings), kept so that a RELOAD does not change how
     // a parked client's statements are named when it comes back.
     let prepared = [relay.max_prepared, relay.max_client_statements];
@@ -285,9 +281,7 @@ async fn resume(app: Arc<App>, parked: Box<Parked>) {
         // Its reads fail now: the relay loop ends it as a client gone.
         tracing::warn!(conn = client.id, error = %e, "a parked client's socket could not rejoin the runtime");
     }
-    let mut relay = new_relay(&app, &client, PoolMode::Transaction);
-    [relay.max_prepared, relay.max_client_statements] = prepared;
-    relay.meter.names_in_relay = relay.max_prepared > 0;
+    let mut relay = new_relay(&app, &client, PoolMode::Transaction, Some(prepared));
     let ended = match extra {
         Some(e) => {
             if let Some(k) = e.kept {
