@@ -95,6 +95,7 @@ async fn every_auth_method_both_sides() {
     );
     let proxy = Proxy::start(&text).await;
     let port = proxy.port(PoolMode::Transaction);
+    let mut open = Vec::new();
     for (user, pw, role) in [
         ("agent", "agent-pw", "app_scram"),
         ("agent_md5", "md5-agent-pw", "app_md5"),
@@ -112,7 +113,33 @@ async fn every_auth_method_both_sides() {
             vec![role.to_owned()],
             "{user}"
         );
+        open.push(raw);
     }
+    // SHOW CLIENTS says how each logged in (auth_method and pool_mode are kept as bytes).
+    let mut shown: Vec<_> = console(&pg, &proxy, ADMIN, "SHOW CLIENTS")
+        .unwrap()
+        .into_iter()
+        .filter(|c| c["database"] == "app")
+        .map(|c| {
+            (
+                c["user"].clone(),
+                c["auth_method"].clone(),
+                c["pool_mode"].clone(),
+            )
+        })
+        .collect();
+    shown.sort();
+    let tx = "transaction".to_owned();
+    assert_eq!(
+        shown,
+        [
+            ("agent".into(), "scram-sha-256".into(), tx.clone()),
+            ("agent_md5".into(), "md5".into(), tx.clone()),
+            ("agent_plain".into(), "scram-sha-256".into(), tx.clone()),
+            ("agent_verifier".into(), "scram-sha-256".into(), tx.clone()),
+        ]
+    );
+    drop(open);
     // The md5-stored user must be challenged with md5 (AuthenticationMD5Password = 5).
     let mut raw = Raw::open(port).await;
     raw.send(&raw::startup_packet(

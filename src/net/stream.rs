@@ -47,6 +47,18 @@ pub enum Detached {
     Gone,
 }
 
+impl Detached {
+    /// Its descriptor, for the parking lot's epoll set (None: lost).
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        match self {
+            Detached::Tcp(s) => Some(s.as_fd()),
+            Detached::Unix(s) => Some(s.as_fd()),
+            Detached::Gone => None,
+        }
+    }
+}
+
 /// Calls `$f` with the inner stream of every variant.
 macro_rules! each {
     ($s:expr, $v:ident => $f:expr) => {
@@ -118,12 +130,10 @@ impl Stream {
         Ok(())
     }
 
-    /// A detached socket's descriptor, for the parking lot's epoll set.
+    /// A detached socket's descriptor.
     pub fn detached_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        use std::os::fd::AsFd;
         match self {
-            Stream::Detached(Detached::Tcp(s)) => Some(s.as_fd()),
-            Stream::Detached(Detached::Unix(s)) => Some(s.as_fd()),
+            Stream::Detached(d) => d.fd(),
             _ => None,
         }
     }

@@ -182,6 +182,26 @@ pub struct ClientSession {
     pub statements: ClientStatements,
 }
 
+/// client_idle_timeout, idle_transaction_timeout and query_timeout in milliseconds (0:
+/// none), the limit of each phase of a client: 12 bytes where three `Option<Duration>` are 48.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PhaseLimits(pub [u32; 3]);
+
+impl PhaseLimits {
+    pub fn any(self) -> bool {
+        self.0 != [0; 3]
+    }
+
+    pub fn of_phase(self, p: Phase) -> Option<std::time::Duration> {
+        let ms = match p {
+            Phase::Idle => self.0[0],
+            Phase::InTransaction => self.0[1],
+            Phase::Busy => self.0[2],
+        };
+        (ms > 0).then(|| std::time::Duration::from_millis(u64::from(ms)))
+    }
+}
+
 /// What the relay knows of the attached server's side of the conversation. All of it is
 /// forgotten together, by assignment, when a server is attached or let go
 /// ([`Relay::reset_server_side`]); the reply pipeline is cleared with it but kept apart, so
@@ -261,6 +281,8 @@ pub struct Relay {
     pub watch_phase: bool,
     /// handover_reset: servers are reset when they change hands.
     pub handover_reset: bool,
+    /// The client's timeouts per phase (set by its session as its relay loop starts).
+    pub phase_limits: PhaseLimits,
     /// client_stall_timeout, and its timer while the client takes nothing.
     pub stall_timeout: Option<std::time::Duration>,
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -295,6 +317,7 @@ impl Relay {
             reported_phase: Phase::Idle,
             meter: Meter::default(),
             metered: false,
+            phase_limits: PhaseLimits::default(),
             stall_timeout: None,
             stall: None,
         }

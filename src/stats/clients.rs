@@ -33,21 +33,17 @@ pub struct ClientInfo {
     wait_since: AtomicU64,
     /// Named prepared statements it keeps (transaction mode), as of its last transaction.
     prepared: AtomicU32,
-    /// The client's socket while it is open (KILL_CLIENT shuts it down) and its task's
-    /// waker (the parking sweep wakes it). Behind a lock so the descriptor cannot be closed
-    /// (and reused) between the check and the shutdown.
-    slot: Mutex<Slot>,
+    /// The client's socket while it is open (KILL_CLIENT shuts it down; -1: none). Read and
+    /// changed only under `waker`'s lock, so the descriptor cannot be closed (and reused)
+    /// between the check and the shutdown: an atomic only to sit beside the other small
+    /// fields rather than in the lock's padding.
+    socket: AtomicI32,
+    /// The client's task, for the parking sweep to wake: stored once per task, taken when
+    /// the task ends or parks (a stored waker keeps its task's memory alive).
+    waker: Mutex<Option<std::task::Waker>>,
     killed: AtomicBool,
     /// Where the client is on its way to being parked ([`Park`]).
     park: AtomicU8,
-}
-
-#[derive(Debug, Default)]
-struct Slot {
-    socket: Option<RawFd>,
-    /// Stored once per task, taken when the task ends or parks: a stored waker keeps its
-    /// task's memory alive.
-    waker: Option<std::task::Waker>,
 }
 
 /// A client's way to the parking lot (an idle client's task, relay and reactor
@@ -68,6 +64,49 @@ pub enum Park {
     Never = 4,
 }
 
+/// How a client proved who it is (SHOW CLIENTS' auth_method): a byte, not a `&str`, in the
+/// registry entry every client keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    Trust,
+    Cert,
+    Md5,
+    ScramSha256,
+    ApiKey,
+    Jwt,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Trust => "trust",
+            AuthMethod::Cert => "cert",
+            AuthMethod::Md5 => "md5",
+            AuthMethod::ScramSha256 => "scram-sha-256",
+            AuthMethod::ApiKey => crate::identity::Source::ApiKey.method(),
+            AuthMethod::Jwt => crate::identity::Source::Jwt.method(),
+        }
+    }
+}
+
+impl From<crate::auth::Method> for AuthMethod {
+    fn from(m: crate::auth::Method) -> Self {
+        match m {
+            crate::auth::Method::Md5 => AuthMethod::Md5,
+            crate::auth::Method::ScramSha256 => AuthMethod::ScramSha256,
+        }
+    }
+}
+
+impl From<crate::identity::Source> for AuthMethod {
+    fn from(s: crate::identity::Source) -> Self {
+        match s {
+            crate::identity::Source::ApiKey => AuthMethod::ApiKey,
+            crate::identity::Source::Jwt => AuthMethod::Jwt,
+        }
+    }
+}
+
 /// What is known of a client once it has logged in.
 #[derive(Debug)]
 pub struct ClientFacts {
@@ -84,8 +123,8 @@ pub struct ClientFacts {
     /// Only for a TLS client: kept out of line, most clients of a sidecar have none.
     pub tls: Option<Box<TlsFacts>>,
     pub application_name: Box<str>,
-    pub auth_method: &'static str,
-    pub pool_mode: &'static str,
+    pub auth_method: AuthMethod,
+    pub pool_mode: crate::config::PoolMode,
     /// A token client's identity (API key or JWT subject).
     pub identity: Option<Arc<crate::identity::Identity>>,
     pub priority: crate::config::Priority,
@@ -181,7 +220,7 @@ impl ClientInfo {
 
     /// The client's task, for the parking sweep to wake; stored once per task.
     pub fn set_waker(&self, waker: Option<&std::task::Waker>) {
-        self.lock().waker = waker.cloned();
+        *self.lock() = waker.cloned();
     }
 
     pub fn park_state(&self) -> Park {
@@ -220,7 +259,7 @@ impl ClientInfo {
             )
             .is_ok();
         if moved && step.1 == Park::Asked {
-            if let Some(w) = &self.lock().waker {
+            if let Some(w) = &*self.lock() {
                 w.wake_by_ref();
             }
             return true;
@@ -232,16 +271,17 @@ impl ClientInfo {
     /// KILL_CLIENT kept off the descriptor; when `f` says the socket was lost (closed, its
     /// number free for another socket), the registry forgets it before anyone can use it.
     pub fn changing_socket(&self, f: impl FnOnce() -> bool) -> bool {
-        let mut slot = self.lock();
+        let _socket = self.lock();
         let kept = f();
         if !kept {
-            slot.socket = None;
+            self.socket.store(-1, Ordering::Relaxed);
         }
         kept
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
-        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    /// The waker's lock, which also guards `socket`.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<std::task::Waker>> {
+        self.waker.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn was_killed(&self) -> bool {
@@ -265,8 +305,11 @@ impl ClientInfo {
     /// Ends the client from outside its task: its reads see end-of-file, so it leaves
     /// through the normal path (its server closed or returned as that path decides).
     pub fn kill(&self) -> bool {
-        let slot = self.lock();
-        let Some(fd) = slot.socket else { return false };
+        let _socket = self.lock();
+        let fd = self.socket.load(Ordering::Relaxed);
+        if fd < 0 {
+            return false;
+        }
         self.killed.store(true, Ordering::Release);
         // SAFETY: fd is open while `socket` holds it (the session clears it, under this lock,
         // before closing the socket). Shutting down reads wakes the task's pending read.
@@ -295,10 +338,8 @@ impl Clients {
             request_time: AtomicU64::new(now),
             wait_since: AtomicU64::new(0),
             prepared: AtomicU32::new(0),
-            slot: Mutex::new(Slot {
-                socket,
-                waker: None,
-            }),
+            socket: AtomicI32::new(socket.unwrap_or(-1)),
+            waker: Mutex::new(None),
             killed: AtomicBool::new(false),
             park: AtomicU8::new(Park::Active as u8),
         });
@@ -343,7 +384,9 @@ pub struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        *self.info.lock() = Slot::default();
+        let mut waker = self.info.lock();
+        self.info.socket.store(-1, Ordering::Relaxed);
+        *waker = None;
         self.clients.map.remove(&self.info.facts.id);
     }
 }
@@ -368,8 +411,8 @@ mod tests {
             local_port: 0,
             tls: None,
             application_name: "".into(),
-            auth_method: "md5",
-            pool_mode: "transaction",
+            auth_method: AuthMethod::Md5,
+            pool_mode: crate::config::PoolMode::Transaction,
             identity: None,
             priority: crate::config::Priority::NORMAL,
         };

@@ -50,8 +50,8 @@ pub fn table(app: &App) -> Table {
             c.facts.pool.role.as_ref().into(),
             c.facts.identity_name().into(),
             classes.name(c.facts.priority).into(),
-            c.facts.auth_method.into(),
-            c.facts.pool_mode.into(),
+            c.facts.auth_method.as_str().into(),
+            c.facts.pool_mode.as_str().into(),
             c.facts.sni().into(),
         ]);
     }

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::proto::tag::backend as be;
+use crate::relay::PhaseLimits;
 use crate::stats::clients::Park;
 use std::ops::ControlFlow;
 
@@ -18,15 +19,15 @@ pub(super) enum Exit {
 /// The relay loop with its timers, until the client or its server goes, or it parks.
 pub(super) async fn run(app: &App, c: &mut Client, relay: &mut Relay) -> Exit {
     // Read once, and the config guard not kept: the loop lives as long as the client. The
-    // limits live in the client, not in this loop's state, which every idle client's task
-    // holds.
+    // limits live in the relay, not in this loop's state, which every idle client's task
+    // holds, nor in the client, which a parked client keeps.
     {
         let general = &app.config.load().general;
         relay.stall_timeout = general.client_stall_timeout.enabled();
         relay.handover_reset = general.handover_reset;
-        c.limits = PhaseLimits::of(general);
+        relay.phase_limits = phase_limits(general);
     }
-    relay.watch_phase = c.limits.any();
+    relay.watch_phase = relay.phase_limits.any();
     // The parking sweep wakes this task through the registry: its waker is stored once.
     if relay.transaction_mode && c.stream.is_plain() {
         poll_fn(|cx| {
@@ -48,7 +49,7 @@ async fn relay_loop(app: &App, c: &mut Client, relay: &mut Relay) -> Exit {
     // Made only when a timeout is configured: a timer is about a tenth of an idle client.
     let mut timer: Option<Pin<Box<Sleep>>> = None;
     let mut timer_armed = false;
-    if let Some(t) = c.limits.of_phase(Phase::Idle) {
+    if let Some(t) = relay.phase_limits.of_phase(Phase::Idle) {
         arm(&mut timer, t);
         timer_armed = true;
     }
@@ -79,7 +80,7 @@ async fn relay_loop(app: &App, c: &mut Client, relay: &mut Relay) -> Exit {
         let flow = match step {
             Step::Phase(p) => {
                 phase = p;
-                let limit = c.limits.of_phase(p);
+                let limit = relay.phase_limits.of_phase(p);
                 timer_armed = limit.is_some();
                 if let Some(t) = limit {
                     arm(&mut timer, t);
@@ -176,7 +177,7 @@ async fn timed_out(app: &App, c: &mut Client, relay: &mut Relay, phase: Phase) -
         Phase::InTransaction => ClientError::idle_transaction_timeout(),
         Phase::Busy => {
             tracing::info!(
-                conn = c.id,
+                conn = c.id(),
                 "query_timeout: canceling the running statement"
             );
             c.cancel.handle.fire().await;
@@ -187,36 +188,16 @@ async fn timed_out(app: &App, c: &mut Client, relay: &mut Relay, phase: Phase) -
     ControlFlow::Break(())
 }
 
-/// client_idle_timeout, idle_transaction_timeout and query_timeout in milliseconds (0:
-/// none), the limit of each phase of a client: 12 bytes where three `Option<Duration>` are 48.
-#[derive(Clone, Copy, Default)]
-pub(super) struct PhaseLimits([u32; 3]);
-
-impl PhaseLimits {
-    fn of(general: &crate::config::General) -> PhaseLimits {
-        // A limit of more than 49 days is 49 days; under a millisecond, one.
-        let ms = |d: Option<Duration>| {
-            d.map_or(0, |d| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32)
-        };
-        PhaseLimits([
-            ms(general.client_idle_timeout.enabled()),
-            ms(general.idle_transaction_timeout.enabled()),
-            ms(general.query_timeout.enabled()),
-        ])
-    }
-
-    fn any(self) -> bool {
-        self.0 != [0; 3]
-    }
-
-    fn of_phase(self, p: Phase) -> Option<Duration> {
-        let ms = match p {
-            Phase::Idle => self.0[0],
-            Phase::InTransaction => self.0[1],
-            Phase::Busy => self.0[2],
-        };
-        (ms > 0).then(|| Duration::from_millis(u64::from(ms)))
-    }
+/// client_idle_timeout, idle_transaction_timeout and query_timeout, for the relay to keep.
+fn phase_limits(general: &crate::config::General) -> PhaseLimits {
+    // A limit of more than 49 days is 49 days; under a millisecond, one.
+    let ms =
+        |d: Option<Duration>| d.map_or(0, |d| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32);
+    PhaseLimits([
+        ms(general.client_idle_timeout.enabled()),
+        ms(general.idle_transaction_timeout.enabled()),
+        ms(general.query_timeout.enabled()),
+    ])
 }
 
 /// A server for the client's next transaction: the usual case awaits nothing (an idle
@@ -233,7 +214,7 @@ async fn need_server(app: &App, c: &mut Client, relay: &mut Relay) -> ControlFlo
     {
         return ControlFlow::Continue(());
     }
-    let mut idle = c.pool.try_idle(c.id, &c.demand);
+    let mut idle = c.pool.try_idle(c.id(), &c.demand);
     let ready = idle
         .as_mut()
         .is_some_and(|s| ready_in_pipeline(c, relay, s));
@@ -272,7 +253,7 @@ async fn on_event(app: &App, c: &mut Client, relay: &mut Relay, event: Event) ->
     match event {
         Event::Listen(cmd) => Box::pin(listen(app, c, relay, cmd)).await,
         Event::ClientGone(_) if c.reg.info.was_killed() => {
-            tracing::info!(conn = c.id, "client killed from the admin console");
+            tracing::info!(conn = c.id(), "client killed from the admin console");
             Box::pin(tell_and_close(app, c, relay, ClientError::admin_shutdown())).await;
             return ControlFlow::Break(());
         }
@@ -280,26 +261,26 @@ async fn on_event(app: &App, c: &mut Client, relay: &mut Relay, event: Event) ->
             // It cannot be told (it reads nothing); the log, the metric and the audit
             // line say why, and its statement is canceled as it goes.
             tracing::warn!(
-                conn = c.id,
+                conn = c.id(),
                 "client took none of its results for client_stall_timeout: closing it"
             );
             app.metrics.client_error("08006");
             return ControlFlow::Break(());
         }
         Event::ClientTerminated => {
-            tracing::debug!(conn = c.id, "client sent Terminate");
+            tracing::debug!(conn = c.id(), "client sent Terminate");
             return ControlFlow::Break(());
         }
         Event::ClientGone(why) => {
-            tracing::debug!(conn = c.id, reason = %why, "client connection ended");
+            tracing::debug!(conn = c.id(), reason = %why, "client connection ended");
             return ControlFlow::Break(());
         }
         Event::ServerGone(why) => {
             let server = c.server.as_ref().map_or(0, |s| s.id);
             if matches!(why, crate::relay::Lost::Protocol(_)) {
-                tracing::warn!(conn = c.id, server, reason = %why, "server broke the protocol: closing it");
+                tracing::warn!(conn = c.id(), server, reason = %why, "server broke the protocol: closing it");
             } else {
-                tracing::info!(conn = c.id, server, reason = %why, "server connection lost");
+                tracing::info!(conn = c.id(), server, reason = %why, "server connection lost");
             }
             let fatal = relay.server_sent_fatal();
             c.server = None;
@@ -314,7 +295,7 @@ async fn on_event(app: &App, c: &mut Client, relay: &mut Relay, event: Event) ->
         }
         Event::HandoverFailed => {
             tracing::warn!(
-                conn = c.id,
+                conn = c.id(),
                 "hand-over reset interrupted: closing the client and the server"
             );
             c.server = None;
@@ -330,7 +311,7 @@ async fn on_event(app: &App, c: &mut Client, relay: &mut Relay, event: Event) ->
             return ControlFlow::Break(());
         }
         Event::Protocol(e) => {
-            tracing::info!(conn = c.id, error = %e, "client protocol violation");
+            tracing::info!(conn = c.id(), error = %e, "client protocol violation");
             Box::pin(tell_and_close(app, c, relay, e)).await;
             return ControlFlow::Break(());
         }
@@ -377,6 +358,7 @@ pub(super) async fn listen(
 ) {
     use crate::sql::session::ListenCmd;
     let hub = app.notify_hub(&c.pool);
+    let id = c.id();
     let result = match cmd {
         ListenCmd::Listen(ch) => {
             let l = c.listening.get_or_insert_with(|| {
@@ -388,14 +370,14 @@ pub(super) async fn listen(
                     held: Vec::new(),
                 })
             });
-            let r = hub.listen(&ch, c.id, l.tx.clone()).await;
+            let r = hub.listen(&ch, id, l.tx.clone()).await;
             if r.is_ok() && !l.channels.contains(&ch) {
                 l.channels.push(ch);
             }
             r.map(|_| "LISTEN")
         }
         ListenCmd::Unlisten(ch) => {
-            hub.unlisten(&ch, c.id);
+            hub.unlisten(&ch, id);
             if let Some(l) = &mut c.listening {
                 l.channels.retain(|x| *x != ch);
             }
@@ -403,7 +385,7 @@ pub(super) async fn listen(
         }
         ListenCmd::UnlistenAll => {
             if let Some(l) = &mut c.listening {
-                hub.unlisten_all(&l.channels, c.id);
+                hub.unlisten_all(&l.channels, id);
                 l.channels.clear();
             }
             Ok("UNLISTEN")
@@ -436,7 +418,7 @@ pub(super) async fn read_back_settings(
     if touched.iter().any(|n| n == "session_authorization") {
         // Another identity must never be handed to the next client; the client keeps its own.
         tracing::info!(
-            conn = c.id,
+            conn = c.id(),
             "SET SESSION AUTHORIZATION in transaction mode: closing that server"
         );
         return false;
@@ -460,7 +442,7 @@ pub(super) async fn read_back_settings(
             true
         }
         Err(e) => {
-            tracing::info!(conn = c.id, server = server.id, error = %e, "reading settings back failed: closing server");
+            tracing::info!(conn = c.id(), server = server.id, error = %e, "reading settings back failed: closing server");
             false
         }
     }
@@ -501,7 +483,7 @@ pub(super) async fn attach(
         Err(e) => {
             c.reg.info.linked(0);
             let err = e.to_client();
-            tracing::info!(conn = c.id, pool = %c.pool.key, error = %e, "no server for client");
+            tracing::info!(conn = c.id(), pool = %c.pool.key, error = %e, "no server for client");
             if matches!(e, crate::backend::CheckoutError::ShareFull { .. }) {
                 app.metrics.limit_refused("max_user_connections");
             }
@@ -536,7 +518,7 @@ pub(super) fn return_server(c: &mut Client, relay: &mut Relay, server: ServerCon
         c.pool.release_busy(server, busy_us);
     } else {
         tracing::debug!(
-            conn = c.id,
+            conn = c.id(),
             server = server.id,
             "closing server instead of returning it"
         );
@@ -556,7 +538,7 @@ pub(super) async fn release_after_read_back(
 /// it: its parameters already match, or the hand-over reset is due and at most
 /// application_name (which no value makes fail) is set after it.
 pub(super) fn ready_in_pipeline(c: &mut Client, relay: &Relay, server: &mut ServerConn) -> bool {
-    server.hand_to(c.id, relay.handover_reset);
+    server.hand_to(c.id(), relay.handover_reset);
     if server.reset_pending {
         handover_statement(c, server.sync_base()).is_some()
     } else if server.params == c.state.params {
@@ -682,7 +664,7 @@ pub(super) fn install(
     server.reset_pending = false;
     c.cancel.handle.attach(server.cancel_target());
     // The client's side was linked first (above); now SHOW SERVERS' side.
-    server.info.linked(c.id, crate::stats::unix_micros());
+    server.info.linked(c.id(), crate::stats::unix_micros());
     c.server = Some(server);
     true
 }
@@ -700,9 +682,9 @@ fn claims_due<'c>(
         return Vec::new();
     }
     let now = claims::Current::of(&app.config.load(), &c.pool.key.role, &server.claims);
-    claims::due(bearer, &now, c.id, &mut server.claims, server.pid).unwrap_or_else(|_| {
+    claims::due(bearer, &now, c.id(), &mut server.claims, server.pid).unwrap_or_else(|_| {
         tracing::warn!(
-            conn = c.id,
+            conn = c.id(),
             server = server.id,
             "a server holds sealed claims no configured key can replace: closing it"
         );
@@ -733,7 +715,7 @@ async fn within_rate(app: &App, c: &mut Client, relay: &mut Relay) -> bool {
             ),
             RateVerdict::Refused(e) => e,
         };
-        tracing::info!(conn = c.id, error = %err, "transaction refused by its identity's rate");
+        tracing::info!(conn = c.id(), error = %err, "transaction refused by its identity's rate");
         app.metrics.client_error(&err.code);
         app.metrics.limit_refused("transactions_per_second");
         relay.refuse_request(&err);

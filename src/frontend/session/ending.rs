@@ -4,7 +4,7 @@ use super::*;
 
 pub(super) async fn tell_and_close(app: &App, c: &mut Client, relay: &mut Relay, err: ClientError) {
     app.metrics.client_error(&err.code);
-    tracing::info!(conn = c.id, error = %err, "closing client");
+    tracing::info!(conn = c.id(), error = %err, "closing client");
     if relay.client_has_unwritten() || c.server.is_none() || relay.server_reusable() {
         let _ = relay.flush_client(&mut c.stream).await;
     }
@@ -18,13 +18,13 @@ pub(super) async fn tell_and_close(app: &App, c: &mut Client, relay: &mut Relay,
 /// its transaction back and no `idle in transaction` backend is left behind.
 pub(super) async fn finish(app: &App, c: Client, mut relay: Relay) {
     if let Some(l) = c.listening.as_ref().filter(|l| !l.channels.is_empty()) {
-        app.notify_hub(&c.pool).unlisten_all(&l.channels, c.id);
+        app.notify_hub(&c.pool).unlisten_all(&l.channels, c.id());
     }
+    let id = c.id();
     let Client {
         mut server,
         pool,
         cancel,
-        id,
         ..
     } = c;
     let Some(mut srv) = server.take() else { return };

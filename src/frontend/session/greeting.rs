@@ -2,6 +2,7 @@
 //! a direct connection would report, then ReadyForQuery.
 
 use super::*;
+use crate::stats::clients::AuthMethod;
 use std::borrow::Cow;
 
 /// Who logged in, for [`register`].
@@ -9,7 +10,7 @@ struct Who<'a> {
     user: &'a str,
     pool: &'a Pool,
     params: &'a SessionParams,
-    method: &'static str,
+    method: AuthMethod,
     sni: Option<String>,
     identity: Option<Arc<crate::identity::Identity>>,
     priority: crate::config::Priority,
@@ -53,7 +54,7 @@ fn register(app: &App, stream: &Stream, arrival: &Arrival<'_>, who: Who<'_>) -> 
         tls,
         application_name: params.reported.get("application_name").unwrap_or("").into(),
         auth_method: method,
-        pool_mode: mode.as_str(),
+        pool_mode: mode,
         identity,
         priority,
     };
@@ -232,7 +233,7 @@ pub(super) async fn login(
         return LoginOutcome::Quiet;
     }
     let Arrival { id, peer, mode, .. } = &arrival;
-    tracing::info!(conn = id, %peer, user = &*user.name, database = &*db.name, mode = mode.as_str(), method, "client logged in");
+    tracing::info!(conn = id, %peer, user = &*user.name, database = &*db.name, mode = mode.as_str(), method = method.as_str(), "client logged in");
     LoginOutcome::Pooled(Box::new(Pooled {
         params,
         pool,
@@ -348,7 +349,7 @@ fn before_anything(
 struct Proven<'c> {
     /// Its user entry (for a token identity, its mapped role's upstream login).
     user: Cow<'c, crate::config::User>,
-    method: &'static str,
+    method: AuthMethod,
     /// SCRAM's client key when it logged in with SCRAM (for passthrough upstream).
     client_key: Option<[u8; 32]>,
     identity: Option<Arc<crate::identity::Identity>>,
@@ -418,11 +419,11 @@ async fn authenticate<'c>(
         note_auth_failure(app, config, addr, &startup.user);
         return Err(LoginOutcome::Refused(ClientError::auth_failed(
             &startup.user,
-            method,
+            method.as_str(),
         )));
     };
     if matches!(check, access::Check::Trust | access::Check::Cert) {
-        app.metrics.auth_result(method, true);
+        app.metrics.auth_result(method.as_str(), true);
         emit::auth_ok(io.0);
     }
     Ok(Proven {
@@ -472,7 +473,7 @@ async fn token<'c>(
     };
     Ok(Proven {
         user: Cow::Owned(user),
-        method: identity.source.method(),
+        method: identity.source.into(),
         client_key: None,
         identity: Some(identity),
     })
@@ -480,7 +481,7 @@ async fn token<'c>(
 
 /// The outcome of the exchange with the client.
 struct Answered {
-    method: Result<&'static str, ClientError>,
+    method: Result<AuthMethod, ClientError>,
     client_key: Option<[u8; 32]>,
     /// An auth_query user looked up again after a failed md5 proof, which it passed.
     relooked: Option<crate::config::User>,
@@ -500,7 +501,7 @@ async fn prove(
     looked_up: &Option<crate::config::User>,
 ) -> Result<Answered, LoginOutcome> {
     let mut proof = Answered {
-        method: Ok("trust"),
+        method: Ok(AuthMethod::Trust),
         client_key: None,
         relooked: None,
     };
@@ -509,7 +510,7 @@ async fn prove(
         access::Check::Cert => {
             let name = access::certificate_user(stream);
             proof.method = if name.as_deref() == Some(startup.user.as_str()) {
-                Ok("cert")
+                Ok(AuthMethod::Cert)
             } else {
                 Err(ClientError::not_authorized(format!(
                     "certificate authentication failed for user \"{}\"",
@@ -539,7 +540,7 @@ async fn prove(
     proof.method = match exchange {
         Ok(p) => {
             proof.client_key = p.client_key;
-            Ok(p.method.as_str())
+            Ok(p.method.into())
         }
         Err(LoginError::Gone) => {
             let Arrival { id, peer, .. } = arrival;
@@ -554,7 +555,7 @@ async fn prove(
             match proof.relooked {
                 Some(_) => {
                     emit::auth_ok(out);
-                    Ok("md5")
+                    Ok(AuthMethod::Md5)
                 }
                 None => Err(e),
             }

@@ -59,7 +59,6 @@ struct Client {
     pool: Arc<Pool>,
     cancel: Registration,
     server: Option<ServerConn>,
-    id: u64,
     /// The hand-over statement last built for this client (transaction mode).
     handover: Option<Arc<Handover>>,
     /// A token client's claims, set on each server its transactions run on.
@@ -68,8 +67,13 @@ struct Client {
     demand: crate::backend::Demand,
     /// Counted against its identity's limits (when it has any) until it leaves.
     admitted: Option<Box<crate::admission::identities::Admitted>>,
-    /// Its timeouts per phase, read as the relay loop starts.
-    limits: drive::PhaseLimits,
+}
+
+impl Client {
+    /// Its connection id (kept once, in its registry entry).
+    fn id(&self) -> u64 {
+        self.reg.info.facts.id
+    }
 }
 
 /// A transaction-mode client's LISTEN state.
@@ -138,7 +142,7 @@ async fn live(app: &Arc<App>, mut conn: Box<(Client, Relay)>, mut ended: Ended) 
     // cost more than the rest of a transaction's bookkeeping, and making it again for the
     // ending cost 3,000 instructions per connection. Their log lines carry `conn`.
     let (client, relay) = &mut *conn;
-    let id = client.id;
+    let id = client.id();
     if run(app, client, relay).await == Exit::Park {
         match park::park(app, conn, ended) {
             Ok(()) => return true,
@@ -292,12 +296,10 @@ async fn serve_inner(
         pool: l.pool,
         cancel: l.cancel,
         server: l.server,
-        id,
         handover: None,
         bearer: l.bearer,
         demand: l.demand,
         admitted: l.admitted,
-        limits: Default::default(),
     };
     let mut relay = new_relay(&app, &client, mode, None);
     relay.meter.audit = statement_audit(&app, &client);
@@ -340,7 +342,7 @@ fn statement_audit(app: &App, client: &Client) -> Option<Box<crate::stats::meter
     let sink = app.audit.sink()?;
     Some(Box::new(crate::stats::meter::StatementAudit::new(
         sink,
-        client.id,
+        client.id(),
         Arc::from(&*identity.name),
     )))
 }
@@ -402,7 +404,7 @@ async fn audit_login(app: &App, id: u64, mode: PoolMode, outcome: &LoginOutcome,
                 "user": &*facts.user,
                 "database": facts.database(),
                 "pool": l.pool.key.to_string(),
-                "method": facts.auth_method,
+                "method": facts.auth_method.as_str(),
                 "mode": mode.as_str(),
                 "priority": l.pool.settings().fairness.classes.name(facts.priority),
             });
@@ -432,7 +434,7 @@ async fn audit_login(app: &App, id: u64, mode: PoolMode, outcome: &LoginOutcome,
 /// Records in SHOW CLIENTS/SERVERS that `server` now serves the client.
 fn link(c: &Client, server: &ServerConn) {
     c.reg.info.linked(server.id);
-    server.info.linked(c.id, crate::stats::unix_micros());
+    server.info.linked(c.id(), crate::stats::unix_micros());
 }
 
 /// Decrements the client count when the connection ends, however it ends.

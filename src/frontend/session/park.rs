@@ -19,6 +19,7 @@
 //! (they hold a server) are never parked.
 
 use super::*;
+use crate::net::stream::Detached;
 use crate::stats::clients::Park;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use std::collections::HashMap;
@@ -38,9 +39,20 @@ struct Lot {
     parked: Mutex<Option<HashMap<u64, Box<Parked>>>>,
 }
 
-/// A parked client: its session without a relay or a task (256 bytes with jemalloc).
+/// A parked client (jemalloc's 192-byte class): its session without a task, a relay, its
+/// reactor registration or its hand-over cache; a client with a server or LISTEN is never
+/// parked. `Client`'s fields but those, in an order that drops the registry entry (and
+/// with it KILL_CLIENT's hold on the descriptor) before the socket closes.
 pub(super) struct Parked {
-    client: Client,
+    reg: Registered,
+    socket: Detached,
+    address_slot: crate::admission::limits::AddressSlot,
+    state: ClientSession,
+    pool: Arc<Pool>,
+    cancel: Registration,
+    bearer: Option<Box<crate::identity::claims::Bearer>>,
+    demand: crate::backend::Demand,
+    admitted: Option<Box<crate::admission::identities::Admitted>>,
     /// What the relay's meter and the audit line must keep, when anything.
     extra: Option<Box<Extra>>,
     /// The relay's max_prepared and max_client_statements.
@@ -52,10 +64,71 @@ struct Extra {
     ended: Ended,
 }
 
-// In jemalloc's 256-byte class (release builds: what is shipped and measured; tokio's
-// test-util, on in test builds, makes a socket larger).
+// In jemalloc's 192-byte class (release builds: what is shipped and measured).
 #[cfg(not(debug_assertions))]
-const _: () = assert!(std::mem::size_of::<Parked>() <= 256);
+const _: () = assert!(std::mem::size_of::<Parked>() <= 192);
+
+impl Parked {
+    /// `client` (detached) with what its relay leaves behind.
+    fn of(client: Client, extra: Option<Box<Extra>>, prepared: [u32; 2]) -> Parked {
+        let Client {
+            _address_slot: address_slot,
+            reg,
+            stream,
+            state,
+            listening,
+            pool,
+            cancel,
+            server,
+            handover: _,
+            bearer,
+            demand,
+            admitted,
+        } = client;
+        debug_assert!(server.is_none() && listening.is_none());
+        // `park` detached it; anything else would be a socket lost.
+        let socket = match stream {
+            Stream::Detached(d) => d,
+            _ => Detached::Gone,
+        };
+        Parked {
+            reg,
+            socket,
+            address_slot,
+            state,
+            pool,
+            cancel,
+            bearer,
+            demand,
+            admitted,
+            extra,
+            prepared,
+        }
+    }
+
+    /// The client again (its socket still detached), and what its relay left behind.
+    fn into_client(self) -> (Client, Option<Box<Extra>>, [u32; 2]) {
+        let client = Client {
+            _address_slot: self.address_slot,
+            reg: self.reg,
+            stream: Stream::Detached(self.socket),
+            state: self.state,
+            listening: None,
+            pool: self.pool,
+            cancel: self.cancel,
+            server: None,
+            handover: None,
+            bearer: self.bearer,
+            demand: self.demand,
+            admitted: self.admitted,
+        };
+        (client, self.extra, self.prepared)
+    }
+
+    fn id(&self) -> u64 {
+        self.reg.info.facts.id
+    }
+}
 
 impl Parking {
     /// Clients parked now.
@@ -75,9 +148,9 @@ impl Parking {
         let Some(lot) = self.lot.get() else {
             return Err(p);
         };
-        let id = p.client.id;
+        let id = p.id();
         let mut parked = lock(&lot.parked);
-        let (Some(parked), Some(fd)) = (parked.as_mut(), p.client.stream.detached_fd()) else {
+        let (Some(parked), Some(fd)) = (parked.as_mut(), p.socket.fd()) else {
             return Err(p);
         };
         // One event, then the socket leaves the set (take() deletes it).
@@ -85,7 +158,7 @@ impl Parking {
         if lot.epoll.add(fd, EpollEvent::new(flags, id)).is_err() {
             return Err(p);
         }
-        p.client.reg.info.set_park(Park::Parked);
+        p.reg.info.set_park(Park::Parked);
         parked.insert(id, p);
         Ok(())
     }
@@ -95,7 +168,7 @@ impl Lot {
     /// The parked client `id`, out of the map and the epoll set.
     fn take(&self, id: u64) -> Option<Box<Parked>> {
         let p = lock(&self.parked).as_mut()?.remove(&id)?;
-        if let Some(fd) = p.client.stream.detached_fd() {
+        if let Some(fd) = p.socket.fd() {
             let _ = self.epoll.delete(fd);
         }
         Some(p)
@@ -181,7 +254,7 @@ pub async fn run(app: Weak<App>) {
 fn close(app: &Arc<App>, lot: &Lot) {
     let parked = lock(&lot.parked).take().unwrap_or_default();
     for (_, p) in parked {
-        if let Some(fd) = p.client.stream.detached_fd() {
+        if let Some(fd) = p.socket.fd() {
             let _ = lot.epoll.delete(fd);
         }
         spawn_resume(app, p);
@@ -218,7 +291,7 @@ fn wake_ready(app: &Arc<App>, lot: &Lot) {
 }
 
 fn spawn_resume(app: &Arc<App>, p: Box<Parked>) {
-    let id = p.client.id;
+    let id = p.id();
     tokio::spawn(crate::net::isolate::isolated(id, resume(app.clone(), p)));
 }
 
@@ -245,11 +318,7 @@ pub(super) fn park(
     let prepared = [relay.max_prepared, relay.max_client_statements];
     let (client, _relay) = *conn;
     let extra = (kept.is_some() || ended.audit.is_some()).then(|| Box::new(Extra { kept, ended }));
-    let parked = Box::new(Parked {
-        client,
-        extra,
-        prepared,
-    });
+    let parked = Box::new(Parked::of(client, extra, prepared));
     match app.parking.add(parked) {
         Ok(()) => {
             app.metrics.parks.inc();
@@ -263,11 +332,7 @@ pub(super) fn park(
 /// A parked client's socket turned readable: a task and a relay again, then the relay loop.
 async fn resume(app: Arc<App>, parked: Box<Parked>) {
     let _count = scopeguard(&app, PoolMode::Transaction);
-    let Parked {
-        mut client,
-        extra,
-        prepared,
-    } = *parked;
+    let (mut client, extra, prepared) = parked.into_client();
     client.reg.info.set_park(Park::Active);
     let stream = &mut client.stream;
     let mut failed = None;
@@ -279,7 +344,7 @@ async fn resume(app: Arc<App>, parked: Box<Parked>) {
     });
     if let Some(e) = failed {
         // Its reads fail now: the relay loop ends it as a client gone.
-        tracing::warn!(conn = client.id, error = %e, "a parked client's socket could not rejoin the runtime");
+        tracing::warn!(conn = client.id(), error = %e, "a parked client's socket could not rejoin the runtime");
     }
     let mut relay = new_relay(&app, &client, PoolMode::Transaction, Some(prepared));
     let ended = match extra {
