@@ -511,7 +511,7 @@ impl Drop for Relay {
     }
 }
 
-// Every client keeps a Relay for its life (488 bytes today) and the state it carries across
+// Every active client keeps a Relay (512 bytes today, with the per-phase timeouts) and the state it carries across
 // servers; growing either grows every idle client (docs/benchmarks.md, memory per client).
 const _: () = assert!(std::mem::size_of::<Relay>() <= 512);
 const _: () = assert!(std::mem::size_of::<ClientSession>() <= 24);

@@ -1,7 +1,8 @@
 //! Parked clients: a transaction-mode client idle for `client_park_delay` gives up its task,
 //! its relay and its reactor registration (about a kilobyte) until its next message. Its
 //! plain TCP or unix socket waits in one epoll set for the whole process; the session state
-//! (`Client`: settings, prepared statements, cancel key, limits) waits in a map beside it.
+//! ([`Parked`]: settings, prepared statements, cancel key, registry entry) waits in a map
+//! beside it.
 //!
 //! - **when**: a sweep every `client_park_delay` over the client registry; a client found
 //!   without a server on two sweeps in a row is asked to park and its task woken
@@ -86,10 +87,17 @@ impl Parked {
             admitted,
         } = client;
         debug_assert!(server.is_none() && listening.is_none());
-        // `park` detached it; anything else would be a socket lost.
         let socket = match stream {
             Stream::Detached(d) => d,
-            _ => Detached::Gone,
+            // Not reached (`park` detached it first). Were it, the socket closes under the
+            // registry's lock, which forgets its number before another socket can get it.
+            attached => {
+                reg.info.changing_socket(|| {
+                    drop(attached);
+                    false
+                });
+                Detached::Gone
+            }
         };
         Parked {
             reg,
