@@ -396,6 +396,26 @@ async fn client_certificate_authentication() {
     let (ok, out, err) = psql(&pg, &with_cert, &["-c", "SELECT current_user"]);
     assert!(ok, "{err}");
     assert_eq!(out, SCRAM_ROLE);
+    // SHOW CLIENTS says how it logged in, while it is connected.
+    let mut held = std::process::Command::new(pg.bindir.join("psql"))
+        .args([with_cert.as_str(), "-XAtqc", "SELECT pg_sleep(3)"])
+        .spawn()
+        .unwrap();
+    let mut shown = Vec::new();
+    for _ in 0..50 {
+        shown = console(&pg, &proxy, ADMIN, "SHOW CLIENTS")
+            .unwrap()
+            .into_iter()
+            .filter(|c| c["database"] == "app")
+            .map(|c| (c["auth_method"].clone(), c["pool_mode"].clone()))
+            .collect();
+        if !shown.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(shown, [("cert".to_owned(), "transaction".to_owned())]);
+    assert!(held.wait().unwrap().success());
     // No certificate: refused, 28000.
     let (ok, _, err) = psql(
         &pg,
