@@ -2,7 +2,8 @@
 //! and relay until its next message. Real PostgreSQL, real clients: whatever a client had
 //! (settings, prepared statements, its cancel key, its byte counts) is there when it comes
 //! back; a message sent while it parks is never lost; KILL_CLIENT, a shutdown and the
-//! client's own close reach it; TLS, LISTEN and session-mode clients are never parked.
+//! client's own close reach it; TLS, LISTEN and session-mode clients are never parked (a
+//! client that UNLISTENs every channel is again).
 
 mod support;
 
@@ -304,6 +305,15 @@ async fn listen_tls_and_session_clients_are_never_parked() {
     assert_eq!(v, 42);
     let v: i32 = session.query_one("SELECT 7", &[]).await.unwrap().get(0);
     assert_eq!(v, 7);
+    // Listening to nothing, the LISTEN client parks like any other, and comes back.
+    listener.query("UNLISTEN *").await.unwrap();
+    wait_parked(&proxy, 2).await;
+    assert_eq!(listener.query("SELECT 5").await.unwrap(), vec!["5"]);
+    plain
+        .batch_execute("NOTIFY parked_test, 'gone'")
+        .await
+        .unwrap();
+    assert_eq!(listener.query("SELECT 6").await.unwrap(), vec!["6"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -97,12 +97,13 @@ async fn relay_loop(app: &App, c: &mut Client, relay: &mut Relay) -> Exit {
                 Box::pin(timed_out(app, c, relay, phase)).await
             }
             Step::Park => {
+                forget_unlistened(c);
                 if may_park(app, c, relay, timer_armed) {
                     return Exit::Park;
                 }
                 // Not now: asked again after two more sweeps; a LISTEN client never (its
-                // notifications need the task).
-                let next = if c.listening.is_some() {
+                // notifications need the task) while it listens to a channel.
+                let next = if c.listening.as_ref().is_some_and(|l| !l.channels.is_empty()) {
                     Park::Never
                 } else {
                     Park::Active
@@ -128,6 +129,17 @@ fn may_park(app: &App, c: &Client, relay: &Relay, timer_armed: bool) -> bool {
         && relay.at_rest()
         && !c.reg.info.was_killed()
         && !app.is_shutting_down()
+}
+
+/// Drops the LISTEN state of a client that UNLISTENed every channel and has no notification
+/// left to deliver: without it, it may park again.
+fn forget_unlistened(c: &mut Client) {
+    if c.listening
+        .as_ref()
+        .is_some_and(|l| l.channels.is_empty() && l.held.is_empty() && l.rx.is_empty())
+    {
+        c.listening = None;
+    }
 }
 
 /// Resolves when the parking sweep asks the client to park. Registers no waker: the sweep
@@ -391,6 +403,15 @@ pub(super) async fn listen(
             Ok("UNLISTEN")
         }
     };
+    // Listening to nothing now: the sweep may ask it to park again (a LISTEN client was
+    // told never to).
+    if c.listening.as_ref().is_some_and(|l| l.channels.is_empty())
+        && c.reg.info.park_state() == Park::Never
+        && relay.transaction_mode
+        && c.stream.is_plain()
+    {
+        c.reg.info.set_park(Park::Active);
+    }
     relay.queue_for_client(|b| {
         match result {
             Ok(tag) => emit::message(b, be::COMMAND_COMPLETE, |b| {
