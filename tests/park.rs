@@ -309,11 +309,15 @@ async fn listen_tls_and_session_clients_are_never_parked() {
     listener.query("UNLISTEN *").await.unwrap();
     wait_parked(&proxy, 2).await;
     assert_eq!(listener.query("SELECT 5").await.unwrap(), vec!["5"]);
+    // Its LISTEN state was dropped, not broken: it listens again and is notified.
+    listener.query("LISTEN parked_test").await.unwrap();
     plain
-        .batch_execute("NOTIFY parked_test, 'gone'")
+        .batch_execute("NOTIFY parked_test, 'again'")
         .await
         .unwrap();
-    assert_eq!(listener.query("SELECT 6").await.unwrap(), vec!["6"]);
+    let (tag, body) = listener.recv().await.expect("a notification");
+    assert_eq!(tag, b'A');
+    assert!(body.ends_with(b"parked_test\0again\0"), "{body:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
