@@ -26,10 +26,16 @@ pub fn spare_buffer(want: usize) -> BytesMut {
 }
 
 fn give_back(b: &mut BytesMut) {
-    let b = std::mem::take(b);
-    if crate::spare::BUFFERS && b.capacity() <= SPARE_CAPACITY_MAX {
+    let mut b = std::mem::take(b);
+    if crate::spare::BUFFERS && ordinary(&mut b) {
         crate::spare::give(&SPARE, b, SPARE_MAX);
     }
+}
+
+/// Whether an empty buffer's allocation is at most what the spare pool keeps. Its capacity
+/// alone can say less: what was read and written went from its front.
+fn ordinary(b: &mut BytesMut) -> bool {
+    !b.try_reclaim(SPARE_CAPACITY_MAX + 1)
 }
 
 #[derive(Default)]
@@ -123,13 +129,16 @@ impl Half {
         self.pos = 0;
     }
 
-    /// Returns the buffers' memory while they hold nothing (the relay is about to wait).
-    pub fn release_empty(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > 0 {
+    /// Returns the buffers' memory while they hold nothing (the relay is about to wait);
+    /// with `keep_ordinary`, only buffers grown past what the spare pool keeps.
+    pub fn release_empty(&mut self, keep_ordinary: bool) {
+        let goes =
+            |b: &mut BytesMut| b.is_empty() && b.capacity() > 0 && !(keep_ordinary && ordinary(b));
+        if goes(&mut self.buf) {
             give_back(&mut self.buf);
             self.pos = 0;
         }
-        if self.out.is_empty() && self.out.capacity() > 0 {
+        if goes(&mut self.out) {
             give_back(&mut self.out);
         }
     }
@@ -145,6 +154,19 @@ const _: () = assert!(std::mem::size_of::<Half>() <= 80);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A buffer whose front was consumed shows only its tail as capacity: what the spare
+    /// pool and a transaction keep is judged by its allocation.
+    #[test]
+    fn a_buffer_grown_by_a_large_message_is_not_ordinary() {
+        use bytes::Buf;
+        let mut grown = BytesMut::with_capacity(1 << 20);
+        grown.extend_from_slice(&vec![0; (1 << 20) - 1000]);
+        grown.advance(grown.len());
+        assert!(grown.capacity() < SPARE_CAPACITY_MAX);
+        assert!(!ordinary(&mut grown));
+        assert!(ordinary(&mut BytesMut::with_capacity(16 * 1024)));
+    }
 
     #[test]
     fn removing_a_walked_message_keeps_the_rest() {

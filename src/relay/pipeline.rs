@@ -118,9 +118,15 @@ impl Pipeline {
         self.q.clear();
     }
 
-    /// Gives the queue's memory back while nothing is owed (the relay is about to wait).
-    pub fn release_empty(&mut self) {
-        if self.q.is_empty() && self.q.capacity() > 0 {
+    /// Gives the queue's memory back while nothing is owed (the relay is about to wait);
+    /// with `keep_ordinary`, only a queue grown past what the spare pool keeps.
+    pub fn release_empty(&mut self, keep_ordinary: bool) {
+        let min = if keep_ordinary {
+            SPARE_QUEUE_CAPACITY_MAX + 1
+        } else {
+            1
+        };
+        if self.q.is_empty() && self.q.capacity() >= min {
             let q = std::mem::take(&mut self.q);
             // A queue grown by a long pipeline is freed, not kept at its peak.
             if crate::spare::QUEUES && q.capacity() <= SPARE_QUEUE_CAPACITY_MAX {

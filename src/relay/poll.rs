@@ -12,6 +12,15 @@ enum Served {
     Stop(Event),
 }
 
+/// Which sockets' reads said Pending during one [`Relay::poll_relay`]: each has this task's
+/// waker, so it is not read again before it wakes the task (a read that would find nothing
+/// still costs tokio's readiness check and waker bookkeeping, twice per statement).
+#[derive(Default)]
+struct Waiting {
+    client: bool,
+    server: bool,
+}
+
 impl Relay {
     /// Moves bytes both ways until something needs the session's attention.
     pub fn poll_relay(
@@ -21,8 +30,9 @@ impl Relay {
         mut server: Option<&mut ServerConn>,
         state: &mut ClientSession,
     ) -> Poll<Event> {
+        let mut waiting = Waiting::default();
         loop {
-            let mut progress = match self.read_client(cx, client) {
+            let mut progress = match self.read_client(cx, client, &mut waiting.client) {
                 Ok(read) => read,
                 Err(ev) => return Poll::Ready(ev),
             };
@@ -33,7 +43,7 @@ impl Relay {
                 self.close_guard();
             }
             if let Some(srv) = server.as_deref_mut() {
-                match self.serve(cx, srv, state) {
+                match self.serve(cx, srv, state, &mut waiting.server) {
                     Served::Progress(p) => progress |= p,
                     Served::Again => continue,
                     Served::Stop(ev) => return Poll::Ready(ev),
@@ -51,11 +61,16 @@ impl Relay {
                 }
             }
             if !progress {
-                // Waiting: buffers with nothing in them go back, so an idle client costs
-                // its state, not 16 KiB or more of buffers per direction.
-                self.c.release_empty();
-                self.s.release_empty();
-                self.pipeline.release_empty();
+                // Waiting between transactions (or in session mode, where the server stays
+                // with an idle client): buffers with nothing in them go back, so an idle
+                // client costs its state, not 16 KiB or more of buffers per direction.
+                // Inside a transaction the next statement needs them again at once, and
+                // only as many clients as there are servers can be there: kept, unless a
+                // large message grew them.
+                let keep = self.transaction_mode && server.is_some();
+                self.c.release_empty(keep);
+                self.s.release_empty(keep);
+                self.pipeline.release_empty(keep);
                 return Poll::Pending;
             }
         }
@@ -63,14 +78,21 @@ impl Relay {
 
     /// Client -> proxy: reads while the queue has room (or a whole message needs more) and
     /// the replies it waits for are bounded. Ok(true) when bytes came.
-    fn read_client(&mut self, cx: &mut Context<'_>, client: &mut Stream) -> Result<bool, Event> {
+    fn read_client(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut Stream,
+        waiting: &mut bool,
+    ) -> Result<bool, Event> {
         if !held::resize(&mut self.held, self.need.saturating_sub(MAX_BUFFERED)) {
             return Err(Event::Protocol(ClientError::limit(
                 "54000",
                 "message too large to hold whole, or the proxy's memory for such messages is in use",
             )));
         }
-        if self.c.buf.len() >= MAX_BUFFERED.max(self.need) || self.pipeline.len() >= MAX_OUTSTANDING
+        if *waiting
+            || self.c.buf.len() >= MAX_BUFFERED.max(self.need)
+            || self.pipeline.len() >= MAX_OUTSTANDING
         {
             return Ok(false);
         }
@@ -81,7 +103,10 @@ impl Relay {
                 self.meter.received(n);
                 Ok(true)
             }
-            Poll::Pending => Ok(false),
+            Poll::Pending => {
+                *waiting = true;
+                Ok(false)
+            }
         }
     }
 
@@ -91,13 +116,14 @@ impl Relay {
         cx: &mut Context<'_>,
         srv: &mut ServerConn,
         state: &mut ClientSession,
+        waiting: &mut bool,
     ) -> Served {
         let mut progress = match write_out(cx, &mut srv.stream, &mut self.c) {
             Ok(wrote) => wrote,
             Err(lost) => return Served::Stop(Event::ServerGone(lost)),
         };
         // Read while the client's queue has room.
-        if self.s.buf.len() < MAX_BUFFERED {
+        if !*waiting && self.s.buf.len() < MAX_BUFFERED {
             match read_into(cx, &mut srv.stream, &mut self.s.buf) {
                 Poll::Ready(Ok(0)) => {
                     // Deliver what the server said before it went (often its FATAL).
@@ -112,7 +138,7 @@ impl Relay {
                     self.meter.sent(n);
                     progress = true;
                 }
-                Poll::Pending => {}
+                Poll::Pending => *waiting = true,
             }
         }
         if let Err(e) = self.walk_server(srv, state) {
@@ -193,8 +219,10 @@ pub(super) fn write_out(
         }
     }
     // TLS keeps bytes a write accepted until its records reach the socket; plaintext's
-    // flush is a no-op.
-    if let Poll::Ready(Err(e)) = Pin::new(&mut *stream).poll_flush(cx) {
+    // flush is a no-op, not called.
+    if !stream.is_plain()
+        && let Poll::Ready(Err(e)) = Pin::new(&mut *stream).poll_flush(cx)
+    {
         return Err(Lost::of(&e));
     }
     Ok(wrote)

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 /// Statement texts longer than this are counted under one shared fingerprint.
 pub const MAX_FINGERPRINTED: usize = 64 * 1024;
@@ -469,12 +468,19 @@ impl Meter {
     }
 }
 
-/// Microseconds on the monotonic clock since the process first read it, plus one (so 0 can
-/// mean "not started"): half the size of an `Option<Instant>` in every client's meter.
+/// Microseconds on the monotonic clock, plus one (so 0 can mean "not started"): half the
+/// size of an `Option<Instant>` in every client's meter.
 fn clock_us() -> u64 {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    epoch.elapsed().as_micros() as u64 + 1
+    // The clock Instant reads, without Instant's checked subtraction and 128-bit
+    // microseconds: read twice per statement.
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC exists on every Linux and
+    // cannot fail with a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000 + 1
 }
 
 /// Text as UTF-8, replacing invalid bytes only when there are any: the check alone is much

@@ -37,6 +37,52 @@ async fn a_transaction_block_keeps_the_server_until_it_ends() {
     assert!(r.relay.server_reusable());
 }
 
+/// Inside a transaction the relay keeps its buffers for the next statement (only as many
+/// clients as there are servers can be there); between transactions, and while a
+/// session-mode client is idle, it holds none.
+#[tokio::test]
+async fn buffers_stay_inside_a_transaction_and_go_back_between_them() {
+    let held = |r: &Rig| (r.relay.c.buf.capacity() > 0, r.relay.s.buf.capacity() > 0);
+    let mut r = Rig::new(true).await;
+    r.client_sends(&query("BEGIN")).await;
+    r.expect_server(&query("BEGIN")).await;
+    r.server_sends(&cat(&[complete("BEGIN"), ready(b'T')]))
+        .await;
+    r.expect_client(&cat(&[complete("BEGIN"), ready(b'T')]))
+        .await;
+    r.run().await;
+    assert_eq!(held(&r), (true, true), "inside the transaction");
+    // A buffer a large statement grew goes back even there (an ordinary one takes its place).
+    let large = query(&format!("SELECT '{}'", "x".repeat(200_000)));
+    r.client_sends(&large).await;
+    r.expect_server(&large).await;
+    r.run().await;
+    assert!(
+        !r.relay.c.buf.try_reclaim(200_000),
+        "the large statement's buffer is kept"
+    );
+    r.server_sends(&cat(&[complete("SELECT 1"), ready(b'T')]))
+        .await;
+    r.expect_client(&cat(&[complete("SELECT 1"), ready(b'T')]))
+        .await;
+    r.client_sends(&query("COMMIT")).await;
+    r.server_sends(&cat(&[complete("COMMIT"), ready(b'I')]))
+        .await;
+    r.expect_release(true).await;
+    r.expect_client(&cat(&[complete("COMMIT"), ready(b'I')]))
+        .await;
+    r.run().await;
+    assert_eq!(held(&r), (false, false), "between transactions");
+
+    let mut r = Rig::new(false).await;
+    let reply = cat(&[row("1"), complete("SELECT 1"), ready(b'I')]);
+    r.client_sends(&query("SELECT 1")).await;
+    r.server_sends(&reply).await;
+    r.expect_client(&reply).await;
+    r.run().await;
+    assert_eq!(held(&r), (false, false), "an idle session-mode client");
+}
+
 #[tokio::test]
 async fn a_failed_transaction_block_keeps_the_server() {
     let mut r = Rig::new(true).await;
