@@ -11,6 +11,8 @@
 #   ONLY="select-only -C" benches/callgrind.sh              # the workloads whose label starts so
 #   PUMPS=1 benches/callgrind.sh                           # + benches/pump's bare byte pumps
 #                                                          # (no logins: -C workloads skipped)
+#   PGBOUNCER_CG=1 benches/callgrind.sh                    # + PgBouncer 1.25.2 (PGBOUNCER=)
+#                                                          # under callgrind, same workloads
 #
 # Needs valgrind (callgrind_annotate), PostgreSQL's server binaries and pgbench.
 set -euo pipefail
@@ -38,17 +40,20 @@ count() {
   if [[ "$name" == pump-* ]]; then start_pump "$name" "$wrap"
   elif [[ "$name" == baseline-* ]]; then
     SLUICE_GENERAL="${BASELINE_GENERAL-${SLUICE_GENERAL:-}}" start_sluice "$name" "$wrap"
+  elif [[ "$name" == pgbouncer-* ]]; then start_bouncer "$name" "$wrap"
   else start_sluice "$name" "$wrap"; fi
-  local port=${TX_PORT[$name]}
+  local port=${TX_PORT[$name]} db=${DBNAME[$name]}
   for _ in $(seq 120); do
-    PGPASSWORD=bench psql -h 127.0.0.1 -p "$port" -U bench -qtAc "SELECT 1" bench >/dev/null 2>&1 && break
+    PGPASSWORD=bench psql -h 127.0.0.1 -p "$port" -U bench -qtAc "SELECT 1" "$db" >/dev/null 2>&1 && break
     sleep 0.5
   done
-  PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n -S -c 4 -j 2 -t 50 bench >/dev/null 2>&1
-  PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U "$user" -n "$@" bench > "$WORK/$name.pgbench" 2>&1 ||
+  PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -n -S -c 4 -j 2 -t 50 "$db" >/dev/null 2>&1
+  PGPASSWORD=bench "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U "$user" -n "$@" "$db" > "$WORK/$name.pgbench" 2>&1 ||
     { echo "pgbench failed through $name:" >&2; tail -5 "$WORK/$name.pgbench" >&2; }
   kill -INT "${PID[$name]}"
+  # PgBouncer is not this shell's child (runuser started it): wait for it to go.
   wait "${PID[$name]}" 2>/dev/null || true
+  while kill -0 "${PID[$name]}" 2>/dev/null; do sleep 0.2; done
   total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
   [ -n "$KEEP" ] && mkdir -p "$KEEP" && cp "$out" "$KEEP/"
   echo "${total:-0}"
@@ -57,6 +62,7 @@ count() {
 BUILDS=(pgsluice)
 declare -A BIN=([pgsluice]=$SLUICE)
 if [ -n "$BASELINE" ]; then BUILDS+=(baseline); BIN[baseline]=$BASELINE; fi
+if [ "${PGBOUNCER_CG:-0}" = 1 ]; then BUILDS+=(pgbouncer); BIN[pgbouncer]=$PGBOUNCER; fi
 if [ "${PUMPS:-0}" = 1 ]; then
   BUILDS+=(pump-tokio pump-uring); BIN[pump-tokio]=$PUMP_DIR/pump-tokio; BIN[pump-uring]=$PUMP_DIR/pump-uring
 fi

@@ -8,10 +8,13 @@ use bytes::{Buf, BytesMut};
 use std::cell::RefCell;
 
 /// Empty buffers kept per worker thread for the next client that reads: a client between
-/// queries holds no buffer memory, and an active one takes a buffer without allocating.
+/// transactions holds no buffer memory, and an active one takes a buffer without allocating.
 const SPARE_MAX: usize = 64;
 /// Larger buffers (grown by a big result) are freed instead of kept.
 const SPARE_CAPACITY_MAX: usize = 128 * 1024;
+/// What a client keeps per buffer while it waits inside a transaction (four buffers per
+/// attached server): two reads' worth.
+const KEPT_CAPACITY_MAX: usize = 2 * super::READ_CHUNK;
 
 thread_local! {
     static SPARE: crate::spare::List<BytesMut> = const { RefCell::new(Vec::new()) };
@@ -27,15 +30,15 @@ pub fn spare_buffer(want: usize) -> BytesMut {
 
 fn give_back(b: &mut BytesMut) {
     let mut b = std::mem::take(b);
-    if crate::spare::BUFFERS && ordinary(&mut b) {
+    if crate::spare::BUFFERS && within(&mut b, SPARE_CAPACITY_MAX) {
         crate::spare::give(&SPARE, b, SPARE_MAX);
     }
 }
 
-/// Whether an empty buffer's allocation is at most what the spare pool keeps. Its capacity
-/// alone can say less: what was read and written went from its front.
-fn ordinary(b: &mut BytesMut) -> bool {
-    !b.try_reclaim(SPARE_CAPACITY_MAX + 1)
+/// Whether an empty buffer's allocation is at most `max` bytes. Its capacity alone can say
+/// less: what was read and written went from its front.
+fn within(b: &mut BytesMut, max: usize) -> bool {
+    !b.try_reclaim(max + 1)
 }
 
 #[derive(Default)]
@@ -74,6 +77,11 @@ impl Half {
     pub fn consume_output(&mut self, n: usize) {
         let from_out = n.min(self.out.len());
         self.out.advance(from_out);
+        if from_out > 0 && self.out.is_empty() && self.out.capacity() == 0 {
+            // Written to the end of its allocation: shows no capacity, so
+            // `release_empty` would never see it.
+            give_back(&mut self.out);
+        }
         self.buf.advance(n - from_out);
         self.pos -= n - from_out;
     }
@@ -130,10 +138,11 @@ impl Half {
     }
 
     /// Returns the buffers' memory while they hold nothing (the relay is about to wait);
-    /// with `keep_ordinary`, only buffers grown past what the spare pool keeps.
+    /// with `keep_ordinary`, only buffers grown past two reads' worth.
     pub fn release_empty(&mut self, keep_ordinary: bool) {
-        let goes =
-            |b: &mut BytesMut| b.is_empty() && b.capacity() > 0 && !(keep_ordinary && ordinary(b));
+        let goes = |b: &mut BytesMut| {
+            b.is_empty() && b.capacity() > 0 && !(keep_ordinary && within(b, KEPT_CAPACITY_MAX))
+        };
         if goes(&mut self.buf) {
             give_back(&mut self.buf);
             self.pos = 0;
@@ -163,9 +172,12 @@ mod tests {
         let mut grown = BytesMut::with_capacity(1 << 20);
         grown.extend_from_slice(&vec![0; (1 << 20) - 1000]);
         grown.advance(grown.len());
-        assert!(grown.capacity() < SPARE_CAPACITY_MAX);
-        assert!(!ordinary(&mut grown));
-        assert!(ordinary(&mut BytesMut::with_capacity(16 * 1024)));
+        assert!(grown.capacity() < KEPT_CAPACITY_MAX);
+        assert!(!within(&mut grown, SPARE_CAPACITY_MAX));
+        assert!(within(
+            &mut BytesMut::with_capacity(16 * 1024),
+            KEPT_CAPACITY_MAX
+        ));
     }
 
     #[test]

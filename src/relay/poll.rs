@@ -65,8 +65,8 @@ impl Relay {
                 // with an idle client): buffers with nothing in them go back, so an idle
                 // client costs its state, not 16 KiB or more of buffers per direction.
                 // Inside a transaction the next statement needs them again at once, and
-                // only as many clients as there are servers can be there: kept, unless a
-                // large message grew them.
+                // only as many clients as there are servers can be there: kept, up to two
+                // reads' worth each.
                 let keep = self.transaction_mode && server.is_some();
                 self.c.release_empty(keep);
                 self.s.release_empty(keep);

@@ -479,7 +479,8 @@ fn clock_us() -> u64 {
     };
     // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC exists on every Linux and
     // cannot fail with a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    debug_assert_eq!(rc, 0);
     (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000 + 1
 }
 

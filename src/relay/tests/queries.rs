@@ -52,7 +52,7 @@ async fn buffers_stay_inside_a_transaction_and_go_back_between_them() {
         .await;
     r.run().await;
     assert_eq!(held(&r), (true, true), "inside the transaction");
-    // A buffer a large statement grew goes back even there (an ordinary one takes its place).
+    // A buffer a large statement grew is freed even there.
     let large = query(&format!("SELECT '{}'", "x".repeat(200_000)));
     r.client_sends(&large).await;
     r.expect_server(&large).await;
